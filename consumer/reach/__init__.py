@@ -1,0 +1,1 @@
+"""Reach: the API client and the local sandbox server."""
