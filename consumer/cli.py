@@ -22,7 +22,9 @@ def _sandbox_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         reason = str(exc)
 
         def unavailable(args: argparse.Namespace) -> int:
-            print(f"sandbox: unavailable ({reason}); run `pip install -e '.[dev]'`", file=sys.stderr)
+            print(
+                f"sandbox: unavailable ({reason}); run `pip install -e '.[dev]'`", file=sys.stderr
+            )
             return 2
 
         parser.set_defaults(handler=unavailable)

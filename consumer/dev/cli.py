@@ -124,7 +124,9 @@ def _up(args: argparse.Namespace) -> int:
     _prepare_state_dir(state_dir)
     options = _options(args)
     if args.foreground:
-        return supervise(options, on_ready=lambda ep, secs: _print_endpoints(ep.to_json(), secs, args.json))
+        return supervise(
+            options, on_ready=lambda ep, secs: _print_endpoints(ep.to_json(), secs, args.json)
+        )
     log_path = state_dir / "logs" / "supervisor.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -156,7 +158,9 @@ def _await_start(state_dir: Path, proc: subprocess.Popen[bytes], as_json: bool) 
             return 1
         if proc.poll() is not None:
             tail = log_tail(state_dir / "logs" / "supervisor.log")
-            print(f"dev: the supervisor exited with code {proc.returncode}\n{tail}", file=sys.stderr)
+            print(
+                f"dev: the supervisor exited with code {proc.returncode}\n{tail}", file=sys.stderr
+            )
             return 1
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -169,13 +173,18 @@ def _print_endpoints(endpoints: dict[str, Any], seconds: dict[str, float], as_js
         print(json.dumps(endpoints), flush=True)
         return
     ep = StackEndpoints(**endpoints)
+    db_user, db_where = (
+        ep.postgres_dsn.split("//", 1)[1].split(":", 1)[0],
+        ep.postgres_dsn.split("@")[-1],
+    )
+    tables = ", ".join(ep.debezium_tables) or "off"
     lines = [
         f"local stack ready in {seconds.get('total', 0):.1f} s  (state: {ep.state_dir})",
         f"  broker     {ep.bootstrap_servers}",
-        f"  postgres   {ep.postgres_dsn.split('@')[-1]}  (user {ep.postgres_dsn.split('//')[1].split(':')[0]})",
+        f"  postgres   {db_where}  (user {db_user})",
         f"  redis      {ep.redis_url}",
         f"  sandbox    {ep.sandbox_url}  (partner {ep.reach_partner_id})",
-        f"  debezium   {', '.join(ep.debezium_tables) or 'off'} -> topics {ep.topic_prefix}.<schema>.<table>",
+        f"  debezium   {tables} -> topics {ep.topic_prefix}.<schema>.<table>",
         f"  logs       {ep.logs_dir}",
         "credentials: `reach-sync dev status --json`; stop with `reach-sync dev down`",
     ]
@@ -230,8 +239,13 @@ def _seed(args: argparse.Namespace) -> int:
     from consumer.dev.shop import seed
 
     endpoints = _running_endpoints(args.state_dir)
-    seed(endpoints.postgres_dsn, customers=args.customers, transactions=args.transactions)
-    print(f"seeded {args.customers} customers and {args.transactions} transactions")
+    result = seed(
+        endpoints.postgres_dsn,
+        customers=args.customers,
+        transactions=args.transactions,
+        existing="replace",
+    )
+    print(f"seeded {result.customers} customers and {result.transactions} transactions")
     return 0
 
 
@@ -239,6 +253,8 @@ def _load(args: argparse.Namespace) -> int:
     from consumer.dev.load import run_load
 
     endpoints = _running_endpoints(args.state_dir)
-    stats = run_load(endpoints.postgres_dsn, rate=args.rate, seconds=args.seconds, rng_seed=args.seed)
+    stats = run_load(
+        endpoints.postgres_dsn, rate=args.rate, seconds=args.seconds, rng_seed=args.seed
+    )
     print(stats)
     return 0

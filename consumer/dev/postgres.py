@@ -62,9 +62,7 @@ class PostgresConfig:
 
     @property
     def dsn(self) -> str:
-        return (
-            f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
-        )
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
 
     @property
     def admin_dsn(self) -> str:
@@ -132,11 +130,12 @@ def find_postgres_bin() -> Path:
 def _check_reachable(path: Path, run_as: RunAs) -> None:
     """Fail clearly when the unprivileged user cannot even reach the data directory."""
     for ancestor in [path, *path.parents]:
-        if ancestor.exists() and not os.stat(ancestor).st_mode & 0o001:
+        mode = ancestor.stat().st_mode if ancestor.exists() else 0o777
+        if not mode & 0o001:
             raise ComponentError(
                 NAME,
                 f"runs as '{run_as.name}' because this is root, but '{run_as.name}' cannot enter "
-                f"{ancestor} (mode {oct(os.stat(ancestor).st_mode & 0o777)}); "
+                f"{ancestor} (mode {oct(mode & 0o777)}); "
                 "choose a --state-dir below a directory others can traverse",
             )
 
@@ -146,7 +145,7 @@ def init_cluster(config: PostgresConfig, run_as: RunAs | None, log_path: Path) -
     if (config.data_dir / "PG_VERSION").exists():
         return
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(config.data_dir, 0o700)
+    config.data_dir.chmod(0o700)
     pwfile = config.data_dir.parent / "initdb-password"
     pwfile.write_text(config.password + "\n")
     if run_as is not None:

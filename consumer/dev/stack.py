@@ -1,4 +1,4 @@
-"""The whole local stack under one state directory: broker, Postgres, Redis, Reach sandbox, Debezium.
+"""The whole local stack in one state directory: broker, Postgres, Redis, sandbox, Debezium.
 
 ``LocalStack`` owns the child processes. It is used in-process by the test fixtures and the demo,
 and by the detached supervisor behind ``reach-sync dev up``. The servers that do not depend on
@@ -152,7 +152,9 @@ class LocalStack:
 
         # Independent servers first, all at once; initdb overlaps with their start-up.
         broker_proc = self._launch(broker.broker_spec(broker_port, self.logs_dir))
-        redis_proc = self._launch(redis.redis_spec(redis_port, self.state_dir / "redis", self.logs_dir))
+        redis_proc = self._launch(
+            redis.redis_spec(redis_port, self.state_dir / "redis", self.logs_dir)
+        )
         sandbox_proc = self._launch(self._sandbox_spec(sandbox_port, credentials))
         postgres.init_cluster(pg, run_as, self.logs_dir / "postgres.log")
         pg_proc = self._launch(postgres.postgres_spec(pg, run_as, self.logs_dir))
@@ -186,7 +188,9 @@ class LocalStack:
             pids={name: p.pid for name, p in self.processes.items() if p.pid is not None},
         )
 
-    def _wait(self, process: ManagedProcess, probe: Any, timeout_s: float = SERVER_READY_TIMEOUT_S) -> None:
+    def _wait(
+        self, process: ManagedProcess, probe: Any, timeout_s: float = SERVER_READY_TIMEOUT_S
+    ) -> None:
         self.startup_seconds[process.spec.name] = wait_until(process, probe, timeout_s)
 
     def _sandbox_spec(self, port: int, credentials: _SandboxCredentials) -> ProcessSpec:
@@ -270,7 +274,7 @@ class LocalStack:
         for name, process in reversed(list(self.processes.items())):
             try:
                 process.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            except Exception as exc:
                 errors.append(f"{name}: {exc}")
         if errors:
             raise ComponentError("stack", "some components did not stop: " + "; ".join(errors))

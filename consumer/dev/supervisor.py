@@ -105,7 +105,10 @@ def supervise(options: StackOptions, on_ready: Any = None) -> int:
             if health != last_health:
                 degraded = any(v != "running" for v in health.values())
                 _write_state(
-                    state_dir, status="degraded" if degraded else "ready", components=health, **ready
+                    state_dir,
+                    status="degraded" if degraded else "ready",
+                    components=health,
+                    **ready,
                 )
                 last_health = health
         stack.stop()
