@@ -119,7 +119,9 @@ def database(
             "WHERE database = %s AND NOT active",
             (name,),
         )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -117,7 +117,8 @@ def _render(tally: _Tally, elapsed: float, load_done: bool, tty: bool) -> None:
             f"  {table:<14}" + "".join(f"{tally.by_table_op[(table, op)]:>10}" for op in ops)
         )
     if tty:
-        sys.stdout.write("\x1b[J" + "\n".join(lines) + f"\x1b[{len(lines)}F")
+        # Clear below, draw the block, then return to its first line for the next redraw.
+        sys.stdout.write("\x1b[J" + "\n".join(lines) + f"\n\x1b[{len(lines)}F")
         sys.stdout.flush()
     else:
         print(lines[0], flush=True)

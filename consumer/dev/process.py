@@ -133,7 +133,7 @@ class ManagedProcess:
                     env=env,
                     cwd=self.spec.cwd,
                     start_new_session=True,
-                    preexec_fn=_child_setup(self.spec.run_as, os.getpid()),  # noqa: PLW1509
+                    preexec_fn=_child_setup(self.spec.run_as, os.getpid()),
                 )
             except OSError as exc:
                 raise ComponentError(
