@@ -1,0 +1,395 @@
+"""The sync definition: what to sync, validated once at startup, then passed down as data.
+
+A YAML file is read, ``${VAR}`` / ``${VAR:-default}`` references in it are replaced from the
+environment (for endpoints that differ per deployment), and the result is validated into frozen,
+strict models. Secrets never live in the file: fields ending in ``_env`` or ``_file`` name where
+to read them, and they are held as ``SecretStr``. Every error names the file, the field path and
+the reason, and all errors are reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Auth",
+    "ConfigError",
+    "DatabaseSource",
+    "Delivery",
+    "Destination",
+    "FieldMapping",
+    "GroupRule",
+    "KafkaSource",
+    "RedisSettings",
+    "Resource",
+    "Source",
+    "SyncDefinition",
+    "Topics",
+    "Trigger",
+    "load_definition",
+]
+
+# Reach accepts at most 1000 records per batch request (reach-api.md §1).
+REACH_MAX_BATCH = 1000
+# Reach documents no body limit; 1 MB per request is the client assumption of reach-api.md §7.17.
+DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+# librdkafka's default; the local broker wants about 6000 (local-broker-notes.md).
+DEFAULT_SESSION_TIMEOUT_MS = 45_000
+
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+_TABLE = re.compile(rf"^{_IDENTIFIER}\.{_IDENTIFIER}$")
+_COLUMN = re.compile(rf"^{_IDENTIFIER}$")
+_REACH_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Column = Annotated[str, Field(pattern=_COLUMN.pattern, description="a column of the query")]
+
+
+class ConfigError(Exception):
+    """The sync definition is invalid; ``problems`` lists ``path: reason`` lines."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {problem}" for problem in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _secret_from(
+    env: Mapping[str, str], name_env: str | None, name_file: Path | None, what: str
+) -> SecretStr:
+    if name_env is not None:
+        value = env.get(name_env)
+        if not value:
+            raise ValueError(f"{what}: environment variable {name_env} is not set")
+        return SecretStr(value)
+    if name_file is not None:
+        try:
+            return SecretStr(name_file.read_text().strip())
+        except OSError as exc:
+            raise ValueError(f"{what}: cannot read {name_file}: {exc.strerror}") from exc
+    raise ValueError(f"{what}: set one of *_env or *_file")
+
+
+# --- source --------------------------------------------------------------------------------------
+
+
+class KafkaSource(_Strict):
+    """Where the Debezium topics are and how this consumer group joins."""
+
+    bootstrap_servers: str = Field(min_length=1)
+    group_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    session_timeout_ms: int = Field(DEFAULT_SESSION_TIMEOUT_MS, ge=1000, le=300_000)
+    # Real Kafka wants a LeaveGroup on close for a fast rebalance; the local broker mishandles
+    # it (docs/local-broker-group-rejoin.md), so the local definitions turn it off.
+    leave_group_on_close: bool = True
+    # Passed through to librdkafka (security, timeouts, ...), after reach-sync's own settings.
+    client_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_topics(self) -> Self:
+        if bool(self.topics) == bool(self.topic_pattern):
+            raise ValueError("set exactly one of topics or topic_pattern")
+        if self.topic_pattern is not None:
+            try:
+                re.compile(self.topic_pattern)
+            except re.error as exc:
+                raise ValueError(f"topic_pattern is not a valid regular expression: {exc}") from exc
+        return self
+
+
+class DatabaseSource(_Strict):
+    """The source database recomputes read from (a read replica in production)."""
+
+    dsn: SecretStr
+    pool_size: int = Field(4, ge=1, le=64)
+    statement_timeout_ms: int = Field(30_000, ge=100)
+
+
+class Source(_Strict):
+    kafka: KafkaSource
+    database: DatabaseSource
+
+
+# --- resources -----------------------------------------------------------------------------------
+
+
+class Trigger(_Strict):
+    """A table whose changes make entities of a resource dirty, and where the entity id is.
+
+    ``id`` is the column of the changed row holding the entity id: the row's own key for the
+    resource's table, a foreign key for a related table. Both the before and the after image are
+    read, so a row moving from entity A to B makes both dirty; a delete's before image is read
+    for ``id`` only when the table's replica identity is FULL (with DEFAULT, Debezium fills the
+    non-key columns of a delete with default values, not the old ones).
+    """
+
+    table: str = Field(pattern=_TABLE.pattern, description="schema.table")
+    id: Column
+    replica_identity: Literal["default", "full"] = "default"
+
+
+class FieldMapping(_Strict):
+    """One Reach field: which query column feeds it, how it is formatted, whether it is PII.
+
+    ``pii``: ``none`` is ordinary data; ``send`` is sent to Reach but never appears in logs,
+    traces or the audit record; ``hash`` is sent as the SHA-256 of its trimmed, lower-cased value.
+    """
+
+    column: Column
+    format: Literal["raw", "string", "integer", "decimal_cents", "boolean", "datetime", "date"] = (
+        "raw"
+    )
+    pii: Literal["none", "send", "hash"] = "none"
+
+
+class GroupRule(_Strict):
+    """A cohort: a SQL boolean expression over the query's columns, evaluated at recompute."""
+
+    name: str = Field(pattern=_REACH_NAME.pattern)
+    when: str = Field(min_length=1)
+
+
+class Groups(_Strict):
+    """Group memberships are sent as a list of group names in one Reach field."""
+
+    field: str = Field(pattern=_REACH_NAME.pattern)
+    rules: tuple[GroupRule, ...] = Field(min_length=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: tuple[GroupRule, ...]) -> tuple[GroupRule, ...]:
+        names = [r.name for r in rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"group names must be unique: {', '.join(duplicates)}")
+        return rules
+
+
+class Delivery(_Strict):
+    """Real time: single synchronous writes, short windows. Batch: the batch endpoint."""
+
+    mode: Literal["realtime", "batch"]
+    window_ms: int = Field(250, ge=10, le=600_000)
+    max_keys: int = Field(REACH_MAX_BATCH, ge=1, le=100_000)
+
+
+class Resource(_Strict):
+    """A Reach schema kept equal to a query over the source database."""
+
+    reach_schema: str = Field(pattern=_REACH_NAME.pattern, description="Reach schema name")
+    key: Column
+    tenant: Column = Field(description="the query column holding the Reach tenant")
+    triggers: tuple[Trigger, ...] = Field(min_length=1)
+    query: str = Field(min_length=1)
+    mapping: dict[str, FieldMapping] = Field(min_length=1)
+    groups: Groups | None = None
+    delivery: Delivery
+
+    @field_validator("query")
+    @classmethod
+    def _takes_the_ids(cls, query: str) -> str:
+        if "%(ids)s" not in query:
+            raise ValueError("must use %(ids)s for the list of ids, e.g. WHERE c.id = ANY(%(ids)s)")
+        return query
+
+    @field_validator("mapping")
+    @classmethod
+    def _reach_field_names(cls, mapping: dict[str, FieldMapping]) -> dict[str, FieldMapping]:
+        bad = [name for name in mapping if not _REACH_NAME.match(name)]
+        if bad:
+            raise ValueError(f"field names must match {_REACH_NAME.pattern}: {', '.join(bad)}")
+        return mapping
+
+    @model_validator(mode="after")
+    def _groups_field_is_not_mapped(self) -> Self:
+        if self.groups is not None and self.groups.field in self.mapping:
+            raise ValueError(f"groups.field {self.groups.field!r} is also in mapping")
+        return self
+
+
+# --- destination, redis, topics ------------------------------------------------------------------
+
+
+class Auth(_Strict):
+    """A partner-scoped HS256 JWT minted from a secret, or a static bearer key."""
+
+    mode: Literal["jwt", "static"]
+    partner_id: str | None = None
+    secret: SecretStr | None = None
+    token_ttl_s: int = Field(3600, ge=60, le=86_400)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.secret is None:
+            raise ValueError("needs secret_env or secret_file")
+        if self.mode == "jwt" and not self.partner_id:
+            raise ValueError("mode jwt needs partner_id")
+        return self
+
+
+class Destination(_Strict):
+    """The Reach API: where, as whom, and its limits."""
+
+    base_url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$")
+    auth: Auth
+    # What goes in reach-tenant-id: the tenant's external id (the partner's business id, as
+    # Reach's onboarding samples send it) or Reach's own tenant id (reach-api.md §2.2, §7 Q3).
+    tenant_id_mode: Literal["external_id", "id"] = "external_id"
+    batch_size: int = Field(REACH_MAX_BATCH, ge=1, le=REACH_MAX_BATCH)
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=10_000, le=50_000_000)
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    # Seconds a record may wait for a missing $ref target on Reach (reach-api.md §7.9).
+    dependency_wait_timeout_s: int = Field(3600, ge=0, le=86_400)
+
+
+class RedisSettings(_Strict):
+    url: SecretStr
+    key_prefix: str = Field("reach-sync", min_length=1, pattern=r"^[A-Za-z0-9:._-]+$")
+
+
+class Topics(_Strict):
+    dirty: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    dirty_partitions: int = Field(12, ge=1, le=1024)
+    dead_letter: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class SyncDefinition(_Strict):
+    """The whole sync definition."""
+
+    version: Literal[1] = 1
+    source: Source
+    resources: dict[str, Resource] = Field(min_length=1)
+    destination: Destination
+    redis: RedisSettings
+    topics: Topics
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_names(cls, resources: dict[str, Resource]) -> dict[str, Resource]:
+        bad = [name for name in resources if not _REACH_NAME.match(name)]
+        if bad:
+            raise ValueError(f"resource names must match {_REACH_NAME.pattern}: {', '.join(bad)}")
+        return resources
+
+    def trigger_tables(self) -> set[str]:
+        return {t.table for r in self.resources.values() for t in r.triggers}
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of the parsed YAML."""
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return match.group(0)
+
+    return _ENV_REF.sub(replace, node)
+
+
+# Fields given in the file as <name>_env or <name>_file, resolved into SecretStr <name>.
+_SECRET_FIELDS = {
+    ("source", "database"): "dsn",
+    ("destination", "auth"): "secret",
+    ("redis",): "url",
+}
+
+
+def _resolve_secrets(
+    data: dict[str, Any], env: Mapping[str, str], base: Path, problems: list[str]
+) -> None:
+    for location, name in _SECRET_FIELDS.items():
+        node: Any = data
+        for part in location:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        path = ".".join(location)
+        if name in node:
+            problems.append(
+                f"{path}.{name}: secrets are not allowed in the file; use {name}_env or {name}_file"
+            )
+            node.pop(name)
+        env_name, file_name = node.pop(f"{name}_env", None), node.pop(f"{name}_file", None)
+        if env_name is None and file_name is None:
+            continue  # the model reports the missing field
+        file_path = None if file_name is None else (base / str(file_name))
+        try:
+            node[name] = _secret_from(env, env_name, file_path, f"{path}.{name}").get_secret_value()
+        except ValueError as exc:
+            problems.append(str(exc))
+            # Already reported with its reason; keep the model from adding "missing" for it.
+            node[name] = "<unresolved>"
+
+
+def _error_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif str(item).startswith("function-"):
+            continue  # pydantic's validator names are noise to a reader of the YAML
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def load_definition(path: Path, env: Mapping[str, str] | None = None) -> SyncDefinition:
+    """Read, interpolate, resolve secrets and validate; raise ConfigError with every problem."""
+    env = os.environ if env is None else env
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["(top level): must be a mapping"])
+    problems: list[str] = []
+    data = _interpolate(raw, env, "", problems)
+    _resolve_secrets(data, env, path.parent, problems)
+    try:
+        definition = SyncDefinition.model_validate(data)
+    except ValidationError as exc:
+        problems += [f"{_error_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(source, problems) from exc
+    if problems:
+        raise ConfigError(source, problems)
+    return definition

@@ -1,0 +1,54 @@
+"""reach-sync's one error tree: every failure is classified once, at the boundary where it occurs.
+
+Library errors (httpx, psycopg, redis, Kafka) are translated into these classes with
+``raise ... from exc`` where they happen; the pipeline decides what to do by class alone:
+
+- ``Retryable``: try again later (backoff, honour ``retry_after_s``); commit nothing meanwhile.
+- ``BadRecord``: this record (or event) can never succeed as it is; dead-letter it and go on.
+- ``ConfigurationError``: no record can succeed until a person fixes something (credentials,
+  an unknown schema, a broken definition); stop that scope, alert, do not dead-letter.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BadRecord", "ConfigurationError", "Retryable", "SyncError"]
+
+
+class SyncError(Exception):
+    """Base of every classified reach-sync error."""
+
+
+class Retryable(SyncError):
+    """A transient failure: Reach 429/5xx/timeouts, a database or Redis outage."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BadRecord(SyncError):
+    """One record or event that will never be accepted as it is; carries why, for the DLQ."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str | None = None,
+        external_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.external_id = external_id
+
+
+class ConfigurationError(SyncError):
+    """Nothing will succeed until a person fixes the setup (401/403, unknown schema, ...)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, scope: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.scope = scope
