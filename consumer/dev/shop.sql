@@ -1,9 +1,13 @@
 -- The sample partner database: a small multi-tenant shop.
 --
 -- Every statement is idempotent, so applying the file to a database that already has the shop
--- is harmless. The tables keep REPLICA IDENTITY DEFAULT on purpose: a delete event's `before`
--- then carries only the primary key, with Debezium's default values in every other column
--- (for instance customer_id 0 on a deleted transaction). reach-sync must not trust those.
+-- is harmless.
+--
+-- Replica identity: customers and merchants keep DEFAULT, as most partner tables do: a delete
+-- event's `before` then carries only the primary key, with Debezium's default values in every
+-- other column, and an update has no `before` at all. reach-sync never reads those. transactions
+-- is FULL because it triggers its customer through a foreign key: moving a sale from customer A
+-- to B, or deleting it, must make A dirty too, and only a real before image says who A was.
 --
 -- Timestamps are written by the application, not by triggers: an UPDATE that changes nothing
 -- the partner cares about (a no-op, or only internal_notes) must leave updated_at alone, which
@@ -57,3 +61,6 @@ CREATE INDEX IF NOT EXISTS transactions_customer_id_idx ON public.transactions (
 -- The load generator's "advance a pending transaction" picks from this small set.
 CREATE INDEX IF NOT EXISTS transactions_pending_idx ON public.transactions (id)
     WHERE status = 'pending';
+
+-- See the header: the old customer of a moved or deleted transaction is in its before image.
+ALTER TABLE public.transactions REPLICA IDENTITY FULL;

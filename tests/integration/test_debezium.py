@@ -150,9 +150,21 @@ def test_changes_reach_the_broker_with_schemas_and_a_restart_resumes(
 
     deleted = [m for m in messages if m.value is not None and m.value_json["payload"]["op"] == "d"]
     tx_delete = next(m for m in deleted if m.topic.endswith(".transactions"))
-    # REPLICA IDENTITY DEFAULT: the key, and Debezium's defaults for everything else.
+    # transactions has REPLICA IDENTITY FULL: a delete carries the real old row.
     assert tx_delete.value_json["payload"]["before"]["id"] == 1
-    assert tx_delete.value_json["payload"]["before"]["customer_id"] == 0
+    assert tx_delete.value_json["payload"]["before"]["customer_id"] == 1
+    tx_update = next(
+        m
+        for m in messages
+        if m.topic.endswith(".transactions")
+        and m.value is not None
+        and m.value_json["payload"]["op"] == "u"
+    )
+    assert tx_update.value_json["payload"]["before"]["status"] == "pending"
+    # customers keeps REPLICA IDENTITY DEFAULT: the key, and Debezium's defaults for the rest.
+    customer_delete = next(m for m in deleted if m.topic.endswith(".customers"))
+    assert customer_delete.value_json["payload"]["before"]["id"] == 3
+    assert customer_delete.value_json["payload"]["before"]["email"] != "c@example.com"
     tombstones = [m for m in messages if m.value is None]
     assert sorted(m.key_json["payload"]["id"] for m in tombstones) == [1, 3]
 

@@ -1,0 +1,54 @@
+"""Dirty keys: the one record that connects stage 1 (router) to stage 2 (syncer).
+
+A dirty key says "entity ``id`` of ``resource`` may have changed, because of ``cause``". It is
+keyed ``resource/id`` on the dirty topic, so every trigger of one entity, from any source topic
+or partition, lands in one partition and has one owner at a time: that is what serializes an
+entity's sends (design.md, "Why two stages"). Its JSON shape is ``schemas/dirty-key.schema.json``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Cause", "DirtyKey", "decode_dirty", "dirty_message_key", "encode_dirty"]
+
+EntityId = int | str
+
+
+class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where the trigger came from: enough to find the source event and to audit the send."""
+
+    kind: str  # "cdc" for a change event; "backfill", "replay", "resync" for the others
+    table: str | None = None
+    op: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    source_ts_ms: int | None = None
+    lsn: int | None = None
+    traceparent: str | None = None
+
+
+class DirtyKey(msgspec.Struct, frozen=True, omit_defaults=True):
+    resource: str
+    id: EntityId
+    cause: Cause
+    enqueued_ms: int = 0
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(DirtyKey)
+
+
+def dirty_message_key(resource: str, entity_id: EntityId) -> bytes:
+    """The Kafka key: one entity, one partition of the dirty topic."""
+    return f"{resource}/{entity_id}".encode()
+
+
+def encode_dirty(key: DirtyKey) -> bytes:
+    return _encoder.encode(key)
+
+
+def decode_dirty(raw: bytes) -> DirtyKey:
+    """Raise msgspec.DecodeError/ValidationError on anything that is not a dirty key."""
+    return _decoder.decode(raw)

@@ -1,0 +1,94 @@
+"""Kafka plumbing shared by both stages: client settings in one place, and how a consumer leaves.
+
+Offsets are committed only at reach-sync's own checkpoints (after the sink confirmed), so
+auto-commit and the automatic offset store are off and cannot be switched on from the sync
+definition. Everything else in ``client_settings`` is passed through to librdkafka.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from consumer.config import KafkaSource
+
+__all__ = [
+    "CORRECTNESS_SETTINGS",
+    "abandoned_consumers",
+    "consumer_settings",
+    "producer_settings",
+    "release_consumer",
+]
+
+# Settings reach-sync's guarantees depend on; a definition that sets them differently is refused.
+CORRECTNESS_SETTINGS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+}
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+    # librdkafka waits fetch.queue.backoff.ms (1000 by default) before refilling a full
+    # prefetch queue; a consumer that drains its queue quickly then idles (local-broker-notes.md).
+    "fetch.queue.backoff.ms": 10,
+}
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 5,
+    "compression.type": "lz4",
+}
+
+# Consumers left without a LeaveGroup (see release_consumer); kept referenced so that garbage
+# collection cannot close them before the process ends.
+_abandoned: list[Consumer] = []
+
+
+def _checked(settings: dict[str, Any]) -> dict[str, Any]:
+    for key, required in CORRECTNESS_SETTINGS.items():
+        if key in settings and settings[key] != required:
+            raise ValueError(f"source.kafka.client_settings.{key} must stay {required!r}")
+    return settings
+
+
+def consumer_settings(kafka: KafkaSource, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """librdkafka consumer settings: our defaults, then the definition's, then the caller's."""
+    return {
+        **_CONSUMER_DEFAULTS,
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": group_id,
+        "session.timeout.ms": kafka.session_timeout_ms,
+        **_checked(dict(kafka.client_settings)),
+        **overrides,
+        **CORRECTNESS_SETTINGS,
+    }
+
+
+def producer_settings(kafka: KafkaSource, **overrides: Any) -> dict[str, Any]:
+    """Idempotent, acks=all: a produce that was acknowledged is durable and not duplicated."""
+    return {
+        **_PRODUCER_DEFAULTS,
+        "bootstrap.servers": kafka.bootstrap_servers,
+        **kafka.client_settings,
+        **overrides,
+    }
+
+
+def release_consumer(consumer: Consumer, leave_group: bool) -> None:
+    """Leave the group (real Kafka: a fast rebalance) or just stop using the consumer.
+
+    The local broker mishandles a LeaveGroup from a group leader during a rebalance and then never
+    assigns the group again (docs/local-broker-group-rejoin.md); there, a consumer is released
+    without one and the broker evicts it after the session timeout.
+    """
+    if leave_group:
+        consumer.close()
+    else:
+        _abandoned.append(consumer)
+
+
+def abandoned_consumers() -> int:
+    """How many consumers were released without leaving; the process must then end with
+    ``os._exit`` so that no destructor sends the LeaveGroup after all."""
+    return len(_abandoned)
