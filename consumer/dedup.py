@@ -1,0 +1,108 @@
+"""The last-sent store: what Reach already has, so unchanged records are not sent again.
+
+Per (resource, entity id) it keeps the tenant and the hash of the last record Reach accepted.
+It is an optimisation, never a source of truth: it is written only after Reach accepted, and
+when Redis cannot be reached every lookup answers "unknown", so records are re-sent, never
+skipped. Reads and writes of a window go in one pipelined round trip each, never per key.
+
+The tenant is kept beside the hash because a deleted entity has no row left to tell its tenant,
+and Reach's delete needs one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from consumer.dirty import EntityId
+
+__all__ = ["LastSent", "LastSentStore"]
+
+log = logging.getLogger(__name__)
+
+# A dedup lookup must never hold a window up for long: past this, send without it.
+REDIS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LastSent:
+    tenant: str
+    hash: str
+
+
+class LastSentStore:
+    """Keys ``<prefix>:last:<resource>:<id>`` → ``<tenant>\\n<hash>``; all key names live here."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self._prefix = prefix
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self.available = True
+
+    def _key(self, resource: str, entity_id: EntityId) -> str:
+        return f"{self._prefix}:last:{resource}:{entity_id}"
+
+    def _mark(self, ok: bool, action: str, exc: Exception | None = None) -> None:
+        if ok and not self.available:
+            log.warning("dedup store reachable again; deduplicating sends again")
+        elif not ok and self.available:
+            log.warning(
+                "dedup store unavailable (%s: %s); sending without dedup",
+                action,
+                type(exc).__name__,
+            )
+        self.available = ok
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def get_many(self, resource: str, ids: Sequence[EntityId]) -> dict[str, LastSent] | None:
+        """Last-sent entries by str(id); None when the store cannot answer (send everything)."""
+        if not ids:
+            return {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entity_id in ids:
+                    pipe.get(self._key(resource, entity_id))
+                values = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._mark(False, "read", exc)
+            return None
+        self._mark(True, "read")
+        found: dict[str, LastSent] = {}
+        for entity_id, raw in zip(ids, values, strict=True):
+            if raw:
+                tenant, _, digest = raw.decode().partition("\n")
+                found[str(entity_id)] = LastSent(tenant=tenant, hash=digest)
+        return found
+
+    async def record_sent(self, resource: str, sent: Iterable[tuple[EntityId, LastSent]]) -> None:
+        """Remember what Reach accepted. A failure only costs re-sends later, so it is logged."""
+        await self._write(resource, sent, forget=())
+
+    async def forget(self, resource: str, ids: Iterable[EntityId]) -> None:
+        """After a delete: the entity is gone from Reach, so a re-created one is sent again."""
+        await self._write(resource, (), forget=ids)
+
+    async def _write(
+        self,
+        resource: str,
+        sent: Iterable[tuple[EntityId, LastSent]],
+        forget: Iterable[EntityId],
+    ) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entity_id, entry in sent:
+                    pipe.set(self._key(resource, entity_id), f"{entry.tenant}\n{entry.hash}")
+                for entity_id in forget:
+                    pipe.delete(self._key(resource, entity_id))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._mark(False, "write", exc)
+            return
+        self._mark(True, "write")
