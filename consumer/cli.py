@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from consumer import __version__
+from consumer.commands import add_sync_commands
 from consumer.dev.cli import add_dev_commands
 from consumer.dev.process import ComponentError
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reach-sync {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_sync_commands(sub)
     add_dev_commands(sub)
     _sandbox_command(sub)
     _demo_command(sub)

@@ -205,6 +205,10 @@ class Resource(_Strict):
     mapping: dict[str, FieldMapping] = Field(min_length=1)
     groups: Groups | None = None
     delivery: Delivery
+    # Every tenant this resource may live in, for deleting an entity whose tenant the last-sent
+    # store no longer knows (it was lost): the delete then goes to each, since deleting an id
+    # a tenant does not have is a success. Without it such a delete is dead-lettered instead.
+    tenants_query: str | None = None
 
     @field_validator("query")
     @classmethod

@@ -7,6 +7,7 @@ definition. Everything else in ``client_settings`` is passed through to librdkaf
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import Consumer
@@ -52,9 +53,15 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+# librdkafka's own log lines go through Python logging (structured, filterable) instead of
+# straight to stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
 def consumer_settings(kafka: KafkaSource, group_id: str, **overrides: Any) -> dict[str, Any]:
     """librdkafka consumer settings: our defaults, then the definition's, then the caller's."""
     return {
+        "logger": _LIBRDKAFKA_LOG,
         **_CONSUMER_DEFAULTS,
         "bootstrap.servers": kafka.bootstrap_servers,
         "group.id": group_id,
@@ -68,6 +75,7 @@ def consumer_settings(kafka: KafkaSource, group_id: str, **overrides: Any) -> di
 def producer_settings(kafka: KafkaSource, **overrides: Any) -> dict[str, Any]:
     """Idempotent, acks=all: a produce that was acknowledged is durable and not duplicated."""
     return {
+        "logger": _LIBRDKAFKA_LOG,
         **_PRODUCER_DEFAULTS,
         "bootstrap.servers": kafka.bootstrap_servers,
         **kafka.client_settings,

@@ -7,7 +7,9 @@ as the rest of the row. An id with no row in the result is an entity that no lon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,9 @@ from consumer.projection import GROUP_COLUMN_PREFIX
 
 __all__ = ["Recomputed", "SourceDatabase", "recompute_query"]
 
+# How long the tenant list of a resource is reused; it is only needed for deletes whose tenant
+# the last-sent store lost, and tenants come and go rarely.
+TENANTS_CACHE_S = 60.0
 # Seconds to wait for a pooled connection before the window is retried later: long enough for a
 # busy pool, short enough that a database outage shows up as retries rather than a stuck window.
 POOL_TIMEOUT_S = 10.0
@@ -34,6 +39,21 @@ class Recomputed:
 
     rows: dict[str, dict[str, Any]]
     gone: list[EntityId]
+
+
+@contextmanager
+def _classified(what: str) -> Iterator[None]:
+    """Translate psycopg's errors into ours, once for every query this module runs."""
+    try:
+        yield
+    except (psycopg.ProgrammingError, psycopg.DataError) as exc:
+        # A wrong query, or ids of the wrong type for it: no retry will fix that.
+        raise ConfigurationError(
+            f"{what} fails: {exc.diag.message_primary}", scope="definition"
+        ) from exc
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # Includes statement timeouts (QueryCanceled) and lost connections.
+        raise Retryable(f"source database unavailable: {type(exc).__name__}") from exc
 
 
 def _trusted(text: str) -> sql.SQL:
@@ -64,6 +84,7 @@ class SourceDatabase:
             f"-c statement_timeout={source.statement_timeout_ms}"
             " -c default_transaction_read_only=on"
         )
+        self._tenants: dict[str, tuple[float, list[str]]] = {}
         self._pool = AsyncConnectionPool(
             source.dsn.get_secret_value(),
             min_size=1,
@@ -83,21 +104,34 @@ class SourceDatabase:
         """Fetch the rows for ``ids``; Retryable when the database is unreachable or busy,
         ConfigurationError when the query itself is wrong (no retry will fix it)."""
         query = recompute_query(resource)
-        try:
+        with _classified(f"the query of {resource.reach_schema!r}"):
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query, {"ids": list(ids)})
                 fetched = await cur.fetchall()
-        except (psycopg.ProgrammingError, psycopg.DataError) as exc:
-            # A wrong query, or ids of the wrong type for it: no retry will fix that.
-            raise ConfigurationError(
-                f"the query of {resource.reach_schema!r} fails: {exc.diag.message_primary}",
-                scope="definition",
-            ) from exc
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            # Includes statement timeouts (QueryCanceled) and lost connections.
-            raise Retryable(f"source database unavailable: {type(exc).__name__}") from exc
         rows: dict[str, dict[str, Any]] = {}
         for row in fetched:
             rows[str(row[resource.key])] = row
         gone = [i for i in ids if str(i) not in rows]
         return Recomputed(rows=rows, gone=gone)
+
+    async def tenants(self, resource: Resource) -> list[str]:
+        """Every tenant of the resource (its tenants_query), cached for TENANTS_CACHE_S."""
+        if resource.tenants_query is None:
+            return []
+        now = time.monotonic()
+        cached = self._tenants.get(resource.tenants_query)
+        if cached is not None and now - cached[0] < TENANTS_CACHE_S:
+            return cached[1]
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute(_trusted(resource.tenants_query))
+                tenants = [str(row[0]) for row in await cur.fetchall() if row[0] is not None]
+        except (psycopg.ProgrammingError, psycopg.DataError) as exc:
+            raise ConfigurationError(
+                f"the tenants_query of {resource.reach_schema!r} fails: {exc.diag.message_primary}",
+                scope="definition",
+            ) from exc
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise Retryable(f"source database unavailable: {type(exc).__name__}") from exc
+        self._tenants[resource.tenants_query] = (now, tenants)
+        return tenants

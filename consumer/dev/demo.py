@@ -1,37 +1,39 @@
-"""``reach-sync demo``: the local stack under a shop workload, with a live view, then a check.
+"""``reach-sync demo``: the whole thing on the local stack, with a live view, then a check.
 
-What it shows today: the servers starting, the workload changing the shop database, and
-Debezium's change events arriving on the broker, per table and operation. At the end it checks
-that the latest event of every key on the topics equals that row in the database (the property
-the sync pipeline builds on) and stops everything.
+It starts the local stack, seeds the shop, runs reach-sync with ``examples/shop.yaml`` while the
+workload generator changes the database, shows what flows (events in, dirty keys, windows,
+recomputes, sent, skipped as unchanged, dead-lettered, backlog, commit → accepted latency), then
+checks that the sandbox equals the projection of the database for every entity, prints a
+summary and stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
+import statistics
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from consumer.config import SyncDefinition, load_definition
+from consumer.dev.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
+from consumer.dev.verify import Difference, verify_sandbox
+from consumer.service import ServiceStats, run_service
 
-from consumer.dev.stack import LocalStack, StackEndpoints, StackOptions
+__all__ = ["add_arguments", "demo_env", "run"]
 
-__all__ = ["add_arguments", "run"]
-
-# The event stream counts as caught up once nothing new arrived for this long after the load.
-QUIET_PERIOD_S = 3.0
-CATCH_UP_TIMEOUT_S = 120.0
+DEFINITION = Path(__file__).parents[2] / "examples" / "shop.yaml"
 REFRESH_S = 1.0
-VERIFIED_TABLES = ("customers", "transactions")
+# After the workload, the pipeline has caught up once nothing moved for this long.
+QUIET_PERIOD_S = 3.0
+CATCH_UP_TIMEOUT_S = 180.0
+PIPELINE_STOP_S = 90.0
+# Joins on the local broker take about half the session timeout (local-broker-notes.md).
+LOCAL_SESSION_TIMEOUT_MS = 6000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,140 +44,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="workload random seed")
 
 
-@dataclass
-class _Tally:
-    """Events seen on the Debezium topics, and the latest image of every key."""
-
-    by_table_op: Counter[tuple[str, str]] = field(default_factory=Counter)
-    latest: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
-    total: int = 0
-    last_event_at: float = field(default_factory=time.monotonic)
-
-    def add(self, table: str, key: bytes | None, value: bytes | None) -> None:
-        self.total += 1
-        self.last_event_at = time.monotonic()
-        key_id = _row_id(key)
-        if value is None:
-            self.by_table_op[(table, "tombstone")] += 1
-            return
-        envelope = orjson.loads(value)
-        envelope = envelope.get("payload", envelope) if "schema" in envelope else envelope
-        op = envelope.get("op", "?")
-        self.by_table_op[(table, op)] += 1
-        if key_id is not None:
-            self.latest[(table, key_id)] = None if op == "d" else envelope.get("after")
+def demo_env(endpoints: StackEndpoints, group: str = "reach-sync-demo") -> dict[str, str]:
+    """The environment examples/shop.yaml reads, pointing at the local stack."""
+    return {
+        "REACH_SYNC_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
+        "REACH_SYNC_GROUP_ID": group,
+        "REACH_SYNC_SESSION_TIMEOUT_MS": str(LOCAL_SESSION_TIMEOUT_MS),
+        "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
+        "REACH_SYNC_DATABASE_URL": endpoints.postgres_dsn,
+        "REACH_SYNC_REACH_URL": endpoints.sandbox_url,
+        "REACH_SYNC_PARTNER_ID": endpoints.reach_partner_id,
+        "REACH_SYNC_JWT_SECRET": endpoints.reach_jwt_secret,
+        "REACH_SYNC_REDIS_URL": endpoints.redis_url,
+    }
 
 
-def _row_id(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    parsed = orjson.loads(key)
-    payload = parsed.get("payload", parsed) if "schema" in parsed else parsed
-    return str(payload.get("id"))
+def _percentile(values: list[int], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return float(values[0])
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def _open_view(endpoints: StackEndpoints) -> Consumer:
-    """Read every partition from the start without joining a group: a watcher, not a worker."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": endpoints.bootstrap_servers,
-            "group.id": "reach-sync-demo-view",
-            "enable.auto.commit": False,
-            "fetch.queue.backoff.ms": 10,
-        }
-    )
-    metadata = consumer.list_topics(timeout=10)
-    partitions = [
-        TopicPartition(name, p, 0)
-        for name, topic in metadata.topics.items()
-        if name.startswith(f"{endpoints.topic_prefix}.public.")
-        for p in topic.partitions
+def _lines(stats: ServiceStats, elapsed: float, load_running: bool) -> list[str]:
+    router, syncer = stats.router, stats.syncer
+    events = router.events if router else 0
+    produced = router.dirty_keys if router else 0
+    latencies = list(syncer.latencies_ms)
+    return [
+        f"t={elapsed:5.1f}s  workload {'running' if load_running else 'done'}",
+        f"  events in      {events:8d}   ignored {sum(router.ignored.values()) if router else 0:6d}"
+        f"   dead-lettered (router) {router.dead_lettered if router else 0}",
+        f"  dirty keys     {produced:8d}   backlog {max(0, produced - syncer.dirty_keys):6d}"
+        f"   coalesced into {syncer.entities} entities in {syncer.windows} windows",
+        f"  recomputes     {syncer.recomputes:8d}   retries {syncer.retries:6d}",
+        f"  sent           {syncer.sent:8d}   skipped (unchanged) {syncer.skipped:6d}"
+        f"   deleted {syncer.deleted:5d}   dead-lettered {syncer.dead_lettered}",
+        f"  commit → accepted   p50 {_percentile(latencies, 50):7.0f} ms"
+        f"   p99 {_percentile(latencies, 99):7.0f} ms   ({len(latencies)} samples)",
     ]
-    consumer.assign(partitions)
-    return consumer
 
 
-def _drain(consumer: Consumer, tally: _Tally, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=0.1):
-            topic = msg.topic()
-            if msg.error() is None and topic is not None:
-                tally.add(topic.rsplit(".", 1)[-1], msg.key(), msg.value())
-
-
-def _render(tally: _Tally, elapsed: float, load_done: bool, tty: bool) -> None:
-    tables = sorted({table for table, _ in tally.by_table_op})
-    ops = ("r", "c", "u", "d", "tombstone")
-    lines = [
-        f"t={elapsed:5.1f}s  events {tally.total:7d}  ({tally.total / max(elapsed, 0.1):6.0f}/s)"
-        f"  workload {'done' if load_done else 'running'}",
-        f"  {'table':<14}" + "".join(f"{op:>10}" for op in ops),
-    ]
-    for table in tables:
-        lines.append(
-            f"  {table:<14}" + "".join(f"{tally.by_table_op[(table, op)]:>10}" for op in ops)
-        )
+def _render(lines: list[str], tty: bool) -> None:
     if tty:
         # Clear below, draw the block, then return to its first line for the next redraw.
         sys.stdout.write("\x1b[J" + "\n".join(lines) + f"\n\x1b[{len(lines)}F")
         sys.stdout.flush()
-    else:
-        print(lines[0], flush=True)
 
 
-def _normalise(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC)
-    return value
+def _moving(stats: ServiceStats) -> tuple[int, ...]:
+    router = stats.router
+    syncer = stats.syncer
+    return (router.events if router else 0, syncer.dirty_keys, syncer.windows)
 
 
-def _event_value(value: Any, db_value: Any) -> Any:
-    if isinstance(db_value, datetime) and isinstance(value, str):
-        return datetime.fromisoformat(value).astimezone(UTC)
-    return value
-
-
-def _verify(endpoints: StackEndpoints, tally: _Tally) -> list[str]:
-    """Differences between the database and the latest event per key; empty when equal."""
-    problems: list[str] = []
-    with psycopg.connect(endpoints.postgres_dsn) as conn:
-        for table in VERIFIED_TABLES:
-            cursor = conn.execute(f"SELECT * FROM {table}")
-            columns = [c.name for c in cursor.description or []]
-            rows = {str(row[0]): dict(zip(columns, row, strict=True)) for row in cursor}
-            on_topic = {
-                key: image
-                for (t, key), image in tally.latest.items()
-                if t == table and image is not None
-            }
-            if set(rows) != set(on_topic):
-                missing = sorted(set(rows) - set(on_topic))[:5]
-                extra = sorted(set(on_topic) - set(rows))[:5]
-                problems.append(f"{table}: keys differ (missing {missing}, extra {extra})")
-                continue
-            for key, row in rows.items():
-                image = on_topic[key]
-                for column, db_value in row.items():
-                    if _event_value(image.get(column), db_value) != _normalise(db_value):
-                        problems.append(f"{table} {key}.{column}: db {db_value!r} vs event")
-                        break
-    return problems
-
-
-def _run_load_thread(
+def _start_load(
     dsn: str, rate: float, seconds: float, seed: int
 ) -> tuple[threading.Thread, list[Any]]:
     from consumer.dev.load import run_load
 
     result: list[Any] = []
-
-    def target() -> None:
-        result.append(run_load(dsn, rate=rate, seconds=seconds, rng_seed=seed, progress=False))
-
-    thread = threading.Thread(target=target, name="demo-load", daemon=True)
+    thread = threading.Thread(
+        target=lambda: result.append(
+            run_load(dsn, rate=rate, seconds=seconds, rng_seed=seed, progress=False)
+        ),
+        name="demo-load",
+        daemon=True,
+    )
     thread.start()
     return thread, result
+
+
+def _report(differences: list[Difference]) -> bool:
+    ok = all(d.equal for d in differences)
+    for d in differences:
+        if d.equal:
+            print(f"  {d.resource:<13} {d.checked:6d} entities: the sandbox equals the projection")
+        else:
+            print(
+                f"  {d.resource:<13} MISMATCH: {len(d.missing)} missing, {len(d.extra)} extra, "
+                f"{len(d.different)} different (e.g. {(d.missing + d.extra + d.different)[:3]})"
+            )
+    return ok
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,42 +141,55 @@ def run(args: argparse.Namespace) -> int:
     endpoints = stack.start()
     try:
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in stack.startup_seconds.items())
-        print(f"ready ({timings})\nlogs in {endpoints.logs_dir}\n", flush=True)
-        return _watch(endpoints, args)
+        print(f"ready ({timings}); logs in {endpoints.logs_dir}", flush=True)
+        definition = load_definition(DEFINITION, demo_env(endpoints))
+        return _run_pipeline(definition, endpoints, args)
     finally:
         print("stopping the local stack", flush=True)
         stack.stop()
 
 
-def _watch(endpoints: StackEndpoints, args: argparse.Namespace) -> int:
-    tty = sys.stdout.isatty()
-    tally = _Tally()
-    view = _open_view(endpoints)
-    started = time.monotonic()
-    load_thread, load_result = _run_load_thread(
-        endpoints.postgres_dsn, args.rate, args.seconds, args.seed
+def _run_pipeline(
+    definition: SyncDefinition, endpoints: StackEndpoints, args: argparse.Namespace
+) -> int:
+    stats = ServiceStats()
+    stop = threading.Event()
+    pipeline = threading.Thread(
+        target=run_service, args=(definition, stop), kwargs={"stats": stats}, name="reach-sync"
     )
+    pipeline.start()
+    workload = f"{args.rate:g} changes/s for {args.seconds:g} s"
+    print(f"reach-sync running with {DEFINITION.name}; workload: {workload}\n", flush=True)
+    tty = sys.stdout.isatty()
+    started = time.monotonic()
+    load, load_result = _start_load(endpoints.postgres_dsn, args.rate, args.seconds, args.seed)
+    last_move, last_state = time.monotonic(), _moving(stats)
     try:
-        while load_thread.is_alive() or time.monotonic() - tally.last_event_at < QUIET_PERIOD_S:
-            _drain(view, tally, REFRESH_S)
-            _render(tally, time.monotonic() - started, not load_thread.is_alive(), tty)
+        while pipeline.is_alive():
+            time.sleep(REFRESH_S)
+            _render(_lines(stats, time.monotonic() - started, load.is_alive()), tty)
+            state = _moving(stats)
+            if state != last_state:
+                last_move, last_state = time.monotonic(), state
+            caught_up = time.monotonic() - last_move > QUIET_PERIOD_S and stats.syncer.windows > 0
+            if not load.is_alive() and caught_up:
+                break
             if time.monotonic() - started > args.seconds + CATCH_UP_TIMEOUT_S:
+                print("\nthe pipeline did not catch up in time", flush=True)
                 break
     finally:
-        view.close()
+        stop.set()
+        pipeline.join(PIPELINE_STOP_S)
     if tty:
         sys.stdout.write("\x1b[J")
-    _render(tally, time.monotonic() - started, True, tty=False)
-    problems = _verify(endpoints, tally)
-    print(f"\nworkload: {load_result[0] if load_result else 'did not finish'}")
-    if problems:
-        print(f"MISMATCH: {len(problems)} differences between the database and the topics:")
-        for problem in problems[:10]:
-            print(f"  {problem}")
+    print("\n".join(_lines(stats, time.monotonic() - started, False)))
+    if stats.router_error is not None:
+        print(f"\nthe router stopped: {stats.router_error}")
         return 1
-    counts = ", ".join(
-        f"{t} {sum(1 for (tt, _), img in tally.latest.items() if tt == t and img)}"
-        for t in VERIFIED_TABLES
+    print(f"\nworkload: {load_result[0] if load_result else 'did not finish'}")
+    print("\nchecking the sandbox against the database ...")
+    tenants = [external for _, external in DEV_TENANTS]
+    differences = asyncio.run(
+        verify_sandbox(definition, endpoints.sandbox_url, endpoints.sandbox_admin_token, tenants)
     )
-    print(f"verified: the latest change event of every key equals the database ({counts} rows)")
-    return 0
+    return 0 if _report(differences) else 1

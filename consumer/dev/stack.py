@@ -13,7 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from consumer.dev import broker, postgres, redis
 from consumer.dev.process import (
@@ -26,7 +28,10 @@ from consumer.dev.process import (
     wait_until,
 )
 
-__all__ = ["DEV_TENANTS", "LocalStack", "StackEndpoints", "StackOptions"]
+if TYPE_CHECKING:
+    from consumer.reach.sandbox.config import SandboxConfig
+
+__all__ = ["DEV_TENANTS", "LocalStack", "StackEndpoints", "StackOptions", "with_shop_schemas"]
 
 # Readiness bounds, generous for a shared 2-core machine: the servers are ready in well under a
 # second here, Debezium (a JVM plus the initial snapshot) in several seconds.
@@ -40,6 +45,7 @@ DEV_TENANTS: tuple[tuple[str, str], ...] = tuple(
     (f"tenant-{n}", f"merchant-{n}") for n in (1, 2, 3)
 )
 SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
+SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
 
 
 @dataclass(frozen=True)
@@ -198,11 +204,13 @@ class LocalStack:
 
         config_path = self.state_dir / "sandbox" / "sandbox.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config = dev_config(
-            partner_secret=credentials.partner_secret,
-            admin_token=credentials.admin_token,
-            static_key=credentials.static_key,
-            tenants=list(DEV_TENANTS),
+        config = with_shop_schemas(
+            dev_config(
+                partner_secret=credentials.partner_secret,
+                admin_token=credentials.admin_token,
+                static_key=credentials.static_key,
+                tenants=list(DEV_TENANTS),
+            )
         )
         write_sandbox_config(config, config_path)
         return ProcessSpec(
@@ -295,6 +303,15 @@ class _SandboxCredentials:
             static_key="rk_dev_" + secrets.token_urlsafe(24),
             admin_token=secrets.token_urlsafe(24),
         )
+
+
+def with_shop_schemas(config: SandboxConfig) -> SandboxConfig:
+    """The sandbox config plus the shop's Reach schemas (shop_reach_schemas.yaml)."""
+    from consumer.reach.sandbox.config import SchemaConfig
+
+    entries = yaml.safe_load(SHOP_REACH_SCHEMAS.read_text())
+    schemas = tuple(SchemaConfig.model_validate(entry) for entry in entries)
+    return config.model_copy(update={"schemas": (*config.schemas, *schemas)})
 
 
 def _sandbox_ready(url: str) -> bool:

@@ -1,0 +1,325 @@
+"""Stage 1, the router: Debezium change events in, dirty keys out, keyed by entity.
+
+Every change is planned into the entities it makes dirty (consumer/triggers.py) and produced to
+the dirty topic keyed ``resource/id``, so that each entity has one owner in stage 2 whatever
+topic or partition its triggers came from (design.md, "Why two stages"). Events that are fine but
+trigger nothing are counted; events that can never be used go to the dead-letter topic with the
+reason, and work goes on.
+
+The loop, one batch at a time: consume, route, await acknowledgements, commit. A source offset is
+committed only after the producer acknowledged every dirty key and dead letter of the events up
+to it, so nothing is lost; a failed delivery rewinds the batch and routes it again (dirty keys
+are idempotent, so duplicates are harmless). Because a batch is finished before the next
+``consume``, and rebalance callbacks only run inside ``consume``, nothing is in flight when
+partitions are revoked.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.config import SyncDefinition
+from consumer.deadletter import DeadLetterEvent, Headers, dead_letter_message
+from consumer.debezium import Change, DecodeError, Ignored, decode_event
+from consumer.dirty import Cause, DirtyKey, dirty_message_key, encode_dirty
+from consumer.errors import BadRecord, Retryable
+from consumer.kafka import consumer_settings, producer_settings, release_consumer
+from consumer.router_setup import check_replica_identity, ensure_topics, subscription
+from consumer.triggers import TriggerIndex, plan_dirty
+
+__all__ = ["RouterStats", "run_router"]
+
+log = logging.getLogger(__name__)
+
+# Events per batch: large enough to amortise one acknowledgement wait and one commit round trip
+# (measured with bench/router.py), small enough to bound what is re-routed after a failure.
+BATCH_MAX_EVENTS = 2000
+# How long consume() waits for a batch; also how soon the loop notices the stop flag.
+POLL_TIMEOUT_S = 0.5
+# The producer reports every message's outcome within message.timeout.ms; 30 s is well inside
+# librdkafka's max.poll.interval.ms default (300 s), so a stalled produce never costs the group.
+DELIVERY_TIMEOUT_MS = 30_000
+ACK_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 5
+# A revoke or a shutdown waits at most this long for outstanding deliveries before committing
+# what was already acknowledged.
+DRAIN_TIMEOUT_S = 10.0
+# Backoff after a failed delivery: doubling from the first to the last value.
+RETRY_BACKOFF_S = (0.5, 30.0)
+# Waiting for the producer's queue to drain when it is full (BufferError).
+QUEUE_FULL_POLL_S = 0.1
+
+_PartitionKey = tuple[str, int]
+
+
+@dataclass
+class RouterStats:
+    """What the router did since it started; ``ignored`` counts by Debezium reason."""
+
+    events: int = 0
+    changes: int = 0
+    ignored: Counter[str] = field(default_factory=Counter)
+    dirty_keys: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    retries: int = 0
+
+    def snapshot(self) -> RouterStats:
+        return copy.deepcopy(self)
+
+
+def run_router(
+    definition: SyncDefinition,
+    stop: threading.Event,
+    *,
+    on_stats: Callable[[RouterStats], None] | None = None,
+) -> RouterStats:
+    """Route until ``stop`` is set, then drain, commit and release the consumer.
+
+    Startup fails with ConfigurationError if a trigger table's replica identity contradicts the
+    definition, and with Retryable if the database or broker cannot be reached.
+    """
+    check_replica_identity(definition)
+    ensure_topics(definition)
+    router = _Router(definition, on_stats)
+    try:
+        router.run(stop)
+    finally:
+        router.close()
+    return router.stats
+
+
+class _Router:
+    def __init__(
+        self, definition: SyncDefinition, on_stats: Callable[[RouterStats], None] | None
+    ) -> None:
+        kafka = definition.source.kafka
+        self.stats = RouterStats()
+        self._definition = definition
+        self._on_stats = on_stats
+        self._index = TriggerIndex.from_definition(definition)
+        self._dirty_topic = definition.topics.dirty
+        self._dead_letter_topic = definition.topics.dead_letter
+        self._failures: list[KafkaError] = []
+        self._done: dict[_PartitionKey, int] = {}  # next offset to commit, acknowledged
+        self._backoff_s = RETRY_BACKOFF_S[0]
+        self._producer = Producer(
+            producer_settings(
+                kafka,
+                **{"message.timeout.ms": DELIVERY_TIMEOUT_MS, "linger.ms": 100},
+                **{"delivery.report.only.error": True, "on_delivery": self._on_delivery},
+            )
+        )
+        self._consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.router"))
+        self._consumer.subscribe(
+            subscription(kafka), on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("router subscribed to %s as %s.router", subscription(kafka), kafka.group_id)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            batch = self._consumer.consume(BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
+            if not batch:
+                continue
+            try:
+                self._route(batch)
+                self._await_acknowledgements(ACK_TIMEOUT_S)
+            except Retryable as exc:
+                self._rewind(batch, exc, stop)
+                continue
+            self._mark_done(batch)
+            self._commit()
+            self._report()
+
+    def close(self) -> None:
+        """Drain what is in flight (bounded), commit what is acknowledged, release the consumer."""
+        try:
+            self._await_acknowledgements(DRAIN_TIMEOUT_S)
+            self._commit()
+        except Retryable as exc:
+            log.warning("router stopping with unacknowledged output: %s", exc)
+        finally:
+            leave = self._definition.source.kafka.leave_group_on_close
+            release_consumer(self._consumer, leave_group=leave)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _route(self, batch: list[Message]) -> None:
+        """Produce the dirty keys and dead letters of every event in the batch."""
+        enqueued_ms = int(time.time() * 1000)
+        for message in batch:
+            if _consume_error(message):
+                continue
+            self.stats.events += 1
+            try:
+                event = decode_event(message.key(), message.value())
+                if isinstance(event, Ignored):
+                    self.stats.ignored[event.reason] += 1
+                    continue
+                self.stats.changes += 1
+                self._produce_dirty(message, event, enqueued_ms)
+            except (DecodeError, BadRecord) as exc:
+                self._dead_letter(message, exc)
+
+    def _produce_dirty(self, message: Message, change: Change, enqueued_ms: int) -> None:
+        entities = plan_dirty(change, self._index)  # raises before anything is produced
+        cause = Cause(
+            kind="cdc",
+            table=change.table,
+            op=change.op,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            source_ts_ms=change.source_ts_ms,
+            lsn=change.lsn,
+        )
+        for entity in entities:
+            value = encode_dirty(DirtyKey(entity.resource, entity.id, cause, enqueued_ms))
+            self._produce(self._dirty_topic, dirty_message_key(entity.resource, entity.id), value)
+        self.stats.dirty_keys += len(entities)
+
+    def _dead_letter(self, message: Message, error: Exception) -> None:
+        letter = DeadLetterEvent.from_message(message, error)
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s (%s)",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            letter.reason,
+            letter.error_class,
+        )
+        key, value, headers = dead_letter_message(letter)
+        self._produce(self._dead_letter_topic, key, value, headers)
+        self.stats.dead_lettered += 1
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    ) -> None:
+        """Produce, waiting for room when the producer's queue is full (bounded memory)."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(QUEUE_FULL_POLL_S)
+
+    # --- acknowledgements and offsets -------------------------------------------------------
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        # Only failures are reported (delivery.report.only.error); the count is what matters.
+        if error is not None:
+            self._failures.append(error)
+
+    def _await_acknowledgements(self, timeout_s: float) -> None:
+        """Return once every produced message is acknowledged; else raise Retryable."""
+        deadline = time.monotonic() + timeout_s
+        while (outstanding := self._producer.flush(1.0)) > 0:
+            if time.monotonic() > deadline:
+                raise Retryable(
+                    f"{outstanding} produced messages unacknowledged after {timeout_s} s"
+                )
+        failures, self._failures = self._failures, []
+        for error in failures:
+            if error.fatal():
+                raise KafkaException(error)
+        if failures:
+            raise Retryable(f"{len(failures)} deliveries failed, first: {failures[0].str()}")
+
+    def _rewind(self, batch: list[Message], error: Retryable, stop: threading.Event) -> None:
+        """Seek each partition back to the batch's first event and back off before retrying."""
+        self.stats.retries += 1
+        log.warning("routing again after %.1f s: %s", self._backoff_s, error)
+        for key, offset in _first_offsets(batch).items():
+            self._consumer.seek(TopicPartition(key[0], key[1], offset))
+        stop.wait(self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, RETRY_BACKOFF_S[1])
+
+    def _mark_done(self, batch: list[Message]) -> None:
+        self._backoff_s = RETRY_BACKOFF_S[0]
+        self.stats.batches += 1
+        for message in batch:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is not None and partition is not None and offset is not None:
+                self._done[(topic, partition)] = offset + 1
+
+    def _commit(self, partitions: set[_PartitionKey] | None = None) -> None:
+        """Commit acknowledged offsets synchronously; keep whatever failed for the next commit.
+
+        1. take the acknowledged next-offsets (of ``partitions``, or all);
+        2. commit them synchronously;
+        3. forget each partition whose commit succeeded and did not move meanwhile.
+        """
+        offsets = {k: v for k, v in self._done.items() if partitions is None or k in partitions}
+        if not offsets:
+            return
+        try:
+            results = self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            self.stats.commit_failures += 1
+            log.warning("commit failed, kept for the next one: %s", exc.args[0])
+            return
+        self.stats.commits += 1
+        for tp in results:
+            key = (tp.topic, tp.partition)
+            if tp.error is None and self._done.get(key) == offsets.get(key):
+                del self._done[key]
+
+    def _report(self) -> None:
+        if self._on_stats is not None:
+            self._on_stats(self.stats.snapshot())
+
+    # --- rebalance --------------------------------------------------------------------------
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish what is in flight (bounded), commit the revoked partitions, let them go."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        try:
+            self._await_acknowledgements(DRAIN_TIMEOUT_S)
+        except Retryable as exc:
+            log.warning("revoked with unacknowledged output, not committing it: %s", exc)
+        self._commit(revoked)
+        self._forget(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost partitions may already belong to another member: never commit them."""
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        log.warning("partitions lost, not committing: %s", sorted(lost))
+        self._forget(lost)
+
+    def _forget(self, partitions: set[_PartitionKey]) -> None:
+        for key in partitions:
+            self._done.pop(key, None)
+
+
+def _consume_error(message: Message) -> bool:
+    """True for an error event in the batch; raise if it is fatal to the consumer."""
+    error = message.error()
+    if error is None:
+        return False
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("consumer error: %s", error.str())
+    return True
+
+
+def _first_offsets(batch: list[Message]) -> dict[_PartitionKey, int]:
+    first: dict[_PartitionKey, int] = {}
+    for message in batch:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is not None and partition is not None and offset is not None:
+            first.setdefault((topic, partition), offset)
+    return first

@@ -1,0 +1,383 @@
+"""Stage 2, the syncer: dirty keys → windows → recompute → project → dedup → Reach → commit.
+
+The main loop reads as its steps: poll the dirty topic, add keys to their partition's open
+window, start the windows that are due (at most one in flight per partition), commit the ones
+that finished, and pause partitions whose backlog is full. A window's offsets are committed only
+after every entity in it reached a durable outcome (sent, skipped, deleted or dead-lettered).
+
+confluent-kafka is synchronous: ``consume`` runs in a worker thread so the event loop keeps
+sending while it waits, and the rebalance callbacks (which run inside ``consume``) hand the
+revoked partitions to the loop and wait, bounded, for their windows to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.config import REACH_MAX_BATCH, SyncDefinition
+from consumer.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
+from consumer.dedup import LastSentStore
+from consumer.delivery import DeadLetter, DeliveryResult, deliver_resource
+from consumer.dirty import decode_dirty
+from consumer.errors import ConfigurationError, Retryable, SyncError
+from consumer.kafka import consumer_settings, release_consumer
+from consumer.reach.client import ReachClient
+from consumer.recompute import SourceDatabase
+from consumer.windows import Window
+
+__all__ = ["Syncer", "SyncerStats"]
+
+log = logging.getLogger(__name__)
+
+POLL_BATCH = 1000
+POLL_TIMEOUT_S = 0.1
+# Retry backoff for a failed window: exponential with full jitter, capped; a configuration error
+# (credentials, a broken query) waits the cap, since only a person can fix it.
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
+# A partition whose open window holds this many times its resources' max_keys while another
+# window is in flight is paused: memory stays bounded under any backlog.
+BACKLOG_FACTOR = 4
+# How long a revoke may wait for in-flight windows before giving the partitions up uncommitted;
+# well under librdkafka's max.poll.interval.ms (300 s).
+REVOKE_BOUND_S = 60.0
+# How long shutdown waits for in-flight windows, then for the producer to flush.
+DRAIN_BOUND_S = 30.0
+PRODUCER_FLUSH_S = 30.0
+# Source-commit → accepted latencies kept for percentiles (the demo and the benchmark).
+LATENCY_SAMPLES = 20_000
+# A window holding only dead-lettered messages closes at once; with keys, by its resources'.
+_LONGEST_WINDOW_S = 600.0
+
+
+@dataclass
+class SyncerStats:
+    """What the syncer did; ``latencies_ms`` holds the most recent source-commit → accepted
+    times (the source's commit timestamp to the window's completion), bounded."""
+
+    dirty_keys: int = 0
+    windows: int = 0
+    entities: int = 0
+    recomputes: int = 0
+    sent: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    commits: int = 0
+    latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def add(self, result: DeliveryResult) -> None:
+        self.sent += result.sent
+        self.skipped += result.skipped
+        self.deleted += result.deleted
+        self.dead_lettered += len(result.dead)
+
+
+@dataclass
+class _Partition:
+    topic: str
+    partition: int
+    open: Window | None = None
+    running: asyncio.Task[None] | None = None
+    running_window: Window | None = None
+    failed: Window | None = None
+    retry_at: float = 0.0
+    attempts: int = 0
+    paused: bool = False
+    revoked: bool = False
+
+
+@dataclass
+class Syncer:
+    definition: SyncDefinition
+    client: ReachClient
+    db: SourceDatabase
+    last_sent: LastSentStore
+    producer: Producer
+    stats: SyncerStats = field(default_factory=SyncerStats)
+    _partitions: dict[int, _Partition] = field(default_factory=dict)
+    _consumer: Consumer | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _dead_letter_failures: list[str] = field(default_factory=list)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    async def run(self, stop: threading.Event) -> SyncerStats:
+        self._loop = asyncio.get_running_loop()
+        kafka = self.definition.source.kafka
+        consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.syncer"))
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.definition.topics.dirty],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        poller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="syncer-poll")
+        try:
+            while not stop.is_set():
+                messages = await self._loop.run_in_executor(
+                    poller, consumer.consume, POLL_BATCH, POLL_TIMEOUT_S
+                )
+                self._add(messages)
+                self._start_due_windows()
+                self._apply_backpressure()
+            await self._drain(list(self._partitions.values()), DRAIN_BOUND_S)
+        finally:
+            poller.shutdown(wait=True)
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.producer.flush, PRODUCER_FLUSH_S
+            )
+            release_consumer(consumer, leave_group=kafka.leave_group_on_close)
+        return self.stats
+
+    def _add(self, messages: list[Message]) -> None:
+        now = time.monotonic()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("dirty topic read error: %s", error)
+                continue
+            part = self._partitions.get(message.partition() or 0)
+            if part is None or part.revoked:
+                continue
+            if part.open is None:
+                part.open = Window(opened_at=now, due_after_s=_LONGEST_WINDOW_S)
+            offset = message.offset() or 0
+            try:
+                key = decode_dirty(message.value() or b"")
+                resource = self.definition.resources[key.resource]
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
+                self._dead_letter_event(message, exc)
+                part.open.cover(offset)
+                continue
+            part.open.add(key, offset, resource.delivery.window_ms / 1000)
+            self.stats.dirty_keys += 1
+
+    def _max_keys(self, window: Window) -> int:
+        return min(
+            (self.definition.resources[r].delivery.max_keys for r, _ in window.ids),
+            default=REACH_MAX_BATCH,
+        )
+
+    def _kafka(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("the consumer exists only while run() runs")
+        return self._consumer
+
+    def _start_due_windows(self) -> None:
+        now = time.monotonic()
+        for part in self._partitions.values():
+            if part.running is not None or part.revoked:
+                continue
+            window = part.failed
+            if window is not None:
+                if now < part.retry_at:
+                    continue
+                if part.open is not None:
+                    window.absorb(part.open)
+                    part.open = None
+            elif part.open is not None and part.open.due(now, self._max_keys(part.open)):
+                window, part.open = part.open, None
+            if window is None:
+                continue
+            part.failed = None
+            part.running_window = window
+            part.running = asyncio.ensure_future(self._run_window(part, window))
+
+    def _apply_backpressure(self) -> None:
+        for part in self._partitions.values():
+            backlog = len(part.open) if part.open is not None else 0
+            full = part.open is not None and backlog >= BACKLOG_FACTOR * self._max_keys(part.open)
+            busy = part.running is not None or part.failed is not None
+            tp = [TopicPartition(part.topic, part.partition)]
+            if full and busy and not part.paused:
+                self._kafka().pause(tp)
+                part.paused = True
+            elif part.paused and not (full and busy):
+                self._kafka().resume(tp)
+                part.paused = False
+
+    # --- one window ------------------------------------------------------------------------------
+
+    async def _run_window(self, part: _Partition, window: Window) -> None:
+        """Process, then commit; or schedule a retry. Never raises into the loop."""
+        try:
+            await self._process(window)
+        except SyncError as exc:
+            self._schedule_retry(part, window, exc)
+        except Exception as exc:
+            log.exception("unexpected error in a window; it will be retried")
+            self._schedule_retry(part, window, Retryable(f"unexpected: {type(exc).__name__}"))
+        else:
+            self._commit(part, window)
+            self._record_latency(window)
+            part.attempts = 0
+        finally:
+            part.running = None
+            part.running_window = None
+
+    def _record_latency(self, window: Window) -> None:
+        now_ms = int(time.time() * 1000)
+        for causes in window.causes.values():
+            # Snapshot reads ("r") carry the snapshot's time, not a commit's: not a latency.
+            committed = [c.source_ts_ms for c in causes if c.source_ts_ms and c.op != "r"]
+            if committed:
+                self.stats.latencies_ms.append(max(0, now_ms - min(committed)))
+
+    def _schedule_retry(self, part: _Partition, window: Window, error: SyncError) -> None:
+        part.attempts += 1
+        self.stats.retries += 1
+        if isinstance(error, ConfigurationError):
+            delay = RETRY_CAP_S
+            log.error("configuration error, nothing is sent until it is fixed: %s", error)
+        else:
+            delay = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**part.attempts))  # noqa: S311
+            if isinstance(error, Retryable) and error.retry_after_s is not None:
+                delay = max(delay, error.retry_after_s)
+            log.warning(
+                "window of partition %d failed (%s); retry %d in %.1f s",
+                part.partition,
+                error,
+                part.attempts,
+                delay,
+            )
+        part.failed = window
+        part.retry_at = time.monotonic() + delay
+
+    async def _process(self, window: Window) -> None:
+        """Every resource of the window: one recompute query, then delivery, then dead letters."""
+        dead: list[DeadLetter] = []
+        for name, ids in window.by_resource().items():
+            resource = self.definition.resources[name]
+            recomputed = await self.db.recompute(resource, ids)
+            self.stats.recomputes += 1
+            result = await deliver_resource(
+                name,
+                resource,
+                recomputed,
+                client=self.client,
+                last_sent=self.last_sent,
+                tenants=self.db,
+            )
+            self.stats.add(result)
+            dead.extend(result.dead)
+        for letter in dead:
+            self._produce_dead_letter_record(window, letter)
+        # Dead letters of this window, and any produced on arrival, are durable before the commit.
+        await self._flush_dead_letters()
+        self.stats.windows += 1
+        self.stats.entities += len(window)
+
+    def _commit(self, part: _Partition, window: Window) -> None:
+        """Commit up to the window's end. Also during a revoke: the partition is ours until the
+        callback returns. A lost partition's commit fails, which is what it should do."""
+        offsets = [TopicPartition(part.topic, part.partition, window.end_offset + 1)]
+        try:
+            self._kafka().commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit of partition %d failed: %s", part.partition, exc)
+            return
+        self.stats.commits += 1
+
+    # --- dead letters ----------------------------------------------------------------------------
+
+    def _produce_dead_letter_record(self, window: Window, letter: DeadLetter) -> None:
+        now_ms = int(time.time() * 1000)
+        record = dead_letter_record(
+            resource=letter.resource,
+            entity_id=letter.entity_id,
+            tenant=letter.tenant,
+            cause=window.first_cause(letter.resource, letter.entity_id),
+            error=letter.error,
+            attempts=1,
+            first_attempt_ms=now_ms,
+            last_attempt_ms=now_ms,
+            payload_sha256=letter.payload_hash,
+        )
+        produce_dead_letter(
+            self.producer, self.definition.topics.dead_letter, record, self._on_dead_letter
+        )
+        log.warning(
+            "dead-lettered %s %s: %s",
+            letter.resource,
+            letter.entity_id,
+            type(letter.error).__name__,
+        )
+
+    def _on_dead_letter(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._dead_letter_failures.append(str(err))
+
+    async def _flush_dead_letters(self) -> None:
+        """A dead letter is an outcome only once the broker has it."""
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(None, self.producer.flush, PRODUCER_FLUSH_S)
+        failures, self._dead_letter_failures = self._dead_letter_failures, []
+        if left or failures:
+            raise Retryable(f"the dead-letter topic did not acknowledge: {failures[:1] or left}")
+
+    def _dead_letter_event(self, message: Message, error: Exception) -> None:
+        event = DeadLetterEvent.from_message(message, error, stage="syncer")
+        produce_dead_letter(
+            self.producer, self.definition.topics.dead_letter, event, self._on_dead_letter
+        )
+        self.stats.dead_lettered += 1
+
+    # --- rebalance and shutdown ------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._partitions[tp.partition] = _Partition(tp.topic, tp.partition)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Runs in the poll thread: let the loop finish these partitions' windows, bounded."""
+        parts = [
+            self._partitions[tp.partition] for tp in partitions if tp.partition in self._partitions
+        ]
+        for part in parts:
+            part.revoked = True
+        if self._loop is not None and parts:
+            future = asyncio.run_coroutine_threadsafe(
+                self._drain(parts, REVOKE_BOUND_S), self._loop
+            )
+            try:
+                future.result(timeout=REVOKE_BOUND_S + 5)
+            except concurrent.futures.TimeoutError:
+                log.error(
+                    "revoked partitions did not finish within %.0f s; released uncommitted",
+                    REVOKE_BOUND_S,
+                )
+        for part in parts:
+            self._partitions.pop(part.partition, None)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost, not revoked: someone else may own them already; never commit them."""
+        for tp in partitions:
+            part = self._partitions.pop(tp.partition, None)
+            if part is not None:
+                part.revoked = True
+                if part.running is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(part.running.cancel)
+
+    async def _drain(self, parts: list[_Partition], bound_s: float) -> None:
+        """Finish the windows in flight (their commits happen as they finish); drop the rest,
+        uncommitted, for the next owner to read again."""
+        running = [p.running for p in parts if p.running is not None]
+        if running:
+            await asyncio.wait(running, timeout=bound_s)
+        for part in parts:
+            part.open = None
+            part.failed = None

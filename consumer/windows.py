@@ -1,0 +1,71 @@
+"""Coalescing windows: the dirty keys of one dirty-topic partition, collected for one recompute.
+
+A window keeps one entry per entity however many triggers arrive for it (that is the
+coalescing), remembers the last offset it covers (what to commit once it is done), and closes
+by age (the shortest ``window_ms`` among its resources) or by size. A key stays in its window
+until the window is done, so a quiet entity still flushes when the window's time is up.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from consumer.dirty import Cause, DirtyKey, EntityId
+
+__all__ = ["Window"]
+
+# Causes kept per entity for the audit record; a hot entity can be triggered thousands of times
+# in one window, and the first few say why as well as all of them would.
+MAX_CAUSES_PER_ENTITY = 8
+
+
+@dataclass
+class Window:
+    opened_at: float
+    due_after_s: float
+    end_offset: int = -1
+    received: int = 0
+    ids: dict[tuple[str, str], EntityId] = field(default_factory=dict)
+    causes: dict[tuple[str, str], list[Cause]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
+        entity = (key.resource, str(key.id))
+        self.ids.setdefault(entity, key.id)
+        causes = self.causes[entity]
+        if len(causes) < MAX_CAUSES_PER_ENTITY:
+            causes.append(key.cause)
+        self.end_offset = max(self.end_offset, offset)
+        self.received += 1
+        self.due_after_s = min(self.due_after_s, window_s)
+
+    def cover(self, offset: int) -> None:
+        """Count an offset as part of this window without a key (a message dead-lettered on
+        arrival): committing past it must wait until this window is done."""
+        self.end_offset = max(self.end_offset, offset)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def due(self, now: float, max_keys: int) -> bool:
+        return not self.ids or len(self.ids) >= max_keys or now - self.opened_at >= self.due_after_s
+
+    def absorb(self, later: Window) -> None:
+        """Take a later window's keys into this one (a retry then recomputes both at once)."""
+        for entity, entity_id in later.ids.items():
+            self.ids.setdefault(entity, entity_id)
+            room = MAX_CAUSES_PER_ENTITY - len(self.causes[entity])
+            self.causes[entity].extend(later.causes[entity][: max(room, 0)])
+        self.end_offset = max(self.end_offset, later.end_offset)
+        self.received += later.received
+        self.due_after_s = min(self.due_after_s, later.due_after_s)
+
+    def by_resource(self) -> dict[str, list[EntityId]]:
+        grouped: dict[str, list[EntityId]] = defaultdict(list)
+        for (resource, _), entity_id in self.ids.items():
+            grouped[resource].append(entity_id)
+        return dict(grouped)
+
+    def first_cause(self, resource: str, entity_id: str) -> Cause:
+        causes = self.causes.get((resource, entity_id))
+        return causes[0] if causes else Cause(kind="unknown")
