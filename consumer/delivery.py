@@ -247,11 +247,13 @@ async def _upserts(
     last_sent: LastSentStore,
     result: DeliveryResult,
 ) -> None:
-    """Send per tenant; remember what Reach accepted even when a later part fails."""
+    """Send per tenant, tenants at once; remember what Reach accepted even when a part fails,
+    then raise the first failure (after every tenant finished)."""
     by_tenant: dict[str, list[Projected]] = defaultdict(list)
     for item in to_send:
         by_tenant[item.tenant].append(item)
-    for tenant, items in by_tenant.items():
+
+    async def one_tenant(tenant: str, items: list[Projected]) -> SyncError | None:
         if resource.delivery.mode == "realtime":
             accepted, error = await _send_realtime(
                 client, resource.reach_schema, items, result, name
@@ -264,8 +266,12 @@ async def _upserts(
             name, [(i.external_id, LastSent(i.tenant, i.hash)) for i in accepted]
         )
         result.sent += len(accepted)
-        if error is not None:
-            raise error
+        return error
+
+    errors = await asyncio.gather(*(one_tenant(t, items) for t, items in by_tenant.items()))
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 async def _deletes(

@@ -28,7 +28,7 @@ from consumer.config import REACH_MAX_BATCH, SyncDefinition
 from consumer.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
 from consumer.dedup import LastSentStore
 from consumer.delivery import DeadLetter, DeliveryResult, deliver_resource
-from consumer.dirty import decode_dirty
+from consumer.dirty import EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.kafka import consumer_settings, release_consumer
 from consumer.reach.client import ReachClient
@@ -258,28 +258,39 @@ class Syncer:
         part.retry_at = time.monotonic() + delay
 
     async def _process(self, window: Window) -> None:
-        """Every resource of the window: one recompute query, then delivery, then dead letters."""
-        dead: list[DeadLetter] = []
-        for name, ids in window.by_resource().items():
-            resource = self.definition.resources[name]
-            recomputed = await self.db.recompute(resource, ids)
-            self.stats.recomputes += 1
-            result = await deliver_resource(
-                name,
-                resource,
-                recomputed,
-                client=self.client,
-                last_sent=self.last_sent,
-                tenants=self.db,
-            )
-            self.stats.add(result)
-            dead.extend(result.dead)
-        for letter in dead:
-            self._produce_dead_letter_record(window, letter)
+        """Every resource of the window at once (their entities are independent): one recompute
+        query each, then delivery; then the dead letters. A failure of one resource fails the
+        window, after the others finished, so a retry never overlaps work still in flight."""
+        outcomes = await asyncio.gather(
+            *(self._resource(name, ids) for name, ids in window.by_resource().items()),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for outcome in outcomes:
+            if isinstance(outcome, DeliveryResult):
+                for letter in outcome.dead:
+                    self._produce_dead_letter_record(window, letter)
         # Dead letters of this window, and any produced on arrival, are durable before the commit.
         await self._flush_dead_letters()
+        if errors:
+            raise errors[0]
         self.stats.windows += 1
         self.stats.entities += len(window)
+
+    async def _resource(self, name: str, ids: list[EntityId]) -> DeliveryResult:
+        resource = self.definition.resources[name]
+        recomputed = await self.db.recompute(resource, ids)
+        self.stats.recomputes += 1
+        result = await deliver_resource(
+            name,
+            resource,
+            recomputed,
+            client=self.client,
+            last_sent=self.last_sent,
+            tenants=self.db,
+        )
+        self.stats.add(result)
+        return result
 
     def _commit(self, part: _Partition, window: Window) -> None:
         """Commit up to the window's end. Also during a revoke: the partition is ours until the

@@ -8,6 +8,7 @@ each other start at the same time; Debezium starts last because it needs the sho
 from __future__ import annotations
 
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ DEV_TENANTS: tuple[tuple[str, str], ...] = tuple(
 )
 SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
 SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
+# The state directory's per-component folders, all recreated on start.
+COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium")
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ class LocalStack:
 
     def _start_all(self) -> StackEndpoints:
         opts = self.options
+        # Fresh every time: the broker keeps nothing across restarts, so old database contents,
+        # change-capture offsets or credentials would only disagree with it.
+        for component in COMPONENT_DIRS:
+            shutil.rmtree(self.state_dir / component, ignore_errors=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         broker_port = _port(opts.broker_port, broker.NAME, "--broker-port")
         redis_port = _port(opts.redis_port, redis.NAME, "--redis-port")
