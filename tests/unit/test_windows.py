@@ -1,0 +1,54 @@
+"""Windows: one entry per entity, closed by age or size, merged for retries."""
+
+from __future__ import annotations
+
+from consumer.dirty import Cause, DirtyKey
+from consumer.windows import MAX_CAUSES_PER_ENTITY, Window
+
+
+def _key(resource: str, entity_id: int, offset: int) -> DirtyKey:
+    return DirtyKey(resource, entity_id, Cause(kind="cdc", offset=offset, op="u"))
+
+
+def test_many_triggers_of_one_entity_coalesce() -> None:
+    window = Window(opened_at=0.0, due_after_s=600)
+    for offset in range(100):
+        window.add(_key("customers", 7, offset), offset, window_s=0.5)
+    window.add(_key("transactions", 7, 100), 100, window_s=0.1)
+
+    assert len(window) == 2
+    assert window.received == 101
+    assert window.end_offset == 100
+    assert window.by_resource() == {"customers": [7], "transactions": [7]}
+    assert len(window.causes[("customers", "7")]) == MAX_CAUSES_PER_ENTITY
+    assert window.first_cause("customers", "7").offset == 0
+
+
+def test_a_window_closes_by_its_shortest_resource_age_or_by_size() -> None:
+    window = Window(opened_at=10.0, due_after_s=600)
+    window.add(_key("customers", 1, 0), 0, window_s=0.5)
+    assert not window.due(10.4, max_keys=1000)
+    assert window.due(10.5, max_keys=1000)
+    window.add(_key("transactions", 2, 1), 1, window_s=0.1)
+    assert window.due(10.15, max_keys=1000)
+    assert window.due(10.0, max_keys=2)
+
+
+def test_a_window_of_only_dead_lettered_offsets_is_due_at_once() -> None:
+    window = Window(opened_at=0.0, due_after_s=600)
+    window.cover(41)
+    assert window.due(0.0, max_keys=1000)
+    assert window.end_offset == 41 and len(window) == 0
+
+
+def test_absorbing_a_later_window_keeps_every_entity_and_the_last_offset() -> None:
+    failed = Window(opened_at=0.0, due_after_s=600)
+    failed.add(_key("customers", 1, 5), 5, window_s=0.5)
+    later = Window(opened_at=1.0, due_after_s=600)
+    later.add(_key("customers", 1, 9), 9, window_s=0.5)
+    later.add(_key("customers", 2, 12), 12, window_s=0.5)
+    failed.absorb(later)
+    assert sorted(failed.by_resource()["customers"]) == [1, 2]
+    assert failed.end_offset == 12
+    assert failed.received == 3
+    assert [c.offset for c in failed.causes[("customers", "1")]] == [5, 9]
