@@ -21,7 +21,7 @@ import orjson
 from consumer.config import ConfigError, SyncDefinition, load_definition
 from consumer.dedup import LastSentStore
 from consumer.dirty import EntityId
-from consumer.errors import ConfigurationError, SyncError
+from consumer.errors import BadRecord, ConfigurationError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.plan import describe_plan, plan_command
 from consumer.projection import project
@@ -121,7 +121,7 @@ def _plan(args: argparse.Namespace) -> int:
         entities = plan_command(
             definition, args.table, row, op=args.op, before=before, key_columns=args.key.split(",")
         )
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, BadRecord) as exc:
         print(f"plan: {exc}", file=sys.stderr)
         return 1
     print(describe_plan(args.table, args.op, entities))

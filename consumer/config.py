@@ -138,10 +138,12 @@ class Trigger(_Strict):
     """A table whose changes make entities of a resource dirty, and where the entity id is.
 
     ``id`` is the column of the changed row holding the entity id: the row's own key for the
-    resource's table, a foreign key for a related table. Both the before and the after image are
-    read, so a row moving from entity A to B makes both dirty; a delete's before image is read
-    for ``id`` only when the table's replica identity is FULL (with DEFAULT, Debezium fills the
-    non-key columns of a delete with default values, not the old ones).
+    resource's table, a foreign key for a related table. A key column is always read from the
+    event's key. A foreign key is read from the after image, and from the before image only when
+    ``replica_identity`` is ``full``: with DEFAULT, Postgres gives updates no before image and
+    deletes one holding Debezium's default values, not the old ones. So a foreign-key trigger
+    that must see a row move from entity A to B (or be deleted from A) needs FULL; reach-sync
+    checks the table's identity against the database at startup.
     """
 
     table: str = Field(pattern=_TABLE.pattern, description="schema.table")

@@ -24,7 +24,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 from confluent_kafka import KafkaError, Message, Producer
 
-from consumer.dirty import Cause, dirty_message_key
+from consumer.dirty import Cause, EntityId, dirty_message_key
 from consumer.errors import BadRecord
 
 __all__ = [
@@ -129,7 +129,7 @@ class DeadLetterRecord(msgspec.Struct, frozen=True):
     """A record Reach rejected; the value of a ``record`` dead letter (see the schema)."""
 
     resource: str
-    id: int | str
+    id: EntityId
     tenant: str | None
     payload: dict[str, Any] | None
     payload_sha256: str | None
@@ -142,13 +142,13 @@ class DeadLetterRecord(msgspec.Struct, frozen=True):
     attempts: int
     first_attempt_ms: int
     last_attempt_ms: int
-    stage: Stage = "syncer"
+    stage: Literal["syncer"] = "syncer"
 
 
 def dead_letter_record(
     *,
     resource: str,
-    entity_id: int | str,
+    entity_id: EntityId,
     tenant: str | None,
     cause: Cause,
     error: Exception,
@@ -164,8 +164,6 @@ def dead_letter_record(
     ``payload_sha256``, the same hash the audit records. Reach's status and body come from a
     ``BadRecord``; the body is cut to ``MAX_BODY_BYTES`` of UTF-8.
     """
-    if payload is None and payload_sha256 is None:
-        raise ValueError("a record dead letter needs the payload or its hash")
     status = error.status if isinstance(error, BadRecord) else None
     raw_body = error.body if isinstance(error, BadRecord) else None
     body = None if raw_body is None else _bounded(raw_body, MAX_BODY_BYTES)

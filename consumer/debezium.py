@@ -16,13 +16,15 @@ from typing import Any, Literal
 
 import msgspec
 
+from consumer.errors import BadRecord
+
 __all__ = ["Change", "DecodeError", "Ignored", "decode_event", "decode_key"]
 
 Op = Literal["c", "u", "d", "r"]
 _ROW_OPS: dict[str, Op] = {"c": "c", "u": "u", "d": "d", "r": "r"}
 
 
-class DecodeError(ValueError):
+class DecodeError(BadRecord):
     """The event cannot be understood; it goes to the dead-letter topic with this reason."""
 
 

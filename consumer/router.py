@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -48,6 +48,9 @@ POLL_TIMEOUT_S = 0.5
 # librdkafka's max.poll.interval.ms default (300 s), so a stalled produce never costs the group.
 DELIVERY_TIMEOUT_MS = 30_000
 ACK_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 5
+# The loop flushes at the end of every batch, and a flush sends at once whatever linger.ms says;
+# a long linger only makes mid-batch requests fewer and larger (bench: 2.9 -> 2.0 us a produce).
+PRODUCER_LINGER_MS = 100
 # A revoke or a shutdown waits at most this long for outstanding deliveries before committing
 # what was already acknowledged.
 DRAIN_TIMEOUT_S = 10.0
@@ -115,8 +118,13 @@ class _Router:
         self._producer = Producer(
             producer_settings(
                 kafka,
-                **{"message.timeout.ms": DELIVERY_TIMEOUT_MS, "linger.ms": 100},
-                **{"delivery.report.only.error": True, "on_delivery": self._on_delivery},
+                **{
+                    "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                    "linger.ms": PRODUCER_LINGER_MS,
+                    # Successes need no callback: flush() returning 0 says they all completed.
+                    "delivery.report.only.error": True,
+                    "on_delivery": self._on_delivery,
+                },
             )
         )
         self._consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.router"))
@@ -217,7 +225,6 @@ class _Router:
     # --- acknowledgements and offsets -------------------------------------------------------
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        # Only failures are reported (delivery.report.only.error); the count is what matters.
         if error is not None:
             self._failures.append(error)
 
@@ -240,18 +247,19 @@ class _Router:
         """Seek each partition back to the batch's first event and back off before retrying."""
         self.stats.retries += 1
         log.warning("routing again after %.1f s: %s", self._backoff_s, error)
-        for key, offset in _first_offsets(batch).items():
-            self._consumer.seek(TopicPartition(key[0], key[1], offset))
+        first: dict[_PartitionKey, int] = {}
+        for topic, partition, offset in _positions(batch):
+            first.setdefault((topic, partition), offset)
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
         stop.wait(self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, RETRY_BACKOFF_S[1])
 
     def _mark_done(self, batch: list[Message]) -> None:
         self._backoff_s = RETRY_BACKOFF_S[0]
         self.stats.batches += 1
-        for message in batch:
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            if topic is not None and partition is not None and offset is not None:
-                self._done[(topic, partition)] = offset + 1
+        for topic, partition, offset in _positions(batch):
+            self._done[(topic, partition)] = offset + 1
 
     def _commit(self, partitions: set[_PartitionKey] | None = None) -> None:
         """Commit acknowledged offsets synchronously; keep whatever failed for the next commit.
@@ -316,10 +324,10 @@ def _consume_error(message: Message) -> bool:
     return True
 
 
-def _first_offsets(batch: list[Message]) -> dict[_PartitionKey, int]:
-    first: dict[_PartitionKey, int] = {}
+def _positions(batch: list[Message]) -> Iterator[tuple[str, int, int]]:
+    """(topic, partition, offset) of each event in the batch, skipping error events."""
     for message in batch:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
-        if topic is not None and partition is not None and offset is not None:
-            first.setdefault((topic, partition), offset)
-    return first
+        if topic is None or partition is None or offset is None or message.error() is not None:
+            continue
+        yield topic, partition, offset

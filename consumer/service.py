@@ -61,7 +61,8 @@ def run_service(
     stats: ServiceStats | None = None,
 ) -> ServiceStats:
     """Run until ``stop`` is set; return what each stage did. Pass ``stats`` to watch it live."""
-    ensure_topics(definition)
+    if role == "syncer":
+        ensure_topics(definition)  # the router creates them itself when it runs
     stats = ServiceStats() if stats is None else stats
     router_thread = None
     if role in ("all", "router"):

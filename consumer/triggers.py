@@ -21,11 +21,10 @@ from typing import Any, NamedTuple
 
 from consumer.config import SyncDefinition
 from consumer.debezium import Change
+from consumer.dirty import EntityId
 from consumer.errors import BadRecord
 
 __all__ = ["DirtyEntity", "TriggerIndex", "UnknownTable", "UnusableId", "plan_dirty"]
-
-EntityId = int | str
 
 # Ops whose after image is the row as it now is; ops whose before image is the row as it was.
 _AFTER_OPS = frozenset({"c", "u", "r"})
@@ -75,9 +74,6 @@ class TriggerIndex:
                 by_table.setdefault(trigger.table, []).append(rule)
         return cls({table: tuple(rules) for table, rules in by_table.items()})
 
-    def covers(self, table: str) -> bool:
-        return table in self.by_table
-
     def tables(self) -> list[str]:
         return sorted(self.by_table)
 
@@ -91,9 +87,8 @@ def plan_dirty(change: Change, index: TriggerIndex) -> list[DirtyEntity]:
     for rule in rules:
         for value in _id_values(change, rule):
             if value is not None:
-                planned[
-                    DirtyEntity(rule.resource, _entity_id(value, change.table, rule.column))
-                ] = None
+                entity_id = _entity_id(value, change.table, rule.column)
+                planned[DirtyEntity(rule.resource, entity_id)] = None
     return list(planned)
 
 
