@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,6 +206,7 @@ class LocalStack:
         self.startup_seconds[process.spec.name] = wait_until(process, probe, timeout_s)
 
     def _sandbox_spec(self, port: int, credentials: _SandboxCredentials) -> ProcessSpec:
+        from consumer.reach.sandbox.cli import server_command
         from consumer.reach.sandbox.config import dev_config, write_sandbox_config
 
         config_path = self.state_dir / "sandbox" / "sandbox.yaml"
@@ -222,19 +222,7 @@ class LocalStack:
         write_sandbox_config(config, config_path)
         return ProcessSpec(
             name="sandbox",
-            argv=[
-                sys.executable,
-                "-m",
-                "consumer.reach.sandbox",
-                "--config",
-                str(config_path),
-                "--state-dir",
-                str(config_path.parent),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            argv=server_command(config_path, config_path.parent, port=port),
             log_path=self.logs_dir / "sandbox.log",
         )
 

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from consumer.config import SyncDefinition, load_definition
+from consumer.dev.demo import demo_env
 from consumer.dev.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
 from consumer.service import ServiceStats, run_service
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
 TENANTS = [external for _, external in DEV_TENANTS]
-# Joins on the local broker take about half the session timeout (local-broker-notes.md).
-SESSION_TIMEOUT_MS = "6000"
 STOP_BOUND_S = 90.0
 
 
@@ -34,17 +33,9 @@ def shop_stack(state_root: Path) -> Iterator[StackEndpoints]:
 
 
 def shop_env(endpoints: StackEndpoints, name: str) -> dict[str, str]:
-    """Environment for examples/shop.yaml against the stack, isolated by ``name``."""
+    """The demo's environment for examples/shop.yaml, isolated by ``name``."""
     return {
-        "REACH_SYNC_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
-        "REACH_SYNC_GROUP_ID": name,
-        "REACH_SYNC_SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS,
-        "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
-        "REACH_SYNC_DATABASE_URL": endpoints.postgres_dsn,
-        "REACH_SYNC_REACH_URL": endpoints.sandbox_url,
-        "REACH_SYNC_PARTNER_ID": endpoints.reach_partner_id,
-        "REACH_SYNC_JWT_SECRET": endpoints.reach_jwt_secret,
-        "REACH_SYNC_REDIS_URL": endpoints.redis_url,
+        **demo_env(endpoints, group=name),
         "REACH_SYNC_REDIS_PREFIX": f"reach-sync:{name}",
         "REACH_SYNC_DIRTY_TOPIC": f"{name}.dirty",
         "REACH_SYNC_DEAD_LETTER_TOPIC": f"{name}.dead-letter",

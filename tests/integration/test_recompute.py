@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import psycopg
 import pytest
 from pydantic import SecretStr
 
-from consumer.config import DatabaseSource, load_definition
+from consumer.config import DatabaseSource, SyncDefinition
 from consumer.dev.postgres import PostgresConfig
 from consumer.dev.shop import apply_schema
 from consumer.errors import ConfigurationError, Retryable
 from consumer.recompute import SourceDatabase
+from tests.shop_definition import shop_definition
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
 
-
-def _definition(dsn: str):  # type: ignore[no-untyped-def]
-    return load_definition(
-        EXAMPLE,
-        {
-            "REACH_SYNC_BOOTSTRAP_SERVERS": "127.0.0.1:9",
-            "REACH_SYNC_DATABASE_URL": dsn,
-            "REACH_SYNC_PARTNER_ID": "p",
-            "REACH_SYNC_JWT_SECRET": "s",
-            "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:9/0",
-        },
-    )
+def _definition(dsn: str) -> SyncDefinition:
+    return shop_definition(REACH_SYNC_DATABASE_URL=dsn)
 
 
 @pytest.fixture

@@ -8,15 +8,8 @@ import pytest
 import yaml
 
 from consumer.config import ConfigError, load_definition
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
-ENV = {
-    "REACH_SYNC_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-    "REACH_SYNC_DATABASE_URL": "postgresql://reach:pw@127.0.0.1:5432/shop",
-    "REACH_SYNC_PARTNER_ID": "partner-1",
-    "REACH_SYNC_JWT_SECRET": "s3cret-value",
-    "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:6379/0",
-}
+from tests.shop_definition import EXAMPLE
+from tests.shop_definition import OFFLINE_ENV as ENV
 
 
 def _write(tmp_path: Path, mutate: object) -> Path:

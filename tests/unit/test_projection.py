@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +12,9 @@ import pytest
 from consumer.config import FieldMapping, Resource, load_definition
 from consumer.errors import BadRecord
 from consumer.projection import GROUP_COLUMN_PREFIX, payload_hash, project
+from tests.shop_definition import EXAMPLE
+from tests.shop_definition import OFFLINE_ENV as ENV
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
-ENV = {
-    "REACH_SYNC_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-    "REACH_SYNC_DATABASE_URL": "postgresql://u:p@127.0.0.1/shop",
-    "REACH_SYNC_PARTNER_ID": "p",
-    "REACH_SYNC_JWT_SECRET": "s",
-    "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:6379/0",
-}
 CUSTOMERS = load_definition(EXAMPLE, ENV).resources["customers"]
 
 

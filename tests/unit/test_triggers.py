@@ -14,16 +14,10 @@ from consumer.debezium import Change, decode_event
 from consumer.errors import BadRecord
 from consumer.plan import describe_plan, plan_command
 from consumer.triggers import DirtyEntity, TriggerIndex, UnknownTable, UnusableId, plan_dirty
+from tests.shop_definition import EXAMPLE
+from tests.shop_definition import OFFLINE_ENV as ENV
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
 FIXTURE = Path(__file__).parents[3] / "shared/fixtures/debezium/postgres-json-with-schemas.jsonl"
-ENV = {
-    "REACH_SYNC_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-    "REACH_SYNC_DATABASE_URL": "postgresql://reach:pw@127.0.0.1:5432/shop",
-    "REACH_SYNC_PARTNER_ID": "partner-1",
-    "REACH_SYNC_JWT_SECRET": "s3cret-value",
-    "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:6379/0",
-}
 
 
 def _shop(identity: Literal["default", "full"] = "full") -> SyncDefinition:
