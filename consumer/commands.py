@@ -101,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
         if stats.router_error is not None:
             code = EXIT_CONFIG if isinstance(stats.router_error, ConfigurationError) else 1
             print(f"reach-sync: the router stopped: {stats.router_error}", file=sys.stderr)
-        print(json.dumps({"syncer": vars(stats.syncer)}), file=sys.stderr)
+        counts = {k: v for k, v in vars(stats.syncer).items() if k != "latencies_ms"}
+        print(json.dumps({"syncer": counts}), file=sys.stderr)
     if abandoned_consumers():
         # Consumers released without a LeaveGroup (the local broker; see release_consumer) must
         # not get one from a destructor on the way out.

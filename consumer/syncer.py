@@ -96,6 +96,8 @@ class _Partition:
     attempts: int = 0
     paused: bool = False
     revoked: bool = False
+    # The next offset of this partition whose windows are all done: what a final commit commits.
+    done_offset: int | None = None
 
 
 @dataclass
@@ -134,13 +136,19 @@ class Syncer:
                 self._start_due_windows()
                 self._apply_backpressure()
             await self._drain(list(self._partitions.values()), DRAIN_BOUND_S)
+            await self._loop.run_in_executor(None, self.producer.flush, PRODUCER_FLUSH_S)
         finally:
-            poller.shutdown(wait=True)
-            await asyncio.get_running_loop().run_in_executor(
-                None, self.producer.flush, PRODUCER_FLUSH_S
+            # On the poll thread, like every call that can run rebalance callbacks: a close()
+            # revokes, and the revoke handler must not wait on a loop that is blocked calling it.
+            await self._loop.run_in_executor(
+                poller, self._release, consumer, kafka.leave_group_on_close
             )
-            release_consumer(consumer, leave_group=kafka.leave_group_on_close)
+            poller.shutdown(wait=True)
         return self.stats
+
+    def _release(self, consumer: Consumer, leave_group: bool) -> None:
+        self._commit_done(list(self._partitions.values()))
+        release_consumer(consumer, leave_group=leave_group)
 
     def _add(self, messages: list[Message]) -> None:
         now = time.monotonic()
@@ -293,15 +301,31 @@ class Syncer:
         return result
 
     def _commit(self, part: _Partition, window: Window) -> None:
-        """Commit up to the window's end. Also during a revoke: the partition is ours until the
-        callback returns. A lost partition's commit fails, which is what it should do."""
-        offsets = [TopicPartition(part.topic, part.partition, window.end_offset + 1)]
+        """Commit up to the window's end without blocking the loop. A synchronous commit here
+        could not finish while a rebalance callback waits on this loop; the revoke handler and
+        shutdown make the final, synchronous commit from the poll thread (_commit_done)."""
+        part.done_offset = window.end_offset + 1
+        offsets = [TopicPartition(part.topic, part.partition, part.done_offset)]
         try:
-            self._kafka().commit(offsets=offsets, asynchronous=False)
+            self._kafka().commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             log.warning("commit of partition %d failed: %s", part.partition, exc)
             return
         self.stats.commits += 1
+
+    def _commit_done(self, parts: list[_Partition]) -> None:
+        """Synchronously commit what is done; only from the poll thread (revoke, shutdown)."""
+        offsets = [
+            TopicPartition(p.topic, p.partition, p.done_offset)
+            for p in parts
+            if p.done_offset is not None
+        ]
+        if not offsets:
+            return
+        try:
+            self._kafka().commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("final commit of %d partitions failed: %s", len(offsets), exc)
 
     # --- dead letters ----------------------------------------------------------------------------
 
@@ -354,13 +378,15 @@ class Syncer:
             self._partitions[tp.partition] = _Partition(tp.topic, tp.partition)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Runs in the poll thread: let the loop finish these partitions' windows, bounded."""
+        """Runs in the poll thread: let the loop finish these partitions' windows (bounded),
+        commit them, and cancel any window that outlived the bound, so that no window keeps
+        sending for a partition another consumer now owns."""
         parts = [
             self._partitions[tp.partition] for tp in partitions if tp.partition in self._partitions
         ]
         for part in parts:
             part.revoked = True
-        if self._loop is not None and parts:
+        if self._loop is not None and parts and not self._loop.is_closed():
             future = asyncio.run_coroutine_threadsafe(
                 self._drain(parts, REVOKE_BOUND_S), self._loop
             )
@@ -368,9 +394,13 @@ class Syncer:
                 future.result(timeout=REVOKE_BOUND_S + 5)
             except concurrent.futures.TimeoutError:
                 log.error(
-                    "revoked partitions did not finish within %.0f s; released uncommitted",
+                    "revoked partitions did not finish within %.0f s; their windows are cancelled",
                     REVOKE_BOUND_S,
                 )
+            for part in parts:
+                if part.running is not None:
+                    self._loop.call_soon_threadsafe(part.running.cancel)
+        self._commit_done(parts)
         for part in parts:
             self._partitions.pop(part.partition, None)
 

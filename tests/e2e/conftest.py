@@ -47,22 +47,32 @@ class RunningPipeline:
     definition: SyncDefinition
     stop: threading.Event
     thread: threading.Thread
-    stats: list[ServiceStats]
+    stats: ServiceStats
 
 
 @pytest.fixture
 def pipeline(
     shop_stack: StackEndpoints, unique: Callable[[str], str]
 ) -> Iterator[Callable[..., AbstractContextManager[RunningPipeline]]]:
-    """Start reach-sync (both stages) in a thread; stopped and joined when the block ends."""
+    """Start reach-sync (both stages) in a thread; stopped and joined when the block ends.
+
+    A name runs once per test process: on the local broker the stopped pipeline's consumers are
+    released without a LeaveGroup and stay alive (heartbeating) until the process ends, so the
+    same group would never be rebalanced to a second pipeline here. Restart tests use a separate
+    process (helpers.PipelineProcess).
+    """
 
     @contextmanager
     def start(name: str | None = None) -> Iterator[RunningPipeline]:
         definition = load_definition(EXAMPLE, shop_env(shop_stack, name or unique("e2e")))
         stop = threading.Event()
-        stats: list[ServiceStats] = []
+        stats = ServiceStats()
         thread = threading.Thread(
-            target=lambda: stats.append(run_service(definition, stop)), name="pipeline", daemon=True
+            target=run_service,
+            args=(definition, stop),
+            kwargs={"stats": stats},
+            name="pipeline",
+            daemon=True,
         )
         thread.start()
         try:

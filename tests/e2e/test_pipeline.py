@@ -2,53 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-import httpx
-import psycopg
-
-from consumer.config import SyncDefinition
 from consumer.dev.stack import StackEndpoints
-from consumer.dev.verify import Difference, verify_sandbox
-from tests.e2e.conftest import TENANTS, RunningPipeline
-
-CONVERGE_TIMEOUT_S = 120.0
-
-
-def _converged(
-    definition: SyncDefinition, endpoints: StackEndpoints, timeout_s: float = CONVERGE_TIMEOUT_S
-) -> list[Difference]:
-    """Poll until the sandbox equals the projection; the last differences either way."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        differences = asyncio.run(
-            verify_sandbox(
-                definition, endpoints.sandbox_url, endpoints.sandbox_admin_token, TENANTS
-            )
-        )
-        if all(d.equal for d in differences) or time.monotonic() > deadline:
-            return differences
-        time.sleep(1.0)
-
-
-def _sql(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
-
-
-def _history(endpoints: StackEndpoints, tenant: str, schema: str, external_id: str) -> list[dict]:  # type: ignore[type-arg]
-    response = httpx.get(
-        f"{endpoints.sandbox_url}/_admin/history",
-        params={"tenant": tenant, "schema": schema, "externalId": external_id},
-        headers={"authorization": f"Bearer {endpoints.sandbox_admin_token}"},
-    )
-    response.raise_for_status()
-    versions: list[dict] = response.json()["versions"]  # type: ignore[type-arg]
-    return versions
+from tests.e2e.conftest import RunningPipeline
+from tests.e2e.helpers import Sandbox, converged, sql
 
 
 def test_changes_of_every_kind_converge(
@@ -58,14 +17,14 @@ def test_changes_of_every_kind_converge(
     dsn = shop_stack.postgres_dsn
     with pipeline() as running:
         # The snapshot makes every seeded entity dirty: the sandbox fills up to equal the database.
-        differences = _converged(running.definition, shop_stack)
+        differences = converged(running.definition, shop_stack)
         assert all(d.equal for d in differences), differences
         assert {d.resource: d.checked > 0 for d in differences} == {
             "customers": True,
             "transactions": True,
         }
 
-        _sql(
+        sql(
             dsn,
             # A new customer in each of two tenants, with sales.
             "INSERT INTO customers (id, merchant_id, email, first_name) VALUES"
@@ -77,8 +36,8 @@ def test_changes_of_every_kind_converge(
             "UPDATE transactions SET status = 'refunded' WHERE id = 900101",
             "UPDATE transactions SET status = 'completed' WHERE id = 900102",
         )
-        assert all(d.equal for d in _converged(running.definition, shop_stack))
-        _sql(
+        assert all(d.equal for d in converged(running.definition, shop_stack))
+        sql(
             dsn,
             # A field becomes empty: Reach must lose it (explicit null).
             "UPDATE customers SET first_name = NULL, phone = '+15550100' WHERE id = 900001",
@@ -90,17 +49,18 @@ def test_changes_of_every_kind_converge(
             "DELETE FROM transactions WHERE id = 900102",
             "DELETE FROM customers WHERE id = 900002",
         )
-        differences = _converged(running.definition, shop_stack)
+        differences = converged(running.definition, shop_stack)
         assert all(d.equal for d in differences), differences
 
     # The moved sale's value left 900001 and arrived at 900003; 900002 is gone from Reach.
-    new1 = _history(shop_stack, "merchant-1", "shop_customers", "900001")
-    third = _history(shop_stack, "merchant-1", "shop_customers", "900003")[-1]["data"]
+    sandbox = Sandbox.of(shop_stack)
+    new1 = sandbox.history("merchant-1", "shop_customers", "900001")
+    third = sandbox.history("merchant-1", "shop_customers", "900003")[-1]["data"]
     assert new1[-1]["data"]["lifetimeValue"] == 0 and "firstName" not in new1[-1]["data"]
     assert third["lifetimeValue"] == 1500.0 and third["segments"] == ["high_value"]
     for schema, tenant, external_id in (
         ("shop_customers", "merchant-2", "900002"),
         ("shop_transactions", "merchant-2", "900102"),
     ):
-        versions = _history(shop_stack, tenant, schema, external_id)
+        versions = sandbox.history(tenant, schema, external_id)
         assert versions and versions[-1]["data"] is None, (schema, versions)
