@@ -90,7 +90,6 @@ class _Partition:
     partition: int
     open: Window | None = None
     running: asyncio.Task[None] | None = None
-    running_window: Window | None = None
     failed: Window | None = None
     retry_at: float = 0.0
     attempts: int = 0
@@ -194,7 +193,10 @@ class Syncer:
             if window is not None:
                 if now < part.retry_at:
                     continue
-                if part.open is not None:
+                # Merge what arrived meanwhile, but only within the backlog bound: a window that
+                # keeps failing (Reach down) must not grow with every retry.
+                bound = BACKLOG_FACTOR * self._max_keys(window)
+                if part.open is not None and len(window) + len(part.open) <= bound:
                     window.absorb(part.open)
                     part.open = None
             elif part.open is not None and part.open.due(now, self._max_keys(part.open)):
@@ -202,7 +204,6 @@ class Syncer:
             if window is None:
                 continue
             part.failed = None
-            part.running_window = window
             part.running = asyncio.ensure_future(self._run_window(part, window))
 
     def _apply_backpressure(self) -> None:
@@ -235,7 +236,6 @@ class Syncer:
             part.attempts = 0
         finally:
             part.running = None
-            part.running_window = None
 
     def _record_latency(self, window: Window) -> None:
         now_ms = int(time.time() * 1000)
