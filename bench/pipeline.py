@@ -1,0 +1,1033 @@
+"""The core pipeline benchmark: a Debezium backlog through reach-sync, and its latency.
+
+Backlog part: a LocalStack without Debezium (broker, Postgres, Redis, Reach sandbox), the shop
+seeded with 50,000 customers and 50,000 transactions (every event's entity is a real row: a
+recompute that finds no row would turn it into a delete), and ``--events`` Debezium events
+preloaded into ``shop.public.customers`` and ``shop.public.transactions`` (4 partitions each,
+lz4, with the schema block or ``--no-schemas``): bench/router.py's events (the shared fixture's
+schema blocks, keys drawn Zipf over 50,000 per table), each sent to its table's topic. Then, in
+the same run, over that same backlog:
+
+- raw: confluent-kafka ``consume(1000)`` touching key and value, one consumer on both topics;
+- decode: the same plus ``decode_event``: the typed decoding ceiling;
+- router: ``run_router`` on examples/shop.yaml (router.py's ``measure_router``), events/s through
+  to acknowledged dirty keys and committed source offsets, from its first committed batch
+  (``--repeat`` runs of these three, medians);
+- pipeline: ``run_service(role="all")`` in this process, with a fresh group, dirty topic and
+  last-sent prefix: both stages down to the sandbox, the example's delivery modes (customers in
+  batches, transactions real time). Timed from the router's first committed batch to the last
+  window the syncer finished, once it had every dirty key the router produced and nothing moved
+  for ``QUIET_S``. Source queries are counted per window: ``consumer.service`` builds its
+  Syncer and SourceDatabase from subclasses here that only count (recompute calls per resource
+  per window attempt); nothing else changes;
+- peak RSS: ``python -m consumer.cli run --config examples/shop.yaml`` as a child process (the
+  demo's environment, again a fresh group and last-sent prefix) on the same backlog until its
+  syncer committed every dirty key (or for ``--rss-max-seconds``); the child's VmHWM, sampled
+  until it exits, so this process's own memory (the preload) does not count. Its throughput,
+  from committed offsets polled every ``OFFSETS_POLL_S``, is a cross-check. (Throughput is
+  measured in-process because ``run`` reports its stats only at exit.)
+
+Latency part: a fresh LocalStack with Debezium (its default shop size unless
+``--latency-customers``), both resources in real-time mode (customers' window set to
+``--latency-window-ms``, by default the example's real-time window, transactions' 100 ms),
+reach-sync in this process; once the snapshot is synced and the pipeline idle, the workload
+generator (consumer/dev/load.py, in its own process so it does not share this one's GIL)
+changes the shop at ``--latency-rate`` operations/s for ``--latency-seconds``; then the
+source-commit -> accepted percentiles from ``SyncerStats.latencies_ms``, and its commit -> routed
+part (the router's ``enqueued_ms`` minus the source commit time of each dirty key, read from the
+dirty topic by a side consumer).
+
+Prints a table, then the figures, ratios and targets as one JSON object on the last line.
+
+    .venv/bin/python bench/pipeline.py                     # the issue's 1,000,000 events
+    .venv/bin/python bench/pipeline.py --events 200000 --repeat 1 --no-rss
+    .venv/bin/python bench/pipeline.py --no-pipeline --no-latency --rss-max-seconds 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+# bench/router.py, next to this file (run as `python bench/pipeline.py`).
+from router import (  # type: ignore[import-not-found]
+    CONSUME_BATCH,
+    KEYS,
+    PARTITIONS,
+    EventFactory,
+    _decode,
+    _rate,
+    _touch,
+    measure_router,
+)
+
+from consumer import service
+from consumer.config import Resource, SyncDefinition, load_definition
+from consumer.dev.demo import demo_env
+from consumer.dev.load import LoadStats, run_load
+from consumer.dev.stack import LocalStack, StackEndpoints, StackOptions
+from consumer.dirty import EntityId, decode_dirty
+from consumer.kafka import abandoned_consumers
+from consumer.recompute import Recomputed, SourceDatabase
+from consumer.router import RouterStats
+from consumer.service import ServiceStats, run_service
+from consumer.syncer import Syncer, SyncerStats
+from consumer.windows import Window
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "shop.yaml"
+TOPIC_PREFIX = "shop"
+TABLES = ("customers", "transactions")
+# Every key the events use exists as a row (router.py draws ranks 1..KEYS for both tables).
+SEED_CUSTOMERS = KEYS
+SEED_TRANSACTIONS = KEYS
+# The pipeline is drained once nothing moved for this long; longer than any window_ms of the
+# definition (500 ms), so a last window that is still open is not missed.
+QUIET_S = 2.0
+SAMPLE_S = 0.05
+OFFSETS_POLL_S = 0.25
+PROGRESS_S = 15.0
+# A bound on each drain (pipeline, child), generous: the pipeline is far slower than the router.
+RUN_TIMEOUT_S = 1800.0
+PIPELINE_STOP_S = 90.0
+CHILD_STOP_S = 60.0
+# After the Debezium snapshot: idle once nothing moved for this long.
+IDLE_S = 3.0
+SNAPSHOT_TIMEOUT_S = 600.0
+CATCH_UP_TIMEOUT_S = 300.0
+# Targets of the issue.
+TARGET_ROUTER_TO_DECODE = 0.5
+TARGET_PIPELINE_TO_RAW = 0.10
+TARGET_P99_MS = 300.0
+TARGET_RSS_MIB = 256.0
+TARGET_QUERIES_PER_RESOURCE_PER_WINDOW = 1
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+# --- the backlog ------------------------------------------------------------------------------
+
+
+class _ShopEvents(EventFactory):  # type: ignore[misc]
+    """bench/router.py's events, each remembering its table so it goes to that table's topic."""
+
+    table = TABLES[0]
+
+    def _customer(self) -> dict[str, Any]:
+        self.table = "customers"
+        return super()._customer()  # type: ignore[no-any-return]
+
+    def _transaction(self) -> dict[str, Any]:
+        self.table = "transactions"
+        return super()._transaction()  # type: ignore[no-any-return]
+
+
+def _topic(table: str) -> str:
+    return f"{TOPIC_PREFIX}.public.{table}"
+
+
+@dataclass
+class Backlog:
+    events: int
+    avg_value_bytes: int
+    per_topic: dict[str, int]
+    # Next offset of each source partition once preloaded: what the router has to commit.
+    ends: dict[tuple[str, int], int]
+
+
+def preload(bootstrap: str, events: int, schemas: bool) -> Backlog:
+    """Create the two Debezium topics and fill them with ``events`` events."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topics = [NewTopic(_topic(t), PARTITIONS, 1) for t in TABLES]
+    for future in admin.create_topics(topics).values():
+        future.result(timeout=30)
+    ends: dict[tuple[str, int], int] = {}
+    failures: list[str] = []
+
+    def delivered(error: Any, message: Message) -> None:
+        if error is not None:
+            failures.append(str(error))
+            return
+        key = (message.topic(), message.partition())
+        ends[key] = max(ends.get(key, 0), message.offset() + 1)
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "compression.type": "lz4",
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 200_000,
+            "on_delivery": delivered,
+        }
+    )
+    factory = _ShopEvents(schemas, random.Random(7))
+    per_topic: Counter[str] = Counter()
+    total = 0
+    for _ in range(events):
+        key, value = factory.next()
+        topic = _topic(factory.table)
+        per_topic[topic] += 1
+        total += len(value)
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(300) != 0 or failures:
+        raise SystemExit(f"preload: not every event was acknowledged ({failures[:1]})")
+    if sum(ends.values()) != events:
+        raise SystemExit(f"preload: offsets add up to {sum(ends.values())}, not {events}")
+    return Backlog(events, total // events, dict(per_topic), ends)
+
+
+def _definition(endpoints: StackEndpoints, tag: str) -> tuple[SyncDefinition, dict[str, str]]:
+    """examples/shop.yaml on the stack, with its own group, dirty topic and last-sent keys."""
+    env = {
+        **demo_env(endpoints, group=f"bench-{tag}"),
+        "REACH_SYNC_DIRTY_TOPIC": f"bench.dirty.{tag}",
+        "REACH_SYNC_DEAD_LETTER_TOPIC": f"bench.dead-letter.{tag}",
+        "REACH_SYNC_REDIS_PREFIX": f"bench:{tag}",
+    }
+    return load_definition(EXAMPLE, env), env
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# --- raw, decode, router ----------------------------------------------------------------------
+
+
+def measure_consume_all(bootstrap: str, backlog: Backlog, work: Any) -> float:
+    """router.py's measure_consume over both topics at once, asking each ``consume`` for no more
+    than what is left: measure_consume takes one topic, and its last, partial batch waits out
+    the 1 s consume timeout, which it counts (a 25% understatement at 400,000 events)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{_tag()}",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in backlog.ends])
+    seen, first, started = 0, 0, 0.0
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while seen < backlog.events and time.monotonic() < deadline:
+            batch = consumer.consume(min(CONSUME_BATCH, backlog.events - seen), 1.0)
+            for message in batch:
+                work(message.key(), message.value())
+            seen += len(batch)
+            if batch and not first:
+                first, started = len(batch), time.perf_counter()
+        ended = time.perf_counter()
+    finally:
+        consumer.close()
+    if seen < backlog.events:
+        raise SystemExit(f"consume: read {seen} of {backlog.events}")
+    return _rate(backlog.events, first, started, ended)
+
+
+# --- the whole pipeline, in this process ------------------------------------------------------
+
+_window_queries: contextvars.ContextVar[Counter[str] | None] = contextvars.ContextVar(
+    "bench_window_queries", default=None
+)
+
+
+@dataclass
+class QueryLog:
+    """Source queries per window attempt, and how many windows are being processed now."""
+
+    attempts: int = 0
+    in_flight: int = 0
+    max_per_resource: int = 0
+    max_per_window: int = 0
+    per_window: Counter[int] = field(default_factory=Counter)
+
+    def record(self, counts: Counter[str]) -> None:
+        self.attempts += 1
+        self.max_per_resource = max([self.max_per_resource, *counts.values()])
+        self.max_per_window = max(self.max_per_window, sum(counts.values()))
+        self.per_window[sum(counts.values())] += 1
+
+
+_queries = QueryLog()
+
+
+class _CountingDatabase(SourceDatabase):
+    async def recompute(self, resource: Resource, ids: list[EntityId]) -> Recomputed:  # type: ignore[override]
+        counts = _window_queries.get()
+        if counts is not None:
+            counts[resource.reach_schema] += 1
+        return await super().recompute(resource, ids)
+
+
+class _CountingSyncer(Syncer):
+    async def _process(self, window: Window) -> None:
+        # Set in this window's task; the per-resource tasks it gathers copy the context.
+        counts: Counter[str] = Counter()
+        _window_queries.set(counts)
+        _queries.in_flight += 1
+        try:
+            await super()._process(window)
+        finally:
+            _queries.in_flight -= 1
+            _queries.record(counts)
+
+
+@contextmanager
+def _counting_queries() -> Iterator[QueryLog]:
+    global _queries
+    _queries = QueryLog()
+    saved = service.Syncer, service.SourceDatabase
+    service.Syncer, service.SourceDatabase = _CountingSyncer, _CountingDatabase  # type: ignore[misc]
+    try:
+        yield _queries
+    finally:
+        service.Syncer, service.SourceDatabase = saved  # type: ignore[misc]
+
+
+@dataclass
+class _TimedStats(ServiceStats):
+    """ServiceStats that also remember when the router committed its first batch."""
+
+    first_batch: tuple[float, int] | None = None
+
+    def set_router(self, snapshot: RouterStats) -> None:
+        if self.first_batch is None:
+            self.first_batch = (time.perf_counter(), snapshot.events)
+        super().set_router(snapshot)
+
+
+@dataclass
+class PipelineRun:
+    rate: float
+    seconds: float
+    router: RouterStats
+    syncer: SyncerStats
+    queries: QueryLog
+    resources: int
+
+
+def _moving(stats: ServiceStats) -> tuple[int, ...]:
+    router, syncer = stats.router, stats.syncer
+    return (
+        router.events if router else 0,
+        syncer.dirty_keys,
+        syncer.windows,
+        syncer.commits,
+        syncer.retries,
+    )
+
+
+def _progress(stats: ServiceStats) -> str:
+    router, syncer = stats.router, stats.syncer
+    return (
+        f"routed {router.events if router else 0:,} events -> "
+        f"{router.dirty_keys if router else 0:,} dirty keys; syncer {syncer.dirty_keys:,} keys, "
+        f"{syncer.windows:,} windows, sent {syncer.sent:,}, skipped {syncer.skipped:,} "
+        f"(load average {_load()[0]:.2f})"
+    )
+
+
+def measure_pipeline(definition: SyncDefinition, events: int) -> PipelineRun:
+    stats = _TimedStats()
+    stop = threading.Event()
+    with _counting_queries() as queries:
+        thread = threading.Thread(
+            target=run_service,
+            args=(definition, stop),
+            kwargs={"role": "all", "stats": stats},
+            name="reach-sync",
+        )
+        thread.start()
+        try:
+            ended = _wait_quiet(stats, queries, events, QUIET_S, RUN_TIMEOUT_S)
+        finally:
+            stop.set()
+            thread.join(PIPELINE_STOP_S)
+    if stats.router_error is not None:
+        raise SystemExit(f"pipeline: the router stopped: {stats.router_error}")
+    if ended is None:
+        raise SystemExit(f"pipeline: not drained in {RUN_TIMEOUT_S:.0f} s: {_progress(stats)}")
+    assert stats.first_batch is not None and stats.router is not None
+    started, first = stats.first_batch
+    return PipelineRun(
+        rate=(events - first) / (ended - started),
+        seconds=ended - started,
+        router=stats.router,
+        syncer=stats.syncer,
+        queries=queries,
+        resources=len(definition.resources),
+    )
+
+
+def _wait_quiet(
+    stats: ServiceStats, queries: QueryLog, events: int, quiet_s: float, timeout_s: float
+) -> float | None:
+    """When the syncer finished its last window (perf_counter), once at least ``events`` were
+    routed, every dirty key the router produced is in a window, no window is being processed,
+    and nothing moved for ``quiet_s``; None if that did not happen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_state, last_change = _moving(stats), time.perf_counter()
+    next_progress = time.monotonic() + PROGRESS_S
+    while time.monotonic() < deadline:
+        time.sleep(SAMPLE_S)
+        if stats.router_error is not None:
+            raise SystemExit(f"the router stopped: {stats.router_error}")
+        if time.monotonic() >= next_progress:
+            next_progress += PROGRESS_S
+            _log(f"  {_progress(stats)}; {queries.in_flight} windows in flight")
+        state, now = _moving(stats), time.perf_counter()
+        if state != last_state:
+            last_state, last_change = state, now
+        router = stats.router
+        quiet = (
+            router is not None
+            and router.events >= events
+            and stats.syncer.dirty_keys >= router.dirty_keys
+            and stats.syncer.windows > 0
+            and queries.in_flight == 0
+        )
+        if quiet and now - last_change >= quiet_s:
+            return last_change
+    return None
+
+
+# --- peak RSS: `reach-sync run` as a child process --------------------------------------------
+
+
+@dataclass
+class RssRun:
+    vm_hwm_mib: float
+    rate: float
+    seconds: float
+    routed: int
+    dirty_committed: int
+    expected_dirty: int
+    # False: stopped after --rss-max-seconds, before the backlog was drained.
+    drained: bool
+    exit_code: int | None
+    log_tail: str
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> int:
+    """Sum of a group's committed offsets (each partition's offsets count from 0 here)."""
+    total = 0
+    for tp in consumer.committed(partitions, timeout=10):
+        if tp.error is None and tp.offset > 0:
+            total += tp.offset
+    return total
+
+
+def measure_rss(
+    endpoints: StackEndpoints,
+    backlog: Backlog,
+    expected_dirty: int,
+    state: Path,
+    max_seconds: float,
+) -> RssRun:
+    """Until the child committed every event and dirty key, or for ``max_seconds`` (if > 0)."""
+    tag = _tag()
+    definition, env = _definition(endpoints, tag)
+    group = definition.source.kafka.group_id
+    log_path = state / f"reach-sync-{tag}.log"
+    sources = [TopicPartition(t, p) for t, p in backlog.ends]
+    dirty = [
+        TopicPartition(definition.topics.dirty, p)
+        for p in range(definition.topics.dirty_partitions)
+    ]
+    watchers = {
+        stage: Consumer(
+            {
+                "bootstrap.servers": endpoints.bootstrap_servers,
+                "group.id": f"{group}.{stage}",
+                "enable.auto.commit": False,
+            }
+        )
+        for stage in ("router", "syncer")
+    }
+    argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    hwm_kib, first, routed, committed = 0, None, 0, 0
+    drained = False
+    try:
+        deadline = time.monotonic() + (max_seconds or RUN_TIMEOUT_S)
+        while time.monotonic() < deadline:
+            time.sleep(OFFSETS_POLL_S)
+            if child.poll() is not None:
+                raise SystemExit(f"rss: reach-sync exited early ({child.returncode}); {log_path}")
+            hwm_kib = max(hwm_kib, _vm_hwm_kib(child.pid))
+            routed = _committed(watchers["router"], sources)
+            committed = _committed(watchers["syncer"], dirty)
+            now = time.perf_counter()
+            if first is None and routed > 0:
+                first = (now, routed)
+            if routed >= backlog.events and committed >= expected_dirty:
+                drained = True
+                break
+        if not (drained or max_seconds):
+            raise SystemExit(f"rss: not drained in {RUN_TIMEOUT_S:.0f} s ({routed}, {committed})")
+        ended = time.perf_counter()
+        child.send_signal(signal.SIGTERM)
+        exit_code, hwm_kib = _reap(child, hwm_kib)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for watcher in watchers.values():
+            watcher.close()
+    if first is None:
+        raise SystemExit(f"rss: the child's router committed nothing; see {log_path}")
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-6:])
+    return RssRun(
+        vm_hwm_mib=hwm_kib / 1024,
+        rate=(routed - first[1]) / (ended - first[0]) if drained else 0.0,
+        seconds=ended - first[0],
+        routed=routed,
+        dirty_committed=committed,
+        expected_dirty=expected_dirty,
+        drained=drained,
+        exit_code=exit_code,
+        log_tail=tail,
+    )
+
+
+def _reap(child: subprocess.Popen[bytes], hwm_kib: int) -> tuple[int | None, int]:
+    """Wait for the child to drain and exit (bounded), still sampling its VmHWM; returns its
+    exit code (None if it had to be killed) and the peak VmHWM in KiB.
+
+    Not ``ru_maxrss``: Linux carries the pre-exec address space's high-water mark into it, and
+    the child was forked from this process, so it would report this process's RSS (the preload).
+    """
+    deadline = time.monotonic() + CHILD_STOP_S
+    while time.monotonic() < deadline:
+        hwm_kib = max(hwm_kib, _vm_hwm_kib(child.pid))
+        try:
+            code = child.wait(0.1)
+        except subprocess.TimeoutExpired:
+            continue
+        return code, hwm_kib
+    _log(f"rss: reach-sync did not stop within {CHILD_STOP_S:.0f} s of SIGTERM; killing it")
+    child.kill()
+    child.wait()
+    return None, hwm_kib
+
+
+# --- latency at a steady load, with Debezium --------------------------------------------------
+
+
+@dataclass
+class LatencyRun:
+    latencies_ms: list[int]
+    routed_ms: list[int]
+    load: LoadStats
+    window_ms: int
+    snapshot_rows: int
+    snapshot_s: float
+    syncer: dict[str, int]
+    # False: the pipeline had not caught up CATCH_UP_TIMEOUT_S after the load; the latencies
+    # of what it had not finished are missing, so the percentiles are lower bounds.
+    caught_up: bool
+
+
+def _realtime(definition: SyncDefinition, window_ms: int) -> SyncDefinition:
+    """Every resource in real-time mode; customers (batch in the example) with ``window_ms``."""
+    resources = {}
+    for name, resource in definition.resources.items():
+        delivery = resource.delivery
+        if delivery.mode != "realtime":
+            delivery = delivery.model_copy(update={"mode": "realtime", "window_ms": window_ms})
+        resources[name] = resource.model_copy(update={"delivery": delivery})
+    return definition.model_copy(update={"resources": resources})
+
+
+class _RoutedLag(threading.Thread):
+    """Reads the dirty topic from its end: commit → routed (enqueued_ms - source_ts_ms)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(name="routed-lag", daemon=True)
+        self.samples: list[int] = []
+        self.done = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-lag-{_tag()}",
+                "enable.auto.commit": False,
+                "fetch.queue.backoff.ms": 10,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(partitions)])
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                for message in self._consumer.consume(CONSUME_BATCH, 0.2):
+                    if message.error() is not None:
+                        continue
+                    key = decode_dirty(message.value() or b"")
+                    cause = key.cause
+                    if cause.op not in (None, "r") and cause.source_ts_ms and key.enqueued_ms:
+                        self.samples.append(key.enqueued_ms - cause.source_ts_ms)
+        finally:
+            self._consumer.close()
+
+
+def measure_latency(args: argparse.Namespace, state: Path) -> LatencyRun:
+    options = StackOptions(
+        state_dir=state / "latency",
+        with_debezium=True,
+        debezium_schemas=args.schemas,
+        seed_customers=args.latency_customers,
+        seed_transactions=3 * args.latency_customers,
+        topic_prefix=TOPIC_PREFIX,
+    )
+    with LocalStack(options) as stack:
+        assert stack.endpoints is not None
+        endpoints = stack.endpoints
+        base, _ = _definition(endpoints, _tag())
+        window_ms = args.latency_window_ms or base.resources["transactions"].delivery.window_ms
+        definition = _realtime(base, window_ms)
+        stats, stop = ServiceStats(), threading.Event()
+        pipeline = threading.Thread(
+            target=run_service, args=(definition, stop), kwargs={"stats": stats}, name="reach-sync"
+        )
+        snapshot_rows = options.seed_customers + options.seed_transactions
+        started = time.monotonic()
+        with _counting_queries() as queries:
+            pipeline.start()
+            try:
+                synced = _wait_quiet(stats, queries, snapshot_rows, IDLE_S, SNAPSHOT_TIMEOUT_S)
+                if synced is None:
+                    raise SystemExit(f"latency: the snapshot was not synced: {_progress(stats)}")
+                snapshot_s = time.monotonic() - started - IDLE_S
+                _log(f"latency: snapshot of {snapshot_rows:,} rows synced in {snapshot_s:.1f} s")
+                stats.syncer.latencies_ms.clear()
+                before = _syncer_counts(stats.syncer)
+                lag = _RoutedLag(
+                    endpoints.bootstrap_servers,
+                    definition.topics.dirty,
+                    definition.topics.dirty_partitions,
+                )
+                lag.start()
+                load = _run_load(args, endpoints.postgres_dsn)
+                caught_up = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S) is not None
+                if not caught_up:
+                    _log(f"latency: not caught up {CATCH_UP_TIMEOUT_S:.0f} s after the load")
+                lag.done.set()
+                lag.join(5)
+                after = _syncer_counts(stats.syncer)
+                latencies = list(stats.syncer.latencies_ms)
+            finally:
+                stop.set()
+                pipeline.join(PIPELINE_STOP_S)
+        if stats.router_error is not None:
+            raise SystemExit(f"latency: the router stopped: {stats.router_error}")
+    return LatencyRun(
+        latencies_ms=latencies,
+        routed_ms=lag.samples,
+        load=load,
+        window_ms=window_ms,
+        snapshot_rows=snapshot_rows,
+        snapshot_s=snapshot_s,
+        syncer={k: after[k] - before[k] for k in after},
+        caught_up=caught_up,
+    )
+
+
+def _syncer_counts(stats: SyncerStats) -> dict[str, int]:
+    return {k: v for k, v in vars(stats).items() if isinstance(v, int)}
+
+
+def _run_load(args: argparse.Namespace, dsn: str) -> LoadStats:
+    """The workload generator in its own process, so it does not share this one's GIL."""
+    _log(
+        f"latency: load at {args.latency_rate:g} ops/s for {args.latency_seconds:g} s "
+        f"(load average {_load()[0]:.2f})"
+    )
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(
+            run_load,
+            dsn,
+            args.latency_rate,
+            args.latency_seconds,
+            0,
+            concurrency=args.latency_concurrency,
+            progress=False,
+        ).result(timeout=args.latency_seconds + CATCH_UP_TIMEOUT_S)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _percentiles(values: list[int]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"samples": len(values)}
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {
+        "p50": q[49],
+        "p90": q[89],
+        "p99": q[98],
+        "max": float(max(values)),
+        "samples": len(values),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--no-schemas", dest="schemas", action="store_false")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of raw/decode/router")
+    parser.add_argument(
+        "--no-pipeline", dest="pipeline", action="store_false", help="skip the in-process run"
+    )
+    parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the RSS run")
+    parser.add_argument(
+        "--rss-max-seconds",
+        type=float,
+        default=0.0,
+        help="stop the RSS child after this long even if not drained (0: until drained)",
+    )
+    parser.add_argument("--no-latency", dest="latency", action="store_false")
+    parser.add_argument("--latency-rate", type=float, default=1000.0, help="operations/s")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-concurrency", type=int, default=8, help="load workers")
+    parser.add_argument("--latency-customers", type=int, default=200, help="seeded (x3 sales)")
+    parser.add_argument(
+        "--latency-window-ms", type=int, default=0, help="customers' window (0: transactions')"
+    )
+    args = parser.parse_args(argv)
+
+    results: dict[str, Any] = {"load_before": _load()}
+    with tempfile.TemporaryDirectory(prefix="reach-sync-bench-") as tmp:
+        state = Path(tmp)
+        state.chmod(0o755)  # an unprivileged Postgres must traverse it
+        _backlog_part(args, state, results)
+        if args.latency:
+            results["latency"] = measure_latency(args, state)
+    results["load_after"] = _load()
+    summary = _summary(args, results)
+    _print_table(summary, results)
+    print(json.dumps(summary))
+    code = 0
+    if abandoned_consumers():
+        # As `reach-sync run` does: consumers released without a LeaveGroup must not get one
+        # from a destructor on the way out (consumer/kafka.py).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]) -> None:
+    options = StackOptions(
+        state_dir=state / "backlog",
+        with_debezium=False,
+        seed_customers=SEED_CUSTOMERS,
+        seed_transactions=SEED_TRANSACTIONS,
+        topic_prefix=TOPIC_PREFIX,
+    )
+    started = time.perf_counter()
+    with LocalStack(options) as stack:
+        assert stack.endpoints is not None
+        endpoints = stack.endpoints
+        _log(f"backlog stack ready in {time.perf_counter() - started:.1f} s (seeded)")
+        started = time.perf_counter()
+        backlog = preload(endpoints.bootstrap_servers, args.events, args.schemas)
+        _log(
+            f"preloaded {backlog.events:,} events (avg value {backlog.avg_value_bytes:,} B) "
+            f"in {time.perf_counter() - started:.1f} s: {backlog.per_topic}"
+        )
+        raw, decode, routed = [], [], []
+        router_stats: RouterStats | None = None
+        for run in range(args.repeat):
+            raw.append(measure_consume_all(endpoints.bootstrap_servers, backlog, _touch))
+            decode.append(measure_consume_all(endpoints.bootstrap_servers, backlog, _decode))
+            rate, router_stats = measure_router(_definition(endpoints, _tag())[0], args.events)
+            routed.append(rate)
+            _log(
+                f"run {run + 1}: raw {raw[-1]:,.0f}/s, decode {decode[-1]:,.0f}/s, "
+                f"router {rate:,.0f}/s (load average {_load()[0]:.2f})"
+            )
+        assert router_stats is not None
+        results.update(backlog=backlog, raw=raw, decode=decode, routed=routed)
+        results["router_stats"] = router_stats
+        if args.pipeline:
+            _log(f"pipeline: run_service(role='all') on {args.events:,} events ...")
+            pipeline = measure_pipeline(_definition(endpoints, _tag())[0], args.events)
+            results["pipeline"] = pipeline
+            _log(
+                f"pipeline: {pipeline.rate:,.0f} events/s over {pipeline.seconds:.1f} s "
+                f"(load average {_load()[0]:.2f})"
+            )
+        if args.rss:
+            _log("rss: `reach-sync run` as a child process on the same backlog ...")
+            rss = measure_rss(
+                endpoints, backlog, router_stats.dirty_keys, state, args.rss_max_seconds
+            )
+            results["rss"] = rss
+            _log(
+                f"rss: peak {rss.vm_hwm_mib:.0f} MiB, "
+                f"{'drained' if rss.drained else 'not drained'} in {rss.seconds:.0f} s, "
+                f"exit code {rss.exit_code}"
+            )
+
+
+def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """The figures, their ratios and the targets: the JSON object of the last line."""
+    backlog: Backlog = results["backlog"]
+    rates = {name: statistics.median(results[key]) for name, key in _MEDIANS}
+    pipeline: PipelineRun | None = results.get("pipeline")
+    rss: RssRun | None = results.get("rss")
+    latency: LatencyRun | None = results.get("latency")
+    ratios = {
+        "decode_to_raw": rates["decode"] / rates["raw"],
+        "router_to_raw": rates["router"] / rates["raw"],
+        "router_to_decode": rates["router"] / rates["decode"],
+    }
+    targets: dict[str, bool | None] = {
+        "router_ge_0.5x_decode": ratios["router_to_decode"] >= TARGET_ROUTER_TO_DECODE,
+        "pipeline_ge_0.10x_raw": None,
+        "p99_le_300ms": None,
+        "peak_rss_le_256MiB": None,
+        "source_queries_le_1_per_resource_per_window": None,
+    }
+    summary: dict[str, Any] = {
+        "events": backlog.events,
+        "schemas": args.schemas,
+        "avg_value_bytes": backlog.avg_value_bytes,
+        "per_topic": backlog.per_topic,
+        "partitions": PARTITIONS,
+        "keys_per_table": KEYS,
+        "repeat": args.repeat,
+        "events_per_s": rates,
+        "ratios": ratios,
+        "pipeline": None,
+        "peak_rss_mib": None,
+        "rss_run": None,
+        "latency_ms": None,
+        "latency": None,
+    }
+    if pipeline is not None:
+        syncer, queries = pipeline.syncer, pipeline.queries
+        rates["pipeline"] = pipeline.rate
+        ratios["pipeline_to_raw"] = pipeline.rate / rates["raw"]
+        targets["pipeline_ge_0.10x_raw"] = ratios["pipeline_to_raw"] >= TARGET_PIPELINE_TO_RAW
+        targets["source_queries_le_1_per_resource_per_window"] = (
+            queries.max_per_resource <= TARGET_QUERIES_PER_RESOURCE_PER_WINDOW
+            and syncer.recomputes <= queries.attempts * pipeline.resources
+        )
+        summary["pipeline"] = {
+            "seconds": round(pipeline.seconds, 1),
+            "router": {k: v for k, v in asdict(pipeline.router).items() if k != "ignored"},
+            "syncer": {k: v for k, v in asdict(syncer).items() if k != "latencies_ms"},
+            "resources": pipeline.resources,
+            "window_attempts": queries.attempts,
+            "recomputes_per_window": round(syncer.recomputes / max(1, queries.attempts), 3),
+            "max_queries_per_resource_per_window": queries.max_per_resource,
+            "max_queries_per_window": queries.max_per_window,
+            "windows_by_queries": dict(queries.per_window),
+        }
+    if rss is not None:
+        peak = rss.vm_hwm_mib
+        targets["peak_rss_le_256MiB"] = peak <= TARGET_RSS_MIB
+        if rss.drained:
+            rates["pipeline_child"] = rss.rate
+        summary["peak_rss_mib"] = round(peak, 1)
+        summary["rss_run"] = {
+            "vm_hwm_mib": round(rss.vm_hwm_mib, 1),
+            "events_per_s": round(rss.rate),
+            "seconds": round(rss.seconds, 1),
+            "drained": rss.drained,
+            "routed": rss.routed,
+            "dirty_committed": rss.dirty_committed,
+            "dirty_expected": rss.expected_dirty,
+            "exit_code": rss.exit_code,
+        }
+    if latency is not None:
+        lat = _percentiles(latency.latencies_ms)
+        if "p99" in lat:
+            targets["p99_le_300ms"] = lat["p99"] <= TARGET_P99_MS
+        load = latency.load
+        summary["latency_ms"] = lat
+        summary["latency"] = {
+            "commit_to_routed_ms": _percentiles(latency.routed_ms),
+            "customers_window_ms": latency.window_ms,
+            "target_ops_per_s": args.latency_rate,
+            "achieved_ops_per_s": round(load.rate, 1),
+            "commits_per_s": round(load.commits / max(load.elapsed_s, 1e-9), 1),
+            "dropped_slots": load.dropped,
+            "syncer": latency.syncer,
+            "caught_up": latency.caught_up,
+            "snapshot_rows": latency.snapshot_rows,
+            "snapshot_s": round(latency.snapshot_s, 1),
+        }
+    summary["events_per_s"] = {k: round(v) for k, v in rates.items()}
+    summary["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    before, after = results["load_before"], results["load_after"]
+    summary["load_average"] = {"before": before, "after": after, "cpus": os.cpu_count()}
+    summary["targets"] = targets
+    summary["all_targets_met"] = all(v is True for v in targets.values())
+    return summary
+
+
+def _print_table(summary: dict[str, Any], results: dict[str, Any]) -> None:
+    rates, ratios = summary["events_per_s"], summary["ratios"]
+    block = "with" if summary["schemas"] else "without"
+    print(
+        f"{summary['events']:,} Debezium events {block} the schema block (avg value "
+        f"{summary['avg_value_bytes']:,} B) in {', '.join(summary['per_topic'])} "
+        f"({PARTITIONS} partitions each, lz4), {KEYS:,} keys per table (Zipf); raw, decode "
+        f"and router: medians of {summary['repeat']}"
+    )
+    for name, label in _LABELS:
+        if name in rates:
+            rate = rates[name]
+            print(f"  {label:<46} {rate:>9,} events/s  {rate / rates['raw']:5.3f} of raw")
+    line = f"  router / typed decode {ratios['router_to_decode']:.3f} (target >= 0.5)"
+    if "pipeline_to_raw" in ratios:
+        line += f"; pipeline / raw {ratios['pipeline_to_raw']:.3f} (target >= 0.10)"
+    print(line)
+    pipeline: PipelineRun | None = results.get("pipeline")
+    if pipeline is not None:
+        _print_pipeline(pipeline)
+    rss: RssRun | None = results.get("rss")
+    if rss is not None:
+        print(
+            f"  `reach-sync run` child, same backlog: peak RSS (VmHWM) "
+            f"{summary['peak_rss_mib']:.0f} MiB (target <= {TARGET_RSS_MIB:.0f} MiB)"
+        )
+        state = "drained" if rss.drained else "stopped before draining"
+        print(
+            f"    {state} after {rss.seconds:.1f} s: {rss.routed:,} of {summary['events']:,} "
+            f"events routed, {rss.dirty_committed:,} of {rss.expected_dirty:,} dirty keys done; "
+            f"exit code {rss.exit_code}"
+        )
+        if rss.exit_code:
+            print("    its last lines: " + rss.log_tail.splitlines()[-1][:150])
+    if summary["latency"] is not None:
+        _print_latency(summary)
+    load = summary["load_average"]
+    print(
+        f"  machine: {load['cpus']} CPUs, 1-min load average {load['before'][0]:.2f} before, "
+        f"{load['after'][0]:.2f} after"
+    )
+    print("  targets: " + ", ".join(f"{k} {v}" for k, v in summary["targets"].items()))
+
+
+def _print_pipeline(pipeline: PipelineRun) -> None:
+    router, syncer, queries = pipeline.router, pipeline.syncer, pipeline.queries
+    print(
+        f"  pipeline run: {pipeline.seconds:.1f} s; router {router.events:,} events -> "
+        f"{router.dirty_keys:,} dirty keys (ignored {dict(router.ignored)}, dead-lettered "
+        f"{router.dead_lettered}, retries {router.retries})"
+    )
+    print(
+        f"    syncer {syncer.dirty_keys:,} dirty keys -> {syncer.windows:,} windows, "
+        f"{syncer.entities:,} entities ({syncer.entities / max(1, syncer.windows):.0f}/window); "
+        f"sent {syncer.sent:,}, skipped unchanged {syncer.skipped:,}, deleted {syncer.deleted:,}, "
+        f"dead-lettered {syncer.dead_lettered}, retries {syncer.retries}"
+    )
+    print(
+        f"    source queries: {syncer.recomputes:,} recomputes in {queries.attempts:,} window "
+        f"attempts ({syncer.recomputes / max(1, queries.attempts):.2f}/window, "
+        f"{pipeline.resources} resources); max {queries.max_per_resource} per resource and "
+        f"{queries.max_per_window} per window; windows by query count {dict(queries.per_window)}"
+    )
+
+
+def _print_latency(summary: dict[str, Any]) -> None:
+    latency = summary["latency"]
+    print(
+        f"  latency, both resources real time (customers' window "
+        f"{latency['customers_window_ms']} ms), after a {latency['snapshot_rows']:,}-row "
+        f"snapshot synced in {latency['snapshot_s']:.1f} s:"
+    )
+    print(
+        f"    commit -> accepted {_format_percentiles(summary['latency_ms'])} "
+        f"(target p99 <= {TARGET_P99_MS:.0f})"
+    )
+    print(f"    commit -> routed   {_format_percentiles(latency['commit_to_routed_ms'])}")
+    print(
+        f"    load: {latency['achieved_ops_per_s']:,} ops/s achieved of "
+        f"{latency['target_ops_per_s']:g} ({latency['commits_per_s']:,} commits/s, "
+        f"{latency['dropped_slots']} slots dropped); caught up after it: {latency['caught_up']}"
+    )
+    print(f"    syncer during the load: {latency['syncer']}")
+
+
+_MEDIANS = (("raw", "raw"), ("decode", "decode"), ("router", "routed"))
+_LABELS = (
+    ("raw", "raw consume (consume(1000), touch)"),
+    ("decode", "typed decode (consume + decode_event)"),
+    ("router", "router (to acked dirty keys + commits)"),
+    ("pipeline", "whole pipeline (router + syncer -> sandbox)"),
+    ("pipeline_child", "the same, `reach-sync run` child (cross-check)"),
+)
+
+
+def _format_percentiles(p: dict[str, float]) -> str:
+    if "p50" not in p:
+        return f"({p['samples']} samples)"
+    return (
+        f"p50 {p['p50']:6.0f} ms  p90 {p['p90']:6.0f} ms  p99 {p['p99']:6.0f} ms  "
+        f"max {p['max']:6.0f} ms  ({p['samples']:,} samples)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
