@@ -89,6 +89,7 @@ from router import (  # type: ignore[import-not-found]
     _rate,
     _touch,
     measure_router,
+    produce_waiting,
 )
 
 from consumer import service
@@ -205,13 +206,7 @@ def preload(bootstrap: str, events: int, schemas: bool) -> Backlog:
         topic = _topic(factory.table)
         per_topic[topic] += 1
         total += len(value)
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+        produce_waiting(producer, topic, value, key)
     if producer.flush(300) != 0 or failures:
         raise SystemExit(f"preload: not every event was acknowledged ({failures[:1]})")
     if sum(ends.values()) != events:

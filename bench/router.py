@@ -171,6 +171,17 @@ def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:
     return rng.choices([v for v, _ in weighted], [w for _, w in weighted])[0]
 
 
+def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes) -> None:
+    """Produce, waiting for room when the local queue is full (a preload outruns the broker)."""
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            break
+        except BufferError:
+            producer.poll(0.05)
+    producer.poll(0)
+
+
 def preload(bootstrap: str, topic: str, events: int, schemas: bool) -> int:
     """Create the topic and fill it; returns the average value size in bytes."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -190,13 +201,7 @@ def preload(bootstrap: str, topic: str, events: int, schemas: bool) -> int:
     for _ in range(events):
         key, value = factory.next()
         total += len(value)
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+        produce_waiting(producer, topic, value, key)
     if producer.flush(300) != 0:
         raise SystemExit("preload: the broker did not acknowledge every event")
     return total // events
