@@ -265,6 +265,8 @@ class Destination(_Strict):
     batch_size: int = Field(REACH_MAX_BATCH, ge=1, le=REACH_MAX_BATCH)
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=10_000, le=50_000_000)
     timeout_s: float = Field(30.0, gt=0, le=600)
+    # Requests in flight to Reach at once, per process (one keep-alive connection each).
+    max_connections: int = Field(32, ge=1, le=1000)
     # Seconds a record may wait for a missing $ref target on Reach (reach-api.md §7.9).
     dependency_wait_timeout_s: int = Field(3600, ge=0, le=86_400)
 
