@@ -10,9 +10,20 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Cause", "DirtyKey", "decode_dirty", "dirty_message_key", "encode_dirty"]
+__all__ = [
+    "MAX_CAUSES",
+    "Cause",
+    "DirtyKey",
+    "decode_dirty",
+    "dirty_message_key",
+    "encode_dirty",
+]
 
 EntityId = int | str
+
+# Causes kept per entity (on a dirty key, and per window) for the audit record; a hot entity can
+# be triggered thousands of times, and the first few say why as well as all of them would.
+MAX_CAUSES = 8
 
 
 class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -30,10 +41,18 @@ class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class DirtyKey(msgspec.Struct, frozen=True, omit_defaults=True):
+    """``cause`` is the earliest trigger. The router merges the triggers of one entity within
+    one batch into one key: ``triggers`` says how many, ``later_causes`` keeps the next few."""
+
     resource: str
     id: EntityId
     cause: Cause
     enqueued_ms: int = 0
+    triggers: int = 1
+    later_causes: tuple[Cause, ...] = ()
+
+    def causes(self) -> tuple[Cause, ...]:
+        return (self.cause, *self.later_causes)
 
 
 _encoder = msgspec.json.Encoder()

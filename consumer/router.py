@@ -29,7 +29,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumer.config import SyncDefinition
 from consumer.deadletter import DeadLetterEvent, Headers, dead_letter_message
 from consumer.debezium import Change, DecodeError, Ignored, decode_event
-from consumer.dirty import Cause, DirtyKey, dirty_message_key, encode_dirty
+from consumer.dirty import (
+    MAX_CAUSES,
+    Cause,
+    DirtyKey,
+    EntityId,
+    dirty_message_key,
+    encode_dirty,
+)
 from consumer.errors import BadRecord, Retryable
 from consumer.kafka import consumer_settings, producer_settings, release_consumer
 from consumer.router_setup import check_replica_identity, ensure_topics, subscription
@@ -69,6 +76,8 @@ class RouterStats:
     events: int = 0
     changes: int = 0
     ignored: Counter[str] = field(default_factory=Counter)
+    # Entities planned from changes; dirty_keys is fewer when one batch triggers an entity twice.
+    triggers: int = 0
     dirty_keys: int = 0
     dead_lettered: int = 0
     batches: int = 0
@@ -164,8 +173,13 @@ class _Router:
     # --- routing ----------------------------------------------------------------------------
 
     def _route(self, batch: list[Message]) -> None:
-        """Produce the dirty keys and dead letters of every event in the batch."""
-        enqueued_ms = int(time.time() * 1000)
+        """Produce the dirty keys and dead letters of every event in the batch.
+
+        An entity triggered several times in one batch gets one dirty key (its first cause,
+        a few later ones, and the count): the batch is committed as a whole, so the merged key
+        stands for every event behind it, and the syncer would coalesce them anyway.
+        """
+        pending: dict[tuple[str, EntityId], _Merged] = {}
         for message in batch:
             if _consume_error(message):
                 continue
@@ -176,26 +190,25 @@ class _Router:
                     self.stats.ignored[event.reason] += 1
                     continue
                 self.stats.changes += 1
-                self._produce_dirty(message, event, enqueued_ms)
+                entities = plan_dirty(event, self._index)
             except (DecodeError, BadRecord) as exc:
                 self._dead_letter(message, exc)
-
-    def _produce_dirty(self, message: Message, change: Change, enqueued_ms: int) -> None:
-        entities = plan_dirty(change, self._index)  # raises before anything is produced
-        cause = Cause(
-            kind="cdc",
-            table=change.table,
-            op=change.op,
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            source_ts_ms=change.source_ts_ms,
-            lsn=change.lsn,
-        )
-        for entity in entities:
-            value = encode_dirty(DirtyKey(entity.resource, entity.id, cause, enqueued_ms))
-            self._produce(self._dirty_topic, dirty_message_key(entity.resource, entity.id), value)
-        self.stats.dirty_keys += len(entities)
+                continue
+            self.stats.triggers += len(entities)
+            cause = _cause(message, event)
+            for entity in entities:
+                merged = pending.get((entity.resource, entity.id))
+                if merged is None:
+                    pending[(entity.resource, entity.id)] = _Merged(cause)
+                else:
+                    merged.add(cause)
+        enqueued_ms = int(time.time() * 1000)
+        for (resource, entity_id), merged in pending.items():
+            key = merged.dirty_key(resource, entity_id, enqueued_ms)
+            self._produce(
+                self._dirty_topic, dirty_message_key(resource, entity_id), encode_dirty(key)
+            )
+        self.stats.dirty_keys += len(pending)
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
         letter = DeadLetterEvent.from_message(message, error)
@@ -311,6 +324,38 @@ class _Router:
     def _forget(self, partitions: set[_PartitionKey]) -> None:
         for key in partitions:
             self._done.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Merged:
+    """The triggers of one entity within one batch."""
+
+    first: Cause
+    later: list[Cause] = field(default_factory=list)
+    triggers: int = 1
+
+    def add(self, cause: Cause) -> None:
+        self.triggers += 1
+        if len(self.later) < MAX_CAUSES - 1:
+            self.later.append(cause)
+
+    def dirty_key(self, resource: str, entity_id: EntityId, enqueued_ms: int) -> DirtyKey:
+        return DirtyKey(
+            resource, entity_id, self.first, enqueued_ms, self.triggers, tuple(self.later)
+        )
+
+
+def _cause(message: Message, change: Change) -> Cause:
+    return Cause(
+        kind="cdc",
+        table=change.table,
+        op=change.op,
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        source_ts_ms=change.source_ts_ms,
+        lsn=change.lsn,
+    )
 
 
 def _consume_error(message: Message) -> bool:

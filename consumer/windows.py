@@ -11,13 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from consumer.dirty import Cause, DirtyKey, EntityId
+from consumer.dirty import MAX_CAUSES, Cause, DirtyKey, EntityId
 
 __all__ = ["Window"]
-
-# Causes kept per entity for the audit record; a hot entity can be triggered thousands of times
-# in one window, and the first few say why as well as all of them would.
-MAX_CAUSES_PER_ENTITY = 8
 
 
 @dataclass
@@ -33,10 +29,10 @@ class Window:
         entity = (key.resource, str(key.id))
         self.ids.setdefault(entity, key.id)
         causes = self.causes[entity]
-        if len(causes) < MAX_CAUSES_PER_ENTITY:
-            causes.append(key.cause)
+        if len(causes) < MAX_CAUSES:
+            causes.extend(key.causes()[: MAX_CAUSES - len(causes)])
         self.end_offset = max(self.end_offset, offset)
-        self.received += 1
+        self.received += key.triggers
         self.due_after_s = min(self.due_after_s, window_s)
 
     def cover(self, offset: int) -> None:
@@ -54,7 +50,7 @@ class Window:
         """Take a later window's keys into this one (a retry then recomputes both at once)."""
         for entity, entity_id in later.ids.items():
             self.ids.setdefault(entity, entity_id)
-            room = MAX_CAUSES_PER_ENTITY - len(self.causes[entity])
+            room = MAX_CAUSES - len(self.causes[entity])
             self.causes[entity].extend(later.causes[entity][: max(room, 0)])
         self.end_offset = max(self.end_offset, later.end_offset)
         self.received += later.received

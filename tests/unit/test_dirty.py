@@ -127,6 +127,10 @@ _NUMBER_BOUNDS: dict[str, Callable[[float, Any], bool]] = {
     "minimum": lambda v, n: v >= n,
     "maximum": lambda v, n: v <= n,
 }
+_ARRAY_BOUNDS: dict[str, Callable[[list[Any], Any], bool]] = {
+    "minItems": lambda v, n: len(v) >= n,
+    "maxItems": lambda v, n: len(v) <= n,
+}
 _VALUE_BOUNDS: dict[str, Callable[[Any, Any], bool]] = {
     "enum": lambda v, allowed: v in allowed,
     "const": lambda v, c: v == c,
@@ -141,6 +145,8 @@ def _bound(keyword: str) -> Check:
             holds = not isinstance(value, str) or _STRING_BOUNDS[keyword](value, arg)
         elif keyword in _NUMBER_BOUNDS:
             holds = not _TYPES["number"](value) or _NUMBER_BOUNDS[keyword](value, arg)
+        elif keyword in _ARRAY_BOUNDS:
+            holds = not isinstance(value, list) or _ARRAY_BOUNDS[keyword](value, arg)
         else:
             holds = _VALUE_BOUNDS[keyword](value, arg)
         return [] if holds else [f"{at}: fails {keyword} {arg!r}"]
@@ -158,7 +164,7 @@ _KEYWORDS: dict[str, Check] = {
     "oneOf": _one_of,
     "not": _not,
     "items": _items,
-    **{k: _bound(k) for k in (*_STRING_BOUNDS, *_NUMBER_BOUNDS, *_VALUE_BOUNDS)},
+    **{k: _bound(k) for k in (*_STRING_BOUNDS, *_NUMBER_BOUNDS, *_ARRAY_BOUNDS, *_VALUE_BOUNDS)},
 }
 
 
@@ -184,6 +190,7 @@ CDC = Cause(
         DirtyKey("transactions", "tx-302", CDC),
         DirtyKey("customers", 7, Cause(kind="resync")),
         DirtyKey("customers", 7, Cause(kind="backfill", traceparent="00-ab-cd-01")),
+        DirtyKey("customers", 7, CDC, 1, triggers=40, later_causes=(CDC,) * 7),
     ],
 )
 def test_encoded_dirty_keys_follow_the_schema_and_round_trip(key: DirtyKey) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from consumer.dirty import Cause, DirtyKey
-from consumer.windows import MAX_CAUSES_PER_ENTITY, Window
+from consumer.dirty import MAX_CAUSES, Cause, DirtyKey
+from consumer.windows import Window
 
 
 def _key(resource: str, entity_id: int, offset: int) -> DirtyKey:
@@ -20,7 +20,7 @@ def test_many_triggers_of_one_entity_coalesce() -> None:
     assert window.received == 101
     assert window.end_offset == 100
     assert window.by_resource() == {"customers": [7], "transactions": [7]}
-    assert len(window.causes[("customers", "7")]) == MAX_CAUSES_PER_ENTITY
+    assert len(window.causes[("customers", "7")]) == MAX_CAUSES
     assert window.first_cause("customers", "7").offset == 0
 
 
@@ -52,3 +52,13 @@ def test_absorbing_a_later_window_keeps_every_entity_and_the_last_offset() -> No
     assert failed.end_offset == 12
     assert failed.received == 3
     assert [c.offset for c in failed.causes[("customers", "1")]] == [5, 9]
+
+
+def test_a_merged_key_counts_every_trigger_and_keeps_its_causes() -> None:
+    first = Cause(kind="cdc", offset=1)
+    later = tuple(Cause(kind="cdc", offset=n) for n in range(2, 9))
+    window = Window(opened_at=0.0, due_after_s=1.0)
+    window.add(DirtyKey("customers", 7, first, triggers=30, later_causes=later), 5, 1.0)
+    window.add(DirtyKey("customers", 7, Cause(kind="cdc", offset=99)), 6, 1.0)
+    assert window.received == 31 and len(window) == 1
+    assert window.causes[("customers", "7")] == [first, *later]
