@@ -194,6 +194,9 @@ class Delivery(_Strict):
     mode: Literal["realtime", "batch"]
     window_ms: int = Field(250, ge=10, le=600_000)
     max_keys: int = Field(REACH_MAX_BATCH, ge=1, le=100_000)
+    # Real time: a tenant's share of one window larger than this (a backlog, a burst) goes
+    # through the batch endpoint, where one request and one poll beat that many single writes.
+    batch_over: int = Field(64, ge=1, le=100_000)
 
 
 class Resource(_Strict):

@@ -34,7 +34,8 @@ __all__ = ["DeadLetter", "DeliveryResult", "deliver_resource"]
 
 log = logging.getLogger(__name__)
 
-# Real-time mode sends single records concurrently, this many at a time per window.
+# Real-time mode sends single records concurrently, this many at a time per window (the client
+# bounds the total across windows: destination.max_connections).
 REALTIME_CONCURRENCY = 16
 # Batch status polling: start fast (the sandbox finishes in tens of ms), back off to this.
 POLL_INTERVAL_S = 0.05
@@ -254,7 +255,8 @@ async def _upserts(
         by_tenant[item.tenant].append(item)
 
     async def one_tenant(tenant: str, items: list[Projected]) -> SyncError | None:
-        if resource.delivery.mode == "realtime":
+        delivery = resource.delivery
+        if delivery.mode == "realtime" and len(items) <= delivery.batch_over:
             accepted, error = await _send_realtime(
                 client, resource.reach_schema, items, result, name
             )

@@ -33,6 +33,13 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     # librdkafka waits fetch.queue.backoff.ms (1000 by default) before refilling a full
     # prefetch queue; a consumer that drains its queue quickly then idles (local-broker-notes.md).
     "fetch.queue.backoff.ms": 10,
+    # Prefetch bounds. librdkafka's defaults (64 MiB queued, 100,000 messages, 50 MiB fetches)
+    # let each consumer hold 150 MiB of a backlog; these held a bench's router at full speed
+    # with ~60 MiB (bench/pipeline.py, peak RSS). A definition may raise them.
+    "queued.max.messages.kbytes": 4096,
+    "queued.min.messages": 10_000,
+    "fetch.max.bytes": 2 * 1024 * 1024,
+    "max.partition.fetch.bytes": 256 * 1024,
 }
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
