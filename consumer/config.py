@@ -35,6 +35,7 @@ __all__ = [
     "FieldMapping",
     "GroupRule",
     "KafkaSource",
+    "RateLimit",
     "RedisSettings",
     "Resource",
     "Source",
@@ -257,6 +258,41 @@ class Auth(_Strict):
         return self
 
 
+_Rate = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False, description="requests/s")]
+_Burst = Annotated[int, Field(ge=1, le=100_000, description="requests at once")]
+
+
+class RateLimit(_Strict):
+    """Token buckets for requests to Reach (reach-api.md §7 Q11); an unset rate is unlimited.
+
+    Reach publishes no numbers, so they are the partner's to set. ``requests_per_s`` is one
+    process's (one credential's) rate; ``group_requests_per_s`` is the whole consumer group's,
+    split between its live processes through Redis so that N processes do not send N times it.
+    A burst is how many requests may go at once above the pace (1: evenly paced).
+    """
+
+    requests_per_s: _Rate | None = None
+    burst: _Burst | None = None  # default 1
+    per_tenant_requests_per_s: _Rate | None = None
+    per_tenant_burst: _Burst | None = None  # default 1
+    group_requests_per_s: _Rate | None = None
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> Self:
+        rates = (self.requests_per_s, self.per_tenant_requests_per_s, self.group_requests_per_s)
+        if all(rate is None for rate in rates):
+            raise ValueError(
+                "sets no limit: set requests_per_s, per_tenant_requests_per_s or "
+                "group_requests_per_s, or remove rate_limit"
+            )
+        no_process_rate = self.requests_per_s is None and self.group_requests_per_s is None
+        if self.burst is not None and no_process_rate:
+            raise ValueError("burst needs requests_per_s or group_requests_per_s")
+        if self.per_tenant_burst is not None and self.per_tenant_requests_per_s is None:
+            raise ValueError("per_tenant_burst needs per_tenant_requests_per_s")
+        return self
+
+
 class Destination(_Strict):
     """The Reach API: where, as whom, and its limits."""
 
@@ -272,6 +308,8 @@ class Destination(_Strict):
     max_connections: int = Field(32, ge=1, le=1000)
     # Seconds a record may wait for a missing $ref target on Reach (reach-api.md §7.9).
     dependency_wait_timeout_s: int = Field(3600, ge=0, le=86_400)
+    # Client-side rate limits; without them only Reach's 429s (and Retry-After) slow sends.
+    rate_limit: RateLimit | None = None
 
 
 class RedisSettings(_Strict):

@@ -21,6 +21,7 @@ from consumer.config import SyncDefinition
 from consumer.dedup import LastSentStore
 from consumer.kafka import producer_settings
 from consumer.reach.client import ReachClient
+from consumer.reach.limits import open_limiter
 from consumer.recompute import SourceDatabase
 from consumer.router import RouterStats, run_router
 from consumer.router_setup import ensure_topics
@@ -94,7 +95,14 @@ async def _run_syncer(
     producer = Producer(producer_settings(definition.source.kafka))
     await db.open()
     try:
-        async with ReachClient(definition.destination) as client:
+        async with (
+            open_limiter(definition) as limiter,
+            ReachClient(
+                definition.destination,
+                before_request=limiter.before_request,
+                after_response=limiter.after_response,
+            ) as client,
+        ):
             syncer = Syncer(definition, client, db, last_sent, producer, stats=stats)
             return await syncer.run(stop)
     finally:

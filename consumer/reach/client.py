@@ -52,6 +52,7 @@ from consumer.reach.status import (
 )
 
 __all__ = [
+    "AfterResponse",
     "BatchProgress",
     "BatchState",
     "BatchStatus",
@@ -85,6 +86,8 @@ class RequestInfo:
 
 
 BeforeRequest = Callable[[RequestInfo], Awaitable[None]]
+# Told every answer (429s and Retry-After included), so the limiter can slow down on its own.
+AfterResponse = Callable[[RequestInfo, httpx.Response], None]
 
 
 @dataclass(slots=True)
@@ -124,11 +127,13 @@ class ReachClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         before_request: BeforeRequest | None = None,
+        after_response: AfterResponse | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._destination = destination
         self._credential = credential_for(destination.auth, clock)
         self._before_request = before_request
+        self._after_response = after_response
         # Callers queue here, not in httpcore's pool: its waiter bookkeeping costs CPU that
         # grows with the number of waiters (measured: most of the event loop at ~400 waiting).
         self._slots = asyncio.Semaphore(destination.max_connections)
@@ -406,6 +411,8 @@ class ReachClient:
             raise classify(exc, Call.SINGLE, self._redact) from exc
         if response.status_code == 401:
             self._credential.invalidate()  # the next call mints afresh (e.g. after clock skew)
+        if self._after_response is not None:
+            self._after_response(info, response)
         _log.debug(
             "reach %s %s -> %d (%s, %d records, %.0f ms)",
             method,
