@@ -1,4 +1,4 @@
-"""``reach-sync run | validate | plan | preview``: the sync definition at work.
+"""``reach-sync run | validate | plan | preview | dlq``: the sync definition at work.
 
 Every command loads the definition the same way and reports a bad one the same way: one line
 per problem, naming the file, the field and the reason, and exit code 2.
@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,38 @@ import orjson
 from consumer.config import ConfigError, SyncDefinition, load_definition
 from consumer.dedup import LastSentStore
 from consumer.dirty import EntityId
+from consumer.dlq import (
+    KINDS,
+    DeadLetterRead,
+    Filter,
+    ReplayPlan,
+    enqueue,
+    entry_json,
+    key_types_from_database,
+    parse_time,
+    plan_replay,
+    read_dead_letters,
+    table_lines,
+)
 from consumer.errors import BadRecord, ConfigurationError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.plan import describe_plan, plan_command
 from consumer.projection import project
 from consumer.recompute import SourceDatabase
+from consumer.router_setup import ensure_topics
 
 __all__ = ["add_sync_commands"]
 
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+# dlq: the filter matched no dead letter. Told apart from a failure so that a script can tell
+# "nothing to do here" (a mistyped --id, say) from "could not do it".
+EXIT_NO_MATCH = 3
+# dlq replay: what could be replayed was re-enqueued, but some selected dead letters still fail.
+EXIT_STILL_FAILING = 4
+# Still-failing dead letters a replay prints; a count says how many more there were.
+SHOWN_FAILURES = 5
 
 
 def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +84,8 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     preview.add_argument("id")
     preview.add_argument("--show-pii", action="store_true", help="print PII fields' values")
     preview.set_defaults(handler=_preview)
+
+    _add_dlq_commands(sub)
 
 
 def _load(path: Path) -> SyncDefinition | None:
@@ -195,3 +220,185 @@ async def _preview_one(
         verdict = f"changed since the last send (hash {previous.hash[:12]} → {projected.hash[:12]})"
     print(f"hash {projected.hash[:12]}: {verdict}")
     return 0
+
+
+# --- dlq list | replay ---------------------------------------------------------------------------
+
+
+def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
+    filters.add_argument("--resource", help="dead letters of this resource")
+    filters.add_argument(
+        "--id", dest="entity_id", metavar="ID", help="dead letters of this entity id"
+    )
+    filters.add_argument("--tenant", help="record dead letters of this Reach tenant")
+    filters.add_argument("--kind", choices=KINDS, help="what was dead-lettered")
+    filters.add_argument(
+        "--error-class", help="the error's class, qualified or short (e.g. DecodeError)"
+    )
+    filters.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="dead-lettered at or after this ISO-8601 time (UTC if no zone)",
+    )
+    filters.add_argument(
+        "--until", type=_time, metavar="TIME", help="dead-lettered before this ISO-8601 time"
+    )
+    filters.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the N most recent matches"
+    )
+
+    dlq = sub.add_parser(
+        "dlq",
+        help="list or replay the dead-letter topic",
+        description="Read the dead-letter topic without joining a consumer group or committing; "
+        "replay makes the entities dirty again so that they are recomputed from the database. "
+        "Nothing is ever removed from the topic.",
+        epilog="exit codes: 0 done; 1 broker or database unavailable, or produce not "
+        "acknowledged; 2 bad definition or no such dead-letter topic; 3 the filter matched "
+        "nothing; 4 (replay) some selected dead letters still fail, the rest were re-enqueued",
+    )
+    commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = commands.add_parser("list", parents=[filters], help="list dead letters, oldest first")
+    listing.add_argument("--json", action="store_true", help="one JSON object a line")
+    listing.set_defaults(handler=_dlq_list)
+    replay = commands.add_parser(
+        "replay",
+        parents=[filters],
+        help="make the dead letters' entities dirty again, so they are recomputed fresh",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="say what would be re-enqueued, produce nothing"
+    )
+    replay.set_defaults(handler=_dlq_replay)
+
+
+def _time(text: str) -> int:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _dlq_filter(args: argparse.Namespace) -> Filter:
+    return Filter(
+        resource=args.resource,
+        entity_id=args.entity_id,
+        tenant=args.tenant,
+        kind=args.kind,
+        error_class=args.error_class,
+        since_ms=args.since,
+        until_ms=args.until,
+        limit=args.limit,
+    )
+
+
+def _dlq_read(
+    args: argparse.Namespace, command: str
+) -> tuple[SyncDefinition, DeadLetterRead] | int:
+    """The definition and the selected dead letters, or the exit code when there are none."""
+    definition = _load(args.config)
+    if definition is None:
+        return EXIT_CONFIG
+    chosen = _dlq_filter(args)
+    try:
+        read = read_dead_letters(definition, chosen)
+    except ConfigurationError as exc:
+        print(f"dlq {command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"dlq {command}: {exc}", file=sys.stderr)
+        return 1
+    if read.entries:
+        return definition, read
+    if chosen.active():
+        print(
+            f"dlq {command}: no dead letter in {read.topic} matches {chosen.describe()} "
+            f"({_count(read.total, 'dead letter')} in the topic)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_MATCH
+    nothing = f"{read.topic} holds no dead letters"
+    print(nothing if command == "list" else f"{nothing}: nothing to replay", file=sys.stderr)
+    return 0
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    result = _dlq_read(args, "list")
+    if isinstance(result, int):
+        return result
+    _, read = result
+    if args.json:
+        for entry in read.entries:
+            print(orjson.dumps(entry_json(entry)).decode())
+        return 0
+    for line in table_lines(read.entries):
+        print(line)
+    shown = len(read.entries)
+    limited = (
+        f", the {shown} most recent of {read.matched} matching" if read.matched > shown else ""
+    )
+    total = _count(read.total, "dead letter")
+    print(f"{shown} of {total} in {read.topic}{limited}; oldest first")
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    result = _dlq_read(args, "replay")
+    if isinstance(result, int):
+        return result
+    definition, read = result
+    now_ms = int(time.time() * 1000)
+    try:
+        plan = plan_replay(read.entries, definition, key_types_from_database(definition), now_ms)
+        if plan.keys and not args.dry_run:
+            ensure_topics(definition)  # as `run` would: the dirty topic with its partitions
+            enqueue(plan.keys.values(), definition)
+    except ConfigurationError as exc:
+        print(f"dlq replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"dlq replay: {exc}", file=sys.stderr)
+        return 1
+    for line in _replay_report(read, plan, definition.topics.dirty, args.dry_run):
+        print(line)
+    return EXIT_STILL_FAILING if plan.failures else 0
+
+
+def _replay_report(read: DeadLetterRead, plan: ReplayPlan, dirty: str, dry_run: bool) -> list[str]:
+    kinds = Counter(entry.kind for entry in read.entries)
+    selected = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    per_resource = ", ".join(f"{r} {n}" for r, n in sorted(plan.per_resource().items()))
+    done = "would re-enqueue" if dry_run else "re-enqueued"
+    lines = [
+        f"{_count(len(read.entries), 'dead letter')} selected in {read.topic} ({selected})",
+        f"{done} {_count(len(plan.keys), 'dirty key')} to {dirty}"
+        + (f": {per_resource}" if per_resource else ""),
+    ]
+    if plan.ignored:
+        ignored = ", ".join(f"{reason} {n}" for reason, n in sorted(plan.ignored.items()))
+        events = _count(sum(plan.ignored.values()), "event")
+        lines.append(f"{events} made nothing dirty ({ignored})")
+    if plan.failures:
+        failed = _count(len(plan.failures), "dead letter")
+        lines.append(f"{failed} still failing, not replayed:")
+        for entry, reason in plan.failures[:SHOWN_FAILURES]:
+            lines.append(f"  {entry.at.partition}:{entry.at.offset} {entry.kind}: {reason}")
+        if len(plan.failures) > SHOWN_FAILURES:
+            lines.append(f"  ... and {len(plan.failures) - SHOWN_FAILURES} more")
+    lines.append(
+        f"nothing was removed from {read.topic} (it is a log); replaying again is harmless"
+    )
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -106,7 +106,10 @@ class SourceDatabase:
         query = recompute_query(resource)
         with _classified(f"the query of {resource.reach_schema!r}"):
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(query, {"ids": list(ids)})
+                # As text: a window can hold one entity's id as 7 (from an event) and another's
+                # as "8" (a dead letter, a replay), and psycopg cannot send a mixed list;
+                # Postgres casts the untyped text[] to the key column's type itself.
+                await cur.execute(query, {"ids": [str(i) for i in ids]})
                 fetched = await cur.fetchall()
         rows: dict[str, dict[str, Any]] = {}
         for row in fetched:

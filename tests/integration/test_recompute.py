@@ -56,6 +56,17 @@ async def test_rows_groups_and_gone_ids_in_one_query(shop: PostgresConfig) -> No
     assert set(transactions.rows) == {"4"} and transactions.gone == [5]
 
 
+async def test_ids_as_numbers_and_as_text_mix_in_one_window(shop: PostgresConfig) -> None:
+    definition = _definition(shop.dsn)
+    db = SourceDatabase(definition.source.database)
+    await db.open()
+    try:
+        customers = await db.recompute(definition.resources["customers"], [1, "2", "999"])
+    finally:
+        await db.close()
+    assert set(customers.rows) == {"1", "2"} and customers.gone == ["999"]
+
+
 async def test_a_broken_query_is_a_configuration_error(shop: PostgresConfig) -> None:
     definition = _definition(shop.dsn)
     broken = definition.resources["transactions"].model_copy(
