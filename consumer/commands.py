@@ -23,19 +23,16 @@ import orjson
 from consumer.config import ConfigError, SyncDefinition, load_definition
 from consumer.dedup import LastSentStore
 from consumer.dirty import EntityId
-from consumer.dlq import (
+from consumer.dlq_read import (
     KINDS,
     DeadLetterRead,
     Filter,
-    ReplayPlan,
-    enqueue,
     entry_json,
-    key_types_from_database,
     parse_time,
-    plan_replay,
     read_dead_letters,
     table_lines,
 )
+from consumer.dlq_replay import ReplayPlan, enqueue, plan_replay
 from consumer.errors import BadRecord, ConfigurationError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.plan import describe_plan, plan_command
@@ -256,9 +253,9 @@ def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Read the dead-letter topic without joining a consumer group or committing; "
         "replay makes the entities dirty again so that they are recomputed from the database. "
         "Nothing is ever removed from the topic.",
-        epilog="exit codes: 0 done; 1 broker or database unavailable, or produce not "
-        "acknowledged; 2 bad definition or no such dead-letter topic; 3 the filter matched "
-        "nothing; 4 (replay) some selected dead letters still fail, the rest were re-enqueued",
+        epilog="exit codes: 0 done; 1 broker unavailable, or produce not acknowledged; 2 bad "
+        "definition or no such dead-letter topic; 3 the filter matched nothing; 4 (replay) some "
+        "selected dead letters still fail, the rest were re-enqueued",
     )
     commands = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = commands.add_parser("list", parents=[filters], help="list dead letters, oldest first")
@@ -358,7 +355,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     definition, read = result
     now_ms = int(time.time() * 1000)
     try:
-        plan = plan_replay(read.entries, definition, key_types_from_database(definition), now_ms)
+        plan = plan_replay(read.entries, definition, now_ms)
         if plan.keys and not args.dry_run:
             ensure_topics(definition)  # as `run` would: the dirty topic with its partitions
             enqueue(plan.keys.values(), definition)

@@ -21,16 +21,16 @@ from consumer.deadletter import (
 )
 from consumer.debezium import DecodeError
 from consumer.dirty import Cause, DirtyKey, decode_dirty, encode_dirty
-from consumer.dlq import (
+from consumer.dlq_read import (
     Entry,
     Filter,
     Position,
     decode_entry,
     entry_json,
     parse_time,
-    plan_replay,
     table_lines,
 )
+from consumer.dlq_replay import plan_replay
 from consumer.errors import BadRecord
 from consumer.triggers import UnknownTable
 from tests.shop_definition import shop_definition
@@ -291,17 +291,13 @@ def test_json_keeps_a_record_whole_and_never_an_event_s_bytes() -> None:
 # --- replay planning ------------------------------------------------------------------------------
 
 
-def _integer_keys(resource: str) -> bool:
-    return True
-
-
 def test_a_replay_makes_each_entity_dirty_once_with_its_first_dead_letter_as_cause() -> None:
-    plan = plan_replay(_mixed(), shop_definition(), _integer_keys, now_ms=T0 + 9000)
+    plan = plan_replay(_mixed(), shop_definition(), now_ms=T0 + 9000)
     assert list(plan.keys) == [("customers", "7"), ("customers", "8"), ("transactions", "5")]
     seven = plan.keys[("customers", "7")]
     assert seven == DirtyKey(
         resource="customers",
-        id=7,  # typed like the router's: the key column is an integer
+        id="7",  # as the record holds it: no database is asked for the key's type
         cause=Cause(
             kind="replay",
             table="public.customers",
@@ -325,7 +321,7 @@ def test_a_replay_makes_each_entity_dirty_once_with_its_first_dead_letter_as_cau
 
 
 def test_replayed_dirty_keys_follow_the_schema_and_decode() -> None:
-    plan = plan_replay(_mixed(), shop_definition(), _integer_keys, now_ms=T0)
+    plan = plan_replay(_mixed(), shop_definition(), now_ms=T0)
     for key in plan.keys.values():
         raw = encode_dirty(key)
         assert schema_problems(json.loads(raw), DIRTY_SCHEMA) == []
@@ -344,7 +340,7 @@ def test_an_event_that_routes_now_is_planned_by_the_router_s_triggers() -> None:
         }
     )
     letter = _event(moved, UnknownTable("no trigger on table public.transactions"), b'{"id":5}')
-    plan = plan_replay(_entries(letter), shop_definition(), _integer_keys, now_ms=T0)
+    plan = plan_replay(_entries(letter), shop_definition(), now_ms=T0)
     assert sorted(plan.keys) == [("customers", "3"), ("customers", "8"), ("transactions", "5")]
     cause = plan.keys[("customers", "8")].cause
     assert (cause.kind, cause.table, cause.op, cause.topic, cause.offset) == (
@@ -360,19 +356,38 @@ def test_an_event_that_routes_now_is_planned_by_the_router_s_triggers() -> None:
 
 def test_events_that_make_nothing_dirty_are_counted_not_failed() -> None:
     tombstone = _event(None, DecodeError("was a tombstone"))
-    plan = plan_replay(_entries(tombstone), shop_definition(), _integer_keys, now_ms=T0)
+    plan = plan_replay(_entries(tombstone), shop_definition(), now_ms=T0)
     assert (plan.keys, plan.failures, plan.ignored) == ({}, [], {"tombstone": 1})
 
 
-def test_ids_are_typed_as_the_key_column_and_a_mismatch_is_a_failure() -> None:
-    entries = _entries(_record("7"), _record("c-8"))
-    as_text = plan_replay(entries, shop_definition(), lambda resource: False, now_ms=T0)
-    assert [k.id for k in as_text.keys.values()] == ["7", "c-8"]
-    as_int = plan_replay(entries, shop_definition(), _integer_keys, now_ms=T0)
-    assert [k.id for k in as_int.keys.values()] == [7]
-    assert [reason for _, reason in as_int.failures] == [
-        "id 'c-8' is not an integer, but the key of customers is"
-    ]
+def test_ids_are_kept_as_the_dead_letter_holds_them() -> None:
+    """A record's id is text and stays text, whatever the key column's type: the syncer sends
+    ids to Postgres as text and the query casts them. An id that is no integer is no failure
+    here either (for an integer key the syncer's query says so)."""
+    plan = plan_replay(_entries(_record("7"), _record("c-8")), shop_definition(), now_ms=T0)
+    assert [k.id for k in plan.keys.values()] == ["7", "c-8"]
+    assert not plan.failures
+
+
+def test_a_record_s_text_id_and_an_event_s_integer_id_are_one_entity() -> None:
+    """customers/7 dead-lettered as a record ("7") and as an event the router now routes (7):
+    one dirty key, caused by the older dead letter and keeping its id."""
+    event = _event(
+        _envelope("customers", {"id": 7}),
+        UnknownTable("no trigger on table public.customers"),
+        b'{"id":7}',
+    )
+    routed = plan_replay(_entries(event), shop_definition(), now_ms=T0)
+    assert [k.id for k in routed.keys.values()] == [7]  # the router plans the int
+
+    plan = plan_replay(_entries(_record("7"), event), shop_definition(), now_ms=T0)
+    assert list(plan.keys) == [("customers", "7")]
+    (key,) = plan.keys.values()
+    assert (key.id, key.cause.offset) == ("7", 0)
+    assert plan.replayed == 2 and not plan.failures
+
+    reverse = plan_replay(_entries(event, _record("7")), shop_definition(), now_ms=T0)
+    assert [(k.id, k.cause.offset) for k in reverse.keys.values()] == [(7, 0)]
 
 
 def test_what_cannot_be_replayed_says_why() -> None:
@@ -384,7 +399,7 @@ def test_what_cannot_be_replayed_says_why() -> None:
     )
     undecodable = Message(topic=DLQ, partition=0, offset=7, value=b"?")
     entries = [*_entries(unknown_resource, rejected_key), decode_entry(undecodable)]
-    plan = plan_replay(entries, shop_definition(), _integer_keys, now_ms=T0)
+    plan = plan_replay(entries, shop_definition(), now_ms=T0)
     assert plan.keys == {}
     assert [reason for _, reason in plan.failures] == [
         "no resource 'orders' in the definition any more",

@@ -1,38 +1,33 @@
-"""The dead-letter topic, read back: list what went there, and replay it as dirty keys.
+"""The dead-letter topic, read back: what went there, chosen by filters, shown as a table or JSON.
+
+This is the read-only half of ``reach-sync dlq`` (``list`` uses only this; ``replay`` reads with
+it, then plans in ``consumer.dlq_replay``). It is kept apart from the replay because it never
+writes anything and needs nothing but the broker: reading, decoding and showing can be changed
+and tested without the replay's producer, and the replay depends on this module, never the
+other way round.
 
 Listing reads the topic from the beginning to its end without joining a consumer group or
 committing anything (partitions are assigned with explicit offsets), so it never disturbs the
 running service and it stops at the end instead of waiting for more. Each message is decoded
 with ``consumer.deadletter``'s format; one that does not decode is listed as ``undecodable``.
-
-Replaying never re-sends what the dead letter holds. It makes the entities dirty again, through
-the dirty topic and the same encoder and key as the router (``consumer.dirty``), so the syncer
-recomputes them from the source database: a replay can never deliver a stale state. A ``record``
-dead letter names its entity; an ``event`` is routed again with the current definition (it may
-route now that the definition was fixed). Nothing is deleted from the dead-letter topic (it is
-a log), and replaying twice is harmless: a recompute is idempotent and dedup skips what Reach
-already has.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 import msgspec
-import psycopg
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
@@ -47,31 +42,22 @@ from consumer.deadletter import (
     HEADER_TIMESTAMP,
     HEADER_TOPIC,
     DeadLetterRecord,
-    error_class,
 )
-from consumer.debezium import DecodeError, Ignored, decode_event
-from consumer.dirty import Cause, DirtyKey, EntityId, decode_dirty, dirty_message_key, encode_dirty
-from consumer.errors import BadRecord, ConfigurationError, Retryable
-from consumer.kafka import consumer_settings, producer_settings
-from consumer.recompute import recompute_query
-from consumer.triggers import TriggerIndex, plan_dirty
+from consumer.dirty import EntityId, decode_dirty
+from consumer.errors import ConfigurationError, Retryable
+from consumer.kafka import consumer_settings
 
 __all__ = [
     "KINDS",
     "DeadLetterRead",
     "Entry",
     "Filter",
-    "KeyTypes",
+    "Kind",
     "MissingTopic",
     "Position",
-    "ReplayFailure",
-    "ReplayPlan",
     "decode_entry",
-    "enqueue",
     "entry_json",
-    "key_types_from_database",
     "parse_time",
-    "plan_replay",
     "read_dead_letters",
     "table_lines",
 ]
@@ -85,14 +71,8 @@ BROKER_TIMEOUT_S = 30.0
 READ_IDLE_TIMEOUT_S = 30.0
 READ_BATCH = 500
 POLL_TIMEOUT_S = 0.5
-# The replay's produce: every outcome is reported within message.timeout.ms.
-DELIVERY_TIMEOUT_MS = 30_000
-ACK_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 5
-QUEUE_FULL_POLL_S = 0.1
 # A listing's reason column; the whole reason is in --json.
 REASON_WIDTH = 72
-# Debezium sends these Postgres types as JSON integers, every other key type as a string.
-_INTEGER_TYPES = frozenset({"int2", "int4", "int8"})
 _INTEGER = re.compile(r"-?[0-9]+")
 _HEADER_PREFIX = "reach-sync-dlq-"
 _record_decoder = msgspec.json.Decoder(DeadLetterRecord)
@@ -493,196 +473,3 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         out["key_bytes"] = None if entry.key is None else len(entry.key)
         out["value_bytes"] = None if entry.value is None else len(entry.value)
     return out
-
-
-# --- replaying ---------------------------------------------------------------------------------
-
-
-class ReplayFailure(Exception):
-    """A dead letter that still cannot become a dirty key; reported, not dead-lettered again."""
-
-
-class _Target(NamedTuple):
-    resource: str
-    id: EntityId
-    table: str | None
-    op: str | None
-
-
-@dataclass
-class ReplayPlan:
-    """The dirty keys a replay produces (one per entity) and the dead letters that still fail."""
-
-    keys: dict[tuple[str, str], DirtyKey] = field(default_factory=dict)
-    failures: list[tuple[Entry, str]] = field(default_factory=list)
-    ignored: Counter[str] = field(default_factory=Counter)
-    replayed: int = 0
-
-    def per_resource(self) -> Counter[str]:
-        return Counter(key.resource for key in self.keys.values())
-
-
-# Whether a resource's key column is an integer (the id is then an int, as Debezium sends it).
-KeyTypes = Callable[[str], bool]
-
-
-def plan_replay(
-    entries: Iterable[Entry], definition: SyncDefinition, key_is_integer: KeyTypes, now_ms: int
-) -> ReplayPlan:
-    """Turn dead letters into dirty keys, oldest first; an entity's first dead letter is its
-    cause. Nothing is produced here, so a failure part-way leaves nothing half done."""
-    index = TriggerIndex.from_definition(definition)
-    plan = ReplayPlan()
-    for entry in entries:
-        try:
-            targets = _targets(entry, definition, index, key_is_integer)
-        except ReplayFailure as exc:
-            plan.failures.append((entry, str(exc)))
-            continue
-        if isinstance(targets, Ignored):
-            plan.ignored[targets.reason] += 1
-            continue
-        if not targets:  # e.g. a null foreign key: a change that names no entity
-            plan.ignored["no entity"] += 1
-            continue
-        plan.replayed += 1
-        for target in targets:
-            cause = Cause(
-                kind="replay",
-                table=target.table,
-                op=target.op,
-                topic=entry.at.topic,
-                partition=entry.at.partition,
-                offset=entry.at.offset,
-            )
-            plan.keys.setdefault(
-                (target.resource, str(target.id)),
-                DirtyKey(resource=target.resource, id=target.id, cause=cause, enqueued_ms=now_ms),
-            )
-    return plan
-
-
-def _targets(
-    entry: Entry, definition: SyncDefinition, index: TriggerIndex, key_is_integer: KeyTypes
-) -> list[_Target] | Ignored:
-    if entry.kind == "record" and entry.record is not None:
-        record = entry.record
-        _known_resource(definition, record.resource)
-        entity_id = _typed_id(record.id, key_is_integer(record.resource), record.resource)
-        return [_Target(record.resource, entity_id, record.cause.table, record.cause.op)]
-    if entry.kind == "event" and entry.stage == "syncer":
-        return [_dirty_key_target(entry, definition)]
-    if entry.kind == "event":
-        return _routed_targets(entry, index)
-    raise ReplayFailure(entry.reason)
-
-
-def _dirty_key_target(entry: Entry, definition: SyncDefinition) -> _Target:
-    """A dirty-topic message the syncer could not use: replayable once its resource exists."""
-    try:
-        dirty = decode_dirty(entry.value or b"")
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ReplayFailure(f"still not a dirty key: {exc}") from exc
-    _known_resource(definition, dirty.resource)
-    return _Target(dirty.resource, dirty.id, dirty.cause.table, dirty.cause.op)
-
-
-def _routed_targets(entry: Entry, index: TriggerIndex) -> list[_Target] | Ignored:
-    """The router's own decode and trigger planning, with the current definition."""
-    try:
-        change = decode_event(entry.key, entry.value)
-        if isinstance(change, Ignored):
-            return change
-        entities = plan_dirty(change, index)
-    except (DecodeError, BadRecord) as exc:
-        raise ReplayFailure(f"{error_class(exc)}: {exc}") from exc
-    return [_Target(e.resource, e.id, change.table, change.op) for e in entities]
-
-
-def _known_resource(definition: SyncDefinition, resource: str) -> None:
-    if resource not in definition.resources:
-        raise ReplayFailure(f"no resource {resource!r} in the definition any more")
-
-
-def _typed_id(entity_id: EntityId, integer_key: bool, resource: str) -> EntityId:
-    """The id typed as the router would have it: a record keeps its id as text, but a window
-    that mixes ``7`` and ``"8"`` for one resource cannot be queried (psycopg refuses mixed
-    lists), so an integer key must stay an int and any other key a string."""
-    if not integer_key:
-        return str(entity_id)
-    if isinstance(entity_id, int) or _INTEGER.fullmatch(entity_id):
-        return int(entity_id)
-    raise ReplayFailure(f"id {entity_id!r} is not an integer, but the key of {resource} is")
-
-
-def key_types_from_database(definition: SyncDefinition) -> KeyTypes:
-    """Ask the source database, once per resource, whether its key column is an integer.
-
-    The resource's own query runs with no ids (no rows, read-only, bounded time) and the key
-    column's type is read from the result's description. Raises Retryable when the database is
-    unavailable, ConfigurationError when the query fails or has no key column.
-    """
-    known: dict[str, bool] = {}
-
-    def key_is_integer(resource: str) -> bool:
-        if resource not in known:
-            known[resource] = _key_is_integer(definition, resource)
-        return known[resource]
-
-    return key_is_integer
-
-
-def _key_is_integer(definition: SyncDefinition, name: str) -> bool:
-    database, resource = definition.source.database, definition.resources[name]
-    options = (
-        f"-c statement_timeout={database.statement_timeout_ms} -c default_transaction_read_only=on"
-    )
-    try:
-        with psycopg.connect(
-            database.dsn.get_secret_value(), connect_timeout=10, autocommit=True, options=options
-        ) as conn:
-            cursor = conn.execute(recompute_query(resource), {"ids": []})
-            types = {c.name: conn.adapters.types.get(c.type_code) for c in cursor.description or []}
-    except psycopg.OperationalError as exc:
-        raise Retryable(
-            f"source database unavailable (asked for the key type of {name}): {type(exc).__name__}"
-        ) from exc
-    except psycopg.Error as exc:
-        raise ConfigurationError(f"the query of {name} fails: {exc}", scope="definition") from exc
-    if resource.key not in types:
-        raise ConfigurationError(f"the query of {name} returns no column {resource.key!r}")
-    found = types[resource.key]
-    return found is not None and found.name in _INTEGER_TYPES
-
-
-def enqueue(keys: Iterable[DirtyKey], definition: SyncDefinition) -> int:
-    """Produce dirty keys keyed ``resource/id`` and return how many once the broker acknowledged
-    every one; raise Retryable if any was not (running the replay again is harmless)."""
-    topic = definition.topics.dirty
-    failures: list[KafkaError] = []
-
-    def on_delivery(error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            failures.append(error)
-
-    producer = Producer(
-        producer_settings(definition.source.kafka, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
-    )
-    produced = 0
-    for key in keys:
-        message_key, value = dirty_message_key(key.resource, key.id), encode_dirty(key)
-        while True:
-            try:
-                producer.produce(topic, value, message_key, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(QUEUE_FULL_POLL_S)
-        produced += 1
-    left = producer.flush(ACK_TIMEOUT_S)
-    if left or failures:
-        first = failures[0].str() if failures else "no answer in time"
-        raise Retryable(
-            f"{left + len(failures)} of {produced} dirty keys were not acknowledged by {topic} "
-            f"({first}); replaying again is harmless"
-        )
-    return produced
