@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 from consumer.config import KafkaSource
 
 __all__ = [
     "CORRECTNESS_SETTINGS",
     "abandoned_consumers",
+    "consume_batch",
     "consumer_settings",
     "producer_settings",
     "release_consumer",
@@ -88,6 +89,19 @@ def producer_settings(kafka: KafkaSource, **overrides: Any) -> dict[str, Any]:
         **kafka.client_settings,
         **overrides,
     }
+
+
+def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """Wait up to ``timeout_s`` for one message, then take what is already fetched.
+
+    ``Consumer.consume(n, timeout)`` waits for all ``n`` or the whole timeout, so under a light
+    load every batch costs the full timeout in latency. Here a batch is whatever arrived: one
+    message when traffic is light, ``max_messages`` when there is a backlog.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
 def release_consumer(consumer: Consumer, leave_group: bool) -> None:

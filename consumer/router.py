@@ -38,7 +38,12 @@ from consumer.dirty import (
     encode_dirty,
 )
 from consumer.errors import BadRecord, Retryable
-from consumer.kafka import consumer_settings, producer_settings, release_consumer
+from consumer.kafka import (
+    consume_batch,
+    consumer_settings,
+    producer_settings,
+    release_consumer,
+)
 from consumer.router_setup import check_replica_identity, ensure_topics, subscription
 from consumer.triggers import TriggerIndex, plan_dirty
 
@@ -49,7 +54,7 @@ log = logging.getLogger(__name__)
 # Events per batch: large enough to amortise one acknowledgement wait and one commit round trip
 # (measured with bench/router.py), small enough to bound what is re-routed after a failure.
 BATCH_MAX_EVENTS = 2000
-# How long consume() waits for a batch; also how soon the loop notices the stop flag.
+# How long the loop waits for a first event; also how soon it notices the stop flag.
 POLL_TIMEOUT_S = 0.5
 # The producer reports every message's outcome within message.timeout.ms; 30 s is well inside
 # librdkafka's max.poll.interval.ms default (300 s), so a stalled produce never costs the group.
@@ -146,7 +151,7 @@ class _Router:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            batch = self._consumer.consume(BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
+            batch = consume_batch(self._consumer, BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
             if not batch:
                 continue
             try:

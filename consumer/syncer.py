@@ -30,7 +30,7 @@ from consumer.dedup import LastSentStore
 from consumer.delivery import DeadLetter, DeliveryResult, deliver_resource
 from consumer.dirty import EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
-from consumer.kafka import consumer_settings, release_consumer
+from consumer.kafka import consume_batch, consumer_settings, release_consumer
 from consumer.reach.client import ReachClient
 from consumer.recompute import SourceDatabase
 from consumer.windows import Window
@@ -129,7 +129,7 @@ class Syncer:
         try:
             while not stop.is_set():
                 messages = await self._loop.run_in_executor(
-                    poller, consumer.consume, POLL_BATCH, POLL_TIMEOUT_S
+                    poller, consume_batch, consumer, POLL_BATCH, POLL_TIMEOUT_S
                 )
                 self._add(messages)
                 self._start_due_windows()
@@ -287,8 +287,10 @@ class Syncer:
 
     async def _resource(self, name: str, ids: list[EntityId]) -> DeliveryResult:
         resource = self.definition.resources[name]
+        started = time.perf_counter()
         recomputed = await self.db.recompute(resource, ids)
         self.stats.recomputes += 1
+        recomputed_at = time.perf_counter()
         result = await deliver_resource(
             name,
             resource,
@@ -296,6 +298,16 @@ class Syncer:
             client=self.client,
             last_sent=self.last_sent,
             tenants=self.db,
+        )
+        log.debug(
+            "%s: %d ids, recompute %.0f ms, delivery %.0f ms (sent %d, skipped %d, deleted %d)",
+            name,
+            len(ids),
+            (recomputed_at - started) * 1000,
+            (time.perf_counter() - recomputed_at) * 1000,
+            result.sent,
+            result.skipped,
+            result.deleted,
         )
         self.stats.add(result)
         return result

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from consumer.config import Destination
 from consumer.errors import BadRecord, ConfigurationError, SyncError
@@ -137,14 +138,15 @@ class ReachClient:
         # Callers queue here, not in httpcore's pool: its waiter bookkeeping costs CPU that
         # grows with the number of waiters (measured: most of the event loop at ~400 waiting).
         self._slots = asyncio.Semaphore(destination.max_connections)
+        limits = httpx.Limits(
+            max_connections=destination.max_connections,
+            max_keepalive_connections=destination.max_connections,
+        )
         self._http = httpx.AsyncClient(
             base_url=destination.base_url,
-            transport=transport,
+            transport=transport or AiohttpTransport(limits=limits),
             timeout=httpx.Timeout(destination.timeout_s),
-            limits=httpx.Limits(
-                max_connections=destination.max_connections,
-                max_keepalive_connections=destination.max_connections,
-            ),
+            limits=limits,
             headers={"user-agent": _USER_AGENT},
             follow_redirects=False,
         )

@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from consumer.config import Auth, Destination
+from consumer.dev.process import free_port
 from consumer.errors import BadRecord, ConfigurationError, Retryable
 from consumer.reach.client import BatchState, ReachClient
 from consumer.reach.sandbox.config import LimitsConfig
@@ -259,3 +260,23 @@ async def test_a_single_record_the_sandbox_refuses_is_a_bad_record(sandbox: Sand
 
 def test_the_sandbox_is_on_loopback(sandbox: SandboxServer) -> None:
     assert httpx.URL(sandbox.base_url).host == "127.0.0.1"
+
+
+async def test_an_unreachable_reach_is_retryable() -> None:
+    port = free_port()  # nothing listens there
+    auth = Auth(mode="jwt", partner_id=PARTNER_ID, secret=SecretStr(PARTNER_SECRET))
+    async with ReachClient(
+        Destination.model_validate({"base_url": f"http://127.0.0.1:{port}", "auth": auth})
+    ) as api:
+        with pytest.raises(Retryable):
+            await api.upsert_one("merchant-1", "customers", {"customerId": "c1"})
+
+
+async def test_an_answer_slower_than_the_timeout_is_retryable(sandbox: SandboxServer) -> None:
+    tenant = sandbox.new_tenant()
+    sandbox.add_fault(tenant=tenant, count=1, kind="latency", ms=3000)
+    async with reach(sandbox, timeout_s=0.5) as api:
+        with pytest.raises(Retryable):
+            await api.upsert_one(tenant, "customers", {"customerId": "c1"})
+        await api.upsert_one(tenant, "customers", {"customerId": "c2"})  # the fault is spent
+    assert stored(sandbox, tenant, "c2") is not None
