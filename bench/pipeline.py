@@ -572,6 +572,7 @@ class LatencyRun:
     routed_ms: list[int]
     load: LoadStats
     window_ms: int
+    batch_over: int
     snapshot_rows: int
     snapshot_s: float
     syncer: dict[str, int]
@@ -580,13 +581,16 @@ class LatencyRun:
     caught_up: bool
 
 
-def _realtime(definition: SyncDefinition, window_ms: int) -> SyncDefinition:
-    """Every resource in real-time mode; customers (batch in the example) with ``window_ms``."""
+def _realtime(definition: SyncDefinition, window_ms: int, batch_over: int) -> SyncDefinition:
+    """Every resource in real-time mode; customers (batch in the example) with ``window_ms``;
+    ``batch_over`` (0: as the definition says) for every resource."""
     resources = {}
     for name, resource in definition.resources.items():
         delivery = resource.delivery
         if delivery.mode != "realtime":
             delivery = delivery.model_copy(update={"mode": "realtime", "window_ms": window_ms})
+        if batch_over:
+            delivery = delivery.model_copy(update={"batch_over": batch_over})
         resources[name] = resource.model_copy(update={"delivery": delivery})
     return definition.model_copy(update={"resources": resources})
 
@@ -636,7 +640,7 @@ def measure_latency(args: argparse.Namespace, state: Path) -> LatencyRun:
         endpoints = stack.endpoints
         base, _ = _definition(endpoints, _tag())
         window_ms = args.latency_window_ms or base.resources["transactions"].delivery.window_ms
-        definition = _realtime(base, window_ms)
+        definition = _realtime(base, window_ms, args.latency_batch_over)
         stats, stop = ServiceStats(), threading.Event()
         pipeline = threading.Thread(
             target=run_service, args=(definition, stop), kwargs={"stats": stats}, name="reach-sync"
@@ -677,6 +681,7 @@ def measure_latency(args: argparse.Namespace, state: Path) -> LatencyRun:
         routed_ms=lag.samples,
         load=load,
         window_ms=window_ms,
+        batch_over=definition.resources["transactions"].delivery.batch_over,
         snapshot_rows=snapshot_rows,
         snapshot_s=snapshot_s,
         syncer={k: after[k] - before[k] for k in after},
@@ -744,6 +749,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-customers", type=int, default=200, help="seeded (x3 sales)")
     parser.add_argument(
         "--latency-window-ms", type=int, default=0, help="customers' window (0: transactions')"
+    )
+    parser.add_argument(
+        "--latency-batch-over",
+        type=int,
+        default=0,
+        help="delivery.batch_over of every resource (0: as examples/shop.yaml says)",
     )
     args = parser.parse_args(argv)
 
@@ -902,6 +913,7 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
         summary["latency"] = {
             "commit_to_routed_ms": _percentiles(latency.routed_ms),
             "customers_window_ms": latency.window_ms,
+            "batch_over": latency.batch_over,
             "target_ops_per_s": args.latency_rate,
             "achieved_ops_per_s": round(load.rate, 1),
             "commits_per_s": round(load.commits / max(load.elapsed_s, 1e-9), 1),
@@ -989,7 +1001,8 @@ def _print_latency(summary: dict[str, Any]) -> None:
     latency = summary["latency"]
     print(
         f"  latency, both resources real time (customers' window "
-        f"{latency['customers_window_ms']} ms), after a {latency['snapshot_rows']:,}-row "
+        f"{latency['customers_window_ms']} ms, batch_over {latency['batch_over']}), "
+        f"after a {latency['snapshot_rows']:,}-row "
         f"snapshot synced in {latency['snapshot_s']:.1f} s:"
     )
     print(

@@ -195,9 +195,10 @@ class Delivery(_Strict):
     mode: Literal["realtime", "batch"]
     window_ms: int = Field(250, ge=10, le=600_000)
     max_keys: int = Field(REACH_MAX_BATCH, ge=1, le=100_000)
-    # Real time: a tenant's share of one window larger than this (a backlog, a burst) goes
-    # through the batch endpoint, where one request and one poll beat that many single writes.
-    batch_over: int = Field(64, ge=1, le=100_000)
+    # Real time: a tenant's share of one window larger than this (a burst, a backlog) goes
+    # through the batch endpoint: one request and a poll or two cost less than that many single
+    # writes, in Reach's capacity and in ours (bench/pipeline.py, latency at 1000 changes/s).
+    batch_over: int = Field(8, ge=1, le=100_000)
 
 
 class Resource(_Strict):

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 # Real-time mode sends single records concurrently, this many at a time per window (the client
 # bounds the total across windows: destination.max_connections).
 REALTIME_CONCURRENCY = 16
-# Batch status polling: start fast (the sandbox finishes in tens of ms), back off to this.
-POLL_INTERVAL_S = 0.05
+# Batch status polling: start fast (a small batch is often finished within milliseconds; this
+# wait is most of a real-time batch's latency), back off 1.5 times per poll to the maximum.
+POLL_INTERVAL_S = 0.02
 MAX_POLL_INTERVAL_S = 2.0
 # wait_batches returns after this long so the caller can notice a stop request; then it waits on.
 WAIT_SLICE_S = 30.0
@@ -233,11 +234,23 @@ async def deliver_resource(
             moved[previous.tenant].append(item.external_id)
         to_send.append(item)
 
-    await _upserts(name, resource, to_send, client, last_sent, result)
-    await _deletes(
-        name, resource, recomputed.gone, known, moved, client, last_sent, tenants, result
+    # Upserts and deletes concern different entities (or, for an entity that moved, different
+    # tenants), so they go at once; the first failure is raised after both finished.
+    outcomes = await asyncio.gather(
+        _upserts(name, resource, to_send, client, last_sent, result),
+        _deletes(name, resource, recomputed.gone, known, moved, client, last_sent, tenants, result),
+        return_exceptions=True,
     )
+    _raise_first(outcomes)
     return result
+
+
+def _raise_first(outcomes: Sequence[object]) -> None:
+    """Raise the first exception among gathered outcomes (errors before cancellations)."""
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    errors.sort(key=lambda e: isinstance(e, asyncio.CancelledError))
+    if errors:
+        raise errors[0]
 
 
 async def _upserts(
@@ -307,16 +320,22 @@ async def _deletes(
             for tenant in await tenants.tenants(resource):
                 targets[tenant].extend(unknown)
 
+    gone_ids = [str(g) for g in gone]
     deleted: set[str] = set()
-    for tenant, ids in targets.items():
 
-        def failed(external_id: str, reason: str, code: str | None, tenant: str = tenant) -> None:
+    async def one_tenant(tenant: str, ids: list[str]) -> None:
+        def failed(external_id: str, reason: str, code: str | None) -> None:
             error = BadRecord(f"delete refused: {reason}", external_id=external_id)
             result.dead.append(_dead(name, external_id, tenant, error))
 
         submission = await client.delete_batch(tenant, resource.reach_schema, ids)
         accepted, _ = await _settle(client, tenant, submission, failed)
-        deleted |= accepted & {str(g) for g in gone}
-    gone_ids = [str(g) for g in gone]
+        deleted.update(accepted.intersection(gone_ids))
+
+    outcomes = await asyncio.gather(
+        *(one_tenant(t, ids) for t, ids in targets.items()), return_exceptions=True
+    )
+    # What was deleted is forgotten even when another tenant's delete failed.
     await last_sent.forget(name, [g for g in gone_ids if g in deleted])
     result.deleted += len(deleted)
+    _raise_first(outcomes)

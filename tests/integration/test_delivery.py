@@ -67,7 +67,7 @@ def _writes(sandbox: SandboxServer, tenant: str) -> list[str]:
     return [r["path"] for r in response.json()["requests"] if r["method"] == "POST"]
 
 
-@pytest.mark.parametrize(("count", "batch_over", "singles"), [(5, 64, True), (100, 64, False)])
+@pytest.mark.parametrize(("count", "batch_over", "singles"), [(5, 8, True), (100, 8, False)])
 async def test_real_time_sends_singles_and_a_backlog_through_the_batch_endpoint(
     sandbox: SandboxServer,
     redis_url: str,
@@ -99,5 +99,44 @@ async def test_real_time_sends_singles_and_a_backlog_through_the_batch_endpoint(
         for n in (0, count - 1):
             (latest, *_) = reversed(sandbox.history(tenant, "customers", str(n)))
             assert latest["data"]["email"] == f"c{n}@example.com"
+    finally:
+        await last_sent.close()
+
+
+async def test_gone_entities_are_deleted_from_the_tenant_that_has_them(
+    sandbox: SandboxServer, redis_url: str, unique: Callable[[str], str]
+) -> None:
+    first, second = sandbox.new_tenant(), sandbox.new_tenant()
+    auth = {"mode": "jwt", "partner_id": PARTNER_ID, "secret": SecretStr(PARTNER_SECRET)}
+    destination = Destination.model_validate({"base_url": sandbox.base_url, "auth": auth})
+    last_sent = LastSentStore(redis_url, unique("delivery"))
+    resource = _resource(batch_over=8)
+    rows = {**_rows(first, 3).rows, "10": {"id": 10, "tenant": second, "email": "x@example.com"}}
+    try:
+        async with ReachClient(destination) as client:
+            sent = await deliver_resource(
+                "customers",
+                resource,
+                Recomputed(rows=rows, gone=[]),
+                client=client,
+                last_sent=last_sent,
+                tenants=_NoTenants(),
+            )
+            # 1 stays; 0 and 2 (first tenant) and 10 (second tenant) are gone.
+            gone = await deliver_resource(
+                "customers",
+                resource,
+                Recomputed(rows={"1": rows["1"]}, gone=[0, 2, 10]),
+                client=client,
+                last_sent=last_sent,
+                tenants=_NoTenants(),
+            )
+        assert sent.sent == 4
+        assert (gone.sent, gone.skipped, gone.deleted, gone.dead) == (0, 1, 3, [])
+        assert [v["op"] for v in sandbox.history(first, "customers", "0")][-1] == "delete"
+        assert [v["op"] for v in sandbox.history(second, "customers", "10")][-1] == "delete"
+        assert sandbox.history(first, "customers", "1")[-1]["op"] != "delete"
+        remembered = await last_sent.get_many("customers", [0, 1, 2, 10])
+        assert remembered is not None and set(remembered) == {"1"}
     finally:
         await last_sent.close()
