@@ -72,14 +72,27 @@ class _Value(_Envelope):
     payload: _Envelope | None = None
 
 
+class _WrappedKey(msgspec.Struct):
+    """Connect's key with its schema block: the block is skipped, never built."""
+
+    payload: dict[str, Any]
+
+
 _value_decoder = msgspec.json.Decoder(_Value)
 _key_decoder = msgspec.json.Decoder(dict[str, Any])
+_wrapped_key_decoder = msgspec.json.Decoder(_WrappedKey)
+_SCHEMA_FIRST = b'{"schema":'
 
 
 def decode_key(raw: bytes | None) -> dict[str, Any]:
     """The key columns of the row. Connect's key is ``{"schema", "payload"}`` or bare columns."""
     if raw is None:
         raise DecodeError("the event has no key (a table without a primary key?)")
+    if raw.startswith(_SCHEMA_FIRST):  # the usual shape, as Connect writes it
+        try:
+            return _wrapped_key_decoder.decode(raw).payload
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass  # not that shape after all: decoded generically below, with its error
     try:
         key = _key_decoder.decode(raw)
     except msgspec.DecodeError as exc:

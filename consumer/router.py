@@ -155,12 +155,12 @@ class _Router:
             if not batch:
                 continue
             try:
-                self._route(batch)
+                next_offsets = self._route(batch)
                 self._await_acknowledgements(ACK_TIMEOUT_S)
             except Retryable as exc:
                 self._rewind(batch, exc, stop)
                 continue
-            self._mark_done(batch)
+            self._mark_done(next_offsets)
             self._commit()
             self._report()
 
@@ -177,17 +177,22 @@ class _Router:
 
     # --- routing ----------------------------------------------------------------------------
 
-    def _route(self, batch: list[Message]) -> None:
-        """Produce the dirty keys and dead letters of every event in the batch.
+    def _route(self, batch: list[Message]) -> dict[_PartitionKey, int]:
+        """Produce the dirty keys and dead letters of every event in the batch; return the
+        next offset of each partition it covers.
 
         An entity triggered several times in one batch gets one dirty key (its first cause,
         a few later ones, and the count): the batch is committed as a whole, so the merged key
         stands for every event behind it, and the syncer would coalesce them anyway.
         """
         pending: dict[tuple[str, EntityId], _Merged] = {}
+        next_offsets: dict[_PartitionKey, int] = {}
         for message in batch:
             if _consume_error(message):
                 continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is not None and partition is not None and offset is not None:
+                next_offsets[(topic, partition)] = offset + 1
             self.stats.events += 1
             try:
                 event = decode_event(message.key(), message.value())
@@ -200,9 +205,13 @@ class _Router:
                 self._dead_letter(message, exc)
                 continue
             self.stats.triggers += len(entities)
-            cause = _cause(message, event)
+            cause: Cause | None = None  # built only if kept: a hot entity's 9th cause is not
             for entity in entities:
                 merged = pending.get((entity.resource, entity.id))
+                if merged is not None and not merged.has_room():
+                    merged.add(None)
+                    continue
+                cause = cause or _cause(topic, partition, offset, event)
                 if merged is None:
                     pending[(entity.resource, entity.id)] = _Merged(cause)
                 else:
@@ -214,6 +223,7 @@ class _Router:
                 self._dirty_topic, dirty_message_key(resource, entity_id), encode_dirty(key)
             )
         self.stats.dirty_keys += len(pending)
+        return next_offsets
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
         letter = DeadLetterEvent.from_message(message, error)
@@ -273,11 +283,10 @@ class _Router:
         stop.wait(self._backoff_s)
         self._backoff_s = min(self._backoff_s * 2, RETRY_BACKOFF_S[1])
 
-    def _mark_done(self, batch: list[Message]) -> None:
+    def _mark_done(self, next_offsets: dict[_PartitionKey, int]) -> None:
         self._backoff_s = RETRY_BACKOFF_S[0]
         self.stats.batches += 1
-        for topic, partition, offset in _positions(batch):
-            self._done[(topic, partition)] = offset + 1
+        self._done.update(next_offsets)
 
     def _commit(self, partitions: set[_PartitionKey] | None = None) -> None:
         """Commit acknowledged offsets synchronously; keep whatever failed for the next commit.
@@ -339,9 +348,13 @@ class _Merged:
     later: list[Cause] = field(default_factory=list)
     triggers: int = 1
 
-    def add(self, cause: Cause) -> None:
+    def has_room(self) -> bool:
+        return len(self.later) < MAX_CAUSES - 1
+
+    def add(self, cause: Cause | None) -> None:
+        """Count a trigger; keep its cause while there is room (``None`` only when full)."""
         self.triggers += 1
-        if len(self.later) < MAX_CAUSES - 1:
+        if cause is not None and self.has_room():
             self.later.append(cause)
 
     def dirty_key(self, resource: str, entity_id: EntityId, enqueued_ms: int) -> DirtyKey:
@@ -350,14 +363,14 @@ class _Merged:
         )
 
 
-def _cause(message: Message, change: Change) -> Cause:
+def _cause(topic: str | None, partition: int | None, offset: int | None, change: Change) -> Cause:
     return Cause(
         kind="cdc",
         table=change.table,
         op=change.op,
-        topic=message.topic(),
-        partition=message.partition(),
-        offset=message.offset(),
+        topic=topic,
+        partition=partition,
+        offset=offset,
         source_ts_ms=change.source_ts_ms,
         lsn=change.lsn,
     )

@@ -111,3 +111,12 @@ def test_heartbeat_truncate_and_message_are_ignored_by_name() -> None:
 def test_decode_key_accepts_both_shapes() -> None:
     assert decode_key(b'{"schema":{"type":"struct"},"payload":{"id":7}}') == {"id": 7}
     assert decode_key(b'{"id":7,"region":"eu"}') == {"id": 7, "region": "eu"}
+
+
+def test_a_key_that_only_looks_wrapped_is_read_as_columns_or_refused() -> None:
+    # A table whose key column is named "schema": no payload, so these are its columns.
+    assert decode_key(b'{"schema":"public","id":7}') == {"schema": "public", "id": 7}
+    with pytest.raises(DecodeError, match="payload is not an object"):
+        decode_key(b'{"schema":{"type":"struct"},"payload":null}')
+    with pytest.raises(DecodeError, match="not JSON"):
+        decode_key(b'{"schema":{"type":')
