@@ -175,7 +175,7 @@ class Syncer:
 
     def _max_keys(self, window: Window) -> int:
         return min(
-            (self.definition.resources[r].delivery.max_keys for r, _ in window.ids),
+            (self.definition.resources[r].delivery.max_keys for r in window.resources),
             default=REACH_MAX_BATCH,
         )
 

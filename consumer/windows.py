@@ -24,10 +24,14 @@ class Window:
     received: int = 0
     ids: dict[tuple[str, str], EntityId] = field(default_factory=dict)
     causes: dict[tuple[str, str], list[Cause]] = field(default_factory=lambda: defaultdict(list))
+    # The resources present, kept as keys arrive: the loop asks for them on every poll, and a
+    # backlog window holds thousands of entities.
+    resources: set[str] = field(default_factory=set)
 
     def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
         entity = (key.resource, str(key.id))
         self.ids.setdefault(entity, key.id)
+        self.resources.add(key.resource)
         causes = self.causes[entity]
         if len(causes) < MAX_CAUSES:
             causes.extend(key.causes()[: MAX_CAUSES - len(causes)])
@@ -48,6 +52,7 @@ class Window:
 
     def absorb(self, later: Window) -> None:
         """Take a later window's keys into this one (a retry then recomputes both at once)."""
+        self.resources |= later.resources
         for entity, entity_id in later.ids.items():
             self.ids.setdefault(entity, entity_id)
             room = MAX_CAUSES - len(self.causes[entity])
