@@ -11,6 +11,7 @@ from consumer import __version__
 from consumer.commands import add_sync_commands
 from consumer.dev.cli import add_dev_commands
 from consumer.dev.process import ComponentError
+from consumer.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -59,10 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         code: int = args.handler(args)
     except ComponentError as exc:

@@ -35,6 +35,7 @@ from consumer.dlq_read import (
 from consumer.dlq_replay import ReplayPlan, enqueue, plan_replay
 from consumer.errors import BadRecord, ConfigurationError, SyncError
 from consumer.kafka import abandoned_consumers
+from consumer.logs import configure_logging, definition_secrets
 from consumer.plan import describe_plan, plan_command
 from consumer.projection import project
 from consumer.recompute import SourceDatabase
@@ -86,11 +87,14 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _load(path: Path) -> SyncDefinition | None:
+    """Load the definition; from then on, logs never show any of its secrets."""
     try:
-        return load_definition(path)
+        definition = load_definition(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return None
+    configure_logging(logging.getLogger().level, definition_secrets(definition))
+    return definition
 
 
 def _validate(args: argparse.Namespace) -> int:
