@@ -472,8 +472,13 @@ def measure_rss(
     expected_dirty: int,
     state: Path,
     max_seconds: float,
+    roles: tuple[str, ...] = ("all",),
 ) -> RssRun:
-    """Until the child committed every event and dirty key, or for ``max_seconds`` (if > 0)."""
+    """Until the children committed every event and dirty key, or for ``max_seconds`` (if > 0).
+
+    One child per role: ``("all",)`` is one `reach-sync run`; ``("router", "syncer")`` runs the
+    stages as two processes (no shared GIL). The peak is the sum of the children's VmHWM.
+    """
     tag = _tag()
     definition, env = _definition(endpoints, tag)
     group = definition.source.kafka.group_id
@@ -493,20 +498,20 @@ def measure_rss(
         )
         for stage in ("router", "syncer")
     }
-    argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
-    with log_path.open("wb") as log:
-        child = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    hwm_kib, first, routed, committed = 0, None, 0, 0
+    children = _start_children(roles, env, log_path)
+    hwm = [0] * len(children)
+    first, routed, committed = None, 0, 0
     drained = False
     try:
         deadline = time.monotonic() + (max_seconds or RUN_TIMEOUT_S)
         while time.monotonic() < deadline:
             time.sleep(OFFSETS_POLL_S)
-            if child.poll() is not None:
-                raise SystemExit(f"rss: reach-sync exited early ({child.returncode}); {log_path}")
-            hwm_kib = max(hwm_kib, _vm_hwm_kib(child.pid))
+            for n, child in enumerate(children):
+                if child.poll() is not None:
+                    raise SystemExit(
+                        f"rss: reach-sync exited early ({child.returncode}); {log_path}"
+                    )
+                hwm[n] = max(hwm[n], _vm_hwm_kib(child.pid))
             routed = _committed(watchers["router"], sources)
             committed = _committed(watchers["syncer"], dirty)
             now = time.perf_counter()
@@ -518,19 +523,19 @@ def measure_rss(
         if not (drained or max_seconds):
             raise SystemExit(f"rss: not drained in {RUN_TIMEOUT_S:.0f} s ({routed}, {committed})")
         ended = time.perf_counter()
-        child.send_signal(signal.SIGTERM)
-        exit_code, hwm_kib = _reap(child, hwm_kib)
+        exit_code = _stop_children(children, hwm)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
         for watcher in watchers.values():
             watcher.close()
     if first is None:
         raise SystemExit(f"rss: the child's router committed nothing; see {log_path}")
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-6:])
     return RssRun(
-        vm_hwm_mib=hwm_kib / 1024,
+        vm_hwm_mib=sum(hwm) / 1024,
         rate=(routed - first[1]) / (ended - first[0]) if drained else 0.0,
         seconds=ended - first[0],
         routed=routed,
@@ -540,6 +545,33 @@ def measure_rss(
         exit_code=exit_code,
         log_tail=tail,
     )
+
+
+def _start_children(
+    roles: tuple[str, ...], env: dict[str, str], log_path: Path
+) -> list[subprocess.Popen[bytes]]:
+    children = []
+    with log_path.open("wb") as log:
+        for role in roles:
+            argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
+            argv += ["--role", role]
+            children.append(
+                subprocess.Popen(
+                    argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                )
+            )
+    return children
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]], hwm: list[int]) -> int | None:
+    """SIGTERM all, reap each (updating its VmHWM in ``hwm``); the first bad exit code or 0."""
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    codes = []
+    for n, child in enumerate(children):
+        code, hwm[n] = _reap(child, hwm[n])
+        codes.append(code)
+    return next((c for c in codes if c != 0), 0)
 
 
 def _reap(child: subprocess.Popen[bytes], hwm_kib: int) -> tuple[int | None, int]:
@@ -737,6 +769,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the RSS run")
     parser.add_argument(
+        "--no-split",
+        dest="split",
+        action="store_false",
+        help="skip the run with router and syncer as two processes",
+    )
+    parser.add_argument(
         "--rss-max-seconds",
         type=float,
         default=0.0,
@@ -831,6 +869,21 @@ def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]
                 f"{'drained' if rss.drained else 'not drained'} in {rss.seconds:.0f} s, "
                 f"exit code {rss.exit_code}"
             )
+        if args.split:
+            _log("split: `reach-sync run --role router` and `--role syncer` as two processes ...")
+            split = measure_rss(
+                endpoints,
+                backlog,
+                router_stats.dirty_keys,
+                state,
+                args.rss_max_seconds,
+                roles=("router", "syncer"),
+            )
+            results["split"] = split
+            _log(
+                f"split: {split.rate:,.0f} events/s, peak {split.vm_hwm_mib:.0f} MiB (both), "
+                f"{'drained' if split.drained else 'not drained'} in {split.seconds:.0f} s"
+            )
 
 
 def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
@@ -887,6 +940,17 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
             "max_queries_per_resource_per_window": queries.max_per_resource,
             "max_queries_per_window": queries.max_per_window,
             "windows_by_queries": dict(queries.per_window),
+        }
+    split: RssRun | None = results.get("split")
+    if split is not None:
+        if split.drained:
+            rates["pipeline_split"] = split.rate
+        summary["split_run"] = {
+            "events_per_s": round(split.rate),
+            "vm_hwm_mib_both": round(split.vm_hwm_mib, 1),
+            "seconds": round(split.seconds, 1),
+            "drained": split.drained,
+            "exit_code": split.exit_code,
         }
     if rss is not None:
         peak = rss.vm_hwm_mib
@@ -1025,6 +1089,7 @@ _LABELS = (
     ("router", "router (to acked dirty keys + commits)"),
     ("pipeline", "whole pipeline (router + syncer -> sandbox)"),
     ("pipeline_child", "the same, `reach-sync run` child (cross-check)"),
+    ("pipeline_split", "the same, `--role router` + `--role syncer` processes"),
 )
 
 
