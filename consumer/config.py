@@ -28,6 +28,7 @@ from pydantic import (
 
 __all__ = [
     "Auth",
+    "CircuitBreaker",
     "ConfigError",
     "DatabaseSource",
     "Delivery",
@@ -40,6 +41,7 @@ __all__ = [
     "Resource",
     "Source",
     "SyncDefinition",
+    "TenantProbe",
     "Topics",
     "Trigger",
     "load_definition",
@@ -216,6 +218,10 @@ class Resource(_Strict):
     # store no longer knows (it was lost): the delete then goes to each, since deleting an id
     # a tenant does not have is a success. Without it such a delete is dead-lettered instead.
     tenants_query: str | None = None
+    # The audit record (consumer/audit.py) carries the values of this resource's pii: none fields
+    # and its groups; false keeps only field names and the payload hash. PII fields' values are
+    # never audited either way.
+    audit_values: bool = True
 
     @field_validator("query")
     @classmethod
@@ -294,6 +300,30 @@ class RateLimit(_Strict):
         return self
 
 
+class CircuitBreaker(_Strict):
+    """When every request to Reach failed for ``open_after_s`` (connection refused, timeouts,
+    5xx), stop sending: requests fail at once, and one probe request goes every
+    ``probe_interval_s`` until Reach answers again (consumer/reach/breaker.py)."""
+
+    # Long enough that a deploy or a short blip of Reach is ridden out by retries alone.
+    open_after_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    probe_interval_s: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
+
+
+class TenantProbe(_Strict):
+    """How often a tenant Reach refuses (401/403) is tried again: one request after
+    ``interval_s``, then twice as long after each refusal, up to ``max_interval_s``."""
+
+    interval_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    max_interval_s: float = Field(default=600.0, gt=0, le=86_400, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_interval_s < self.interval_s:
+            raise ValueError("max_interval_s must be at least interval_s")
+        return self
+
+
 class Destination(_Strict):
     """The Reach API: where, as whom, and its limits."""
 
@@ -311,6 +341,9 @@ class Destination(_Strict):
     dependency_wait_timeout_s: int = Field(3600, ge=0, le=86_400)
     # Client-side rate limits; without them only Reach's 429s (and Retry-After) slow sends.
     rate_limit: RateLimit | None = None
+    # When Reach as a whole fails, and when it refuses one tenant (README, "When Reach refuses").
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    tenant_probe: TenantProbe = TenantProbe()
 
 
 class RedisSettings(_Strict):
@@ -318,10 +351,32 @@ class RedisSettings(_Strict):
     key_prefix: str = Field("reach-sync", min_length=1, pattern=r"^[A-Za-z0-9:._-]+$")
 
 
+_TOPIC = r"^[A-Za-z0-9._-]+$"
+
+
 class Topics(_Strict):
-    dirty: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    """Topics reach-sync writes. ``audit`` (the record of every send and delete) defaults to the
+    dirty topic's name with its ``.dirty`` suffix replaced by ``.audit`` (``<dirty>.audit`` when
+    it has none); set it explicitly, since changing it later starts a new history."""
+
+    dirty: str = Field(pattern=_TOPIC)
     dirty_partitions: int = Field(12, ge=1, le=1024)
-    dead_letter: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    dead_letter: str = Field(pattern=_TOPIC)
+    audit: str = Field(pattern=_TOPIC)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_audit(cls, data: Any) -> Any:
+        dirty = data.get("dirty") if isinstance(data, dict) else None
+        if isinstance(dirty, str) and data.get("audit") is None:
+            return {**data, "audit": f"{dirty.removesuffix('.dirty')}.audit"}
+        return data
+
+    @model_validator(mode="after")
+    def _audit_is_its_own_topic(self) -> Self:
+        if self.audit in (self.dirty, self.dead_letter):
+            raise ValueError("audit must be a topic of its own, not the dirty or dead-letter topic")
+        return self
 
 
 class SyncDefinition(_Strict):

@@ -1,9 +1,13 @@
 """Delivery of one resource's share of a window: projected records and deletes, to durable outcomes.
 
 Every entity of the window ends in exactly one outcome: sent (Reach accepted it), skipped (Reach
-already has this exact state), deleted, or dead-lettered (it can never be accepted as it is).
-Anything else raises (Retryable or ConfigurationError) and the whole window is retried later:
-re-sending full-state records is harmless.
+already has this exact state), deleted, dead-lettered (it can never be accepted as it is), or
+held (Reach refuses its tenant for now, 401/403: the syncer keeps it, uncommitted, and tries it
+again once a probe finds the tenant accepted; blocks.py). Before a tenant's records go, the
+tenant gate says whether they may (blocks.py): a blocked tenant's records are held without a
+request, and only its one probe goes. Anything else raises (Retryable, or a ConfigurationError
+that concerns every tenant) and the whole window is retried later: re-sending full-state
+records is harmless.
 
 Batches are waited on until Reach finished them before this returns. Together with one window in
 flight per dirty-topic partition (and each entity owned by one partition) this is what keeps "at
@@ -16,21 +20,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from consumer.blocks import OPEN, Admission, Closed, blocks_tenant
 from consumer.config import Resource
 from consumer.dedup import LastSent, LastSentStore
 from consumer.dirty import EntityId
-from consumer.errors import BadRecord, Retryable, SyncError
+from consumer.errors import BadRecord, ConfigurationError, Retryable, SyncError
 from consumer.projection import Projected, project
 from consumer.reach.batching import BatchSubmission
 from consumer.reach.client import ReachClient
 from consumer.reach.status import BatchState, BatchStatus
 from consumer.recompute import Recomputed
 
-__all__ = ["DeadLetter", "DeliveryResult", "deliver_resource"]
+__all__ = ["DeadLetter", "DeliveryResult", "Held", "TenantGate", "deliver_resource"]
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +64,103 @@ class DeadLetter:
     payload_hash: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Entities of one resource and tenant that Reach refuses for now (``error``, a 401/403):
+    neither sent nor dead-lettered; the syncer keeps them until the tenant is accepted again."""
+
+    resource: str
+    tenant: str
+    ids: tuple[str, ...]
+    error: ConfigurationError
+
+
 @dataclass
 class DeliveryResult:
     sent: int = 0
     skipped: int = 0
     deleted: int = 0
     dead: list[DeadLetter] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
     # Accepted but parked on a missing $ref in Reach: not remembered as sent, so re-sent next time.
     parked: int = 0
+
+    def hold(
+        self, resource: str, tenant: str, ids: Sequence[str], error: ConfigurationError
+    ) -> None:
+        if ids:
+            self.held.append(Held(resource, tenant, tuple(ids), error))
 
 
 class TenantSource(Protocol):
     async def tenants(self, resource: Resource) -> list[str]: ...
+
+
+class TenantGate(Protocol):
+    """Whether a tenant's records may go now, and what became of those that went
+    (``blocks.TenantBlocks``)."""
+
+    def admit(self, tenant: str) -> Admission | Closed: ...
+
+    def report(self, tenant: str, admission: Admission, error: SyncError | None) -> None: ...
+
+
+class _AlwaysOpen:
+    """The gate of a caller that keeps no blocks: every tenant may always send."""
+
+    def admit(self, tenant: str) -> Admission | Closed:
+        return OPEN
+
+    def report(self, tenant: str, admission: Admission, error: SyncError | None) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """How one tenant's request(s) ended: the error that stopped them (None: every record
+    reached an outcome), and the keys that reached none (neither accepted nor dead-lettered)."""
+
+    error: SyncError | None = None
+    unsettled: list[str] = field(default_factory=list)
+
+
+# What the gate hears about a request that never finished (cancelled): nothing was learned.
+_INTERRUPTED = Retryable("the request was interrupted")
+
+
+async def _through_gate(
+    gate: TenantGate,
+    tenant: str,
+    keys: list[str],
+    send: Callable[[list[str]], Awaitable[_Attempt]],
+    result: DeliveryResult,
+    name: str,
+) -> SyncError | None:
+    """Send one tenant's ``keys`` as its gate allows: all of them (open), none (closed), or
+    one (the probe), the rest following once Reach took it. What a refusal of the tenant stops
+    is held; any other error is returned, for the window to retry."""
+    admission = gate.admit(tenant)
+    if isinstance(admission, Closed):
+        result.hold(name, tenant, keys, admission.error)
+        return None
+    now, later = (keys[:1], keys[1:]) if admission.probe else (keys, [])
+    try:
+        attempt = await send(now)
+    except BaseException:
+        gate.report(tenant, admission, _INTERRUPTED)
+        raise
+    gate.report(tenant, admission, attempt.error)
+    if blocks_tenant(attempt.error):
+        result.hold(name, tenant, [*attempt.unsettled, *later], attempt.error)
+        return None
+    if attempt.error is not None or not later:
+        return attempt.error
+    return await _through_gate(gate, tenant, later, send, result, name)
+
+
+def _first_error(errors: Sequence[SyncError]) -> SyncError | None:
+    """The error that decides a tenant's outcome: a refusal of the tenant, else the first."""
+    return next((e for e in errors if blocks_tenant(e)), errors[0] if errors else None)
 
 
 def _dead(
@@ -160,28 +250,38 @@ async def _settle(
 
 async def _send_realtime(
     client: ReachClient, schema: str, items: Sequence[Projected], result: DeliveryResult, name: str
-) -> tuple[list[Projected], SyncError | None]:
-    """Single synchronous writes, bounded concurrency. Returns what Reach accepted and the first
-    error that should make the window retry, so the caller can remember the accepted ones first."""
-    gate = asyncio.Semaphore(REALTIME_CONCURRENCY)
+) -> tuple[list[Projected], _Attempt]:
+    """Single synchronous writes of one tenant, bounded concurrency. Returns what Reach accepted
+    and how the attempt ended, so the caller can remember the accepted ones first. Once Reach
+    refuses the tenant, the writes still queued are not sent."""
+    slots = asyncio.Semaphore(REALTIME_CONCURRENCY)
     accepted: list[Projected] = []
     errors: list[SyncError] = []
+    settled: set[str] = set()
+    refused = False
 
     async def send(item: Projected) -> None:
-        async with gate:
+        nonlocal refused
+        async with slots:
+            if refused:
+                return
             try:
                 await client.upsert_one(
                     item.tenant, schema, item.record, external_id=item.external_id
                 )
             except BadRecord as exc:
                 result.dead.append(_dead(name, item.external_id, item.tenant, exc, item.hash))
+                settled.add(item.external_id)
             except SyncError as exc:
                 errors.append(exc)
+                refused = refused or blocks_tenant(exc)
             else:
                 accepted.append(item)
+                settled.add(item.external_id)
 
     await asyncio.gather(*(send(item) for item in items))
-    return accepted, (errors[0] if errors else None)
+    unsettled = [i.external_id for i in items if i.external_id not in settled]
+    return accepted, _Attempt(_first_error(errors), unsettled)
 
 
 async def _send_batch(
@@ -191,20 +291,22 @@ async def _send_batch(
     items: Sequence[Projected],
     result: DeliveryResult,
     name: str,
-) -> tuple[list[Projected], SyncError | None]:
+) -> tuple[list[Projected], _Attempt]:
     by_id = {item.external_id: item for item in items}
+    dead: set[str] = set()
 
     def failed(external_id: str, reason: str, code: str | None) -> None:
         error = BadRecord(reason if code is None else f"{code}: {reason}", external_id=external_id)
         result.dead.append(_dead(name, external_id, tenant, error, by_id[external_id].hash))
+        dead.add(external_id)
 
     submission = await client.upsert_batch(tenant, schema, {i.external_id: i.record for i in items})
     try:
         accepted, parked = await _settle(client, tenant, submission, failed)
     except SyncError as exc:
-        return [], exc
+        return [], _Attempt(exc, [k for k in by_id if k not in dead])
     result.parked += len(parked)
-    return [by_id[i] for i in accepted], None
+    return [by_id[i] for i in accepted], _Attempt()
 
 
 async def deliver_resource(
@@ -215,8 +317,10 @@ async def deliver_resource(
     client: ReachClient,
     last_sent: LastSentStore,
     tenants: TenantSource,
+    gate: TenantGate | None = None,
 ) -> DeliveryResult:
     """Project, skip what Reach already has, send the rest, delete what is gone."""
+    gate = _AlwaysOpen() if gate is None else gate
     result = DeliveryResult()
     projected = _project_all(name, resource, recomputed, result)
     ids: list[EntityId] = [p.external_id for p in projected]
@@ -236,13 +340,38 @@ async def deliver_resource(
 
     # Upserts and deletes concern different entities (or, for an entity that moved, different
     # tenants), so they go at once; the first failure is raised after both finished.
+    deleted: dict[str, set[str]] = defaultdict(set)  # tenant -> ids Reach deleted there
     outcomes = await asyncio.gather(
-        _upserts(name, resource, to_send, client, last_sent, result),
-        _deletes(name, resource, recomputed.gone, known, moved, client, last_sent, tenants, result),
+        _upserts(name, resource, to_send, client, last_sent, gate, result),
+        _deletes(
+            name,
+            resource,
+            recomputed.gone,
+            known,
+            moved,
+            client,
+            last_sent,
+            tenants,
+            gate,
+            result,
+            deleted,
+        ),
         return_exceptions=True,
     )
+    await _keep_moved(name, moved, deleted, last_sent)
     _raise_first(outcomes)
     return result
+
+
+async def _keep_moved(
+    name: str, moved: dict[str, list[str]], deleted: dict[str, set[str]], last_sent: LastSentStore
+) -> None:
+    """An entity that moved to another tenant but is not yet deleted from its old one (that
+    delete failed or is held) is remembered under the old tenant with no hash, so the next
+    attempt sees it move again and deletes it there; remembering the new tenant, as the upsert
+    just did, would skip it as unchanged and leave the old tenant's copy behind for good."""
+    stranded = [(i, LastSent(old, "")) for old, ids in moved.items() for i in ids]
+    await last_sent.record_sent(name, [(i, e) for i, e in stranded if i not in deleted[e.tenant]])
 
 
 def _raise_first(outcomes: Sequence[object]) -> None:
@@ -259,29 +388,34 @@ async def _upserts(
     to_send: list[Projected],
     client: ReachClient,
     last_sent: LastSentStore,
+    gate: TenantGate,
     result: DeliveryResult,
 ) -> None:
     """Send per tenant, tenants at once; remember what Reach accepted even when a part fails,
     then raise the first failure (after every tenant finished)."""
-    by_tenant: dict[str, list[Projected]] = defaultdict(list)
+    by_tenant: dict[str, dict[str, Projected]] = defaultdict(dict)
     for item in to_send:
-        by_tenant[item.tenant].append(item)
+        by_tenant[item.tenant][item.external_id] = item
 
-    async def one_tenant(tenant: str, items: list[Projected]) -> SyncError | None:
-        delivery = resource.delivery
-        if delivery.mode == "realtime" and len(items) <= delivery.batch_over:
-            accepted, error = await _send_realtime(
-                client, resource.reach_schema, items, result, name
+    async def one_tenant(tenant: str, items: dict[str, Projected]) -> SyncError | None:
+        async def send(keys: list[str]) -> _Attempt:
+            chosen = [items[k] for k in keys]
+            delivery = resource.delivery
+            if delivery.mode == "realtime" and len(chosen) <= delivery.batch_over:
+                accepted, attempt = await _send_realtime(
+                    client, resource.reach_schema, chosen, result, name
+                )
+            else:
+                accepted, attempt = await _send_batch(
+                    client, resource.reach_schema, tenant, chosen, result, name
+                )
+            await last_sent.record_sent(
+                name, [(i.external_id, LastSent(i.tenant, i.hash)) for i in accepted]
             )
-        else:
-            accepted, error = await _send_batch(
-                client, resource.reach_schema, tenant, items, result, name
-            )
-        await last_sent.record_sent(
-            name, [(i.external_id, LastSent(i.tenant, i.hash)) for i in accepted]
-        )
-        result.sent += len(accepted)
-        return error
+            result.sent += len(accepted)
+            return attempt
+
+        return await _through_gate(gate, tenant, list(items), send, result, name)
 
     errors = await asyncio.gather(*(one_tenant(t, items) for t, items in by_tenant.items()))
     first = next((e for e in errors if e is not None), None)
@@ -298,8 +432,12 @@ async def _deletes(
     client: ReachClient,
     last_sent: LastSentStore,
     tenants: TenantSource,
+    gate: TenantGate,
     result: DeliveryResult,
+    deleted: dict[str, set[str]],
 ) -> None:
+    """Delete what is gone (and what moved away) from each tenant that has it, tenants at
+    once; ``deleted`` receives what each tenant deleted."""
     targets: dict[str, list[str]] = defaultdict(list, {t: list(ids) for t, ids in moved.items()})
     unknown: list[str] = []
     for entity_id in map(str, gone):
@@ -320,22 +458,33 @@ async def _deletes(
             for tenant in await tenants.tenants(resource):
                 targets[tenant].extend(unknown)
 
-    gone_ids = [str(g) for g in gone]
-    deleted: set[str] = set()
+    async def one_tenant(tenant: str, ids: list[str]) -> SyncError | None:
+        async def send(keys: list[str]) -> _Attempt:
+            dead: set[str] = set()
 
-    async def one_tenant(tenant: str, ids: list[str]) -> None:
-        def failed(external_id: str, reason: str, code: str | None) -> None:
-            error = BadRecord(f"delete refused: {reason}", external_id=external_id)
-            result.dead.append(_dead(name, external_id, tenant, error))
+            def failed(external_id: str, reason: str, code: str | None) -> None:
+                error = BadRecord(f"delete refused: {reason}", external_id=external_id)
+                result.dead.append(_dead(name, external_id, tenant, error))
+                dead.add(external_id)
 
-        submission = await client.delete_batch(tenant, resource.reach_schema, ids)
-        accepted, _ = await _settle(client, tenant, submission, failed)
-        deleted.update(accepted.intersection(gone_ids))
+            submission = await client.delete_batch(tenant, resource.reach_schema, keys)
+            try:
+                accepted, _ = await _settle(client, tenant, submission, failed)
+            except SyncError as exc:
+                return _Attempt(exc, [k for k in keys if k not in dead])
+            deleted[tenant].update(accepted)
+            return _Attempt()
+
+        return await _through_gate(gate, tenant, ids, send, result, name)
 
     outcomes = await asyncio.gather(
         *(one_tenant(t, ids) for t, ids in targets.items()), return_exceptions=True
     )
-    # What was deleted is forgotten even when another tenant's delete failed.
-    await last_sent.forget(name, [g for g in gone_ids if g in deleted])
-    result.deleted += len(deleted)
+    # What was deleted is forgotten even when another tenant's delete failed; an entity held
+    # for one tenant is not deleted yet, whatever the others did.
+    held = {i for h in result.held if h.resource == name for i in h.ids}
+    done = set().union(*deleted.values()) - held
+    gone_done = [g for g in map(str, gone) if g in done]
+    await last_sent.forget(name, gone_done)
+    result.deleted += len(gone_done)
     _raise_first(outcomes)

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Literal
 
+import httpx
 from confluent_kafka import Producer
+from httpx_aiohttp import AiohttpTransport
 
-from consumer.config import SyncDefinition
+from consumer.config import Destination, SyncDefinition
 from consumer.dedup import LastSentStore
 from consumer.kafka import producer_settings
+from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient
 from consumer.reach.limits import open_limiter
 from consumer.recompute import SourceDatabase
@@ -93,18 +96,30 @@ async def _run_syncer(
     db = SourceDatabase(definition.source.database)
     last_sent = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
     producer = Producer(producer_settings(definition.source.kafka))
+    circuit = Circuit(definition.destination.circuit_breaker)
     await db.open()
     try:
         async with (
             open_limiter(definition) as limiter,
             ReachClient(
                 definition.destination,
+                transport=_reach_transport(definition.destination, circuit),
                 before_request=limiter.before_request,
                 after_response=limiter.after_response,
             ) as client,
         ):
-            syncer = Syncer(definition, client, db, last_sent, producer, stats=stats)
+            syncer = Syncer(
+                definition, client, db, last_sent, producer, stats=stats, circuit=circuit
+            )
             return await syncer.run(stop)
     finally:
         await last_sent.close()
         await db.close()
+
+
+def _reach_transport(destination: Destination, circuit: Circuit) -> httpx.AsyncBaseTransport:
+    """The transport ReachClient builds by default (aiohttp, ``max_connections`` pooled),
+    behind the circuit breaker, which sees every request and its outcome there."""
+    size = destination.max_connections
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    return BreakerTransport(AiohttpTransport(limits=limits), circuit)

@@ -1,9 +1,11 @@
 """Stage 2, the syncer: dirty keys → windows → recompute → project → dedup → Reach → commit.
 
 The main loop reads as its steps: poll the dirty topic, add keys to their partition's open
-window, start the windows that are due (at most one in flight per partition), commit the ones
-that finished, and pause partitions whose backlog is full. A window's offsets are committed only
-after every entity in it reached a durable outcome (sent, skipped, deleted or dead-lettered).
+window, bring back held entities whose tenant Reach accepts again (and one per due probe),
+start the windows that are due (at most one in flight per partition), commit the ones that
+finished, and pause partitions whose backlog or held entities are full. A window's offsets are
+committed only after every entity in it reached a durable outcome (sent, skipped, deleted or
+dead-lettered), and never past an entity still held (held.py: Reach refuses its tenant for now).
 
 confluent-kafka is synchronous: ``consume`` runs in a worker thread so the event loop keeps
 sending while it waits, and the rebalance callbacks (which run inside ``consume``) hand the
@@ -18,31 +20,35 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumer.blocks import TenantBlocks
 from consumer.config import REACH_MAX_BATCH, SyncDefinition
 from consumer.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
 from consumer.dedup import LastSentStore
 from consumer.delivery import DeadLetter, DeliveryResult, deliver_resource
 from consumer.dirty import EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
+from consumer.held import HELD_BOUND, HeldEntities, HeldEntity
 from consumer.kafka import consume_batch, consumer_settings, release_consumer
+from consumer.reach.breaker import Circuit
 from consumer.reach.client import ReachClient
 from consumer.recompute import SourceDatabase
-from consumer.windows import Window
+from consumer.windows import Entity, Window
 
-__all__ = ["Syncer", "SyncerStats"]
+__all__ = ["BlockedTenant", "Health", "Syncer", "SyncerStats"]
 
 log = logging.getLogger(__name__)
 
 POLL_BATCH = 1000
 POLL_TIMEOUT_S = 0.1
 # Retry backoff for a failed window: exponential with full jitter, capped; a configuration error
-# (credentials, a broken query) waits the cap, since only a person can fix it.
+# that is no tenant's alone (an unknown schema, a broken query) waits the cap, since only a
+# person can fix it.
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
 # A partition whose open window holds this many times its resources' max_keys while another
@@ -75,6 +81,9 @@ class SyncerStats:
     dead_lettered: int = 0
     retries: int = 0
     commits: int = 0
+    # Now, not a count of events: tenants Reach refuses, and the entities held for them.
+    blocked_tenants: int = 0
+    held: int = 0
     latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def add(self, result: DeliveryResult) -> None:
@@ -95,8 +104,35 @@ class _Partition:
     attempts: int = 0
     paused: bool = False
     revoked: bool = False
-    # The next offset of this partition whose windows are all done: what a final commit commits.
+    # The next offset of this partition whose windows are all done; a commit commits it unless
+    # an entity held (below) was carried by an earlier offset.
     done_offset: int | None = None
+    held: HeldEntities = field(default_factory=HeldEntities)
+    # The configuration error failing this partition's window, for readiness.
+    stalled: ConfigurationError | None = None
+
+    def commit_offset(self) -> int | None:
+        return self.held.commit_offset(self.done_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedTenant:
+    since: float  # epoch seconds
+    error: str
+    probes: int
+    held: int  # entities held for it in this process
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the syncer knows about Reach, for readiness (health.py decides from it): the
+    circuit (anything but "closed" means Reach is failing), the tenants Reach refuses, and the
+    partitions whose window a configuration error of every tenant fails. The consumer stays in
+    its group whatever this says."""
+
+    circuit: str
+    blocked: dict[str, BlockedTenant]
+    stalled: dict[int, str]
 
 
 @dataclass
@@ -107,10 +143,32 @@ class Syncer:
     last_sent: LastSentStore
     producer: Producer
     stats: SyncerStats = field(default_factory=SyncerStats)
+    # The client's circuit breaker, for readiness (None: the client has none).
+    circuit: Circuit | None = None
     _partitions: dict[int, _Partition] = field(default_factory=dict)
     _consumer: Consumer | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _dead_letter_failures: list[str] = field(default_factory=list)
+    _blocks: TenantBlocks = field(init=False)
+    # Held entities go back into windows this many at a time: one window of the smallest.
+    _release_chunk: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._blocks = TenantBlocks(self.definition.destination.tenant_probe)
+        self._release_chunk = min(r.delivery.max_keys for r in self.definition.resources.values())
+
+    def health(self) -> Health:
+        """For readiness (/readyz), from any thread: it reads copies of what the loop and the
+        rebalance callbacks change."""
+        parts = list(self._partitions.items())
+        held = sum((p.held.by_tenant() for _, p in parts), Counter[str]())
+        blocked = {
+            tenant: BlockedTenant(block.since, str(block.error), block.probes, held[tenant])
+            for tenant, block in self._blocks.snapshot().items()
+        }
+        stalled = {n: str(p.stalled) for n, p in parts if p.stalled}
+        circuit = "closed" if self.circuit is None else self.circuit.state.value
+        return Health(circuit, blocked, stalled)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -132,8 +190,10 @@ class Syncer:
                     poller, consume_batch, consumer, POLL_BATCH, POLL_TIMEOUT_S
                 )
                 self._add(messages)
+                self._bring_back_held()
                 self._start_due_windows()
                 self._apply_backpressure()
+                self._count_held()
             await self._drain(list(self._partitions.values()), DRAIN_BOUND_S)
             await self._loop.run_in_executor(None, self.producer.flush, PRODUCER_FLUSH_S)
         finally:
@@ -206,18 +266,52 @@ class Syncer:
             part.failed = None
             part.running = asyncio.ensure_future(self._run_window(part, window))
 
+    def _bring_back_held(self) -> None:
+        """Held entities whose tenant Reach accepts again go back into their partition's open
+        window, a window's worth at a time; and each blocked tenant whose probe is due gets one
+        entity back, unless one of its entities is in a window already."""
+        parts = [p for p in self._partitions.values() if not p.revoked and len(p.held)]
+        for part in parts:
+            room = self._release_chunk - (len(part.open) if part.open is not None else 0)
+            if room > 0:
+                self._readd(part, part.held.release(self._blocks.is_blocked, room))
+        due = set(self._blocks.due())
+        if due:
+            due -= set().union(*(p.held.in_window() for p in parts))
+        for tenant in due:
+            for part in parts:
+                probe = part.held.take_probe(tenant)
+                if probe is not None:
+                    self._readd(part, [probe])
+                    break
+
+    def _readd(self, part: _Partition, entities: list[tuple[Entity, HeldEntity]]) -> None:
+        if not entities:
+            return
+        if part.open is None:
+            part.open = Window(opened_at=time.monotonic(), due_after_s=_LONGEST_WINDOW_S)
+        for entity, held in entities:
+            window_s = self.definition.resources[entity[0]].delivery.window_ms / 1000
+            part.open.readd(entity, held.entity_id, held.causes, held.offset, window_s)
+
     def _apply_backpressure(self) -> None:
         for part in self._partitions.values():
             backlog = len(part.open) if part.open is not None else 0
             full = part.open is not None and backlog >= BACKLOG_FACTOR * self._max_keys(part.open)
             busy = part.running is not None or part.failed is not None
+            # Too much held (a tenant refused for long): read no more until it is accepted.
+            stop = (full and busy) or len(part.held) >= HELD_BOUND
             tp = [TopicPartition(part.topic, part.partition)]
-            if full and busy and not part.paused:
+            if stop and not part.paused:
                 self._kafka().pause(tp)
                 part.paused = True
-            elif part.paused and not (full and busy):
+            elif part.paused and not stop:
                 self._kafka().resume(tp)
                 part.paused = False
+
+    def _count_held(self) -> None:
+        self.stats.blocked_tenants = len(self._blocks.snapshot())
+        self.stats.held = sum(len(p.held) for p in self._partitions.values())
 
     # --- one window ------------------------------------------------------------------------------
 
@@ -234,12 +328,15 @@ class Syncer:
             self._commit(part, window)
             self._record_latency(window)
             part.attempts = 0
+            part.stalled = None
         finally:
             part.running = None
 
     def _record_latency(self, window: Window) -> None:
         now_ms = int(time.time() * 1000)
-        for causes in window.causes.values():
+        for entity, causes in window.causes.items():
+            if entity in window.held:
+                continue  # not accepted yet
             # Snapshot reads ("r") carry the snapshot's time, not a commit's: not a latency.
             committed = [c.source_ts_ms for c in causes if c.source_ts_ms and c.op != "r"]
             if committed:
@@ -248,6 +345,7 @@ class Syncer:
     def _schedule_retry(self, part: _Partition, window: Window, error: SyncError) -> None:
         part.attempts += 1
         self.stats.retries += 1
+        part.stalled = error if isinstance(error, ConfigurationError) else None
         if isinstance(error, ConfigurationError):
             delay = RETRY_CAP_S
             log.error("configuration error, nothing is sent until it is fixed: %s", error)
@@ -267,8 +365,10 @@ class Syncer:
 
     async def _process(self, window: Window) -> None:
         """Every resource of the window at once (their entities are independent): one recompute
-        query each, then delivery; then the dead letters. A failure of one resource fails the
-        window, after the others finished, so a retry never overlaps work still in flight."""
+        query each, then delivery; then the dead letters, and what was held goes on the window.
+        A failure of one resource fails the window, after the others finished, so a retry never
+        overlaps work still in flight."""
+        window.held.clear()
         outcomes = await asyncio.gather(
             *(self._resource(name, ids) for name, ids in window.by_resource().items()),
             return_exceptions=True,
@@ -278,6 +378,8 @@ class Syncer:
             if isinstance(outcome, DeliveryResult):
                 for letter in outcome.dead:
                     self._produce_dead_letter_record(window, letter)
+                for held in outcome.held:
+                    window.hold(held.resource, held.ids, held.tenant)
         # Dead letters of this window, and any produced on arrival, are durable before the commit.
         await self._flush_dead_letters()
         if errors:
@@ -298,6 +400,7 @@ class Syncer:
             client=self.client,
             last_sent=self.last_sent,
             tenants=self.db,
+            gate=self._blocks,
         )
         log.debug(
             "%s: %d ids, recompute %.0f ms, delivery %.0f ms (sent %d, skipped %d, deleted %d)",
@@ -313,11 +416,22 @@ class Syncer:
         return result
 
     def _commit(self, part: _Partition, window: Window) -> None:
-        """Commit up to the window's end without blocking the loop. A synchronous commit here
-        could not finish while a rebalance callback waits on this loop; the revoke handler and
-        shutdown make the final, synchronous commit from the poll thread (_commit_done)."""
-        part.done_offset = window.end_offset + 1
-        offsets = [TopicPartition(part.topic, part.partition, part.done_offset)]
+        """Commit after a finished window, without blocking the loop:
+
+        1. the window's end is done (a window of held entities only ends nowhere new);
+        2. what it held is kept, with its offset, and what it settled is let go;
+        3. commit up to the done end, but not past the lowest offset still held.
+
+        A synchronous commit here could not finish while a rebalance callback waits on this
+        loop; the revoke handler and shutdown make the final, synchronous commit from the poll
+        thread (_commit_done)."""
+        if window.end_offset >= 0:
+            part.done_offset = max(part.done_offset or 0, window.end_offset + 1)
+        part.held.settle(window)
+        offset = part.commit_offset()
+        if offset is None:
+            return
+        offsets = [TopicPartition(part.topic, part.partition, offset)]
         try:
             self._kafka().commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
@@ -327,11 +441,8 @@ class Syncer:
 
     def _commit_done(self, parts: list[_Partition]) -> None:
         """Synchronously commit what is done; only from the poll thread (revoke, shutdown)."""
-        offsets = [
-            TopicPartition(p.topic, p.partition, p.done_offset)
-            for p in parts
-            if p.done_offset is not None
-        ]
+        done = [(p, p.commit_offset()) for p in parts]
+        offsets = [TopicPartition(p.topic, p.partition, o) for p, o in done if o is not None]
         if not offsets:
             return
         try:

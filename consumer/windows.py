@@ -1,19 +1,26 @@
 """Coalescing windows: the dirty keys of one dirty-topic partition, collected for one recompute.
 
 A window keeps one entry per entity however many triggers arrive for it (that is the
-coalescing), remembers the last offset it covers (what to commit once it is done), and closes
-by age (the shortest ``window_ms`` among its resources) or by size. A key stays in its window
-until the window is done, so a quiet entity still flushes when the window's time is up.
+coalescing), remembers the last offset it covers (what to commit once it is done) and the first
+offset of each entity (what a commit must not pass while that entity is held), and closes by
+age (the shortest ``window_ms`` among its resources) or by size. A key stays in its window until
+the window is done, so a quiet entity still flushes when the window's time is up.
+
+Entities held earlier (Reach refused their tenant) come back into a later window with
+``readd``, keeping their first offset; processing says which entities it held in ``held``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from consumer.dirty import MAX_CAUSES, Cause, DirtyKey, EntityId
 
-__all__ = ["Window"]
+__all__ = ["Entity", "Window"]
+
+Entity = tuple[str, str]  # (resource, id as text)
 
 
 @dataclass
@@ -22,15 +29,20 @@ class Window:
     due_after_s: float
     end_offset: int = -1
     received: int = 0
-    ids: dict[tuple[str, str], EntityId] = field(default_factory=dict)
-    causes: dict[tuple[str, str], list[Cause]] = field(default_factory=lambda: defaultdict(list))
+    ids: dict[Entity, EntityId] = field(default_factory=dict)
+    causes: dict[Entity, list[Cause]] = field(default_factory=lambda: defaultdict(list))
     # The resources present, kept as keys arrive: the loop asks for them on every poll, and a
     # backlog window holds thousands of entities.
     resources: set[str] = field(default_factory=set)
+    # The lowest dirty-topic offset that carried each entity.
+    offsets: dict[Entity, int] = field(default_factory=dict)
+    # Set by processing: the entities Reach refused for now, with the tenants that refused them.
+    held: dict[Entity, set[str]] = field(default_factory=dict)
 
     def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
         entity = (key.resource, str(key.id))
         self.ids.setdefault(entity, key.id)
+        self.offsets.setdefault(entity, offset)  # offsets only grow within a partition
         self.resources.add(key.resource)
         causes = self.causes[entity]
         if len(causes) < MAX_CAUSES:
@@ -38,6 +50,22 @@ class Window:
         self.end_offset = max(self.end_offset, offset)
         self.received += key.triggers
         self.due_after_s = min(self.due_after_s, window_s)
+
+    def readd(
+        self, entity: Entity, entity_id: EntityId, causes: list[Cause], offset: int, window_s: float
+    ) -> None:
+        """Take back an entity held earlier: its causes come first (they are older) and it
+        keeps its first offset; the window's end does not move (that offset lies behind it)."""
+        self.ids.setdefault(entity, entity_id)
+        self.resources.add(entity[0])
+        self.causes[entity] = [*causes, *self.causes[entity]][:MAX_CAUSES]
+        self.offsets[entity] = min(offset, self.offsets.get(entity, offset))
+        self.due_after_s = min(self.due_after_s, window_s)
+
+    def hold(self, resource: str, ids: Iterable[str], tenant: str) -> None:
+        """Processing held these entities: ``tenant`` refused them."""
+        for entity_id in ids:
+            self.held.setdefault((resource, entity_id), set()).add(tenant)
 
     def cover(self, offset: int) -> None:
         """Count an offset as part of this window without a key (a message dead-lettered on
@@ -57,6 +85,8 @@ class Window:
             self.ids.setdefault(entity, entity_id)
             room = MAX_CAUSES - len(self.causes[entity])
             self.causes[entity].extend(later.causes[entity][: max(room, 0)])
+            offset = later.offsets[entity]
+            self.offsets[entity] = min(offset, self.offsets.get(entity, offset))
         self.end_offset = max(self.end_offset, later.end_offset)
         self.received += later.received
         self.due_after_s = min(self.due_after_s, later.due_after_s)

@@ -174,6 +174,17 @@ class SandboxServer:
         versions: list[dict[str, Any]] = response.json()["versions"]
         return versions
 
+    def requests(self, tenant: str, path_prefix: str = "/api/") -> list[dict[str, Any]]:
+        """The request log of one tenant (method, path, status, ...), oldest first."""
+        with self.admin() as admin:
+            response = admin.get(
+                "/_admin/requests",
+                params={"tenant": tenant, "pathPrefix": path_prefix, "limit": 10_000},
+            )
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()["requests"]
+        return found
+
     def add_fault(self, **spec: Any) -> str:
         with self.admin() as admin:
             response = admin.post("/_admin/faults", json=spec)

@@ -37,6 +37,8 @@ def test_the_shop_example_loads_with_env_and_defaults() -> None:
     assert set(definition.resources) == {"customers", "transactions"}
     assert definition.trigger_tables() == {"public.customers", "public.transactions"}
     assert definition.resources["transactions"].delivery.mode == "realtime"
+    assert definition.destination.circuit_breaker.open_after_s == 30.0
+    assert definition.destination.tenant_probe.interval_s == 30.0
 
 
 def test_secrets_never_show_in_the_repr() -> None:
@@ -110,6 +112,16 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
                 {"name": "high_value", "when": "true"}
             ),
             "resources.customers.groups.rules: Value error, group names must be unique: high_value",
+        ),
+        (
+            lambda d: d["destination"].update({"circuit_breaker": {"open_after_s": 0}}),
+            "destination.circuit_breaker.open_after_s: Input should be greater than 0",
+        ),
+        (
+            lambda d: d["destination"].update(
+                {"tenant_probe": {"interval_s": 60, "max_interval_s": 10}}
+            ),
+            "destination.tenant_probe: Value error, max_interval_s must be at least interval_s",
         ),
     ],
 )

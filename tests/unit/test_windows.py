@@ -62,3 +62,25 @@ def test_a_merged_key_counts_every_trigger_and_keeps_its_causes() -> None:
     window.add(DirtyKey("customers", 7, Cause(kind="cdc", offset=99)), 6, 1.0)
     assert window.received == 31 and len(window) == 1
     assert window.causes[("customers", "7")] == [first, *later]
+
+
+def test_each_entity_keeps_the_first_offset_that_carried_it_and_a_readded_one_its_own() -> None:
+    window = Window(opened_at=0.0, due_after_s=600)
+    window.add(_key("customers", 1, 20), 20, window_s=0.5)
+    window.add(_key("customers", 1, 21), 21, window_s=0.5)
+    later = Window(opened_at=1.0, due_after_s=600)
+    later.add(_key("customers", 2, 22), 22, window_s=0.5)
+    window.absorb(later)
+    held_cause = Cause(kind="cdc", offset=3)
+    window.readd(("customers", "1"), 1, [held_cause], 3, window_s=0.1)
+    window.readd(("transactions", "9"), 9, [held_cause], 5, window_s=0.1)
+
+    assert window.offsets == {
+        ("customers", "1"): 3,
+        ("customers", "2"): 22,
+        ("transactions", "9"): 5,
+    }
+    assert window.end_offset == 22  # held offsets lie behind the window's end
+    assert window.first_cause("customers", "1") == held_cause
+    assert window.resources == {"customers", "transactions"}
+    assert window.due(0.1, max_keys=1000)

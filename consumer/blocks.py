@@ -1,0 +1,155 @@
+"""Tenants Reach refuses (401/403): which are blocked, and when one request may probe again.
+
+Reach answers 401 or 403 when a tenant is not accessible with our credential (revoked,
+unknown, not ours: reach-api.md §7 Q4). No record of that tenant can succeed until a person
+fixes it, and retrying its records would only hammer Reach, so delivery asks this gate before
+it sends a tenant's records: ``open`` (send), ``closed`` (send nothing: the records are held by
+the syncer, neither sent nor dead-lettered nor committed past), or ``probe`` (send one record,
+one request: the probe). A refused probe doubles the wait before the next one, up to a cap; an
+accepted probe unblocks the tenant, and its held records go into the next windows.
+
+One gate per process: every partition's windows carry entities of every tenant, and a tenant is
+refused or not whatever partition asks. At most one probe per tenant is in flight at a time.
+
+Which errors block a tenant is decided here, by the error's status and scope, once: 401 and 403
+(``scope`` "tenant or credential") and an unusable tenant name. A 401 may mean that the
+credential is refused for every tenant; Reach does not say, so each tenant is blocked on its
+own, which stops everything just the same, with one probe per tenant. Configuration errors of
+another scope (an unknown schema, a broken API contract, an unusable base URL) concern every
+tenant and fail their window, which retries slowly (syncer.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeGuard
+
+from consumer.config import TenantProbe
+from consumer.errors import ConfigurationError, SyncError
+
+__all__ = ["OPEN", "PROBE", "Admission", "Block", "Closed", "TenantBlocks", "blocks_tenant"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def blocks_tenant(error: SyncError | None) -> TypeGuard[ConfigurationError]:
+    """Whether ``error`` means Reach refuses one tenant (see the module docstring)."""
+    return isinstance(error, ConfigurationError) and (
+        error.status in (401, 403) or error.scope == "tenant"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A tenant's records may go: all of them, or, for a ``probe``, one request's worth."""
+
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Nothing of a tenant may go: Reach refused it with ``error``, and no probe is due."""
+
+    error: ConfigurationError
+
+
+OPEN = Admission()
+PROBE = Admission(probe=True)
+
+
+@dataclass(slots=True)
+class Block:
+    """One blocked tenant: why, since when (epoch seconds, for people), and its probes."""
+
+    error: ConfigurationError
+    since: float
+    probe_at: float  # monotonic
+    probes: int = 0
+    probing: bool = False
+
+
+class TenantBlocks:
+    """The gate delivery asks (``admit``, then ``report``) and the syncer reads."""
+
+    def __init__(
+        self,
+        settings: TenantProbe,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._blocks: dict[str, Block] = {}
+
+    # --- delivery's side -------------------------------------------------------------------------
+
+    def admit(self, tenant: str) -> Admission | Closed:
+        """Open, or the one probe when it is due and none is in flight, or closed."""
+        block = self._blocks.get(tenant)
+        if block is None:
+            return OPEN
+        if block.probing or self._clock() < block.probe_at:
+            return Closed(block.error)
+        block.probing = True
+        return PROBE
+
+    def report(self, tenant: str, admission: Admission, error: SyncError | None) -> None:
+        """The outcome of a request ``admit`` let go: ``None`` when Reach took it (a refusal
+        of a record counts: the tenant was accepted), else the error it ended with."""
+        if admission.probe:
+            self._probed(tenant, error)
+        elif blocks_tenant(error) and tenant not in self._blocks:
+            self._block(tenant, error)
+
+    # --- the syncer's side -----------------------------------------------------------------------
+
+    def is_blocked(self, tenant: str) -> bool:
+        return tenant in self._blocks
+
+    def due(self) -> list[str]:
+        """Blocked tenants whose probe is due and not in flight."""
+        now = self._clock()
+        return [t for t, b in self._blocks.items() if not b.probing and now >= b.probe_at]
+
+    def snapshot(self) -> dict[str, Block]:
+        return dict(self._blocks)
+
+    # --- transitions -----------------------------------------------------------------------------
+
+    def _block(self, tenant: str, error: ConfigurationError) -> None:
+        interval = self._settings.interval_s
+        self._blocks[tenant] = Block(error, self._wall_clock(), self._clock() + interval)
+        log.error(
+            "tenant %s blocked: %s. Nothing of it is sent, committed past or dead-lettered until"
+            " Reach accepts it again; one probe request in %.0f s",
+            tenant,
+            error,
+            interval,
+        )
+
+    def _probed(self, tenant: str, error: SyncError | None) -> None:
+        block = self._blocks.get(tenant)
+        if block is None:
+            return
+        block.probing = False
+        if error is None:
+            del self._blocks[tenant]
+            log.warning(
+                "tenant %s unblocked: Reach accepted it again after %.0f s and %d probes",
+                tenant,
+                self._wall_clock() - block.since,
+                block.probes + 1,
+            )
+            return
+        if blocks_tenant(error):
+            block.probes += 1
+            block.error = error
+        wait = min(self._settings.max_interval_s, self._settings.interval_s * 2**block.probes)
+        block.probe_at = self._clock() + wait
+        log.info("tenant %s still blocked (%s); next probe in %.0f s", tenant, error, wait)
