@@ -1,4 +1,4 @@
-"""``reach-sync run | validate | plan | preview | dlq``: the sync definition at work.
+"""``reach-sync run | validate | plan | preview | dlq | audit``: the sync definition at work.
 
 Every command loads the definition the same way and reports a bad one the same way: one line
 per problem, naming the file, the field and the reason, and exit code 2.
@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from consumer.audit_read import Query, history_lines, read_history
+from consumer.audit_read import entry_json as audit_entry_json
 from consumer.config import ConfigError, SyncDefinition, load_definition
 from consumer.dedup import LastSentStore
 from consumer.dirty import EntityId
@@ -84,6 +86,7 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     preview.set_defaults(handler=_preview)
 
     _add_dlq_commands(sub)
+    _add_audit_commands(sub)
 
 
 def _load(path: Path) -> SyncDefinition | None:
@@ -403,3 +406,96 @@ def _replay_report(read: DeadLetterRead, plan: ReplayPlan, dirty: str, dry_run: 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# --- audit why -----------------------------------------------------------------------------------
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="read the audit topic: what was sent to Reach, when and why",
+        description="Read the audit topic without joining a consumer group or committing.",
+    )
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+    why = commands.add_parser(
+        "why",
+        help="the history of what was sent for one entity and why, newest first",
+        description="Every record Reach accepted and every delete for one entity, newest first: "
+        "when, tenant, batch, payload hash, fields sent and the triggers that caused it. "
+        "Recomputes skipped as unchanged were not sent and are not listed.",
+        epilog="exit codes: 0 done; 1 broker unavailable; 2 bad definition or no such audit "
+        "topic; 3 nothing audited for this entity (and filters)",
+    )
+    why.add_argument("resource", help="a resource of the definition, e.g. customers")
+    why.add_argument("entity_id", metavar="ID", help="the entity's id (its external id in Reach)")
+    why.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
+    why.add_argument("--tenant", help="only what went to this Reach tenant")
+    why.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="accepted at or after this ISO-8601 time (UTC if no zone)",
+    )
+    why.add_argument("--limit", type=_positive, metavar="N", help="only the N most recent")
+    why.add_argument("--json", action="store_true", help="one JSON object a line, with values")
+    why.add_argument(
+        "--all-partitions",
+        action="store_true",
+        help="read every partition, not only the entity's (after the partition count changed)",
+    )
+    why.set_defaults(handler=_audit_why)
+
+
+def _audit_why(args: argparse.Namespace) -> int:
+    definition = _load(args.config)
+    if definition is None:
+        return EXIT_CONFIG
+    query = Query(
+        resource=args.resource,
+        entity_id=args.entity_id,
+        tenant=args.tenant,
+        since_ms=args.since,
+        limit=args.limit,
+        all_partitions=args.all_partitions,
+    )
+    try:
+        history = read_history(definition, query)
+    except ConfigurationError as exc:
+        print(f"audit why: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SyncError as exc:
+        print(f"audit why: {exc}", file=sys.stderr)
+        return 1
+    if history.undecodable:
+        print(
+            f"audit why: {_count(history.undecodable, 'record')} of this entity did not decode "
+            "(written by another version?) and are not shown",
+            file=sys.stderr,
+        )
+    if not history.entries:
+        unknown = (
+            ""
+            if args.resource in definition.resources
+            else f"; the definition has no resource {args.resource!r}"
+        )
+        print(
+            f"audit why: nothing was audited for {query.describe()} in {history.topic} "
+            f"({_count(history.scanned, 'record')} read from {history.where()}){unknown}",
+            file=sys.stderr,
+        )
+        return EXIT_NO_MATCH
+    if args.json:
+        for entry in history.entries:
+            print(orjson.dumps(audit_entry_json(entry)).decode())
+        return 0
+    for line in history_lines(history.entries):
+        print(line)
+    shown = len(history.entries)
+    limited = f", the {shown} most recent of {history.matched}" if history.matched > shown else ""
+    print(
+        f"{_count(shown, 'record')} for {args.resource}/{args.entity_id} in {history.topic} "
+        f"({history.where()}){limited}; newest first; unchanged recomputes are not sent and "
+        "not audited"
+    )
+    return 0

@@ -1,0 +1,498 @@
+"""Audit records: what a send or a delete records, what it never records, and the writer's
+promise that a flush returns only once the broker has every record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consumer.audit import (
+    PARTITIONER,
+    Accepted,
+    AuditRecord,
+    AuditWriter,
+    Deleted,
+    audit_key,
+    audit_message,
+    audit_partition,
+    audit_records,
+    audited_fields,
+    decode_audit,
+    delete_record,
+    destination_host,
+    encode_audit,
+    upsert_record,
+)
+from consumer.audit_read import AuditEntry, Query, describe_cause, history_lines
+from consumer.config import ConfigError, FieldMapping, Resource, load_definition
+from consumer.dirty import MAX_CAUSES, Cause, dirty_message_key
+from consumer.dlq_read import Position
+from consumer.errors import Retryable
+from consumer.projection import GROUP_COLUMN_PREFIX, Projected, project
+from tests.shop_definition import EXAMPLE, OFFLINE_ENV, shop_definition
+from tests.unit.test_dirty import load_schema, schema_problems
+
+SCHEMA = load_schema("audit-record.schema.json")
+DEFINITION = shop_definition()
+CUSTOMERS = DEFINITION.resources["customers"]
+TRANSACTIONS = DEFINITION.resources["transactions"]
+DESTINATION = "api.embedreach.com"
+AT_MS = 1_795_400_000_123
+CDC = Cause(
+    kind="cdc",
+    table="public.transactions",
+    op="u",
+    topic="shop.public.transactions",
+    partition=3,
+    offset=1234,
+    source_ts_ms=1_795_399_999_870,
+    lsn=22_655_104,
+)
+ROW_CAUSE = Cause(kind="cdc", table="public.customers", op="c", topic="shop.public.customers")
+# Values the audit must never hold, in any form.
+SECRETS = {
+    "email": "Ada.Lovelace@Example.com",
+    "first_name": "Augusta",
+    "last_name": "Byron-King",
+    "phone": "+44 20 7946 0958",
+    "internal_notes": "unmapped-column-value",
+}
+
+
+def _customer_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": 42,
+        "tenant": "merchant-1",
+        **SECRETS,
+        "marketing_opt_in": True,
+        "lifetime_value_cents": 123456,
+        "completed_orders": 4,
+        "created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        GROUP_COLUMN_PREFIX + "high_value": True,
+        GROUP_COLUMN_PREFIX + "repeat_buyer": True,
+    }
+    row.update(overrides)
+    return row
+
+
+def _customer(**overrides: Any) -> Projected:
+    return project(CUSTOMERS, _customer_row(**overrides))
+
+
+def _forms(value: str) -> set[str]:
+    """A value as it could leak: itself, and the SHA-256 that pii: hash would send."""
+    return {value, hashlib.sha256(value.strip().lower().encode()).hexdigest()}
+
+
+# --- what a record holds -------------------------------------------------------------------------
+
+
+def test_an_upsert_names_every_field_sent_and_keeps_only_non_pii_values() -> None:
+    projected = _customer()
+    record = upsert_record(
+        "customers", CUSTOMERS, DESTINATION, Accepted(projected, [ROW_CAUSE, CDC], AT_MS)
+    )
+    assert record.fields == tuple(sorted([*CUSTOMERS.mapping, "segments"]))
+    assert record.values == {
+        "completedOrders": 4,
+        "createdAt": "2026-01-02T03:04:05.000Z",
+        "customerId": "42",
+        "lifetimeValue": 1234.56,
+        "marketingOptIn": True,
+        "segments": ["high_value", "repeat_buyer"],
+    }
+    assert record.payload_sha256 == projected.hash
+    assert (record.kind, record.outcome, record.mode, record.batch_id) == (
+        "upsert",
+        "accepted",
+        "realtime",
+        None,
+    )
+    assert (record.tenant, record.resource, record.reach_schema, record.id) == (
+        "merchant-1",
+        "customers",
+        "shop_customers",
+        "42",
+    )
+    assert record.causes == (ROW_CAUSE, CDC)
+    assert (record.at_ms, record.destination) == (AT_MS, DESTINATION)
+
+
+def test_a_batch_send_has_its_batch_id_and_a_parked_record_says_so() -> None:
+    accepted = Accepted(_customer(), [CDC], AT_MS, batch_id="b-17", parked=True)
+    record = upsert_record("customers", CUSTOMERS, DESTINATION, accepted)
+    assert (record.mode, record.batch_id, record.outcome) == ("batch", "b-17", "parked")
+
+
+def test_causes_are_kept_in_order_up_to_the_windows_bound() -> None:
+    causes = [Cause(kind="cdc", offset=i) for i in range(MAX_CAUSES + 3)]
+    record = upsert_record("customers", CUSTOMERS, DESTINATION, Accepted(_customer(), causes, 1))
+    assert [c.offset for c in record.causes] == list(range(MAX_CAUSES))
+
+
+def test_no_pii_and_nothing_unmapped_is_ever_in_the_encoded_record() -> None:
+    projected = _customer()
+    # Even a key that somehow got into the record without being mapped is neither named nor kept.
+    tampered = Projected(
+        projected.tenant,
+        projected.external_id,
+        {**projected.record, "ssn": "078-05-1120"},
+        projected.hash,
+    )
+    for item in (projected, tampered):
+        record = upsert_record("customers", CUSTOMERS, DESTINATION, Accepted(item, [CDC], AT_MS))
+        raw = encode_audit(record)
+        for value in [*SECRETS.values(), "078-05-1120"]:
+            for form in _forms(value):
+                assert form.encode() not in raw, value
+        assert b"ssn" not in raw
+        assert set(record.values) <= {
+            n for n, f in CUSTOMERS.mapping.items() if f.pii == "none"
+        } | {"segments"}
+        assert {"email", "firstName", "lastName", "phone"} <= set(record.fields)
+
+
+def test_a_hashed_pii_field_is_named_but_its_hash_is_not_kept() -> None:
+    mapping = {
+        "customerId": FieldMapping(column="id", format="string"),
+        "email": FieldMapping(column="email", pii="hash"),
+        "phone": FieldMapping(column="phone", pii="send"),
+    }
+    resource = CUSTOMERS.model_copy(update={"mapping": mapping, "groups": None})
+    projected = project(resource, _customer_row())
+    assert projected.record["email"] == hashlib.sha256(b"ada.lovelace@example.com").hexdigest()
+    record = upsert_record("customers", resource, DESTINATION, Accepted(projected, [CDC], AT_MS))
+    assert record.fields == ("customerId", "email", "phone")
+    assert record.values == {"customerId": "42"}
+    raw = encode_audit(record)
+    assert projected.record["email"].encode() not in raw
+    assert all(form.encode() not in raw for form in _forms(SECRETS["phone"]))
+    assert audited_fields(resource).values == frozenset({"customerId"})
+
+
+def test_audit_values_false_keeps_names_and_hash_only() -> None:
+    resource = CUSTOMERS.model_copy(update={"audit_values": False})
+    projected = project(resource, _customer_row())
+    record = upsert_record("customers", resource, DESTINATION, Accepted(projected, [CDC], AT_MS))
+    assert record.values == {}
+    assert record.fields == tuple(sorted([*CUSTOMERS.mapping, "segments"]))
+    assert record.payload_sha256 == projected.hash
+    assert b"1234.56" not in encode_audit(record)
+
+
+def test_a_delete_records_no_payload() -> None:
+    deleted = Deleted("merchant-2", "42", [CDC], AT_MS, "del-9")
+    record = delete_record("customers", CUSTOMERS, DESTINATION, deleted)
+    assert (record.kind, record.outcome, record.mode, record.batch_id) == (
+        "delete",
+        "deleted",
+        "batch",
+        "del-9",
+    )
+    assert (record.payload_sha256, record.fields, record.values) == (None, (), {})
+    assert (record.tenant, record.id, record.causes) == ("merchant-2", "42", (CDC,))
+
+
+def test_one_resources_delivery_becomes_upserts_then_deletes() -> None:
+    records = audit_records(
+        "customers",
+        CUSTOMERS,
+        DESTINATION,
+        accepted=[Accepted(_customer(id=1), [CDC], 1), Accepted(_customer(id=2), [CDC], 2)],
+        deleted=[Deleted("merchant-1", "3", [CDC], 3, "del-1")],
+    )
+    assert [(r.kind, r.id) for r in records] == [("upsert", "1"), ("upsert", "2"), ("delete", "3")]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "host"),
+    [
+        ("https://api.embedreach.com", "api.embedreach.com"),
+        ("https://user:secret@api.example.com:8443/v1?token=x#frag", "api.example.com:8443"),
+        ("http://127.0.0.1:39123", "127.0.0.1:39123"),
+        ("http://[::1]:8080/", "[::1]:8080"),
+    ],
+)
+def test_the_destination_is_the_host_without_credentials_or_path(base_url: str, host: str) -> None:
+    assert destination_host(base_url) == host
+
+
+# --- encoding, schema, key -----------------------------------------------------------------------
+
+
+def _examples() -> list[AuditRecord]:
+    return [
+        upsert_record("customers", CUSTOMERS, DESTINATION, Accepted(_customer(), [CDC], AT_MS)),
+        upsert_record(
+            "customers",
+            CUSTOMERS,
+            DESTINATION,
+            Accepted(_customer(phone=None), [ROW_CAUSE] * 8, AT_MS, "b-1", parked=True),
+        ),
+        upsert_record(
+            "transactions",
+            TRANSACTIONS,
+            "127.0.0.1:8080",
+            Accepted(
+                project(
+                    TRANSACTIONS,
+                    {"id": "tx-1", "tenant": "m", "customer_id": 4, "status": "completed"},
+                ),
+                [Cause(kind="replay", topic="dlq", partition=0, offset=5)],
+                0,
+                "b-2",
+            ),
+        ),
+        delete_record("customers", CUSTOMERS, DESTINATION, Deleted("m", "42", [], AT_MS, "d-1")),
+    ]
+
+
+@pytest.mark.parametrize("record", _examples(), ids=["upsert", "parked", "batch", "delete"])
+def test_encoded_records_follow_the_schema_and_round_trip(record: AuditRecord) -> None:
+    raw = encode_audit(record)
+    assert schema_problems(json.loads(raw), SCHEMA) == []
+    assert decode_audit(raw) == record
+
+
+def test_every_field_is_encoded_with_explicit_nulls() -> None:
+    encoded = json.loads(encode_audit(_examples()[0]))
+    assert set(encoded) == set(SCHEMA["required"]) == set(SCHEMA["properties"])
+    assert encoded["version"] == 1
+    assert encoded["batch_id"] is None
+
+
+def test_the_schema_rejects_inconsistent_or_extra_content() -> None:
+    upsert = json.loads(encode_audit(_examples()[0]))
+    delete = json.loads(encode_audit(_examples()[3]))
+    assert schema_problems({**upsert, "email": "x"}, SCHEMA) == ["$: email is not allowed"]
+    assert schema_problems({**upsert, "outcome": "deleted"}, SCHEMA)
+    assert schema_problems({**upsert, "payload_sha256": None}, SCHEMA)
+    assert schema_problems({**upsert, "payload_sha256": "abc"}, SCHEMA)
+    assert schema_problems({**upsert, "mode": "batch"}, SCHEMA)  # a batch without its id
+    assert schema_problems({**upsert, "batch_id": "b-1"}, SCHEMA)  # a single write with one
+    assert schema_problems({**upsert, "causes": [upsert["causes"][0]] * 9}, SCHEMA)
+    assert schema_problems({**upsert, "causes": [{"kind": "cdc", "row": {}}]}, SCHEMA)
+    assert schema_problems({**upsert, "version": 2}, SCHEMA)
+    assert schema_problems({**delete, "payload_sha256": "a" * 64}, SCHEMA)
+    assert schema_problems({**delete, "fields": ["email"]}, SCHEMA)
+    assert schema_problems({k: v for k, v in upsert.items() if k != "causes"}, SCHEMA) == [
+        "$: causes is required"
+    ]
+
+
+def test_the_message_is_keyed_like_the_dirty_topic_and_stamped_with_at_ms() -> None:
+    record = _examples()[0]
+    key, value, headers, timestamp = audit_message(record)
+    assert (
+        key == b"customers/42" == dirty_message_key("customers", 42) == audit_key("customers", "42")
+    )
+    assert value == encode_audit(record)
+    assert headers == [("reach-sync-audit-version", b"1"), ("reach-sync-audit-kind", b"upsert")]
+    assert timestamp == AT_MS
+
+
+def test_the_partition_is_librdkafkas_consistent_hash() -> None:
+    # CRC-32 (IEEE, as zlib) of the key, modulo the partition count; checked against the real
+    # producer in tests/integration/test_audit.py.
+    assert audit_partition(b"customers/42", 8) == zlib.crc32(b"customers/42") % 8
+    assert zlib.crc32(b"123456789") == 0xCBF43926  # the CRC-32 check value
+    assert PARTITIONER == "consistent_random"
+
+
+# --- the definition ------------------------------------------------------------------------------
+
+
+def _topics(tmp_path: Path, **topics: Any) -> Path:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["topics"] = topics
+    path = tmp_path / "definition.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dirty", "audit"),
+    [("acme.dirty", "acme.audit"), ("acme-work", "acme-work.audit"), ("dirty", "dirty.audit")],
+)
+def test_the_audit_topic_defaults_from_the_dirty_topic(
+    tmp_path: Path, dirty: str, audit: str
+) -> None:
+    path = _topics(tmp_path, dirty=dirty, dead_letter="dl")
+    assert load_definition(path, OFFLINE_ENV).topics.audit == audit
+
+
+def test_the_audit_topic_is_set_in_the_example_and_must_be_its_own(tmp_path: Path) -> None:
+    assert DEFINITION.topics.audit == "reach-sync.shop.audit"
+    assert shop_definition(REACH_SYNC_AUDIT_TOPIC="x.audit").topics.audit == "x.audit"
+    with pytest.raises(ConfigError) as caught:
+        load_definition(_topics(tmp_path, dirty="a", dead_letter="b", audit="a"), OFFLINE_ENV)
+    assert caught.value.problems == [
+        "topics: Value error, audit must be a topic of its own, not the dirty or dead-letter topic"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_definition(_topics(tmp_path, dirty="a", dead_letter="b", audit="a b"), OFFLINE_ENV)
+    assert caught.value.problems[0].startswith("topics.audit: String should match pattern")
+
+
+def test_audit_values_is_on_unless_a_resource_turns_it_off() -> None:
+    assert all(r.audit_values for r in DEFINITION.resources.values())
+    data = CUSTOMERS.model_dump()
+    data["audit_values"] = "sometimes"
+    with pytest.raises(ValueError, match="audit_values"):
+        Resource.model_validate(data)
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+
+class FakeProducer:
+    """librdkafka's produce/poll/flush contract: callbacks fire from poll or flush; ``fail``
+    decides which deliveries the broker refuses, ``hold`` leaves them in flight."""
+
+    def __init__(self) -> None:
+        self.produced: list[dict[str, Any]] = []
+        self._waiting: list[tuple[bytes, Callable[[Any, Any], None]]] = []
+        self.fail: Callable[[bytes], bool] = lambda key: False
+        self.hold = False
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.produced.append({"topic": topic, **kwargs})
+        self._waiting.append((kwargs["key"], kwargs["on_delivery"]))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        if self.hold:
+            return len(self._waiting)
+        waiting, self._waiting = self._waiting, []
+        for key, callback in waiting:
+            callback(_Refused() if self.fail(key) else None, None)
+        return 0
+
+
+class _Refused:
+    def str(self) -> str:
+        return "Broker: Not enough in-sync replicas"
+
+
+def _writer() -> tuple[AuditWriter, FakeProducer]:
+    producer = FakeProducer()
+    return AuditWriter(DEFINITION, producer=producer), producer  # type: ignore[arg-type]
+
+
+def test_the_writer_produces_keyed_stamped_records_to_the_audit_topic() -> None:
+    writer, producer = _writer()
+    count = writer.record(
+        "customers",
+        accepted=[Accepted(_customer(), [CDC], AT_MS)],
+        deleted=[Deleted("merchant-1", "9", [CDC], AT_MS + 1, "d-1")],
+    )
+    assert count == 2
+    writer.flush()
+    assert [p["key"] for p in producer.produced] == [b"customers/42", b"customers/9"]
+    assert {p["topic"] for p in producer.produced} == {"reach-sync.shop.audit"}
+    assert [p["timestamp"] for p in producer.produced] == [AT_MS, AT_MS + 1]
+    first = decode_audit(producer.produced[0]["value"])
+    assert first.destination == "api.embedreach.com"
+    assert writer.acknowledged == 2
+
+
+def test_flush_raises_until_the_broker_has_every_record_and_loses_none() -> None:
+    writer, producer = _writer()
+    producer.fail = lambda key: key == b"customers/7"
+    writer.record("customers", accepted=[Accepted(_customer(id=i), [CDC], i) for i in (6, 7, 8)])
+    with pytest.raises(Retryable, match="did not acknowledge 1 record: Broker: Not enough"):
+        writer.flush()
+    assert writer.pending == 1
+    producer.fail = lambda key: False
+    writer.flush()  # the refused record goes again
+    assert [p["key"] for p in producer.produced] == [
+        b"customers/6",
+        b"customers/7",
+        b"customers/8",
+        b"customers/7",
+    ]
+    assert (writer.pending, writer.acknowledged) == (0, 3)
+
+
+def test_flush_raises_while_records_are_still_in_flight() -> None:
+    writer, producer = _writer()
+    producer.hold = True
+    writer.record("customers", accepted=[Accepted(_customer(), [CDC], AT_MS)])
+    with pytest.raises(Retryable, match="1 still in flight"):
+        writer.flush(0.01)
+    producer.hold = False
+    writer.flush()
+    assert writer.acknowledged == 1
+
+
+def test_a_full_queue_keeps_the_record_for_the_next_flush() -> None:
+    writer, producer = _writer()
+    real_produce = producer.produce
+    calls = 0
+
+    def full_once(topic: str, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BufferError("Local: Queue full")
+        real_produce(topic, **kwargs)
+
+    producer.produce = full_once  # type: ignore[method-assign]
+    writer.record("customers", accepted=[Accepted(_customer(), [CDC], AT_MS)])
+    assert writer.pending == 1
+    writer.flush()
+    assert (writer.pending, writer.acknowledged) == (0, 1)
+
+
+# --- showing -------------------------------------------------------------------------------------
+
+
+def test_a_cause_reads_table_op_position_lsn_and_source_time() -> None:
+    assert describe_cause(CDC) == (
+        "cdc public.transactions u @ shop.public.transactions[3]/1234, lsn 22655104, "
+        "source ts 2026-11-23 02:13:19.870Z"
+    )
+    assert describe_cause(Cause(kind="resync")) == "resync"
+
+
+def test_history_lines_show_time_kind_outcome_hash_tenant_batch_fields_and_causes() -> None:
+    projected = _customer()
+    record = upsert_record(
+        "customers", CUSTOMERS, DESTINATION, Accepted(projected, [CDC], AT_MS, "b-3")
+    )
+    lines = history_lines([AuditEntry(Position("t", 0, 5), record)])
+    assert lines == [
+        f"2026-11-23 02:13:20.123Z  upsert  accepted  hash {projected.hash[:12]}  "
+        "tenant merchant-1  batch b-3",
+        "    fields: completedOrders, createdAt, customerId, email, firstName, lastName, "
+        "lifetimeValue, marketingOptIn, phone, segments",
+        f"    cause:  {describe_cause(CDC)}",
+    ]
+    delete = delete_record("customers", CUSTOMERS, DESTINATION, Deleted("m", "42", [], 0, "d-1"))
+    assert history_lines([AuditEntry(Position("t", 0, 6), delete)]) == [
+        "1970-01-01 00:00:00.000Z  delete  deleted   hash -             tenant m  batch d-1",
+        "    cause:  (none recorded)",
+    ]
+
+
+def test_a_query_matches_its_entity_tenant_and_time() -> None:
+    record = _examples()[0]
+    assert Query("customers", "42").matches(record)
+    assert not Query("customers", "4").matches(record)
+    assert not Query("transactions", "42").matches(record)
+    assert Query("customers", "42", tenant="merchant-1", since_ms=AT_MS).matches(record)
+    assert not Query("customers", "42", tenant="merchant-2").matches(record)
+    assert not Query("customers", "42", since_ms=AT_MS + 1).matches(record)
+    assert Query("customers", "42", since_ms=AT_MS).describe() == (
+        "customers/42 with --since 2026-11-23T02:13:20.123Z"
+    )
