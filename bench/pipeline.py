@@ -116,6 +116,9 @@ SEED_TRANSACTIONS = KEYS
 # definition (500 ms), so a last window that is still open is not missed.
 QUIET_S = 2.0
 SAMPLE_S = 0.05
+# A child run counts as drained once its syncer committed the dirty topic's end and then
+# committed nothing more for this long (longer than any window of examples/shop.yaml).
+CHILD_QUIET_S = 3.0
 OFFSETS_POLL_S = 0.25
 PROGRESS_S = 15.0
 # A bound on each drain (pipeline, child), generous: the pipeline is far slower than the router.
@@ -220,6 +223,7 @@ def _definition(endpoints: StackEndpoints, tag: str) -> tuple[SyncDefinition, di
         **demo_env(endpoints, group=f"bench-{tag}"),
         "REACH_SYNC_DIRTY_TOPIC": f"bench.dirty.{tag}",
         "REACH_SYNC_DEAD_LETTER_TOPIC": f"bench.dead-letter.{tag}",
+        "REACH_SYNC_AUDIT_TOPIC": f"bench.audit.{tag}",
         "REACH_SYNC_REDIS_PREFIX": f"bench:{tag}",
     }
     return load_definition(EXAMPLE, env), env
@@ -457,6 +461,12 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
+def _end_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> int:
+    """Sum of the partitions' high watermarks (on the local broker, the last batch's first
+    offset + 1: a lower bound, hence the quiet period before a run counts as drained)."""
+    return sum(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in partitions)
+
+
 def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> int:
     """Sum of a group's committed offsets (each partition's offsets count from 0 here)."""
     total = 0
@@ -501,25 +511,28 @@ def measure_rss(
     children = _start_children(roles, env, log_path)
     hwm = [0] * len(children)
     first, routed, committed = None, 0, 0
+    moved_at = time.perf_counter()
     drained = False
     try:
         deadline = time.monotonic() + (max_seconds or RUN_TIMEOUT_S)
         while time.monotonic() < deadline:
             time.sleep(OFFSETS_POLL_S)
-            for n, child in enumerate(children):
-                if child.poll() is not None:
-                    raise SystemExit(
-                        f"rss: reach-sync exited early ({child.returncode}); {log_path}"
-                    )
-                hwm[n] = max(hwm[n], _vm_hwm_kib(child.pid))
+            _sample(children, hwm, log_path)
             routed = _committed(watchers["router"], sources)
-            committed = _committed(watchers["syncer"], dirty)
+            previous, committed = committed, _committed(watchers["syncer"], dirty)
             now = time.perf_counter()
             if first is None and routed > 0:
                 first = (now, routed)
-            if routed >= backlog.events and committed >= expected_dirty:
-                drained = True
-                break
+            if committed != previous:
+                moved_at = now
+            if routed >= backlog.events:
+                # Routing is done, so the dirty topic is final; its size is this run's own (the
+                # router merges triggers per batch, so it differs from the router-only run's).
+                expected_dirty = _end_offsets(watchers["syncer"], dirty)
+                quiet = now - moved_at >= CHILD_QUIET_S
+                if committed >= expected_dirty and quiet:
+                    drained = True
+                    break
         if not (drained or max_seconds):
             raise SystemExit(f"rss: not drained in {RUN_TIMEOUT_S:.0f} s ({routed}, {committed})")
         ended = time.perf_counter()
@@ -545,6 +558,14 @@ def measure_rss(
         exit_code=exit_code,
         log_tail=tail,
     )
+
+
+def _sample(children: list[subprocess.Popen[bytes]], hwm: list[int], log_path: Path) -> None:
+    """Update each child's VmHWM; stop the bench if one died."""
+    for n, child in enumerate(children):
+        if child.poll() is not None:
+            raise SystemExit(f"rss: reach-sync exited early ({child.returncode}); {log_path}")
+        hwm[n] = max(hwm[n], _vm_hwm_kib(child.pid))
 
 
 def _start_children(
