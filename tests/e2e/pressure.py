@@ -1,0 +1,131 @@
+"""Helpers of the delivery-under-pressure tests (issue 4): a definition with other destination
+settings, reach-sync on it in a thread, the sandbox's rate limits and fault counters, the
+dead-letter topic read back, and requests per second from the sandbox's request log.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from consumer.config import SyncDefinition, load_definition
+from consumer.dev.stack import StackEndpoints
+from consumer.dlq_read import Filter, read_dead_letters
+from consumer.service import ServiceStats, run_service
+from tests.e2e.conftest import EXAMPLE, STOP_BOUND_S, shop_env
+from tests.e2e.helpers import LivePipeline, Sandbox
+
+
+def definition_file(directory: Path, name: str, destination: Mapping[str, Any]) -> Path:
+    """examples/shop.yaml with ``destination`` keys replaced (e.g. ``rate_limit``, ``timeout_s``),
+    written to ``directory``; its ``${VAR}``s are still read from the environment."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["destination"].update(destination)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@contextmanager
+def pipeline_from(endpoints: StackEndpoints, name: str, config: Path) -> Iterator[LivePipeline]:
+    """Like ``helpers.pipeline_thread``, on the definition file ``config`` (isolated by ``name``).
+
+    Its consumers leave without a LeaveGroup, so ``name`` cannot run twice in one process.
+    """
+    definition = load_definition(config, shop_env(endpoints, name))
+    stop = threading.Event()
+    stats = ServiceStats()
+    thread = threading.Thread(
+        target=run_service,
+        args=(definition, stop),
+        kwargs={"stats": stats},
+        name=f"pipeline-{name}",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield LivePipeline(name, definition, stop, thread, stats)
+    finally:
+        stop.set()
+        thread.join(STOP_BOUND_S)
+        assert not thread.is_alive(), "the pipeline did not stop within its bound"
+
+
+def dead_letter_count(definition: SyncDefinition) -> int:
+    """Every message on the definition's dead-letter topic (each test has its own topic)."""
+    return read_dead_letters(definition, Filter()).total
+
+
+class SandboxSwitches:
+    """The sandbox's rate limits and its fault board, through the admin API."""
+
+    def __init__(self, endpoints: StackEndpoints) -> None:
+        self._url = endpoints.sandbox_url
+        self._headers = {"authorization": f"Bearer {endpoints.sandbox_admin_token}"}
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(base_url=self._url, headers=self._headers, timeout=30)
+
+    def rate_limits(self) -> dict[str, Any]:
+        with self._client() as http:
+            found: dict[str, Any] = http.get("/_admin/rate-limits").raise_for_status().json()
+            return found
+
+    def set_rate_limits(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        with self._client() as http:
+            answer = http.put("/_admin/rate-limits", json=dict(settings)).raise_for_status()
+            found: dict[str, Any] = answer.json()
+            return found
+
+    @contextmanager
+    def limited(self, settings: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """Rate limits in force inside the block; the previous ones are restored, however."""
+        previous = self.rate_limits()
+        try:
+            yield self.set_rate_limits(settings)
+        finally:
+            self.set_rate_limits(previous)
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The active faults, each with how often it ``fired``."""
+        with self._client() as http:
+            found: list[dict[str, Any]] = (
+                http.get("/_admin/faults").raise_for_status().json()["faults"]
+            )
+            return found
+
+
+def most_in_any_window(times: Sequence[float], window_s: float = 1.0) -> int:
+    """The largest number of ``times`` inside any half-open interval [t, t + window_s)."""
+    ordered = sorted(times)
+    most, start = 0, 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= window_s:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def by_tenant(requests: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Request-log rows per tenant (the Reach tenant id); rows without a tenant are left out."""
+    found: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in requests:
+        if row["tenantId"] is not None:
+            found[row["tenantId"]].append(row)
+    return dict(found)
+
+
+def requests_since(sandbox: Sandbox, after_seq: int) -> list[dict[str, Any]]:
+    """Every request-log row after ``after_seq``, oldest first (the log pages by 10,000)."""
+    found: list[dict[str, Any]] = []
+    while page := sandbox.requests(after_seq):
+        found += page
+        after_seq = page[-1]["seq"]
+    return found
