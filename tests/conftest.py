@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from consumer.dev import broker as broker_component
 from consumer.dev import postgres as pg_component
 from consumer.dev import redis as redis_component
 from consumer.dev.process import ManagedProcess, free_port, unprivileged_user, wait_until
+from consumer.kafka import abandoned_consumers
 
 READY_TIMEOUT_S = 60.0
 
@@ -132,3 +134,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         elif f"{os.sep}e2e{os.sep}" in path:
             item.add_marker(pytest.mark.e2e)
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process at once if tests left consumers without a LeaveGroup.
+
+    The pipeline releases consumers that way on the local broker (consumer/kafka.py,
+    release_consumer) and `reach-sync run` ends with os._exit; a test process must too: once the
+    servers are gone, such a consumer's librdkafka threads spin and the interpreter never exits.
+    """
+    if abandoned_consumers() and _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
