@@ -22,11 +22,12 @@ partition, in order. The writer pins librdkafka's default partitioner (``consist
 CRC-32 of the key modulo the partition count) whatever ``client_settings`` say, so that
 ``reach-sync audit why`` can compute the partition (``audit_partition``) and read only it.
 
-For the syncer (README, "Audit"): after a resource's delivery, call ``AuditWriter.record`` with
-what Reach accepted (``Accepted``) and deleted (``Deleted``), and ``AuditWriter.flush`` before
-committing the window's offsets; ``flush`` raises Retryable until the broker acknowledged every
-audit record, and keeps the unacknowledged ones to produce again, so none is lost while the
-process lives.
+The syncer (README, "Audit") calls ``AuditWriter.record`` with what Reach accepted
+(``Accepted``) and deleted (``Deleted``) as delivery reports each request, then
+``AuditWriter.flush``, before delivery remembers those sends in the last-sent store, and so
+before the window's offsets are committed; ``flush`` raises Retryable until the broker
+acknowledged every audit record, and keeps the unacknowledged ones to produce again, so none is
+lost while the process lives.
 """
 
 from __future__ import annotations
@@ -280,8 +281,10 @@ class AuditWriter:
     the broker: a record the producer cannot queue now waits for the next ``flush``). ``flush``
     waits until every record written so far is acknowledged, producing again those the broker
     failed, and raises Retryable while any is not: call it before committing the offsets of the
-    window whose records were written, like the dead letters. Thread-safe between one writing
-    thread and one flushing thread.
+    window whose records were written, like the dead letters. Thread-safe. Flushes run one at a
+    time: otherwise one could take a failed record to produce again while another, not seeing
+    it any more, reported success; so a flush that returns means every record written before it
+    began is acknowledged (the syncer's windows share flushes on that basis).
 
     The writer makes its own idempotent, acks=all producer from the definition (``settings``
     override librdkafka settings, for tests); the partitioner is always ``PARTITIONER``. A
@@ -299,6 +302,7 @@ class AuditWriter:
             producer_settings(definition.source.kafka, **{**settings, "partitioner": PARTITIONER})
         )
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         # Not acknowledged (failed, or never queued): produced again by the next flush.
         self._unsent: list[AuditMessage] = []
         self._errors: list[str] = []
@@ -327,14 +331,8 @@ class AuditWriter:
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Block until the broker acknowledged every audit record written; raise Retryable if it
         did not within ``timeout_s`` (the failed ones are kept and produced again next time)."""
-        with self._lock:  # what failed before is produced again: its errors are history
-            again, self._unsent, self._errors = self._unsent, [], []
-        for message in again:
-            self._produce(message)
-        left = self._producer.flush(timeout_s)
-        with self._lock:
-            errors, self._errors = self._errors, []
-            unsent = len(self._unsent)
+        with self._flushing:
+            left, errors, unsent = self._flush(timeout_s)
         if left or errors or unsent:
             reason = errors[0] if errors else f"{left} still in flight after {timeout_s:g} s"
             count = max(unsent, left)
@@ -342,6 +340,18 @@ class AuditWriter:
                 f"the audit topic {self.topic} did not acknowledge {count} "
                 f"record{'' if count == 1 else 's'}: {reason}"
             )
+
+    def _flush(self, timeout_s: float) -> tuple[int, list[str], int]:
+        """Produce the failed records again, wait for the broker: (still in flight, errors
+        since, records known not acknowledged)."""
+        with self._lock:  # what failed before is produced again: its errors are history
+            again, self._unsent, self._errors = self._unsent, [], []
+        for message in again:
+            self._produce(message)
+        left = self._producer.flush(timeout_s)
+        with self._lock:
+            errors, self._errors = self._errors, []
+            return left, errors, len(self._unsent)
 
     def _produce(self, message: AuditMessage) -> None:
         try:

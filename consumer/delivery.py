@@ -9,6 +9,12 @@ request, and only its one probe goes. Anything else raises (Retryable, or a Conf
 that concerns every tenant) and the whole window is retried later: re-sending full-state
 records is harmless.
 
+What Reach took (accepted or parked records, finished deletes) is reported to the caller's
+``on_accepted`` before it is remembered in the last-sent store (or forgotten there, for a
+delete): the syncer audits it there and waits until the audit topic has it, so a send can never
+be remembered, and skipped as unchanged on a retry, without its audit record. A failing
+``on_accepted`` fails the window like any retryable error; nothing of that request is remembered.
+
 Batches are waited on until Reach finished them before this returns. Together with one window in
 flight per dirty-topic partition (and each entity owned by one partition) this is what keeps "at
 most one unfinished Reach batch per entity", without which a slow batch could overwrite a newer
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +42,16 @@ from consumer.reach.client import ReachClient
 from consumer.reach.status import BatchState, BatchStatus
 from consumer.recompute import Recomputed
 
-__all__ = ["DeadLetter", "DeliveryResult", "Held", "TenantGate", "deliver_resource"]
+__all__ = [
+    "DeadLetter",
+    "DeliveryResult",
+    "Held",
+    "OnAccepted",
+    "Removed",
+    "Sent",
+    "TenantGate",
+    "deliver_resource",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +89,37 @@ class Held:
     tenant: str
     ids: tuple[str, ...]
     error: ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One record Reach took: ``projected`` as sent, when (epoch ms: Reach answered the single
+    write, or its batch was seen finished), the batch it was in (None: a single write), and
+    whether Reach parked it on a missing ``$ref`` (accepted, but sent again next time)."""
+
+    projected: Projected
+    at_ms: int
+    batch_id: str | None = None
+    parked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """One entity Reach deleted from ``tenant``: when its batch was seen finished, and which."""
+
+    tenant: str
+    external_id: str
+    at_ms: int
+    batch_id: str
+
+
+# Told what Reach took, before it is remembered; raises (Retryable) when that cannot be made
+# durable, which fails the window. Called once per request (one tenant's records or deletes).
+OnAccepted = Callable[[Sequence[Sent], Sequence[Removed]], Awaitable[None]]
+
+
+async def _nobody(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
+    return None
 
 
 @dataclass
@@ -181,11 +228,17 @@ def _project_all(
     return projected
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 async def _wait_finished(
     client: ReachClient, tenant: str, batch_ids: Sequence[str]
-) -> dict[str, BatchStatus]:
-    """Poll until every batch is finished; never gives up on its own (see module docstring)."""
+) -> tuple[dict[str, BatchStatus], dict[str, int]]:
+    """Poll until every batch is finished; never gives up on its own (see module docstring).
+    Returns each batch's final status and when it was seen finished (epoch ms)."""
     statuses: dict[str, BatchStatus] = {}
+    finished_at: dict[str, int] = {}
     waiting = list(batch_ids)
     while waiting:
         statuses.update(
@@ -197,6 +250,8 @@ async def _wait_finished(
                 timeout_s=WAIT_SLICE_S,
             )
         )
+        seen_ms = _now_ms()
+        finished_at.update((b, seen_ms) for b in waiting if statuses[b].finished)
         waiting = [b for b in waiting if not statuses[b].finished]
         if waiting:
             log.warning(
@@ -204,7 +259,25 @@ async def _wait_finished(
                 len(waiting),
                 WAIT_SLICE_S,
             )
-    return statuses
+    return statuses, finished_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """Where a record of a finished batch was: the batch, and when it was seen finished."""
+
+    batch_id: str
+    at_ms: int
+
+
+@dataclass(slots=True)
+class _Settlement:
+    """What a submission's finished batches say, by external id: accepted, parked (accepted,
+    held by Reach for a missing $ref); and the error that stopped the rest (None: none did)."""
+
+    accepted: dict[str, _Settled] = field(default_factory=dict)
+    parked: dict[str, _Settled] = field(default_factory=dict)
+    error: SyncError | None = None
 
 
 async def _settle(
@@ -212,19 +285,22 @@ async def _settle(
     tenant: str,
     submission: BatchSubmission,
     on_failed: Callable[[str, str, str | None], None],
-) -> tuple[set[str], set[str]]:
-    """Wait for a submission's batches; return (accepted ids, parked ids). Records refused
-    synchronously or failed in a batch go to ``on_failed(id, reason, code)``. A submission that
-    stopped early raises its error only after the batches it did send are finished, so a retry
-    never overlaps a batch still running."""
-    statuses = await _wait_finished(client, tenant, [b.batch_id for b in submission.batches])
-    accepted: set[str] = set()
-    parked: set[str] = set()
+) -> _Settlement:
+    """Wait for a submission's batches; say which records each finished batch accepted or
+    parked. Records refused synchronously or failed in a batch go to ``on_failed(id, reason,
+    code)``. A submission that stopped early, or a batch whose failures Reach did not attribute,
+    ends in ``error``, returned only after every batch it did send is finished (so a retry never
+    overlaps a batch still running) and beside what those batches accepted (which Reach has)."""
+    statuses, finished_at = await _wait_finished(
+        client, tenant, [b.batch_id for b in submission.batches]
+    )
+    settlement = _Settlement()
     uncertain: list[str] = []
     for rejected in submission.rejected:
         on_failed(rejected.external_id, rejected.reason, None)
     for batch in submission.batches:
         status = statuses[batch.batch_id]
+        settled = _Settled(batch.batch_id, finished_at[batch.batch_id])
         failed = {f.external_id: f for f in status.failures if f.external_id is not None}
         for external_id in batch.external_ids:
             failure = failed.get(external_id)
@@ -235,27 +311,27 @@ async def _settle(
                 # Reach says records failed but not which: neither sent nor dead, try again.
                 uncertain.append(batch.batch_id)
             elif external_id in status.pending_external_ids:
-                parked.add(external_id)
+                settlement.parked[external_id] = settled
             else:
-                accepted.add(external_id)
-    if submission.error is not None:
-        raise submission.error
-    if uncertain:
+                settlement.accepted[external_id] = settled
+    settlement.error = submission.error
+    if settlement.error is None and uncertain:
         batches = ", ".join(sorted(set(uncertain)))
-        raise Retryable(
+        settlement.error = Retryable(
             f"Reach reported failures it did not attribute to records (batches {batches})"
         )
-    return accepted, parked
+    return settlement
 
 
 async def _send_realtime(
     client: ReachClient, schema: str, items: Sequence[Projected], result: DeliveryResult, name: str
-) -> tuple[list[Projected], _Attempt]:
+) -> tuple[list[Sent], _Attempt]:
     """Single synchronous writes of one tenant, bounded concurrency. Returns what Reach accepted
-    and how the attempt ended, so the caller can remember the accepted ones first. Once Reach
-    refuses the tenant, the writes still queued are not sent."""
+    (each when Reach answered) and how the attempt ended, so the caller can report and remember
+    the accepted ones first. Once Reach refuses the tenant, the writes still queued are not
+    sent."""
     slots = asyncio.Semaphore(REALTIME_CONCURRENCY)
-    accepted: list[Projected] = []
+    accepted: list[Sent] = []
     errors: list[SyncError] = []
     settled: set[str] = set()
     refused = False
@@ -276,7 +352,7 @@ async def _send_realtime(
                 errors.append(exc)
                 refused = refused or blocks_tenant(exc)
             else:
-                accepted.append(item)
+                accepted.append(Sent(item, _now_ms()))
                 settled.add(item.external_id)
 
     await asyncio.gather(*(send(item) for item in items))
@@ -291,7 +367,9 @@ async def _send_batch(
     items: Sequence[Projected],
     result: DeliveryResult,
     name: str,
-) -> tuple[list[Projected], _Attempt]:
+) -> tuple[list[Sent], _Attempt]:
+    """One tenant's records through the batch endpoint: what its finished batches accepted or
+    parked (with the batch of each), and how the attempt ended."""
     by_id = {item.external_id: item for item in items}
     dead: set[str] = set()
 
@@ -301,12 +379,15 @@ async def _send_batch(
         dead.add(external_id)
 
     submission = await client.upsert_batch(tenant, schema, {i.external_id: i.record for i in items})
-    try:
-        accepted, parked = await _settle(client, tenant, submission, failed)
-    except SyncError as exc:
-        return [], _Attempt(exc, [k for k in by_id if k not in dead])
-    result.parked += len(parked)
-    return [by_id[i] for i in accepted], _Attempt()
+    settlement = await _settle(client, tenant, submission, failed)
+    taken = [
+        *(Sent(by_id[i], s.at_ms, s.batch_id) for i, s in settlement.accepted.items()),
+        *(Sent(by_id[i], s.at_ms, s.batch_id, parked=True) for i, s in settlement.parked.items()),
+    ]
+    if settlement.error is not None:
+        done = dead | settlement.accepted.keys() | settlement.parked.keys()
+        return taken, _Attempt(settlement.error, [k for k in by_id if k not in done])
+    return taken, _Attempt()
 
 
 async def deliver_resource(
@@ -318,8 +399,10 @@ async def deliver_resource(
     last_sent: LastSentStore,
     tenants: TenantSource,
     gate: TenantGate | None = None,
+    on_accepted: OnAccepted = _nobody,
 ) -> DeliveryResult:
-    """Project, skip what Reach already has, send the rest, delete what is gone."""
+    """Project, skip what Reach already has, send the rest, delete what is gone; tell
+    ``on_accepted`` what Reach took before remembering it (module docstring)."""
     gate = _AlwaysOpen() if gate is None else gate
     result = DeliveryResult()
     projected = _project_all(name, resource, recomputed, result)
@@ -342,7 +425,7 @@ async def deliver_resource(
     # tenants), so they go at once; the first failure is raised after both finished.
     deleted: dict[str, set[str]] = defaultdict(set)  # tenant -> ids Reach deleted there
     outcomes = await asyncio.gather(
-        _upserts(name, resource, to_send, client, last_sent, gate, result),
+        _upserts(name, resource, to_send, client, last_sent, gate, result, on_accepted),
         _deletes(
             name,
             resource,
@@ -355,6 +438,7 @@ async def deliver_resource(
             gate,
             result,
             deleted,
+            on_accepted,
         ),
         return_exceptions=True,
     )
@@ -390,9 +474,10 @@ async def _upserts(
     last_sent: LastSentStore,
     gate: TenantGate,
     result: DeliveryResult,
+    on_accepted: OnAccepted,
 ) -> None:
-    """Send per tenant, tenants at once; remember what Reach accepted even when a part fails,
-    then raise the first failure (after every tenant finished)."""
+    """Send per tenant, tenants at once; report and remember what Reach accepted even when a
+    part fails, then raise the first failure (after every tenant finished)."""
     by_tenant: dict[str, dict[str, Projected]] = defaultdict(dict)
     for item in to_send:
         by_tenant[item.tenant][item.external_id] = item
@@ -402,17 +487,22 @@ async def _upserts(
             chosen = [items[k] for k in keys]
             delivery = resource.delivery
             if delivery.mode == "realtime" and len(chosen) <= delivery.batch_over:
-                accepted, attempt = await _send_realtime(
+                taken, attempt = await _send_realtime(
                     client, resource.reach_schema, chosen, result, name
                 )
             else:
-                accepted, attempt = await _send_batch(
+                taken, attempt = await _send_batch(
                     client, resource.reach_schema, tenant, chosen, result, name
                 )
+            unreported = await _report(on_accepted, taken, ())
+            if unreported is not None:  # not durable: not remembered, the window retries
+                return _Attempt(unreported, attempt.unsettled)
+            accepted = [s.projected for s in taken if not s.parked]
             await last_sent.record_sent(
                 name, [(i.external_id, LastSent(i.tenant, i.hash)) for i in accepted]
             )
             result.sent += len(accepted)
+            result.parked += len(taken) - len(accepted)
             return attempt
 
         return await _through_gate(gate, tenant, list(items), send, result, name)
@@ -421,6 +511,20 @@ async def _upserts(
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise first
+
+
+async def _report(
+    on_accepted: OnAccepted, sent: Sequence[Sent], removed: Sequence[Removed]
+) -> SyncError | None:
+    """Tell ``on_accepted`` what Reach took; its failure is returned, to end the attempt (a
+    tenant's sends end in an error, they never raise: see ``_through_gate``)."""
+    if not sent and not removed:
+        return None
+    try:
+        await on_accepted(sent, removed)
+    except SyncError as exc:
+        return exc
+    return None
 
 
 async def _deletes(
@@ -435,9 +539,10 @@ async def _deletes(
     gate: TenantGate,
     result: DeliveryResult,
     deleted: dict[str, set[str]],
+    on_accepted: OnAccepted,
 ) -> None:
     """Delete what is gone (and what moved away) from each tenant that has it, tenants at
-    once; ``deleted`` receives what each tenant deleted."""
+    once; ``deleted`` receives what each tenant deleted (and ``on_accepted`` was told)."""
     targets: dict[str, list[str]] = defaultdict(list, {t: list(ids) for t, ids in moved.items()})
     unknown: list[str] = []
     for entity_id in map(str, gone):
@@ -468,12 +573,18 @@ async def _deletes(
                 dead.add(external_id)
 
             submission = await client.delete_batch(tenant, resource.reach_schema, keys)
-            try:
-                accepted, _ = await _settle(client, tenant, submission, failed)
-            except SyncError as exc:
-                return _Attempt(exc, [k for k in keys if k not in dead])
-            deleted[tenant].update(accepted)
-            return _Attempt()
+            settlement = await _settle(client, tenant, submission, failed)
+            removed = [
+                Removed(tenant, i, s.at_ms, s.batch_id) for i, s in settlement.accepted.items()
+            ]
+            unreported = await _report(on_accepted, (), removed)
+            if unreported is not None:  # not durable: not forgotten, the window retries
+                return _Attempt(unreported, [k for k in keys if k not in dead])
+            deleted[tenant].update(settlement.accepted)
+            if settlement.error is None:
+                return _Attempt()
+            done = dead | settlement.accepted.keys()
+            return _Attempt(settlement.error, [k for k in keys if k not in done])
 
         return await _through_gate(gate, tenant, ids, send, result, name)
 

@@ -19,6 +19,7 @@ import httpx
 from confluent_kafka import Producer
 from httpx_aiohttp import AiohttpTransport
 
+from consumer.audit import AuditWriter, ensure_audit_topic
 from consumer.config import Destination, SyncDefinition
 from consumer.dedup import LastSentStore
 from consumer.kafka import producer_settings
@@ -67,6 +68,8 @@ def run_service(
     """Run until ``stop`` is set; return what each stage did. Pass ``stats`` to watch it live."""
     if role == "syncer":
         ensure_topics(definition)  # the router creates them itself when it runs
+    if role in ("all", "syncer"):
+        ensure_audit_topic(definition)  # only the syncer writes it
     stats = ServiceStats() if stats is None else stats
     router_thread = None
     if role in ("all", "router"):
@@ -96,6 +99,7 @@ async def _run_syncer(
     db = SourceDatabase(definition.source.database)
     last_sent = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
     producer = Producer(producer_settings(definition.source.kafka))
+    audit = AuditWriter(definition)
     circuit = Circuit(definition.destination.circuit_breaker)
     await db.open()
     try:
@@ -109,7 +113,7 @@ async def _run_syncer(
             ) as client,
         ):
             syncer = Syncer(
-                definition, client, db, last_sent, producer, stats=stats, circuit=circuit
+                definition, client, db, last_sent, producer, audit, stats=stats, circuit=circuit
             )
             return await syncer.run(stop)
     finally:

@@ -6,6 +6,9 @@ start the windows that are due (at most one in flight per partition), commit the
 finished, and pause partitions whose backlog or held entities are full. A window's offsets are
 committed only after every entity in it reached a durable outcome (sent, skipped, deleted or
 dead-lettered), and never past an entity still held (held.py: Reach refuses its tenant for now).
+What Reach accepted or deleted is audited (audit.py) as delivery reports it, before the last-sent
+store remembers it: the audit topic has acknowledged it before a retry could skip it as
+unchanged, and before the window's offsets are committed.
 
 confluent-kafka is synchronous: ``consume`` runs in a worker thread so the event loop keeps
 sending while it waits, and the rebalance callbacks (which run inside ``consume``) hand the
@@ -21,17 +24,20 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumer.audit import FLUSH_TIMEOUT_S as AUDIT_FLUSH_S
+from consumer.audit import Accepted, AuditWriter, Deleted
 from consumer.blocks import TenantBlocks
 from consumer.config import REACH_MAX_BATCH, SyncDefinition
 from consumer.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
 from consumer.dedup import LastSentStore
-from consumer.delivery import DeadLetter, DeliveryResult, deliver_resource
-from consumer.dirty import EntityId, decode_dirty
+from consumer.delivery import DeadLetter, DeliveryResult, Removed, Sent, deliver_resource
+from consumer.dirty import Cause, EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.held import HELD_BOUND, HeldEntities, HeldEntity
 from consumer.kafka import consume_batch, consumer_settings, release_consumer
@@ -79,6 +85,9 @@ class SyncerStats:
     skipped: int = 0
     deleted: int = 0
     dead_lettered: int = 0
+    # Audit records the broker acknowledged (accepted, parked and deleted; a retried window's
+    # re-sends are audited again).
+    audited: int = 0
     retries: int = 0
     commits: int = 0
     # Now, not a count of events: tenants Reach refuses, and the entities held for them.
@@ -116,6 +125,14 @@ class _Partition:
 
 
 @dataclass(frozen=True, slots=True)
+class _AuditFlush:
+    """One flush of the audit writer: it covers the first ``covers`` audit writes."""
+
+    covers: int
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
 class BlockedTenant:
     since: float  # epoch seconds
     error: str
@@ -142,6 +159,8 @@ class Syncer:
     db: SourceDatabase
     last_sent: LastSentStore
     producer: Producer
+    # Writes the audit topic; the syncer waits until it is acknowledged (see _audit).
+    audit: AuditWriter
     stats: SyncerStats = field(default_factory=SyncerStats)
     # The client's circuit breaker, for readiness (None: the client has none).
     circuit: Circuit | None = None
@@ -152,10 +171,19 @@ class Syncer:
     _blocks: TenantBlocks = field(init=False)
     # Held entities go back into windows this many at a time: one window of the smallest.
     _release_chunk: int = field(init=False)
+    # Audit flushes wait on the broker in this one thread, one at a time: never in the loop, and
+    # never filling the default executor while the broker is slow. Writes are counted so that a
+    # flush knows whose records it covers (_flush_audit).
+    _audit_flusher: concurrent.futures.ThreadPoolExecutor = field(init=False)
+    _audit_writes: int = field(init=False, default=0)
+    _audit_flush: _AuditFlush | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._blocks = TenantBlocks(self.definition.destination.tenant_probe)
         self._release_chunk = min(r.delivery.max_keys for r in self.definition.resources.values())
+        self._audit_flusher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="audit-flush"
+        )
 
     def health(self) -> Health:
         """For readiness (/readyz), from any thread: it reads copies of what the loop and the
@@ -203,6 +231,7 @@ class Syncer:
                 poller, self._release, consumer, kafka.leave_group_on_close
             )
             poller.shutdown(wait=True)
+            self._audit_flusher.shutdown(wait=True)
         return self.stats
 
     def _release(self, consumer: Consumer, leave_group: bool) -> None:
@@ -370,7 +399,7 @@ class Syncer:
         overlaps work still in flight."""
         window.held.clear()
         outcomes = await asyncio.gather(
-            *(self._resource(name, ids) for name, ids in window.by_resource().items()),
+            *(self._resource(window, name, ids) for name, ids in window.by_resource().items()),
             return_exceptions=True,
         )
         errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -387,12 +416,16 @@ class Syncer:
         self.stats.windows += 1
         self.stats.entities += len(window)
 
-    async def _resource(self, name: str, ids: list[EntityId]) -> DeliveryResult:
+    async def _resource(self, window: Window, name: str, ids: list[EntityId]) -> DeliveryResult:
         resource = self.definition.resources[name]
         started = time.perf_counter()
         recomputed = await self.db.recompute(resource, ids)
         self.stats.recomputes += 1
         recomputed_at = time.perf_counter()
+
+        async def audit(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
+            await self._audit(window, name, sent, removed)
+
         result = await deliver_resource(
             name,
             resource,
@@ -401,6 +434,7 @@ class Syncer:
             last_sent=self.last_sent,
             tenants=self.db,
             gate=self._blocks,
+            on_accepted=audit,
         )
         log.debug(
             "%s: %d ids, recompute %.0f ms, delivery %.0f ms (sent %d, skipped %d, deleted %d)",
@@ -414,6 +448,60 @@ class Syncer:
         )
         self.stats.add(result)
         return result
+
+    async def _audit(
+        self, window: Window, name: str, sent: Sequence[Sent], removed: Sequence[Removed]
+    ) -> None:
+        """Audit what Reach took of resource ``name`` in this window, each entity with the
+        window's causes, and return once the broker acknowledged every audit record (Retryable
+        otherwise, failing the window). Delivery calls this before the last-sent store
+        remembers those sends, so a send is never skipped as unchanged on a retry without its
+        audit record. After a failed flush the window's retry sends and audits again; the
+        writer also produces the unacknowledged records again, and ``audit why`` shows a record
+        produced twice once."""
+
+        def causes(entity_id: str) -> list[Cause]:
+            return window.causes.get((name, entity_id), [])
+
+        count = self.audit.record(
+            name,
+            accepted=[
+                Accepted(
+                    s.projected, causes(s.projected.external_id), s.at_ms, s.batch_id, s.parked
+                )
+                for s in sent
+            ],
+            deleted=[
+                Deleted(r.tenant, r.external_id, causes(r.external_id), r.at_ms, r.batch_id)
+                for r in removed
+            ],
+        )
+        self._audit_writes += 1
+        await self._flush_audit()
+        self.stats.audited += count
+
+    async def _flush_audit(self) -> None:
+        """Return once the broker acknowledged every audit record written so far; raise the
+        flush's Retryable otherwise. One flush at a time, in its own thread: a flush that began
+        after this caller's records were written covers them, so windows auditing at once share
+        one flush (and its failure) instead of queueing one each."""
+        mine = self._audit_writes
+        while True:
+            flush = self._audit_flush
+            if flush is None or flush.done.done():
+                flush = self._start_audit_flush()
+            if flush.covers >= mine:
+                await asyncio.shield(flush.done)
+                return
+            await asyncio.wait([flush.done])  # began before these records: wait, then the next
+
+    def _start_audit_flush(self) -> _AuditFlush:
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._audit_flusher, self.audit.flush, AUDIT_FLUSH_S)
+        # Retrieved even when every window waiting on it was cancelled.
+        done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self._audit_flush = _AuditFlush(self._audit_writes, done)
+        return self._audit_flush
 
     def _commit(self, part: _Partition, window: Window) -> None:
         """Commit after a finished window, without blocking the loop:

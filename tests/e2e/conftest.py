@@ -39,6 +39,7 @@ def shop_env(endpoints: StackEndpoints, name: str) -> dict[str, str]:
         "REACH_SYNC_REDIS_PREFIX": f"reach-sync:{name}",
         "REACH_SYNC_DIRTY_TOPIC": f"{name}.dirty",
         "REACH_SYNC_DEAD_LETTER_TOPIC": f"{name}.dead-letter",
+        "REACH_SYNC_AUDIT_TOPIC": f"{name}.audit",
     }
 
 

@@ -1,0 +1,283 @@
+"""The syncer audits what Reach took before the last-sent store remembers it, on the real sandbox
+and Redis: a window whose audit flush fails remembers nothing in Redis, commits nothing and is
+retried; its retry sends again, audits with the window's causes and Reach's batch id, and only
+then remembers and commits. Delivery itself reports single writes without a batch id, and forgets
+a deleted entity only after its delete was reported.
+
+The audit writer is the real ``AuditWriter`` over a producer that acknowledges, or fails, on
+``flush`` (and looks into Redis at that moment); the source database and the consumer are fakes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from confluent_kafka import KafkaError, TopicPartition
+
+from consumer.audit import AuditRecord, AuditWriter, decode_audit
+from consumer.config import Resource, SyncDefinition, load_definition
+from consumer.dedup import LastSent, LastSentStore
+from consumer.delivery import Removed, Sent, deliver_resource
+from consumer.dirty import Cause, DirtyKey, EntityId
+from consumer.errors import Retryable
+from consumer.reach.client import ReachClient
+from consumer.recompute import Recomputed
+from consumer.syncer import Syncer, _Partition
+from consumer.windows import Window
+from tests.integration.sandbox_fixtures import (
+    PARTNER_ID,
+    PARTNER_SECRET,
+    SandboxServer,
+    running_sandbox,
+)
+
+DEFINITION = """
+version: 1
+source:
+  kafka: {bootstrap_servers: "127.0.0.1:1", group_id: audit-order, topics: [unused]}
+  database: {dsn_env: DATABASE_URL}
+resources:
+  customers:
+    reach_schema: customers
+    key: id
+    tenant: tenant
+    triggers: [{table: public.customers, id: id}]
+    query: "SELECT id, tenant, email FROM customers WHERE id = ANY(%(ids)s)"
+    mapping:
+      customerId: {column: id, format: string}
+      email: {column: email, pii: send}
+    delivery: {mode: "@MODE@", window_ms: 100}
+destination:
+  base_url: "@BASE_URL@"
+  auth: {mode: jwt, partner_id: "@PARTNER@", secret_env: JWT_SECRET}
+redis: {url_env: REDIS_URL, key_prefix: "@PREFIX@"}
+topics: {dirty: t.dirty, dirty_partitions: 1, dead_letter: t.dead-letter, audit: t.audit}
+"""
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
+    with running_sandbox(tmp_path_factory.mktemp("sandbox")) as server:
+        yield server
+
+
+def _definition(
+    tmp_path: Path, sandbox: SandboxServer, redis_url: str, prefix: str, mode: str
+) -> SyncDefinition:
+    text = DEFINITION
+    for name, value in {
+        "MODE": mode,
+        "BASE_URL": sandbox.base_url,
+        "PARTNER": PARTNER_ID,
+        "PREFIX": prefix,
+    }.items():
+        text = text.replace(f"@{name}@", value)
+    path = tmp_path / "definition.yaml"
+    path.write_text(text)
+    env = {
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "JWT_SECRET": PARTNER_SECRET,
+        "REDIS_URL": redis_url,
+    }
+    return load_definition(path, env)
+
+
+class _Producer:
+    """What AuditWriter needs of a confluent-kafka Producer: each ``flush`` first calls
+    ``on_flush`` (to look at Redis then), then acknowledges every queued record, or fails each
+    (a delivery error), as ``acknowledge`` says."""
+
+    def __init__(self, on_flush: Callable[[], None]) -> None:
+        self.acknowledge = False
+        self.acknowledged: list[bytes] = []
+        self._on_flush = on_flush
+        self._queued: list[tuple[bytes, Callable[[KafkaError | None, Any], None]]] = []
+
+    def produce(self, topic: str, *, value: bytes, on_delivery: Any, **_: Any) -> None:
+        self._queued.append((value, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self._on_flush()
+        queued, self._queued = self._queued, []
+        for value, on_delivery in queued:
+            if self.acknowledge:
+                self.acknowledged.append(value)
+                on_delivery(None, None)
+            else:
+                on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+        return 0
+
+
+class _DeadLetters:
+    """The syncer's dead-letter producer: nothing to acknowledge in these windows."""
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.commits: list[list[TopicPartition]] = []
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(offsets)
+
+
+class _Database:
+    """The source database: each customer's row, and no tenants to delete from."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.rows = rows
+
+    async def recompute(self, resource: Resource, ids: Sequence[EntityId]) -> Recomputed:
+        found = {str(i): self.rows[str(i)] for i in ids if str(i) in self.rows}
+        return Recomputed(rows=found, gone=[i for i in ids if str(i) not in found])
+
+    async def tenants(self, resource: Resource) -> list[str]:
+        return []
+
+
+def _cause(offset: int) -> Cause:
+    return Cause(kind="cdc", table="public.customers", op="u", topic="shop", offset=offset)
+
+
+def _keys(redis_url: str, prefix: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*"))
+    finally:
+        client.close()
+
+
+async def test_a_window_whose_audit_fails_remembers_nothing_and_is_retried(
+    sandbox: SandboxServer, redis_url: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    prefix = unique("audit-order")
+    definition = _definition(tmp_path, sandbox, redis_url, prefix, "batch")
+    tenant = sandbox.new_tenant()
+    rows = {str(n): {"id": n, "tenant": tenant, "email": f"c{n}@example.com"} for n in (1, 2)}
+    redis_at_flush: list[list[str]] = []
+    producer = _Producer(lambda: redis_at_flush.append(_keys(redis_url, prefix)))
+    writer = AuditWriter(definition, producer=producer)  # type: ignore[arg-type]
+    consumer = _Consumer()
+    last_sent = LastSentStore(redis_url, prefix)
+    window = Window(opened_at=time.monotonic(), due_after_s=0.1)
+    for offset, n in ((10, 1), (11, 2), (12, 1)):  # customer 1 twice: two causes
+        window.add(DirtyKey("customers", n, _cause(offset)), offset, 0.1)
+    part = _Partition("t.dirty", 0)
+    try:
+        async with ReachClient(definition.destination) as client:
+            syncer = Syncer(
+                definition,
+                client,
+                _Database(rows),  # type: ignore[arg-type]
+                last_sent,
+                _DeadLetters(),  # type: ignore[arg-type]
+                writer,
+            )
+            syncer._consumer = consumer  # type: ignore[assignment]
+
+            # Reach accepts both, the audit topic does not: nothing remembered, not committed.
+            await syncer._run_window(part, window)
+            assert part.failed is window and syncer.stats.retries == 1
+            assert (consumer.commits, _keys(redis_url, prefix)) == ([], [])
+            assert (syncer.stats.sent, syncer.stats.audited, writer.pending) == (0, 0, 2)
+            for n in (1, 2):
+                assert len(sandbox.history(tenant, "customers", str(n))) == 1
+
+            # The retry sends again, and remembers only once the audit was acknowledged.
+            producer.acknowledge = True
+            part.failed = None
+            await syncer._run_window(part, window)
+            assert part.failed is None
+            assert [[(tp.partition, tp.offset) for tp in c] for c in consumer.commits] == [
+                [(0, 13)]
+            ]
+    finally:
+        await last_sent.close()
+
+    assert redis_at_flush == [[], []]  # every flush happened before anything was remembered
+    assert _keys(redis_url, prefix) == [f"{prefix}:last:customers:{n}" for n in (1, 2)]
+    assert (syncer.stats.sent, syncer.stats.audited) == (2, 2)
+    for n in (1, 2):
+        assert len(sandbox.history(tenant, "customers", str(n))) == 2  # sent twice
+    records = [decode_audit(v) for v in producer.acknowledged]
+    # The failed records produced again by the writer, and those of the re-send.
+    assert sorted(r.id for r in records) == ["1", "1", "2", "2"]
+    first, resent = records[:2], records[2:]
+    assert {r.batch_id for r in first}.isdisjoint({r.batch_id for r in resent})
+    by_id: dict[str, AuditRecord] = {r.id: r for r in resent}
+    one, two = by_id["1"], by_id["2"]
+    assert (one.mode, one.outcome, one.tenant, one.kind) == ("batch", "accepted", tenant, "upsert")
+    assert one.batch_id is not None and one.batch_id == two.batch_id
+    assert one.causes == (_cause(10), _cause(12)) and two.causes == (_cause(11),)
+    assert one.fields == ("customerId", "email") and one.values == {"customerId": "1"}
+    assert one.payload_sha256 != two.payload_sha256
+    assert one.destination == urlsplit(sandbox.base_url).netloc
+    assert time.time() * 1000 - 60_000 < one.at_ms <= time.time() * 1000
+
+
+async def test_single_writes_have_no_batch_and_a_delete_is_forgotten_only_once_reported(
+    sandbox: SandboxServer, redis_url: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    prefix = unique("audit-delete")
+    definition = _definition(tmp_path, sandbox, redis_url, prefix, "realtime")
+    resource = definition.resources["customers"]
+    tenant = sandbox.new_tenant()
+    last_sent = LastSentStore(redis_url, prefix)
+    reports: list[tuple[list[Sent], list[Removed], list[str]]] = []
+    failing = True
+
+    async def on_accepted(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
+        reports.append((list(sent), list(removed), _keys(redis_url, prefix)))
+        if removed and failing:
+            raise Retryable("the audit topic did not acknowledge 1 record")
+
+    async def deliver(recomputed: Recomputed) -> Any:
+        return await deliver_resource(
+            "customers",
+            resource,
+            recomputed,
+            client=client,
+            last_sent=last_sent,
+            tenants=_Database({}),
+            on_accepted=on_accepted,
+        )
+
+    row = {"id": 7, "tenant": tenant, "email": "c7@example.com"}
+    try:
+        async with ReachClient(definition.destination) as client:
+            result = await deliver(Recomputed(rows={"7": row}, gone=[]))
+            assert result.sent == 1
+            ((sent, removed, redis_then),) = reports
+            assert removed == [] and redis_then == []
+            assert [(s.projected.external_id, s.batch_id, s.parked) for s in sent] == [
+                ("7", None, False)
+            ]
+            remembered = await last_sent.get_many("customers", ["7"])
+            assert remembered == {"7": LastSent(tenant, sent[0].projected.hash)}
+
+            # Deleted in Reach, but the report fails: still remembered, so retried, not lost.
+            with pytest.raises(Retryable, match="audit topic"):
+                await deliver(Recomputed(rows={}, gone=[7]))
+            assert await last_sent.get_many("customers", ["7"]) == remembered
+            failing = False
+            result = await deliver(Recomputed(rows={}, gone=[7]))
+            assert result.deleted == 1
+            assert await last_sent.get_many("customers", ["7"]) == {}
+    finally:
+        await last_sent.close()
+
+    deletes = [r for _, removed, _ in reports for r in removed]
+    assert [(r.tenant, r.external_id) for r in deletes] == [(tenant, "7"), (tenant, "7")]
+    assert all(r.batch_id for r in deletes)
+    assert all(keys == [f"{prefix}:last:customers:7"] for _, removed, keys in reports if removed)
