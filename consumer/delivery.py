@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
 from consumer.blocks import OPEN, Admission, Closed, blocks_tenant
 from consumer.config import Resource
 from consumer.dedup import LastSent, LastSentStore
@@ -280,15 +282,32 @@ class _Settlement:
     error: SyncError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why Reach refused one record: its reason and code, and its HTTP answer when it refused
+    synchronously (a batch status's per-record failure has no status; its body is the entry)."""
+
+    reason: str
+    code: str | None = None
+    status: int | None = None
+    body: str | None = None
+
+    def error(self, external_id: str, prefix: str = "") -> BadRecord:
+        message = self.reason if self.code is None else f"{self.code}: {self.reason}"
+        return BadRecord(
+            prefix + message, status=self.status, body=self.body, external_id=external_id
+        )
+
+
 async def _settle(
     client: ReachClient,
     tenant: str,
     submission: BatchSubmission,
-    on_failed: Callable[[str, str, str | None], None],
+    on_failed: Callable[[str, _Refusal], None],
 ) -> _Settlement:
     """Wait for a submission's batches; say which records each finished batch accepted or
-    parked. Records refused synchronously or failed in a batch go to ``on_failed(id, reason,
-    code)``. A submission that stopped early, or a batch whose failures Reach did not attribute,
+    parked. Records refused synchronously or failed in a batch go to ``on_failed(id,
+    refusal)``. A submission that stopped early, or a batch whose failures Reach did not attribute,
     ends in ``error``, returned only after every batch it did send is finished (so a retry never
     overlaps a batch still running) and beside what those batches accepted (which Reach has)."""
     statuses, finished_at = await _wait_finished(
@@ -297,7 +316,8 @@ async def _settle(
     settlement = _Settlement()
     uncertain: list[str] = []
     for rejected in submission.rejected:
-        on_failed(rejected.external_id, rejected.reason, None)
+        refusal = _Refusal(rejected.reason, None, rejected.status, rejected.body)
+        on_failed(rejected.external_id, refusal)
     for batch in submission.batches:
         status = statuses[batch.batch_id]
         settled = _Settled(batch.batch_id, finished_at[batch.batch_id])
@@ -306,7 +326,10 @@ async def _settle(
             failure = failed.get(external_id)
             if failure is not None:
                 if failure.code != SUPERSEDED:
-                    on_failed(external_id, failure.reason, failure.code)
+                    entry = orjson.dumps({"code": failure.code, "message": failure.reason})
+                    on_failed(
+                        external_id, _Refusal(failure.reason, failure.code, None, entry.decode())
+                    )
             elif status.unattributed_failures or status.state is BatchState.FAILED:
                 # Reach says records failed but not which: neither sent nor dead, try again.
                 uncertain.append(batch.batch_id)
@@ -373,8 +396,8 @@ async def _send_batch(
     by_id = {item.external_id: item for item in items}
     dead: set[str] = set()
 
-    def failed(external_id: str, reason: str, code: str | None) -> None:
-        error = BadRecord(reason if code is None else f"{code}: {reason}", external_id=external_id)
+    def failed(external_id: str, refusal: _Refusal) -> None:
+        error = refusal.error(external_id)
         result.dead.append(_dead(name, external_id, tenant, error, by_id[external_id].hash))
         dead.add(external_id)
 
@@ -567,8 +590,8 @@ async def _deletes(
         async def send(keys: list[str]) -> _Attempt:
             dead: set[str] = set()
 
-            def failed(external_id: str, reason: str, code: str | None) -> None:
-                error = BadRecord(f"delete refused: {reason}", external_id=external_id)
+            def failed(external_id: str, refusal: _Refusal) -> None:
+                error = refusal.error(external_id, prefix="delete refused: ")
                 result.dead.append(_dead(name, external_id, tenant, error))
                 dead.add(external_id)
 

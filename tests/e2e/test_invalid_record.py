@@ -10,8 +10,7 @@ event: the first run (router and syncer) is stopped before the row is fixed, and
 replay only a syncer (``run --role syncer``, same consumer group) runs. It reads the dirty topic
 from the group's committed offsets, where the replayed key is the only new one.
 
-A second, smaller run checks what the dead letter keeps of Reach's answer (its status and body):
-it is lost today (a known bug, marked xfail with the cause).
+A second, smaller run checks that the dead letter keeps Reach's answer: its status and body.
 """
 
 from __future__ import annotations
@@ -333,23 +332,6 @@ def test_one_invalid_record_is_dead_lettered_and_lands_after_fix_and_replay(
             )
 
 
-class AnswerLost(AssertionError):
-    """The one failure the xfail below expects; any other failure of that test is a failure."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AnswerLost,
-    reason=(
-        "production bug: a record Reach refuses synchronously in a batch (400 naming it) is"
-        " dead-lettered without Reach's answer (http_status and body null). The client keeps them"
-        " (consumer/reach/batching.py isolate(): RejectedRecord.status and .body), but"
-        " consumer/delivery.py _settle() calls on_failed(rejected.external_id, rejected.reason,"
-        " None) and _send_batch's failed() builds BadRecord(reason) without status or body, so"
-        " dead_letter_record() gets neither (schemas/dead-letter.schema.json: http_status is null"
-        " only when the failure was not an HTTP answer)."
-    ),
-)
 def test_the_dead_letter_of_a_refused_record_holds_reachs_answer(
     shop_stack: StackEndpoints, unique: Callable[[str], str]
 ) -> None:
@@ -371,8 +353,8 @@ def test_the_dead_letter_of_a_refused_record_holds_reachs_answer(
         record = read[0].record
         assert record is not None and record.tenant == tenant, read
         # Reach's answer: its status, and its body naming the refused field.
-        if record.http_status != 400 or record.body is None or "email" not in record.body:
-            raise AnswerLost(f"http_status {record.http_status!r}, body {record.body!r}")
+        assert record.http_status == 400, record
+        assert record.body is not None and "email" in record.body, record
     finally:
         sql(
             dsn,
