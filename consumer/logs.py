@@ -107,9 +107,8 @@ def configure_logging(
 ) -> logging.Handler:
     """Install reach-sync's redacting handler on the root logger (replacing the one an earlier
     call installed); return it."""
-    out = stream or sys.stderr
-    chosen = fmt or _format_from_environment(out)
-    handler = _Handler(out)
+    chosen = fmt or _format_from_environment(stream or sys.stderr)
+    handler = _Handler(stream)
     handler.addFilter(Redactor(secrets))
     if chosen == "json":
         handler.setFormatter(JsonFormatter())
@@ -125,7 +124,19 @@ def configure_logging(
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """reach-sync's own handler, told apart so that configuring again replaces only it."""
+    """reach-sync's own handler, told apart so that configuring again replaces only it.
+
+    Without a stream of its own it writes to whatever ``sys.stderr`` is at the time, not the one
+    it was created with (a test runner swaps and closes those)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._follow_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def _format_from_environment(out: IO[str]) -> Literal["json", "text"]:

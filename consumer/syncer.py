@@ -78,6 +78,8 @@ class SyncerStats:
     times (the source's commit timestamp to the window's completion), bounded."""
 
     dirty_keys: int = 0
+    # Triggers behind those keys (the router merges an entity's triggers within a batch).
+    triggers: int = 0
     windows: int = 0
     entities: int = 0
     recomputes: int = 0
@@ -261,6 +263,7 @@ class Syncer:
                 continue
             part.open.add(key, offset, resource.delivery.window_ms / 1000)
             self.stats.dirty_keys += 1
+            self.stats.triggers += key.triggers
 
     def _max_keys(self, window: Window) -> int:
         return min(
