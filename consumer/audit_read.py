@@ -10,28 +10,24 @@ topic's partition count was raised, an entity's older records are in its former 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from consumer.audit import AuditRecord, audit_key, audit_partition, decode_audit
 from consumer.config import SyncDefinition
 from consumer.dirty import Cause
 from consumer.dlq_read import (
-    POLL_TIMEOUT_S,
-    READ_BATCH,
-    READ_IDLE_TIMEOUT_S,
     MissingTopic,
     Position,
-    _end_offsets,
-    _error_event,
-    _reader_settings,
+    end_offsets,
+    messages_to_end,
+    reader_settings,
 )
-from consumer.errors import ConfigurationError, Retryable
+from consumer.errors import ConfigurationError
 
 __all__ = [
     "AuditEntry",
@@ -127,10 +123,10 @@ def read_history(definition: SyncDefinition, query: Query) -> History:
     Retryable when the broker does not answer.
     """
     topic = definition.topics.audit
-    consumer = Consumer(_reader_settings(definition.source.kafka))
+    consumer = Consumer(reader_settings(definition.source.kafka))
     try:
         try:
-            ends = _end_offsets(consumer, topic)
+            ends = end_offsets(consumer, topic)
         except MissingTopic as exc:
             raise MissingAuditTopic(topic) from exc
         chosen = sorted(ends) if query.all_partitions else [audit_partition(query.key, len(ends))]
@@ -148,36 +144,22 @@ def read_history(definition: SyncDefinition, query: Query) -> History:
 def _read(
     consumer: Consumer, topic: str, ends: dict[int, int], query: Query, history: History
 ) -> None:
-    """Consume the partitions until each one's end (``dlq_read._error_event`` decides it)."""
-    pending = {p for p, end in ends.items() if end > 0}
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+    """Keep the entity's records among the partitions' messages, each once."""
     seen: set[bytes] = set()  # a record produced twice (a retried flush) is shown once
-    last_progress = time.monotonic()
-    while pending:
-        batch = consumer.consume(READ_BATCH, POLL_TIMEOUT_S)
-        if batch:
-            last_progress = time.monotonic()
-        elif time.monotonic() - last_progress > READ_IDLE_TIMEOUT_S:
-            raise Retryable(
-                f"reading {topic}: nothing arrived for {READ_IDLE_TIMEOUT_S:.0f} s before the "
-                f"end of partitions {sorted(pending)}"
-            )
-        for message in batch:
-            if _error_event(message, ends, pending):
-                continue
-            history.scanned += 1
-            value = message.value() or b""
-            if message.key() != query.key or value in seen:
-                continue
-            seen.add(value)
-            try:
-                record = decode_audit(value)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                history.undecodable += 1
-                continue
-            if query.matches(record):
-                at = Position(topic, message.partition() or 0, message.offset() or 0)
-                history.entries.append(AuditEntry(at, record))
+    for message in messages_to_end(consumer, topic, ends):
+        history.scanned += 1
+        value = message.value() or b""
+        if message.key() != query.key or value in seen:
+            continue
+        seen.add(value)
+        try:
+            record = decode_audit(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            history.undecodable += 1
+            continue
+        if query.matches(record):
+            at = Position(topic, message.partition() or 0, message.offset() or 0)
+            history.entries.append(AuditEntry(at, record))
 
 
 # --- showing a history ---------------------------------------------------------------------------

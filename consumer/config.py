@@ -35,6 +35,7 @@ __all__ = [
     "Destination",
     "FieldMapping",
     "GroupRule",
+    "HealthSettings",
     "KafkaSource",
     "RateLimit",
     "RedisSettings",
@@ -379,6 +380,17 @@ class Topics(_Strict):
         return self
 
 
+class HealthSettings(_Strict):
+    """``/healthz`` and ``/readyz`` (consumer/health.py) on ``host:port``; ``port: 0`` takes a
+    free port (logged at startup). ``stall_after_s``: lag with no progress for this long makes
+    the process not ready."""
+
+    port: int = Field(ge=0, le=65_535)
+    # Loopback by default; a probe from outside the host (a Kubernetes kubelet) needs 0.0.0.0.
+    host: str = Field("127.0.0.1", min_length=1)
+    stall_after_s: float = Field(60.0, gt=0, le=86_400, allow_inf_nan=False)
+
+
 class SyncDefinition(_Strict):
     """The whole sync definition."""
 
@@ -388,6 +400,8 @@ class SyncDefinition(_Strict):
     destination: Destination
     redis: RedisSettings
     topics: Topics
+    # Without it, no health endpoints are served.
+    health: HealthSettings | None = None
 
     @field_validator("resources")
     @classmethod

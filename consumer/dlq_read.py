@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
@@ -56,9 +56,12 @@ __all__ = [
     "MissingTopic",
     "Position",
     "decode_entry",
+    "end_offsets",
     "entry_json",
+    "messages_to_end",
     "parse_time",
     "read_dead_letters",
+    "reader_settings",
     "table_lines",
 ]
 
@@ -318,9 +321,9 @@ def read_dead_letters(definition: SyncDefinition, chosen: Filter) -> DeadLetterR
     Retryable when the broker does not answer.
     """
     kafka, topic = definition.source.kafka, definition.topics.dead_letter
-    consumer = Consumer(_reader_settings(kafka))
+    consumer = Consumer(reader_settings(kafka))
     try:
-        ends = _end_offsets(consumer, topic)
+        ends = end_offsets(consumer, topic)
         matched, total = _read_to_end(consumer, topic, ends, chosen)
     finally:
         consumer.close()  # never joined a group: closing sends no LeaveGroup
@@ -329,7 +332,7 @@ def read_dead_letters(definition: SyncDefinition, chosen: Filter) -> DeadLetterR
     return DeadLetterRead(topic, selected, len(matched), total)
 
 
-def _reader_settings(kafka: KafkaSource) -> dict[str, Any]:
+def reader_settings(kafka: KafkaSource) -> dict[str, Any]:
     """A consumer that is only ever assigned partitions: its group id is required by librdkafka,
     but it never joins the group and never commits."""
     return consumer_settings(
@@ -345,7 +348,7 @@ def _reader_settings(kafka: KafkaSource) -> dict[str, Any]:
     )
 
 
-def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
+def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     """The high watermark of each partition now; raise MissingTopic if there is no such topic.
 
     All topics are listed rather than this one by name: the local broker creates a topic that a
@@ -368,19 +371,18 @@ def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
         raise Retryable(f"reading {topic}: the broker did not answer: {reason}") from exc
 
 
-def _read_to_end(
-    consumer: Consumer, topic: str, ends: dict[int, int], chosen: Filter
-) -> tuple[list[Entry], int]:
-    """Consume each partition until its end-of-partition event at or past its start watermark.
+def messages_to_end(consumer: Consumer, topic: str, ends: dict[int, int]) -> Iterator[Message]:
+    """Every message of ``topic``'s partitions in ``ends``, from the beginning to each one's
+    end-of-partition event at or past its start watermark; raise Retryable when nothing arrives
+    for ``READ_IDLE_TIMEOUT_S`` before that.
 
     Stopping on that event, not on the watermark alone, matters on the local broker, whose
     watermark leaves out the rest of a partition's last record batch (local-broker-notes.md);
-    the event comes after the whole batch was delivered. On Kafka both are exact.
+    the event comes after the whole batch was delivered. On Kafka both are exact. Shared by
+    every reader of a topic to its end (dead letters here, audit records in audit_read).
     """
     pending = {p for p, end in ends.items() if end > 0}
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
-    matched: list[Entry] = []
-    total = 0
     last_progress = time.monotonic()
     while pending:
         batch = consumer.consume(READ_BATCH, POLL_TIMEOUT_S)
@@ -392,12 +394,21 @@ def _read_to_end(
                 f"end of partitions {sorted(pending)}"
             )
         for message in batch:
-            if _error_event(message, ends, pending):
-                continue
-            total += 1
-            entry = decode_entry(message)
-            if chosen.matches(entry):
-                matched.append(entry)
+            if not _error_event(message, ends, pending):
+                yield message
+
+
+def _read_to_end(
+    consumer: Consumer, topic: str, ends: dict[int, int], chosen: Filter
+) -> tuple[list[Entry], int]:
+    """The dead letters ``chosen`` selects, and how many the topic holds."""
+    matched: list[Entry] = []
+    total = 0
+    for message in messages_to_end(consumer, topic, ends):
+        total += 1
+        entry = decode_entry(message)
+        if chosen.matches(entry):
+            matched.append(entry)
     return matched, total
 
 

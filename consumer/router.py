@@ -38,6 +38,7 @@ from consumer.dirty import (
     encode_dirty,
 )
 from consumer.errors import BadRecord, Retryable
+from consumer.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.kafka import (
     consume_batch,
     consumer_settings,
@@ -99,15 +100,17 @@ def run_router(
     stop: threading.Event,
     *,
     on_stats: Callable[[RouterStats], None] | None = None,
+    progress: ProgressTracker | None = None,
 ) -> RouterStats:
     """Route until ``stop`` is set, then drain, commit and release the consumer.
 
     Startup fails with ConfigurationError if a trigger table's replica identity contradicts the
-    definition, and with Retryable if the database or broker cannot be reached.
+    definition, and with Retryable if the database or broker cannot be reached. ``progress``
+    (readiness) is told each assigned partition's position and high watermark as the loop runs.
     """
     check_replica_identity(definition)
     ensure_topics(definition)
-    router = _Router(definition, on_stats)
+    router = _Router(definition, on_stats, progress)
     try:
         router.run(stop)
     finally:
@@ -117,12 +120,16 @@ def run_router(
 
 class _Router:
     def __init__(
-        self, definition: SyncDefinition, on_stats: Callable[[RouterStats], None] | None
+        self,
+        definition: SyncDefinition,
+        on_stats: Callable[[RouterStats], None] | None,
+        progress: ProgressTracker | None = None,
     ) -> None:
         kafka = definition.source.kafka
         self.stats = RouterStats()
         self._definition = definition
         self._on_stats = on_stats
+        self._progress = progress
         self._index = TriggerIndex.from_definition(definition)
         self._dirty_topic = definition.topics.dirty
         self._dead_letter_topic = definition.topics.dead_letter
@@ -151,6 +158,7 @@ class _Router:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self._observe_progress()
             batch = consume_batch(self._consumer, BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
             if not batch:
                 continue
@@ -316,6 +324,31 @@ class _Router:
     def _report(self) -> None:
         if self._on_stats is not None:
             self._on_stats(self.stats.snapshot())
+
+    def _observe_progress(self) -> None:
+        """For readiness, at most once a second: each assigned partition's position (between
+        batches, every batch before it is committed) and high watermark. Local reads of
+        librdkafka's state, from this thread, which owns the consumer."""
+        now = time.monotonic()
+        if self._progress is None or not self._progress.due(now):
+            return
+        try:
+            positions = self._consumer.position(self._consumer.assignment())
+        except KafkaException as exc:
+            log.debug("no progress for readiness: %s", exc)
+            return
+        self._progress.observe(
+            [
+                PartitionProgress(
+                    tp.topic,
+                    tp.partition,
+                    tp.offset if tp.offset >= 0 else None,  # unknown until a message, or rewound
+                    high_watermark(self._consumer, tp.topic, tp.partition),
+                )
+                for tp in positions
+            ],
+            now,
+        )
 
     # --- rebalance --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from consumer.dedup import LastSentStore
 from consumer.delivery import DeadLetter, DeliveryResult, Removed, Sent, deliver_resource
 from consumer.dirty import Cause, EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
+from consumer.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.held import HELD_BOUND, HeldEntities, HeldEntity
 from consumer.kafka import consume_batch, consumer_settings, release_consumer
 from consumer.reach.breaker import Circuit
@@ -121,6 +122,9 @@ class _Partition:
     held: HeldEntities = field(default_factory=HeldEntities)
     # The configuration error failing this partition's window, for readiness.
     stalled: ConfigurationError | None = None
+    # The first offset read since the partition was assigned: where its windows began, for
+    # readiness's lag until the first of them finished (done_offset).
+    first_offset: int | None = None
 
     def commit_offset(self) -> int | None:
         return self.held.commit_offset(self.done_offset)
@@ -166,6 +170,8 @@ class Syncer:
     stats: SyncerStats = field(default_factory=SyncerStats)
     # The client's circuit breaker, for readiness (None: the client has none).
     circuit: Circuit | None = None
+    # Told each partition's done offset and high watermark as the loop runs, for readiness.
+    progress: ProgressTracker | None = None
     _partitions: dict[int, _Partition] = field(default_factory=dict)
     _consumer: Consumer | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -224,6 +230,7 @@ class Syncer:
                 self._start_due_windows()
                 self._apply_backpressure()
                 self._count_held()
+                self._observe_progress()
             await self._drain(list(self._partitions.values()), DRAIN_BOUND_S)
             await self._loop.run_in_executor(None, self.producer.flush, PRODUCER_FLUSH_S)
         finally:
@@ -254,6 +261,8 @@ class Syncer:
             if part.open is None:
                 part.open = Window(opened_at=now, due_after_s=_LONGEST_WINDOW_S)
             offset = message.offset() or 0
+            if part.first_offset is None:
+                part.first_offset = offset
             try:
                 key = decode_dirty(message.value() or b"")
                 resource = self.definition.resources[key.resource]
@@ -340,6 +349,28 @@ class Syncer:
             elif part.paused and not stop:
                 self._kafka().resume(tp)
                 part.paused = False
+
+    def _observe_progress(self) -> None:
+        """For readiness, at most once a second: where each partition's finished windows end
+        (held entities do not hold it back) and its high watermark, a local read of librdkafka's
+        state from this loop, which already uses the consumer (pause, resume, commit)."""
+        now = time.monotonic()
+        if self.progress is None or not self.progress.due(now):
+            return
+        consumer = self._kafka()
+        self.progress.observe(
+            [
+                PartitionProgress(
+                    p.topic,
+                    p.partition,
+                    p.done_offset if p.done_offset is not None else p.first_offset,
+                    high_watermark(consumer, p.topic, p.partition),
+                )
+                for p in list(self._partitions.values())
+                if not p.revoked
+            ],
+            now,
+        )
 
     def _count_held(self) -> None:
         self.stats.blocked_tenants = len(self._blocks.snapshot())

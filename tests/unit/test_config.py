@@ -41,6 +41,14 @@ def test_the_shop_example_loads_with_env_and_defaults() -> None:
     assert definition.destination.tenant_probe.interval_s == 30.0
 
 
+def test_health_is_optional_and_has_defaults(tmp_path: Path) -> None:
+    assert load_definition(EXAMPLE, ENV).health is None
+    path = _write(tmp_path, lambda d: d.update({"health": {"port": "${HEALTH_PORT:-8081}"}}))
+    health = load_definition(path, ENV).health
+    assert health is not None
+    assert (health.port, health.host, health.stall_after_s) == (8081, "127.0.0.1", 60.0)
+
+
 def test_secrets_never_show_in_the_repr() -> None:
     definition = load_definition(EXAMPLE, ENV)
     assert "s3cret-value" not in repr(definition)
@@ -123,6 +131,15 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
             ),
             "destination.tenant_probe: Value error, max_interval_s must be at least interval_s",
         ),
+        (
+            lambda d: d.update({"health": {"port": 70000}}),
+            "health.port: Input should be less than or equal to 65535",
+        ),
+        (
+            lambda d: d.update({"health": {"port": 8081, "stall_after_s": 0}}),
+            "health.stall_after_s: Input should be greater than 0",
+        ),
+        (lambda d: d.update({"health": {"host": "0.0.0.0"}}), "health.port: Field required"),
     ],
 )
 def test_mistakes_name_the_field_and_the_reason(
