@@ -86,6 +86,7 @@ class GroupShare:
         )
         self._beat = self._redis.register_script(_BEAT)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.live: int | None = None  # members counted at the last good refresh
         self.divisor = max_members  # safe before Redis ever answered
         self._healthy = True
@@ -95,6 +96,9 @@ class GroupShare:
         self._task = asyncio.create_task(self._run(), name="rate-limit-group-share")
 
     async def close(self) -> None:
+        # The flag as well as the cancel: a cancel that lands while a Redis call is timing out
+        # can come back as redis' TimeoutError, which refresh() handles, and the loop would go on.
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +132,7 @@ class GroupShare:
         self.live, self.divisor = live, divisor
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._refresh_s)
-            await self.refresh()
+            if not self._closing:
+                await self.refresh()
