@@ -89,6 +89,13 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_audit_commands(sub)
 
 
+def _failed(command: str, error: SyncError) -> int:
+    """Say why ``command`` could not be done; its exit code: EXIT_CONFIG for a configuration
+    error (a person must fix something), 1 for anything else (try again)."""
+    print(f"{command}: {error}", file=sys.stderr)
+    return EXIT_CONFIG if isinstance(error, ConfigurationError) else 1
+
+
 def _load(path: Path) -> SyncDefinition | None:
     """Load the definition; from then on, logs never show any of its secrets."""
     try:
@@ -315,12 +322,8 @@ def _dlq_read(
     chosen = _dlq_filter(args)
     try:
         read = read_dead_letters(definition, chosen)
-    except ConfigurationError as exc:
-        print(f"dlq {command}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SyncError as exc:
-        print(f"dlq {command}: {exc}", file=sys.stderr)
-        return 1
+        return _failed(f"dlq {command}", exc)
     if read.entries:
         return definition, read
     if chosen.active():
@@ -366,12 +369,8 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         if plan.keys and not args.dry_run:
             ensure_topics(definition)  # as `run` would: the dirty topic with its partitions
             enqueue(plan.keys.values(), definition)
-    except ConfigurationError as exc:
-        print(f"dlq replay: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SyncError as exc:
-        print(f"dlq replay: {exc}", file=sys.stderr)
-        return 1
+        return _failed("dlq replay", exc)
     for line in _replay_report(read, plan, definition.topics.dirty, args.dry_run):
         print(line)
     return EXIT_STILL_FAILING if plan.failures else 0
@@ -461,12 +460,8 @@ def _audit_why(args: argparse.Namespace) -> int:
     )
     try:
         history = read_history(definition, query)
-    except ConfigurationError as exc:
-        print(f"audit why: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except SyncError as exc:
-        print(f"audit why: {exc}", file=sys.stderr)
-        return 1
+        return _failed("audit why", exc)
     if history.undecodable:
         print(
             f"audit why: {_count(history.undecodable, 'record')} of this entity did not decode "

@@ -252,15 +252,19 @@ class LivePipeline:
 
 @contextmanager
 def pipeline_thread(
-    endpoints: StackEndpoints, name: str, env: Mapping[str, str] | None = None
+    endpoints: StackEndpoints,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    config: Path = EXAMPLE,
 ) -> Iterator[LivePipeline]:
-    """Run reach-sync in a thread until the block ends; then stop it and join it (bounded).
+    """Run reach-sync on ``config`` (the example by default) in a thread until the block ends;
+    then stop it and join it (bounded).
 
     Its consumers leave without a LeaveGroup (the local stack's setting) and stay members until
     the process ends, so the same ``name`` cannot be started again in this process: restarts go
     through ``PipelineProcess``.
     """
-    definition = load_definition(EXAMPLE, {**shop_env(endpoints, name), **(env or {})})
+    definition = load_definition(config, {**shop_env(endpoints, name), **(env or {})})
     stop = threading.Event()
     stats = ServiceStats()
     thread = threading.Thread(

@@ -5,22 +5,20 @@ dead-letter topic read back, and requests per second from the sandbox's request 
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
 from consumer.dev.stack import StackEndpoints
 from consumer.dlq_read import Filter, read_dead_letters
-from consumer.service import ServiceStats, run_service
-from tests.e2e.conftest import EXAMPLE, STOP_BOUND_S, shop_env
-from tests.e2e.helpers import LivePipeline, Sandbox
+from tests.e2e.conftest import EXAMPLE
+from tests.e2e.helpers import LivePipeline, Sandbox, pipeline_thread
 
 
 def definition_file(directory: Path, name: str, destination: Mapping[str, Any]) -> Path:
@@ -33,29 +31,11 @@ def definition_file(directory: Path, name: str, destination: Mapping[str, Any]) 
     return path
 
 
-@contextmanager
-def pipeline_from(endpoints: StackEndpoints, name: str, config: Path) -> Iterator[LivePipeline]:
-    """Like ``helpers.pipeline_thread``, on the definition file ``config`` (isolated by ``name``).
-
-    Its consumers leave without a LeaveGroup, so ``name`` cannot run twice in one process.
-    """
-    definition = load_definition(config, shop_env(endpoints, name))
-    stop = threading.Event()
-    stats = ServiceStats()
-    thread = threading.Thread(
-        target=run_service,
-        args=(definition, stop),
-        kwargs={"stats": stats},
-        name=f"pipeline-{name}",
-        daemon=True,
-    )
-    thread.start()
-    try:
-        yield LivePipeline(name, definition, stop, thread, stats)
-    finally:
-        stop.set()
-        thread.join(STOP_BOUND_S)
-        assert not thread.is_alive(), "the pipeline did not stop within its bound"
+def pipeline_from(
+    endpoints: StackEndpoints, name: str, config: Path
+) -> AbstractContextManager[LivePipeline]:
+    """``helpers.pipeline_thread`` on the definition file ``config`` (isolated by ``name``)."""
+    return pipeline_thread(endpoints, name, config=config)
 
 
 def dead_letter_count(definition: SyncDefinition) -> int:
