@@ -24,7 +24,6 @@ import httpx
 import psycopg
 import redis
 from confluent_kafka import Producer
-from httpx_aiohttp import AiohttpTransport
 
 from consumer.audit import AuditWriter, ensure_audit_topic
 from consumer.config import Destination, HealthSettings, SyncDefinition
@@ -33,7 +32,7 @@ from consumer.errors import ConfigurationError
 from consumer.health import HealthServer, ProgressTracker, Snapshot
 from consumer.kafka import producer_settings
 from consumer.reach.breaker import BreakerTransport, Circuit
-from consumer.reach.client import ReachClient
+from consumer.reach.client import ReachClient, default_transport
 from consumer.reach.limits import open_limiter
 from consumer.recompute import SourceDatabase
 from consumer.router import RouterStats, run_router
@@ -173,11 +172,9 @@ async def _run_syncer(
 
 
 def _reach_transport(destination: Destination, circuit: Circuit) -> httpx.AsyncBaseTransport:
-    """The transport ReachClient builds by default (aiohttp, ``max_connections`` pooled),
-    behind the circuit breaker, which sees every request and its outcome there."""
-    size = destination.max_connections
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-    return BreakerTransport(AiohttpTransport(limits=limits), circuit)
+    """The client's default transport behind the circuit breaker, which sees every request
+    and its outcome there."""
+    return BreakerTransport(default_transport(destination), circuit)
 
 
 class _Readiness:

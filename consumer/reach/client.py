@@ -64,6 +64,7 @@ __all__ = [
     "RejectedRecord",
     "RequestInfo",
     "SubmittedBatch",
+    "default_transport",
 ]
 
 _log = logging.getLogger(__name__)
@@ -111,6 +112,13 @@ def _check_name(value: str, what: str) -> None:
         raise ConfigurationError(f"invalid Reach {what} name {value!r}", scope=what)
 
 
+def default_transport(destination: Destination) -> httpx.AsyncBaseTransport:
+    """aiohttp's connections under httpx's API, ``max_connections`` of them kept alive."""
+    size = destination.max_connections
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    return AiohttpTransport(limits=limits)
+
+
 # --- the client ----------------------------------------------------------------------------------
 
 
@@ -138,15 +146,10 @@ class ReachClient:
         # Callers queue here, not in httpcore's pool: its waiter bookkeeping costs CPU that
         # grows with the number of waiters (measured: most of the event loop at ~400 waiting).
         self._slots = asyncio.Semaphore(destination.max_connections)
-        limits = httpx.Limits(
-            max_connections=destination.max_connections,
-            max_keepalive_connections=destination.max_connections,
-        )
         self._http = httpx.AsyncClient(
             base_url=destination.base_url,
-            transport=transport or AiohttpTransport(limits=limits),
+            transport=transport or default_transport(destination),
             timeout=httpx.Timeout(destination.timeout_s),
-            limits=limits,
             headers={"user-agent": _USER_AGENT},
             follow_redirects=False,
         )
