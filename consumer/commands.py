@@ -139,9 +139,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reach-sync: the router stopped: {stats.router_error}", file=sys.stderr)
         counts = {k: v for k, v in vars(stats.syncer).items() if k != "latencies_ms"}
         print(json.dumps({"syncer": counts}), file=sys.stderr)
-    if abandoned_consumers():
-        # Consumers released without a LeaveGroup (the local broker; see release_consumer) must
-        # not get one from a destructor on the way out.
+    if abandoned_consumers() or code:
+        # Consumers released without a LeaveGroup (the local broker, or a broker that stopped
+        # answering; see release_consumer) must not get one from a destructor on the way out,
+        # and a stage that did not stop may still be using its consumer.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

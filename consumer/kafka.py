@@ -8,15 +8,19 @@ definition. Everything else in ``client_settings`` is passed through to librdkaf
 from __future__ import annotations
 
 import logging
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumer.config import KafkaSource
 
 __all__ = [
     "CORRECTNESS_SETTINGS",
     "abandoned_consumers",
+    "commit_within",
     "consume_batch",
     "consumer_settings",
     "producer_settings",
@@ -48,6 +52,13 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     "compression.type": "lz4",
 }
+
+# A consumer's close (LeaveGroup, final fetch teardown) is given this long; with the broker gone
+# it can wait for the coordinator indefinitely.
+CLOSE_BOUND_S = 15.0
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Consumers left without a LeaveGroup (see release_consumer); kept referenced so that garbage
 # collection cannot close them before the process ends.
@@ -104,17 +115,69 @@ def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> li
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
-def release_consumer(consumer: Consumer, leave_group: bool) -> None:
+def commit_within(
+    consumer: Consumer, offsets: list[TopicPartition], timeout_s: float
+) -> list[TopicPartition] | None:
+    """Commit synchronously, but give up after ``timeout_s`` and return None.
+
+    librdkafka's synchronous commit waits for the group coordinator with no deadline of its own:
+    with the broker gone it never returns (a stopped ``reach-sync run`` once spun for 1.5 h in its
+    final commit). A commit that did not return leaves the consumer abandoned (see ``_bounded``).
+    Errors of a commit that returned are raised.
+    """
+    done, result = _bounded(
+        consumer, lambda: consumer.commit(offsets=offsets, asynchronous=False), timeout_s
+    )
+    return result if done else None
+
+
+def release_consumer(
+    consumer: Consumer, leave_group: bool, timeout_s: float = CLOSE_BOUND_S
+) -> None:
     """Leave the group (real Kafka: a fast rebalance) or just stop using the consumer.
 
     The local broker mishandles a LeaveGroup from a group leader during a rebalance and then never
     assigns the group again (docs/local-broker-group-rejoin.md); there, a consumer is released
-    without one and the broker evicts it after the session timeout.
+    without one and the broker evicts it after the session timeout. A consumer that a bounded
+    call already gave up on is released the same way, and so is one whose close does not return
+    within ``timeout_s`` (a broker that is gone).
     """
+    if any(c is consumer for c in _abandoned):
+        return
     if leave_group:
-        consumer.close()
+        _bounded(consumer, consumer.close, timeout_s)
     else:
         _abandoned.append(consumer)
+
+
+def _bounded(consumer: Consumer, call: Callable[[], T], timeout_s: float) -> tuple[bool, T | None]:
+    """Run a blocking consumer call on a daemon thread and wait at most ``timeout_s``: (True,
+    its result), its exception raised, or (False, None) when it did not return.
+
+    A call that did not return is still inside librdkafka, where closing or destroying the
+    consumer is not safe: the consumer joins the abandoned ones, which nothing closes, and the
+    process must end with ``os._exit`` (see ``abandoned_consumers``)."""
+    outcome: queue.SimpleQueue[tuple[T] | BaseException] = queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            outcome.put((call(),))
+        except BaseException as exc:  # handed to the waiting caller
+            outcome.put(exc)
+
+    threading.Thread(target=run, name="kafka-bounded-call", daemon=True).start()
+    try:
+        result = outcome.get(timeout=timeout_s)
+    except queue.Empty:
+        log.error(
+            "a consumer call did not return within %.0f s; the consumer is abandoned", timeout_s
+        )
+        if not any(c is consumer for c in _abandoned):
+            _abandoned.append(consumer)
+        return False, None
+    if isinstance(result, BaseException):
+        raise result
+    return True, result[0]
 
 
 def abandoned_consumers() -> int:

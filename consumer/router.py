@@ -40,6 +40,7 @@ from consumer.dirty import (
 from consumer.errors import BadRecord, Retryable
 from consumer.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.kafka import (
+    commit_within,
     consume_batch,
     consumer_settings,
     producer_settings,
@@ -67,6 +68,12 @@ PRODUCER_LINGER_MS = 100
 # A revoke or a shutdown waits at most this long for outstanding deliveries before committing
 # what was already acknowledged.
 DRAIN_TIMEOUT_S = 10.0
+# A commit is given this long; librdkafka's own synchronous commit has no deadline and never
+# returns once the broker is gone (kafka.commit_within).
+COMMIT_BOUND_S = 15.0
+# How long the router takes at most to stop once asked: a batch's acknowledgements and commit,
+# then close()'s drain, final commit and release. run_service waits this long for its thread.
+STOP_BOUND_S = ACK_TIMEOUT_S + DRAIN_TIMEOUT_S + 3 * COMMIT_BOUND_S + POLL_TIMEOUT_S
 # Backoff after a failed delivery: doubling from the first to the last value.
 RETRY_BACKOFF_S = (0.5, 30.0)
 # Waiting for the producer's queue to drain when it is full (BufferError).
@@ -307,13 +314,18 @@ class _Router:
         if not offsets:
             return
         try:
-            results = self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=False,
+            results = commit_within(
+                self._consumer,
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                COMMIT_BOUND_S,
             )
         except KafkaException as exc:
             self.stats.commit_failures += 1
             log.warning("commit failed, kept for the next one: %s", exc.args[0])
+            return
+        if results is None:
+            self.stats.commit_failures += 1
+            log.warning("commit unanswered after %.0f s, kept for the next one", COMMIT_BOUND_S)
             return
         self.stats.commits += 1
         for tp in results:

@@ -35,6 +35,7 @@ from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport
 from consumer.reach.limits import open_limiter
 from consumer.recompute import SourceDatabase
+from consumer.router import STOP_BOUND_S as ROUTER_STOP_BOUND_S
 from consumer.router import RouterStats, run_router
 from consumer.router_setup import ensure_topics
 from consumer.syncer import Syncer, SyncerStats
@@ -126,7 +127,12 @@ def _run_stages(
     else:
         stop.wait()
     if router_thread is not None:
-        router_thread.join()
+        router_thread.join(ROUTER_STOP_BOUND_S)
+        if router_thread.is_alive():
+            # Its consumer is still in use: the caller must not close anything of it (the CLI
+            # ends with os._exit, as for every abandoned consumer).
+            stats.router_error = TimeoutError(f"did not stop within {ROUTER_STOP_BOUND_S:.0f} s")
+            log.error("the router %s", stats.router_error)
     return stats
 
 

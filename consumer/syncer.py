@@ -41,7 +41,7 @@ from consumer.dirty import Cause, EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.held import HELD_BOUND, HeldEntities, HeldEntity
-from consumer.kafka import consume_batch, consumer_settings, release_consumer
+from consumer.kafka import commit_within, consume_batch, consumer_settings, release_consumer
 from consumer.reach.breaker import Circuit
 from consumer.reach.client import ReachClient
 from consumer.recompute import SourceDatabase
@@ -67,6 +67,8 @@ REVOKE_BOUND_S = 60.0
 # How long shutdown waits for in-flight windows, then for the producer to flush.
 DRAIN_BOUND_S = 30.0
 PRODUCER_FLUSH_S = 30.0
+# The synchronous commit of a revoke or a shutdown gives up after this (kafka.commit_within).
+FINAL_COMMIT_BOUND_S = 15.0
 # Source-commit → accepted latencies kept for percentiles (the demo and the benchmark).
 LATENCY_SAMPLES = 20_000
 # A window holding only dead-lettered messages closes at once; with keys, by its resources'.
@@ -568,7 +570,8 @@ class Syncer:
         if not offsets:
             return
         try:
-            self._kafka().commit(offsets=offsets, asynchronous=False)
+            if commit_within(self._kafka(), offsets, FINAL_COMMIT_BOUND_S) is None:
+                log.error("final commit of %d partitions unanswered", len(offsets))
         except KafkaException as exc:
             log.warning("final commit of %d partitions failed: %s", len(offsets), exc)
 

@@ -382,12 +382,20 @@ class PipelineProcess:
         os.kill(process.pid, signal.SIGKILL)
         return self._wait_exit(10.0)
 
+    @property
+    def pid(self) -> int | None:
+        return self._running().pid
+
     def terminate(self) -> int:
         """SIGTERM: drain, commit, exit; bounded like the in-thread pipeline."""
         process = self._running()
         assert process.pid is not None
         os.kill(process.pid, signal.SIGTERM)
-        return self._wait_exit(STOP_BOUND_S)
+        return self.wait_exit()
+
+    def wait_exit(self, timeout_s: float = STOP_BOUND_S) -> int:
+        """The exit code, once the process has ended; fails after ``timeout_s``."""
+        return self._wait_exit(timeout_s)
 
     def _wait_exit(self, timeout_s: float) -> int:
         process = self._running()
