@@ -68,6 +68,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import httpx
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -560,6 +561,18 @@ def measure_rss(
     )
 
 
+@contextmanager
+def _sandbox_latency(endpoints: StackEndpoints, ms: float) -> Iterator[None]:
+    """Every request to the sandbox waits ``ms`` first (its latency fault), inside the block."""
+    headers = {"authorization": f"Bearer {endpoints.sandbox_admin_token}"}
+    with httpx.Client(base_url=endpoints.sandbox_url, headers=headers, timeout=30) as http:
+        http.post("/_admin/faults", json={"kind": "latency", "ms": ms}).raise_for_status()
+        try:
+            yield
+        finally:
+            http.delete("/_admin/faults").raise_for_status()
+
+
 def _sample(children: list[subprocess.Popen[bytes]], hwm: list[int], log_path: Path) -> None:
     """Update each child's VmHWM; stop the bench if one died."""
     for n, child in enumerate(children):
@@ -801,6 +814,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="stop the RSS child after this long even if not drained (0: until drained)",
     )
+    parser.add_argument(
+        "--slow-reach-ms",
+        type=float,
+        default=0.0,
+        help="also measure peak RSS with every Reach request slowed by this much (0: skip)",
+    )
+    parser.add_argument(
+        "--slow-reach-seconds",
+        type=float,
+        default=180.0,
+        help="how long the slow-Reach RSS run lasts (it does not drain the backlog)",
+    )
     parser.add_argument("--no-latency", dest="latency", action="store_false")
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="operations/s")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
@@ -889,6 +914,17 @@ def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]
                 f"rss: peak {rss.vm_hwm_mib:.0f} MiB, "
                 f"{'drained' if rss.drained else 'not drained'} in {rss.seconds:.0f} s, "
                 f"exit code {rss.exit_code}"
+            )
+        if args.slow_reach_ms > 0:
+            _log(f"rss: `reach-sync run` on the backlog, Reach slowed by {args.slow_reach_ms:g} ms")
+            with _sandbox_latency(endpoints, args.slow_reach_ms):
+                slow = measure_rss(
+                    endpoints, backlog, router_stats.dirty_keys, state, args.slow_reach_seconds
+                )
+            results["rss_slow"] = slow
+            _log(
+                f"rss (slow Reach): peak {slow.vm_hwm_mib:.0f} MiB after {slow.seconds:.0f} s, "
+                f"{slow.dirty_committed:,} dirty keys committed"
             )
         if args.split:
             _log("split: `reach-sync run --role router` and `--role syncer` as two processes ...")
@@ -988,6 +1024,16 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
             "dirty_committed": rss.dirty_committed,
             "dirty_expected": rss.expected_dirty,
             "exit_code": rss.exit_code,
+        }
+    slow: RssRun | None = results.get("rss_slow")
+    if slow is not None:
+        summary["rss_slow_reach"] = {
+            "reach_latency_ms": args.slow_reach_ms,
+            "vm_hwm_mib": round(slow.vm_hwm_mib, 1),
+            "seconds": round(slow.seconds, 1),
+            "routed": slow.routed,
+            "dirty_committed": slow.dirty_committed,
+            "exit_code": slow.exit_code,
         }
     if latency is not None:
         lat = _percentiles(latency.latencies_ms)

@@ -1,4 +1,4 @@
-"""``reach-sync run | validate | plan | preview | dlq | audit``: the sync definition at work.
+"""``reach-sync run | validate | plan | preview | dlq | audit | status``: the definition at work.
 
 Every command loads the definition the same way and reports a bad one the same way: one line
 per problem, naming the file, the field and the reason, and exit code 2.
@@ -35,13 +35,23 @@ from consumer.dlq_read import (
     table_lines,
 )
 from consumer.dlq_replay import ReplayPlan, enqueue, plan_replay
-from consumer.errors import BadRecord, ConfigurationError, SyncError
+from consumer.errors import BadRecord, ConfigurationError, Retryable, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.logs import configure_logging, definition_secrets
 from consumer.plan import describe_plan, plan_command
+from consumer.progress import Progress
 from consumer.projection import project
 from consumer.recompute import SourceDatabase
 from consumer.router_setup import ensure_topics
+from consumer.status_report import (
+    DEFAULT_INTERVAL_S,
+    Sample,
+    StatusReader,
+    gather,
+    health_urls,
+    readyz_url,
+)
+from consumer.status_view import render
 
 __all__ = ["add_sync_commands"]
 
@@ -87,6 +97,7 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     _add_dlq_commands(sub)
     _add_audit_commands(sub)
+    _add_status_command(sub)
 
 
 def _failed(command: str, error: SyncError) -> int:
@@ -121,6 +132,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from consumer.service import install_stop_signals, run_service
+    from consumer.telemetry import start_tracing, stop_tracing
 
     definition = _load(args.config)
     if definition is None:
@@ -129,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     install_stop_signals(stop)
     code = 0
     try:
+        start_tracing(definition_secrets(definition))  # as OTEL_* say; off by default
         stats = run_service(definition, stop, role=args.role)
     except ConfigurationError as exc:
         print(f"reach-sync: configuration error: {exc}", file=sys.stderr)
@@ -139,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"reach-sync: the router stopped: {stats.router_error}", file=sys.stderr)
         counts = {k: v for k, v in vars(stats.syncer).items() if k != "latencies_ms"}
         print(json.dumps({"syncer": counts}), file=sys.stderr)
+    stop_tracing()  # export what is still buffered, before any os._exit below
     if abandoned_consumers() or code:
         # Consumers released without a LeaveGroup (the local broker, or a broker that stopped
         # answering; see release_consumer) must not get one from a destructor on the way out,
@@ -369,7 +383,11 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         plan = plan_replay(read.entries, definition, now_ms)
         if plan.keys and not args.dry_run:
             ensure_topics(definition)  # as `run` would: the dirty topic with its partitions
-            enqueue(plan.keys.values(), definition)
+            progress = Progress("dlq replay: re-enqueued", len(plan.keys), "entities")
+            try:
+                progress.finish(enqueue(plan.keys.values(), definition, progress.update))
+            finally:
+                progress.finish()  # ends a redrawn line before an error is printed
     except SyncError as exc:
         return _failed("dlq replay", exc)
     for line in _replay_report(read, plan, definition.topics.dirty, args.dry_run):
@@ -495,3 +513,89 @@ def _audit_why(args: argparse.Namespace) -> int:
         "not audited"
     )
     return 0
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def _add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="a one-screen summary of a running deployment: readiness, lag, rates, dead letters",
+        description="Ask the service's /readyz, and read from Kafka both consumer groups' "
+        "committed offsets against the high watermarks (without joining the groups or "
+        "committing) and the dead-letter topic's size. Rates come from two samples of the "
+        "committed offsets.",
+        epilog="exit codes: 0 done, whatever the service's state (no answer from its health port "
+        "included); 1 broker unavailable; 2 bad definition or a topic does not exist",
+    )
+    status.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
+    status.add_argument(
+        "--watch",
+        type=_seconds,
+        nargs="?",
+        const=DEFAULT_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"refresh every SECONDS (default {DEFAULT_INTERVAL_S:g}) until Ctrl-C",
+    )
+    status.add_argument(
+        "--interval",
+        type=_seconds,
+        default=DEFAULT_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"seconds between the two samples rates come from (default {DEFAULT_INTERVAL_S:g})",
+    )
+    status.add_argument(
+        "--health-url",
+        action="append",
+        metavar="URL",
+        help="a process's /readyz (URL or host:port; repeat for each process of a group); "
+        "default: the definition's health section",
+    )
+    status.set_defaults(handler=_status)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.1 to 3600")
+    return value
+
+
+def _status(args: argparse.Namespace) -> int:
+    definition = _load(args.config)
+    if definition is None:
+        return EXIT_CONFIG
+    urls = [readyz_url(u) for u in args.health_url] if args.health_url else health_urls(definition)
+    try:
+        with StatusReader(definition) as reader:
+            if args.watch is None:
+                print("\n".join(render(gather(reader, args.config.name, urls, args.interval))))
+                return 0
+            return _watch(reader, args.config.name, urls, args.watch)
+    except SyncError as exc:
+        return _failed("status", exc)
+
+
+def _watch(reader: StatusReader, name: str, urls: list[str] | str, every_s: float) -> int:
+    """Redraw the report every ``every_s`` (rates over the time between refreshes) until Ctrl-C.
+    A broker that stops answering is shown and retried; a missing topic ends it (exit 2)."""
+    tty = sys.stdout.isatty()
+    earlier: Sample | None = None
+    try:
+        while True:
+            try:
+                report = gather(reader, name, urls, every_s, earlier)
+            except Retryable as exc:
+                lines, earlier = [f"status: {exc}; retrying in {every_s:g} s"], None
+            else:
+                lines, earlier = render(report), report.now
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")  # redraw from the top of a cleared screen
+            print("\n".join(lines) + ("" if tty else "\n"), flush=True)
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        return 0

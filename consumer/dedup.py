@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from consumer.dirty import EntityId
+from consumer.telemetry import instrument_redis
 
 __all__ = ["LastSent", "LastSentStore"]
 
@@ -43,6 +44,7 @@ class LastSentStore:
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
+        instrument_redis(self._redis)  # a span per command, when tracing is on
         self.available = True
 
     def _key(self, resource: str, entity_id: EntityId) -> str:

@@ -43,6 +43,7 @@ from consumer.reach.batching import BatchSubmission
 from consumer.reach.client import ReachClient
 from consumer.reach.status import BatchState, BatchStatus
 from consumer.recompute import Recomputed
+from consumer.spans import stage_span
 
 __all__ = [
     "DeadLetter",
@@ -431,43 +432,60 @@ async def deliver_resource(
     projected = _project_all(name, resource, recomputed, result)
     ids: list[EntityId] = [p.external_id for p in projected]
     ids += [str(i) for i in recomputed.gone]
-    known = await last_sent.get_many(name, ids)
-
     to_send: list[Projected] = []
     moved: dict[str, list[str]] = defaultdict(list)  # old tenant -> ids that changed tenant
-    for item in projected:
-        previous = None if known is None else known.get(item.external_id)
-        if previous == LastSent(item.tenant, item.hash):
-            result.skipped += 1
-            continue
-        if previous is not None and previous.tenant != item.tenant:
-            moved[previous.tenant].append(item.external_id)
-        to_send.append(item)
+    with stage_span("dedup", name, {"reach_sync.records": len(projected)}) as span:
+        known = await last_sent.get_many(name, ids)
+        for item in projected:
+            previous = None if known is None else known.get(item.external_id)
+            if previous == LastSent(item.tenant, item.hash):
+                result.skipped += 1
+                continue
+            if previous is not None and previous.tenant != item.tenant:
+                moved[previous.tenant].append(item.external_id)
+            to_send.append(item)
+        span.set_attributes(
+            {"reach_sync.skipped": result.skipped, "reach_sync.dedup_available": known is not None}
+        )
 
     # Upserts and deletes concern different entities (or, for an entity that moved, different
     # tenants), so they go at once; the first failure is raised after both finished.
     deleted: dict[str, set[str]] = defaultdict(set)  # tenant -> ids Reach deleted there
-    outcomes = await asyncio.gather(
-        _upserts(name, resource, to_send, client, last_sent, gate, result, on_accepted),
-        _deletes(
-            name,
-            resource,
-            recomputed.gone,
-            known,
-            moved,
-            client,
-            last_sent,
-            tenants,
-            gate,
-            result,
-            deleted,
-            on_accepted,
-        ),
-        return_exceptions=True,
-    )
-    await _keep_moved(name, moved, deleted, last_sent)
-    _raise_first(outcomes)
+    work = {"reach_sync.records": len(to_send), "reach_sync.gone": len(recomputed.gone)}
+    with stage_span("deliver", name, work) as span:
+        outcomes = await asyncio.gather(
+            _upserts(name, resource, to_send, client, last_sent, gate, result, on_accepted),
+            _deletes(
+                name,
+                resource,
+                recomputed.gone,
+                known,
+                moved,
+                client,
+                last_sent,
+                tenants,
+                gate,
+                result,
+                deleted,
+                on_accepted,
+            ),
+            return_exceptions=True,
+        )
+        await _keep_moved(name, moved, deleted, last_sent)
+        span.set_attributes(_outcome_attributes(result))
+        _raise_first(outcomes)
     return result
+
+
+def _outcome_attributes(result: DeliveryResult) -> dict[str, int]:
+    """What a deliver span says it came to: counts only."""
+    return {
+        "reach_sync.sent": result.sent,
+        "reach_sync.parked": result.parked,
+        "reach_sync.deleted": result.deleted,
+        "reach_sync.dead_lettered": len(result.dead),
+        "reach_sync.held": sum(len(h.ids) for h in result.held),
+    }
 
 
 async def _keep_moved(

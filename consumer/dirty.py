@@ -37,6 +37,8 @@ class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
     offset: int | None = None
     source_ts_ms: int | None = None
     lsn: int | None = None
+    # The W3C ``traceparent`` Kafka header of the source event, when its producer set one: the
+    # syncer's window span links to it (spans.py). Omitted when None, as every default is.
     traceparent: str | None = None
 
 

@@ -20,8 +20,9 @@ already has.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -43,6 +44,8 @@ __all__ = ["ReplayFailure", "ReplayPlan", "enqueue", "plan_replay"]
 DELIVERY_TIMEOUT_MS = 30_000
 ACK_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 5
 QUEUE_FULL_POLL_S = 0.1
+# The final wait for acknowledgements is cut into slices this long, for progress between them.
+FLUSH_SLICE_S = 0.2
 
 
 class ReplayFailure(Exception):
@@ -148,15 +151,26 @@ def _known_resource(definition: SyncDefinition, resource: str) -> None:
         raise ReplayFailure(f"no resource {resource!r} in the definition any more")
 
 
-def enqueue(keys: Iterable[DirtyKey], definition: SyncDefinition) -> int:
+def enqueue(
+    keys: Iterable[DirtyKey],
+    definition: SyncDefinition,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Produce dirty keys keyed ``resource/id`` and return how many once the broker acknowledged
-    every one; raise Retryable if any was not (running the replay again is harmless)."""
+    every one; raise Retryable if any was not (running the replay again is harmless).
+
+    ``progress`` is told how many were acknowledged so far, as they are (consumer/progress.py
+    decides what to show): acknowledged, not produced, because produce only queues."""
     topic = definition.topics.dirty
     failures: list[KafkaError] = []
+    acknowledged = 0
 
     def on_delivery(error: KafkaError | None, _message: Message) -> None:
+        nonlocal acknowledged
         if error is not None:
             failures.append(error)
+        else:
+            acknowledged += 1
 
     producer = Producer(
         producer_settings(definition.source.kafka, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
@@ -171,7 +185,10 @@ def enqueue(keys: Iterable[DirtyKey], definition: SyncDefinition) -> int:
             except BufferError:
                 producer.poll(QUEUE_FULL_POLL_S)
         produced += 1
-    left = producer.flush(ACK_TIMEOUT_S)
+        if progress is not None:
+            producer.poll(0)  # serve delivery reports, so the count moves while producing
+            progress(acknowledged)
+    left = _flush(producer, ACK_TIMEOUT_S, lambda: progress(acknowledged) if progress else None)
     if left or failures:
         first = failures[0].str() if failures else "no answer in time"
         raise Retryable(
@@ -179,3 +196,14 @@ def enqueue(keys: Iterable[DirtyKey], definition: SyncDefinition) -> int:
             f"({first}); replaying again is harmless"
         )
     return produced
+
+
+def _flush(producer: Producer, timeout_s: float, tick: Callable[[], None]) -> int:
+    """``producer.flush(timeout_s)`` in short slices, calling ``tick`` between them; how many
+    messages were still unacknowledged at the end."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = producer.flush(min(FLUSH_SLICE_S, max(0.0, deadline - time.monotonic())))
+        tick()
+        if left == 0 or time.monotonic() >= deadline:
+            return int(left)

@@ -27,9 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from consumer.metrics import exposition
+
 __all__ = [
     "HealthServer",
     "PartitionProgress",
+    "PartitionState",
     "ProgressTracker",
     "Readiness",
     "Snapshot",
@@ -69,6 +72,20 @@ class StageProgress:
     lagging_since: float | None
     # When the stage's loop last recorded its progress; None before it first did.
     observed_at: float | None
+    # Each assigned partition, by topic and partition (for ``reach-sync status``).
+    partitions: tuple[PartitionState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """One assigned partition in a stage's view: its done offset, lag and, when it lags, the
+    last time it moved (monotonic)."""
+
+    topic: str
+    partition: int
+    done: int | None
+    lag: int
+    lagging_since: float | None
 
 
 @dataclass(slots=True)
@@ -117,8 +134,9 @@ class ProgressTracker:
 
     def view(self) -> StageProgress:
         with self._lock:
-            parts = list(self._partitions.values())
+            by_key = sorted(self._partitions.items())
             observed_at = self._observed_at
+        parts = [p for _, p in by_key]
         lagging = [p.moved_at for p in parts if p.lag > 0]
         return StageProgress(
             self._name,
@@ -126,6 +144,10 @@ class ProgressTracker:
             lag=sum(p.lag for p in parts),
             lagging_since=min(lagging, default=None),
             observed_at=observed_at,
+            partitions=tuple(
+                PartitionState(t, n, p.done, p.lag, p.moved_at if p.lag > 0 else None)
+                for (t, n), p in by_key
+            ),
         )
 
 
@@ -246,6 +268,16 @@ def _details(snapshot: Snapshot, now: float) -> dict[str, object]:
                 "lag": s.lag,
                 "no_progress_for_s": _ago(now, s.lagging_since),
                 "last_report_s_ago": _ago(now, s.observed_at),
+                "partitions": [
+                    {
+                        "topic": p.topic,
+                        "partition": p.partition,
+                        "done": p.done,
+                        "lag": p.lag,
+                        "no_progress_for_s": _ago(now, p.lagging_since),
+                    }
+                    for p in s.partitions
+                ],
             }
             for s in snapshot.stages
         },
@@ -255,7 +287,8 @@ def _details(snapshot: Snapshot, now: float) -> dict[str, object]:
 
 class HealthServer:
     """Serves ``/healthz`` (200 while the process runs) and ``/readyz`` (200 or 503 with the
-    reasons, JSON) on ``host:port`` from a daemon thread."""
+    reasons, JSON) on ``host:port`` from a daemon thread; and ``/metrics`` (Prometheus' text
+    format) while the service records metrics (consumer/metrics.py)."""
 
     def __init__(
         self,
@@ -269,10 +302,17 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                # Prometheus' scrape, when the service has metrics (metrics.py); else a 404.
+                metrics = exposition() if self.path.split("?", 1)[0] == "/metrics" else None
+                if metrics is not None:
+                    self.reply(200, metrics[1], metrics[0])
+                    return
                 status, body = owner.answer(self.path)
-                payload = orjson.dumps(body)
+                self.reply(status, "application/json", orjson.dumps(body))
+
+            def reply(self, status: int, content_type: str, payload: bytes) -> None:
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", content_type)
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -46,7 +46,9 @@ from consumer.kafka import (
     producer_settings,
     release_consumer,
 )
+from consumer.retry_policy import retry_delay
 from consumer.router_setup import check_replica_identity, ensure_topics, subscription
+from consumer.spans import traceparent_of
 from consumer.triggers import TriggerIndex, plan_dirty
 
 __all__ = ["RouterStats", "run_router"]
@@ -74,8 +76,9 @@ COMMIT_BOUND_S = 15.0
 # How long the router takes at most to stop once asked: a batch's acknowledgements and commit,
 # then close()'s drain, final commit and release. run_service waits this long for its thread.
 STOP_BOUND_S = ACK_TIMEOUT_S + DRAIN_TIMEOUT_S + 3 * COMMIT_BOUND_S + POLL_TIMEOUT_S
-# Backoff after a failed delivery: doubling from the first to the last value.
-RETRY_BACKOFF_S = (0.5, 30.0)
+# Backoff after a failed delivery (retry_policy: full jitter, from the base up to the cap).
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
 # Waiting for the producer's queue to drain when it is full (BufferError).
 QUEUE_FULL_POLL_S = 0.1
 
@@ -142,7 +145,7 @@ class _Router:
         self._dead_letter_topic = definition.topics.dead_letter
         self._failures: list[KafkaError] = []
         self._done: dict[_PartitionKey, int] = {}  # next offset to commit, acknowledged
-        self._backoff_s = RETRY_BACKOFF_S[0]
+        self._failures_in_a_row = 0
         self._producer = Producer(
             producer_settings(
                 kafka,
@@ -226,7 +229,7 @@ class _Router:
                 if merged is not None and not merged.has_room():
                     merged.add(None)
                     continue
-                cause = cause or _cause(topic, partition, offset, event)
+                cause = cause or _cause(message, topic, partition, offset, event)
                 if merged is None:
                     pending[(entity.resource, entity.id)] = _Merged(cause)
                 else:
@@ -289,17 +292,23 @@ class _Router:
     def _rewind(self, batch: list[Message], error: Retryable, stop: threading.Event) -> None:
         """Seek each partition back to the batch's first event and back off before retrying."""
         self.stats.retries += 1
-        log.warning("routing again after %.1f s: %s", self._backoff_s, error)
+        self._failures_in_a_row += 1
+        delay = retry_delay(
+            self._failures_in_a_row,
+            base_s=RETRY_BASE_S,
+            cap_s=RETRY_CAP_S,
+            retry_after_s=error.retry_after_s,
+        )
+        log.warning("routing again after %.1f s: %s", delay, error)
         first: dict[_PartitionKey, int] = {}
         for topic, partition, offset in _positions(batch):
             first.setdefault((topic, partition), offset)
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
-        stop.wait(self._backoff_s)
-        self._backoff_s = min(self._backoff_s * 2, RETRY_BACKOFF_S[1])
+        stop.wait(delay)
 
     def _mark_done(self, next_offsets: dict[_PartitionKey, int]) -> None:
-        self._backoff_s = RETRY_BACKOFF_S[0]
+        self._failures_in_a_row = 0
         self.stats.batches += 1
         self._done.update(next_offsets)
 
@@ -408,7 +417,11 @@ class _Merged:
         )
 
 
-def _cause(topic: str | None, partition: int | None, offset: int | None, change: Change) -> Cause:
+def _cause(
+    message: Message, topic: str | None, partition: int | None, offset: int | None, change: Change
+) -> Cause:
+    """The trigger, with the producer's W3C trace context when it set one (spans.py): the only
+    read of the message's headers, once per event that triggers anything."""
     return Cause(
         kind="cdc",
         table=change.table,
@@ -418,6 +431,7 @@ def _cause(topic: str | None, partition: int | None, offset: int | None, change:
         offset=offset,
         source_ts_ms=change.source_ts_ms,
         lsn=change.lsn,
+        traceparent=traceparent_of(message.headers()),
     )
 
 

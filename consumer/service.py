@@ -31,6 +31,7 @@ from consumer.dedup import LastSentStore
 from consumer.errors import ConfigurationError
 from consumer.health import HealthServer, ProgressTracker, Snapshot
 from consumer.kafka import producer_settings
+from consumer.metrics import MetricsHandle, metered_transport, start_metrics
 from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport
 from consumer.reach.limits import open_limiter
@@ -86,13 +87,17 @@ def run_service(
     stats = ServiceStats() if stats is None else stats
     health = definition.health
     readiness = None if health is None else _Readiness(health, definition, role, stop)
+    meters = MetricsHandle()
     try:
+        lag = () if readiness is None else (readiness.router, readiness.syncer_progress)
+        meters = start_metrics(definition, stats, role=role, lag=lag)  # /metrics, OTLP
         if readiness is not None:
             stats.health_port = readiness.start()
         return _run_stages(definition, stop, role, stats, readiness)
     finally:
         if readiness is not None:
             readiness.close()
+        meters.shutdown()
 
 
 def _run_stages(
@@ -180,7 +185,7 @@ async def _run_syncer(
 def _reach_transport(destination: Destination, circuit: Circuit) -> httpx.AsyncBaseTransport:
     """The client's default transport behind the circuit breaker, which sees every request
     and its outcome there."""
-    return BreakerTransport(default_transport(destination), circuit)
+    return BreakerTransport(metered_transport(default_transport(destination)), circuit)
 
 
 class _Readiness:

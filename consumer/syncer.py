@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -41,10 +40,14 @@ from consumer.dirty import Cause, EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.held import HELD_BOUND, HeldEntities, HeldEntity
+from consumer.in_flight import InFlight
 from consumer.kafka import commit_within, consume_batch, consumer_settings, release_consumer
+from consumer.metrics import instruments as metrics
 from consumer.reach.breaker import Circuit
 from consumer.reach.client import ReachClient
 from consumer.recompute import SourceDatabase
+from consumer.retry_policy import retry_delay
+from consumer.spans import recompute_span, span_failed, window_span
 from consumer.windows import Entity, Window
 
 __all__ = ["BlockedTenant", "Health", "Syncer", "SyncerStats"]
@@ -98,6 +101,13 @@ class SyncerStats:
     # Now, not a count of events: tenants Reach refuses, and the entities held for them.
     blocked_tenants: int = 0
     held: int = 0
+    # The process-wide in-flight bound (in_flight.py): how often it paused every partition, and
+    # the most dirty keys held at once.
+    in_flight_pauses: int = 0
+    in_flight_peak: int = 0
+    # Now: the dirty keys in flight and their bytes, as last counted (metrics read them).
+    in_flight: int = 0
+    in_flight_bytes: int = 0
     latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def add(self, result: DeliveryResult) -> None:
@@ -113,6 +123,8 @@ class _Partition:
     partition: int
     open: Window | None = None
     running: asyncio.Task[None] | None = None
+    # The window ``running`` processes (for the in-flight count; stale once it has finished).
+    running_window: Window | None = None
     failed: Window | None = None
     retry_at: float = 0.0
     attempts: int = 0
@@ -179,6 +191,7 @@ class Syncer:
     _loop: asyncio.AbstractEventLoop | None = None
     _dead_letter_failures: list[str] = field(default_factory=list)
     _blocks: TenantBlocks = field(init=False)
+    _in_flight: InFlight = field(init=False)
     # Held entities go back into windows this many at a time: one window of the smallest.
     _release_chunk: int = field(init=False)
     # Audit flushes wait on the broker in this one thread, one at a time: never in the loop, and
@@ -190,6 +203,7 @@ class Syncer:
 
     def __post_init__(self) -> None:
         self._blocks = TenantBlocks(self.definition.destination.tenant_probe)
+        self._in_flight = InFlight(self.definition.in_flight)
         self._release_chunk = min(r.delivery.max_keys for r in self.definition.resources.values())
         self._audit_flusher = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="audit-flush"
@@ -225,7 +239,7 @@ class Syncer:
         try:
             while not stop.is_set():
                 messages = await self._loop.run_in_executor(
-                    poller, consume_batch, consumer, POLL_BATCH, POLL_TIMEOUT_S
+                    poller, consume_batch, consumer, self._poll_room(), POLL_TIMEOUT_S
                 )
                 self._add(messages)
                 self._bring_back_held()
@@ -266,13 +280,14 @@ class Syncer:
             if part.first_offset is None:
                 part.first_offset = offset
             try:
-                key = decode_dirty(message.value() or b"")
+                value = message.value() or b""
+                key = decode_dirty(value)
                 resource = self.definition.resources[key.resource]
             except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
                 self._dead_letter_event(message, exc)
                 part.open.cover(offset)
                 continue
-            part.open.add(key, offset, resource.delivery.window_ms / 1000)
+            part.open.add(key, offset, resource.delivery.window_ms / 1000, len(value))
             self.stats.dirty_keys += 1
             self.stats.triggers += key.triggers
 
@@ -307,6 +322,7 @@ class Syncer:
             if window is None:
                 continue
             part.failed = None
+            part.running_window = window
             part.running = asyncio.ensure_future(self._run_window(part, window))
 
     def _bring_back_held(self) -> None:
@@ -338,12 +354,16 @@ class Syncer:
             part.open.readd(entity, held.entity_id, held.causes, held.offset, window_s)
 
     def _apply_backpressure(self) -> None:
+        """Pause a partition whose backlog window is full while another is in flight, or that
+        holds too much for a refused tenant; pause every partition while the process is at its
+        in-flight bound, until it is back below the low-water mark."""
+        saturated = self._count_in_flight()
         for part in self._partitions.values():
             backlog = len(part.open) if part.open is not None else 0
             full = part.open is not None and backlog >= BACKLOG_FACTOR * self._max_keys(part.open)
             busy = part.running is not None or part.failed is not None
             # Too much held (a tenant refused for long): read no more until it is accepted.
-            stop = (full and busy) or len(part.held) >= HELD_BOUND
+            stop = (full and busy) or len(part.held) >= HELD_BOUND or saturated
             tp = [TopicPartition(part.topic, part.partition)]
             if stop and not part.paused:
                 self._kafka().pause(tp)
@@ -351,6 +371,38 @@ class Syncer:
             elif part.paused and not stop:
                 self._kafka().resume(tp)
                 part.paused = False
+
+    def _poll_room(self) -> int:
+        """How many messages the next poll may take: what is left under the in-flight bound (a
+        message adds at most one dirty key), so the bound holds to within a message; at least
+        one, since a poll is also what keeps the consumer in its group."""
+        return max(
+            1, min(POLL_BATCH, self.definition.in_flight.max_records - self._in_flight.records)
+        )
+
+    def _count_in_flight(self) -> bool:
+        """Every dirty key read and not done yet, and the bytes of the windows' keys (held
+        entities are counted, not sized); True while the process is at its bound."""
+        records = size = 0
+        for part in self._partitions.values():
+            running = part.running_window if part.running is not None else None
+            for window in (part.open, running, part.failed):
+                if window is not None:
+                    records += len(window)
+                    size += window.size
+            records += len(part.held)
+        was = self._in_flight.saturated
+        saturated = self._in_flight.update(records, size)
+        if saturated and not was:
+            self.stats.in_flight_pauses += 1
+            log.warning(
+                "in-flight bound reached (%d dirty keys, %d bytes): every partition paused",
+                records,
+                size,
+            )
+        self.stats.in_flight_peak = self._in_flight.peak_records
+        self.stats.in_flight, self.stats.in_flight_bytes = records, size
+        return saturated
 
     def _observe_progress(self) -> None:
         """For readiness, at most once a second: where each partition's finished windows end
@@ -381,31 +433,39 @@ class Syncer:
     # --- one window ------------------------------------------------------------------------------
 
     async def _run_window(self, part: _Partition, window: Window) -> None:
-        """Process, then commit; or schedule a retry. Never raises into the loop."""
-        try:
-            await self._process(window)
-        except SyncError as exc:
-            self._schedule_retry(part, window, exc)
-        except Exception as exc:
-            log.exception("unexpected error in a window; it will be retried")
-            self._schedule_retry(part, window, Retryable(f"unexpected: {type(exc).__name__}"))
-        else:
-            self._commit(part, window)
-            self._record_latency(window)
-            part.attempts = 0
-            part.stalled = None
-        finally:
-            part.running = None
+        """Process, then commit; or schedule a retry. Never raises into the loop. All of it in
+        the window's span (spans.py), so that its log lines carry the window's trace id."""
+        attempt = part.attempts + 1
+        with window_span(self.definition, part.topic, part.partition, window, attempt) as span:
+            try:
+                await self._process(window)
+            except SyncError as exc:
+                span_failed(span, exc)
+                self._schedule_retry(part, window, exc)
+            except Exception as exc:
+                span_failed(span, exc)
+                log.exception("unexpected error in a window; it will be retried")
+                self._schedule_retry(part, window, Retryable(f"unexpected: {type(exc).__name__}"))
+            else:
+                self._commit(part, window)
+                self._record_latency(window)
+                part.attempts = 0
+                part.stalled = None
+            finally:
+                part.running = None
 
     def _record_latency(self, window: Window) -> None:
         now_ms = int(time.time() * 1000)
+        latencies: list[int] = []
         for entity, causes in window.causes.items():
             if entity in window.held:
                 continue  # not accepted yet
             # Snapshot reads ("r") carry the snapshot's time, not a commit's: not a latency.
             committed = [c.source_ts_ms for c in causes if c.source_ts_ms and c.op != "r"]
             if committed:
-                self.stats.latencies_ms.append(max(0, now_ms - min(committed)))
+                latencies.append(max(0, now_ms - min(committed)))
+        self.stats.latencies_ms.extend(latencies)
+        metrics().window_finished(window, latencies)  # once per window (metrics.py: cost)
 
     def _schedule_retry(self, part: _Partition, window: Window, error: SyncError) -> None:
         part.attempts += 1
@@ -415,9 +475,10 @@ class Syncer:
             delay = RETRY_CAP_S
             log.error("configuration error, nothing is sent until it is fixed: %s", error)
         else:
-            delay = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**part.attempts))  # noqa: S311
-            if isinstance(error, Retryable) and error.retry_after_s is not None:
-                delay = max(delay, error.retry_after_s)
+            retry_after = error.retry_after_s if isinstance(error, Retryable) else None
+            delay = retry_delay(
+                part.attempts, base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S, retry_after_s=retry_after
+            )
             log.warning(
                 "window of partition %d failed (%s); retry %d in %.1f s",
                 part.partition,
@@ -455,9 +516,12 @@ class Syncer:
     async def _resource(self, window: Window, name: str, ids: list[EntityId]) -> DeliveryResult:
         resource = self.definition.resources[name]
         started = time.perf_counter()
-        recomputed = await self.db.recompute(resource, ids)
+        with recompute_span(name, len(ids)) as span:
+            recomputed = await self.db.recompute(resource, ids)
+            span.set_attribute("reach_sync.rows", len(recomputed.rows))
         self.stats.recomputes += 1
         recomputed_at = time.perf_counter()
+        metrics().recomputed(name, recomputed_at - started, len(recomputed.rows))
 
         async def audit(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
             await self._audit(window, name, sent, removed)
@@ -483,6 +547,7 @@ class Syncer:
             result.deleted,
         )
         self.stats.add(result)
+        metrics().delivered(name, result)
         return result
 
     async def _audit(

@@ -29,6 +29,8 @@ class Window:
     due_after_s: float
     end_offset: int = -1
     received: int = 0
+    # Bytes of the dirty-key messages taken in: the in-flight bound's measure of memory.
+    size: int = 0
     ids: dict[Entity, EntityId] = field(default_factory=dict)
     causes: dict[Entity, list[Cause]] = field(default_factory=lambda: defaultdict(list))
     # The resources present, kept as keys arrive: the loop asks for them on every poll, and a
@@ -39,7 +41,7 @@ class Window:
     # Set by processing: the entities Reach refused for now, with the tenants that refused them.
     held: dict[Entity, set[str]] = field(default_factory=dict)
 
-    def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
+    def add(self, key: DirtyKey, offset: int, window_s: float, size: int = 0) -> None:
         entity = (key.resource, str(key.id))
         self.ids.setdefault(entity, key.id)
         self.offsets.setdefault(entity, offset)  # offsets only grow within a partition
@@ -49,6 +51,7 @@ class Window:
             causes.extend(key.causes()[: MAX_CAUSES - len(causes)])
         self.end_offset = max(self.end_offset, offset)
         self.received += key.triggers
+        self.size += size
         self.due_after_s = min(self.due_after_s, window_s)
 
     def readd(
@@ -89,6 +92,7 @@ class Window:
             self.offsets[entity] = min(offset, self.offsets.get(entity, offset))
         self.end_offset = max(self.end_offset, later.end_offset)
         self.received += later.received
+        self.size += later.size
         self.due_after_s = min(self.due_after_s, later.due_after_s)
 
     def by_resource(self) -> dict[str, list[EntityId]]:

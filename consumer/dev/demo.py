@@ -1,8 +1,10 @@
 """``reach-sync demo``: the whole thing on the local stack, with a live view, then a check.
 
 It starts the local stack, seeds the shop, runs reach-sync with ``examples/shop.yaml`` while the
-workload generator changes the database, shows what flows (events in, dirty keys, windows,
-recomputes, sent, skipped as unchanged, dead-lettered, backlog, commit → accepted latency), then
+workload generator changes the database, shows what flows (the workload's share done and ETA,
+then the backlog's; events in and sent per second; dirty keys, windows, recomputes, sent,
+skipped as unchanged, dead-lettered, commit → accepted latency; redrawn on a terminal, a line
+every 5 s elsewhere), then
 checks that the sandbox equals the projection of the database for every entity, prints a
 summary and stops everything.
 """
@@ -16,15 +18,17 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from consumer.config import SyncDefinition, load_definition
 from consumer.dev.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
 from consumer.dev.verify import Difference, verify_sandbox
+from consumer.progress import PLAIN_INTERVAL_S, format_duration, format_rate, rate
 from consumer.service import ServiceStats, run_service
 
-__all__ = ["add_arguments", "demo_env", "run"]
+__all__ = ["Pace", "add_arguments", "demo_env", "pace_line", "run"]
 
 DEFINITION = Path(__file__).parents[2] / "examples" / "shop.yaml"
 REFRESH_S = 1.0
@@ -67,13 +71,57 @@ def _percentile(values: list[int], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def _lines(stats: ServiceStats, elapsed: float, load_running: bool) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """The counters rates are taken from, at one refresh (monotonic ``at``)."""
+
+    at: float
+    events: int
+    sent: int
+    # Dirty keys the syncer took: the backlog drains at this rate.
+    taken: int
+
+    @classmethod
+    def of(cls, stats: ServiceStats, at: float) -> Pace:
+        events = stats.router.events if stats.router else 0
+        return cls(at, events, stats.syncer.sent, stats.syncer.dirty_keys)
+
+
+def pace_line(
+    before: Pace, now: Pace, elapsed: float, seconds: float, load_running: bool, backlog: int
+) -> str:
+    """What the demo is doing and how fast: the workload's share done and ETA (it runs for a
+    fixed time), then how the backlog drains; events in and records sent per second over the
+    last refresh (consumer/progress.py formats them as every progress line does)."""
+    span = now.at - before.at
+    if load_running:
+        share = min(100, int(elapsed * 100 / seconds)) if seconds > 0 else 100
+        phase = f"workload {share}% · ETA {format_duration(max(0.0, seconds - elapsed))}"
+    elif backlog == 0:
+        phase = "workload done · caught up"
+    else:
+        drained = rate(now.taken - before.taken, span)
+        left = f", ~{format_duration(backlog / drained)} left" if drained else ""
+        phase = f"workload done · catching up: backlog {backlog}{left}"
+    events = format_rate(rate(now.events - before.events, span), "events")
+    sent = format_rate(rate(now.sent - before.sent, span), "records")
+    return f"{phase} · in {events} · sent {sent}"
+
+
+def _backlog(stats: ServiceStats) -> int:
+    produced = stats.router.dirty_keys if stats.router else 0
+    return max(0, produced - stats.syncer.dirty_keys)
+
+
+def _lines(
+    stats: ServiceStats, elapsed: float, load_running: bool, pace: str | None = None
+) -> list[str]:
     router, syncer = stats.router, stats.syncer
     events = router.events if router else 0
     produced = router.dirty_keys if router else 0
     latencies = list(syncer.latencies_ms)
     return [
-        f"t={elapsed:5.1f}s  workload {'running' if load_running else 'done'}",
+        f"t={elapsed:5.1f}s  " + (pace or f"workload {'running' if load_running else 'done'}"),
         f"  events in      {events:8d}   ignored {sum(router.ignored.values()) if router else 0:6d}"
         f"   dead-lettered (router) {router.dead_lettered if router else 0}",
         f"  dirty keys     {produced:8d}   backlog {max(0, produced - syncer.dirty_keys):6d}"
@@ -164,10 +212,20 @@ def _run_pipeline(
     started = time.monotonic()
     load, load_result = _start_load(endpoints.postgres_dsn, args.rate, args.seconds, args.seed)
     last_move, last_state = time.monotonic(), _moving(stats)
+    pace, printed_at = Pace.of(stats, started), started
     try:
         while pipeline.is_alive():
             time.sleep(REFRESH_S)
-            _render(_lines(stats, time.monotonic() - started, load.is_alive()), tty)
+            now = time.monotonic()
+            before, pace = pace, Pace.of(stats, now)
+            headline = pace_line(
+                before, pace, now - started, args.seconds, load.is_alive(), _backlog(stats)
+            )
+            if tty:
+                _render(_lines(stats, now - started, load.is_alive(), headline), tty)
+            elif now - printed_at >= PLAIN_INTERVAL_S:  # a log gets a line every few seconds
+                print(f"t={now - started:5.1f}s  {headline}", flush=True)
+                printed_at = now
             state = _moving(stats)
             if state != last_state:
                 last_move, last_state = time.monotonic(), state

@@ -51,6 +51,7 @@ from consumer.reach.status import (
     RecordFailure,
     parse_status,
 )
+from consumer.telemetry import instrument_http
 
 __all__ = [
     "AfterResponse",
@@ -153,6 +154,7 @@ class ReachClient:
             headers={"user-agent": _USER_AGENT},
             follow_redirects=False,
         )
+        instrument_http(self._http)  # a span per request, when tracing is on
 
     async def __aenter__(self) -> Self:
         return self

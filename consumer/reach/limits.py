@@ -38,6 +38,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from consumer.config import RateLimit, SyncDefinition
+from consumer.metrics import instruments as metrics
 from consumer.reach.classify import retry_after_seconds
 from consumer.reach.client import RequestInfo
 from consumer.reach.group_share import GroupShare, group_key
@@ -168,6 +169,7 @@ class RequestLimiter:
         are taken again (spending more than needed is the safe side).
         """
         tenant = self._tenant(info.tenant)
+        started = self._clock()
         while True:
             await self._wait_pause(tenant)
             if tenant.bucket is not None:
@@ -177,6 +179,7 @@ class RequestLimiter:
             if self._group_bucket is not None and self._group is not None:
                 await self._group_bucket.take(self._group.divisor / self._credential.scale)
             if self._pause_left(tenant) <= 0:
+                metrics().rate_limit_waited(self._clock() - started)  # counts waits only
                 return
 
     def after_response(self, info: RequestInfo, response: httpx.Response) -> None:

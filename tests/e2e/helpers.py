@@ -339,10 +339,17 @@ class PipelineProcess:
     """
 
     def __init__(
-        self, endpoints: StackEndpoints, name: str, log_dir: Path, *, live_stats: bool = False
+        self,
+        endpoints: StackEndpoints,
+        name: str,
+        log_dir: Path,
+        *,
+        live_stats: bool = False,
+        config: Path = EXAMPLE,
     ) -> None:
         self.name = name
-        self.definition = load_definition(EXAMPLE, shop_env(endpoints, name))
+        self.config = config
+        self.definition = load_definition(config, shop_env(endpoints, name))
         self._env = {**os.environ, **shop_env(endpoints, name), "PYTHONUNBUFFERED": "1"}
         self._live = live_stats
         self._log_dir = log_dir
@@ -357,9 +364,9 @@ class PipelineProcess:
         assert self._process is None or not self._process.alive(), "already running"
         self._runs += 1
         if self._live:
-            argv = [sys.executable, "-c", _LIVE_RUNNER, str(EXAMPLE)]
+            argv = [sys.executable, "-c", _LIVE_RUNNER, str(self.config)]
         else:
-            argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
+            argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(self.config)]
         spec = ProcessSpec(f"reach-sync-{self.name}", argv, self.log_path, self._env, REPO)
         self._process = ManagedProcess(spec)
         self._process.start()

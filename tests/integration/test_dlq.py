@@ -9,7 +9,9 @@ database points at a closed port: neither command may need it (the syncer recomp
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +25,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer import commands
 from consumer.cli import main
 from consumer.config import load_definition
 from consumer.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
 from consumer.debezium import Ignored, decode_event
 from consumer.dirty import Cause, DirtyKey, decode_dirty
 from consumer.errors import BadRecord
+from consumer.progress import Progress
 from consumer.triggers import TriggerIndex, UnknownTable, plan_dirty
 
 ROOT = Path(__file__).parents[2]
@@ -382,3 +386,18 @@ def test_a_missing_dead_letter_topic_is_a_clear_error_and_is_not_created(
             "topics.dead_letter; reach-sync run creates it)\n"
         )
     assert missing not in _topics(shop.broker)
+
+
+def test_replay_reports_progress_on_stderr_as_the_broker_acknowledges(
+    shop: Shop, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay this small is over before progress would show (consumer/progress.py waits a
+    second); shown from the start, its last line counts every acknowledged dirty key."""
+    _write_dead_letters(shop)
+    monkeypatch.setattr(commands, "Progress", functools.partial(Progress, delay_s=0.0, tty=False))
+    code, out, err = _run(capsys, "dlq", "replay", "--config", str(shop.config), "--kind", "record")
+    assert code == 0 and "re-enqueued 3 dirty keys" in out
+    first, *_, last = err.splitlines()
+    assert first.startswith("dlq replay: re-enqueued: ")
+    final = r"dlq replay: re-enqueued: 3/3 entities \(100%\) in (<1|\d+) s  \S+/s"
+    assert re.fullmatch(final, last), last

@@ -140,6 +140,14 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
             "health.stall_after_s: Input should be greater than 0",
         ),
         (lambda d: d.update({"health": {"host": "0.0.0.0"}}), "health.port: Field required"),
+        (
+            lambda d: d.update({"in_flight": {"max_records": 10}}),
+            "in_flight.max_records: Input should be greater than or equal to 100",
+        ),
+        (
+            lambda d: d.update({"in_flight": {"resume_below": 1}}),
+            "in_flight.resume_below: Input should be less than 1",
+        ),
     ],
 )
 def test_mistakes_name_the_field_and_the_reason(

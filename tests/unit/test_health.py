@@ -9,6 +9,7 @@ import httpx
 from consumer.health import (
     HealthServer,
     PartitionProgress,
+    PartitionState,
     ProgressTracker,
     Snapshot,
     StageProgress,
@@ -113,6 +114,20 @@ def test_the_oldest_lagging_partition_counts_and_unassigned_ones_are_forgotten()
     tracker.observe([_seen(1, 5, 0), _seen(0, 5, 1), _seen(3, 3, 2)], now=20.0)
     view = tracker.view()
     assert (view.assigned, view.lag, view.lagging_since) == (3, 9, 10.0)  # partition 1 is stuck
+    # Each partition is in the view too (reach-sync status shows them), sorted.
+    assert view.partitions == (
+        PartitionState("t", 0, 1, 4, 20.0),
+        PartitionState("t", 1, 0, 5, 10.0),
+        PartitionState("t", 2, 3, 0, None),
+    )
+    details = assess(Snapshot.of([view], started_at=0.0), 25.0, 60).details["stages"]
+    assert details["router"]["partitions"][1] == {  # type: ignore[index]
+        "topic": "t",
+        "partition": 1,
+        "done": 0,
+        "lag": 5,
+        "no_progress_for_s": 15.0,
+    }
     tracker.observe([_seen(1, 5, 0)], now=30.0)  # partitions 1 and 2 were revoked
     assert (tracker.view().assigned, tracker.view().lag, tracker.view().lagging_since) == (
         1,
@@ -158,12 +173,14 @@ def test_a_snapshot_of_stages_adds_them_up() -> None:
             "lag": 0,
             "no_progress_for_s": None,
             "last_report_s_ago": 0.0,
+            "partitions": [],
         },
         "syncer": {
             "assigned_partitions": 8,
             "lag": 30,
             "no_progress_for_s": 5.0,
             "last_report_s_ago": 0.0,
+            "partitions": [],
         },
     }
     assert readiness.details["no_progress_for_s"] == 5.0

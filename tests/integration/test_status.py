@@ -1,0 +1,299 @@
+"""`reach-sync status` on the real broker: committed offsets, lag, rates and dead letters.
+
+Messages are produced one record batch each (a flush after every message): the local broker's
+high watermark is the first offset of a partition's last batch plus one (local-broker-notes.md),
+so with one-message batches it is exact and the lag figures can be checked to the message.
+Offsets are committed for the router's and the syncer's groups by consumers that never
+subscribe, as a running service's commits would land. Nothing here needs a database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from consumer import status_report
+from consumer.cli import main
+from consumer.config import load_definition
+from consumer.dev.process import free_port
+from consumer.health import HealthServer, PartitionState, Snapshot, StageProgress
+from consumer.status_report import GroupOffsets, StatusReader, gather
+from consumer.status_view import group_rate, render
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "examples" / "shop.yaml"
+ENV = {
+    "REACH_SYNC_PARTNER_ID": "partner-1",
+    "REACH_SYNC_JWT_SECRET": "unused-by-status",
+    "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:1/0",
+    "REACH_SYNC_DATABASE_URL": "postgresql://reach-sync@127.0.0.1:1/none?connect_timeout=1",
+}
+EXIT_BROKER, EXIT_CONFIG = 1, 2
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A definition over this test's own topics, with what each partition holds."""
+
+    config: Path
+    broker: str
+    prefix: str
+    customers: str
+    transactions: str
+    dirty: str
+    dead_letter: str
+
+
+def _write_definition(
+    tmp_path: Path, broker: str, prefix: str, health_port: int | None = None, **topics: str
+) -> Path:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    kafka = data["source"]["kafka"]
+    kafka["bootstrap_servers"] = broker
+    kafka["group_id"] = prefix
+    kafka["topic_pattern"] = rf"^{re.escape(prefix)}\.public\."
+    data["topics"] = {
+        "dirty": topics.get("dirty", f"{prefix}.dirty"),
+        "dirty_partitions": 3,
+        "dead_letter": topics.get("dead_letter", f"{prefix}.dead-letter"),
+    }
+    if health_port is not None:
+        data["health"] = {"port": health_port}
+    path = tmp_path / f"{prefix}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _produce_one_batch_each(broker: str, counts: dict[tuple[str, int], int]) -> None:
+    producer = Producer({"bootstrap.servers": broker, "linger.ms": 0})
+    for (topic, partition), n in counts.items():
+        for i in range(n):
+            producer.produce(topic, f"m{i}".encode(), partition=partition)
+            assert producer.flush(10) == 0
+
+
+def _commit(broker: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
+    consumer = Consumer(
+        {"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+        )
+    finally:
+        consumer.close()
+
+
+def _committed(broker: str, group: str, partitions: list[tuple[str, int]]) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=10)
+    finally:
+        consumer.close()
+    return [tp.offset for tp in found]
+
+
+def _topics(broker: str) -> set[str]:
+    return set(AdminClient({"bootstrap.servers": broker}).list_topics(timeout=10).topics)
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path, broker: str, unique: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> Deployment:
+    """Source topics (customers: 2 partitions, transactions: 1), a dirty topic of 3 partitions
+    and a dead-letter topic, holding known numbers of messages."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    prefix = unique("status")
+    d = Deployment(
+        config=_write_definition(tmp_path, broker, prefix),
+        broker=broker,
+        prefix=prefix,
+        customers=f"{prefix}.public.customers",
+        transactions=f"{prefix}.public.transactions",
+        dirty=f"{prefix}.dirty",
+        dead_letter=f"{prefix}.dead-letter",
+    )
+    admin = AdminClient({"bootstrap.servers": broker})
+    wanted = {d.customers: 2, d.transactions: 1, d.dirty: 3, d.dead_letter: 1}
+    for future in admin.create_topics([NewTopic(t, n, 1) for t, n in wanted.items()]).values():
+        future.result(timeout=10)
+    _produce_one_batch_each(
+        broker,
+        {
+            (d.customers, 0): 5,
+            (d.customers, 1): 3,
+            (d.transactions, 0): 4,
+            (d.dirty, 0): 6,
+            (d.dirty, 2): 2,
+            (d.dead_letter, 0): 3,
+        },
+    )
+    _commit(broker, f"{prefix}.router", {(d.customers, 0): 2, (d.customers, 1): 3})
+    _commit(broker, f"{prefix}.syncer", {(d.dirty, 0): 6, (d.dirty, 2): 1})
+    return d
+
+
+def _figures(group: GroupOffsets) -> list[tuple[str, int, int | None, int, int]]:
+    return [(p.topic, p.partition, p.committed, p.end, p.lag) for p in group.partitions]
+
+
+def test_status_reads_each_groups_committed_offsets_and_lag_exactly(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    definition = load_definition(d.config)
+    topics_before = _topics(d.broker)
+
+    def meanwhile(_seconds: float) -> None:
+        """Between the two samples, the router commits two more messages of customers[0]."""
+        _commit(d.broker, f"{d.prefix}.router", {(d.customers, 0): 4})
+
+    with StatusReader(definition) as reader:
+        report = gather(reader, d.config.name, "no health here", 0.0, sleep=meanwhile)
+
+    assert report.earlier is not None
+    router_before, syncer_before = report.earlier.groups
+    router, syncer = report.now.groups
+    assert (router.stage, router.group) == ("router", f"{d.prefix}.router")
+    assert (syncer.stage, syncer.group) == ("syncer", f"{d.prefix}.syncer")
+    assert _figures(router_before)[0] == (d.customers, 0, 2, 5, 3)
+    assert _figures(router) == [
+        (d.customers, 0, 4, 5, 1),
+        (d.customers, 1, 3, 3, 0),
+        (d.transactions, 0, None, 4, 4),  # never committed: all of it is lag
+    ]
+    assert router.lag == 5
+    assert _figures(syncer) == [
+        (d.dirty, 0, 6, 6, 0),
+        (d.dirty, 1, None, 0, 0),
+        (d.dirty, 2, 1, 2, 1),
+    ]
+    assert syncer.lag == 1
+    assert report.now.dead_letters.count == 3
+
+    assert group_rate(router_before, router) == 2 / (router.at - router_before.at)
+    assert group_rate(syncer_before, syncer) == 0.0
+
+    # Reading joined no group, committed nothing and created no topic.
+    assert _committed(d.broker, f"{d.prefix}.syncer", [(d.dirty, 0), (d.dirty, 1)]) == [6, -1001]
+    assert _topics(d.broker) == topics_before
+
+    lines = render(report)
+    assert f"router  group {d.prefix}.router  lag 5" in lines[3]
+    assert "service: no health here; the figures below are Kafka's only" in lines
+    assert lines[-1] == f"dead letters  {d.dead_letter}: 3"
+
+
+def test_a_committed_offset_past_the_watermark_is_shown_as_caught_up_with_a_note(
+    deployment: Deployment,
+) -> None:
+    """Several messages in one record batch: the local broker's watermark trails them."""
+    d = deployment
+    producer = Producer({"bootstrap.servers": d.broker, "linger.ms": 200})
+    for i in range(4):
+        producer.produce(d.dirty, f"b{i}".encode(), partition=1)
+    assert producer.flush(10) == 0
+    _commit(d.broker, f"{d.prefix}.syncer", {(d.dirty, 1): 4})
+    with StatusReader(load_definition(d.config)) as reader:
+        report = gather(reader, "x", [], 0.0)
+    part = report.now.groups[1].partitions[1]
+    assert (part.committed, part.lag, part.end) == (4, 0, max(4, part.high))
+    if part.ahead:  # the local broker; on Kafka the watermark is exact and there is no note
+        assert any(line.startswith("note: * committed past") for line in render(report))
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_command_without_an_answering_health_port_still_shows_kafkas_figures(
+    deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = deployment
+    port = free_port()  # nothing listens there
+    config = _write_definition(tmp_path, d.broker, d.prefix, health_port=port)
+    code, out, err = _run(capsys, "status", "--config", str(config), "--interval", "0.1")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[1] == (
+        f"service http://127.0.0.1:{port}/readyz: no answer (connection refused); the figures "
+        "below are Kafka's only"
+    )
+    assert any(line.startswith(f"router  group {d.prefix}.router  lag 7  ") for line in lines)
+    row = next(line for line in lines if line.split()[:2] == [d.customers, "0"])
+    assert row.split()[2:5] == ["2", "5", "3"]  # committed, end, lag
+
+
+def test_the_command_shows_what_the_answering_process_says_per_partition(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = deployment
+    syncer = StageProgress(
+        "syncer",
+        assigned=1,
+        lag=1,
+        lagging_since=900.0,
+        observed_at=1000.0,
+        partitions=(PartitionState(d.dirty, 2, 1, 1, 900.0),),
+    )
+    snapshot = Snapshot.of([syncer], started_at=0.0, blocked_tenants=("m-2",))
+    server = HealthServer("127.0.0.1", 0, lambda: snapshot, 60, clock=lambda: 1000.0)
+    server.start()
+    try:
+        code, out, err = _run(
+            capsys,
+            "status",
+            *("--config", str(d.config), "--interval", "0.1"),
+            *("--health-url", f"127.0.0.1:{server.port}"),
+        )
+    finally:
+        server.close()
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[1].startswith(f"service http://127.0.0.1:{server.port}/readyz: NOT READY: lag 1")
+    assert "  syncer  1 partition here, lag 1, no progress for 1 min 40 s" in lines
+    assert any("blocked tenants: m-2" in line for line in lines)
+    row = next(line for line in lines if line.split()[:2] == [d.dirty, "2"])
+    assert row.endswith("assigned, lag 1, stuck 1 min 40 s")
+    other = next(line for line in lines if line.split()[:2] == [d.dirty, "0"])
+    assert other.endswith(" -")
+
+
+def test_a_missing_topic_is_one_line_and_exit_2_and_is_not_created(
+    deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = deployment
+    missing = f"{d.prefix}.no-such-dirty"
+    config = _write_definition(tmp_path, d.broker, d.prefix, dirty=missing)
+    code, out, err = _run(capsys, "status", "--config", str(config), "--interval", "0.1")
+    assert (code, out) == (EXIT_CONFIG, "")
+    assert err == (
+        f"status: the dirty topic {missing} does not exist (topics.dirty; reach-sync run "
+        "creates it)\n"
+    )
+    assert missing not in _topics(d.broker)
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(status_report, "BROKER_TIMEOUT_S", 1.0)
+    config = _write_definition(tmp_path, f"127.0.0.1:{free_port()}", "status_nobroker")
+    code, out, err = _run(capsys, "status", "--config", str(config), "--interval", "0.1")
+    assert (code, out) == (EXIT_BROKER, "")
+    assert err.count("\n") == 1
+    assert err.startswith("status: reading metadata: the broker did not answer")
