@@ -441,6 +441,8 @@ def _wait_quiet(
 @dataclass
 class RssRun:
     vm_hwm_mib: float
+    # Each child's own peak, in the order of the roles.
+    vm_hwm_mib_each: list[float]
     rate: float
     seconds: float
     routed: int
@@ -550,6 +552,7 @@ def measure_rss(
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-6:])
     return RssRun(
         vm_hwm_mib=sum(hwm) / 1024,
+        vm_hwm_mib_each=[round(kib / 1024, 1) for kib in hwm],
         rate=(routed - first[1]) / (ended - first[0]) if drained else 0.0,
         seconds=ended - first[0],
         routed=routed,
@@ -1005,6 +1008,7 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
         summary["split_run"] = {
             "events_per_s": round(split.rate),
             "vm_hwm_mib_both": round(split.vm_hwm_mib, 1),
+            "vm_hwm_mib_router_syncer": split.vm_hwm_mib_each,
             "seconds": round(split.seconds, 1),
             "drained": split.drained,
             "exit_code": split.exit_code,

@@ -395,13 +395,14 @@ class HealthSettings(_Strict):
 class InFlightBounds(_Strict):
     """Process-wide bounds on the work a syncer holds (consumer/in_flight.py): dirty keys read
     and not yet done (open, running, failed and held windows' entities, across the process's
-    partitions) and their encoded bytes. When either is reached every partition is paused; they
-    resume once both are below ``resume_below`` of their bound. Per partition, a backlog window
-    is bounded as well (a few windows' worth), so these matter with many partitions or when
-    Reach refuses tenants for long."""
+    partitions) and the memory their windows take (estimated per entity and per cause kept:
+    windows.py). When either is reached every partition is paused; they resume once both are
+    below ``resume_below`` of their bound. Per partition, a backlog window is bounded as well (a
+    few windows' worth), so these matter with many partitions, a slow Reach, or tenants refused
+    for long."""
 
-    max_records: int = Field(default=50_000, ge=100, le=10_000_000)
-    max_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=8 * 1024**3)
+    max_records: int = Field(default=20_000, ge=100, le=10_000_000)
+    max_bytes: int = Field(default=48 * 1024 * 1024, ge=64 * 1024, le=8 * 1024**3)
     resume_below: float = Field(default=0.5, gt=0, lt=1, allow_inf_nan=False)
 
 

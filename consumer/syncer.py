@@ -280,14 +280,13 @@ class Syncer:
             if part.first_offset is None:
                 part.first_offset = offset
             try:
-                value = message.value() or b""
-                key = decode_dirty(value)
+                key = decode_dirty(message.value() or b"")
                 resource = self.definition.resources[key.resource]
             except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
                 self._dead_letter_event(message, exc)
                 part.open.cover(offset)
                 continue
-            part.open.add(key, offset, resource.delivery.window_ms / 1000, len(value))
+            part.open.add(key, offset, resource.delivery.window_ms / 1000)
             self.stats.dirty_keys += 1
             self.stats.triggers += key.triggers
 
@@ -381,7 +380,7 @@ class Syncer:
         )
 
     def _count_in_flight(self) -> bool:
-        """Every dirty key read and not done yet, and the bytes of the windows' keys (held
+        """Every dirty key read and not done yet, and the memory the windows' keys take (held
         entities are counted, not sized); True while the process is at its bound."""
         records = size = 0
         for part in self._partitions.values():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumer.dirty import MAX_CAUSES, Cause, DirtyKey
-from consumer.windows import Window
+from consumer.windows import CAUSE_BYTES, ENTITY_BYTES, Window
 
 
 def _key(resource: str, entity_id: int, offset: int) -> DirtyKey:
@@ -84,3 +84,18 @@ def test_each_entity_keeps_the_first_offset_that_carried_it_and_a_readded_one_it
     assert window.first_cause("customers", "1") == held_cause
     assert window.resources == {"customers", "transactions"}
     assert window.due(0.1, max_keys=1000)
+
+
+def test_size_estimates_memory_per_entity_and_per_cause_kept() -> None:
+    window = Window(opened_at=0.0, due_after_s=1.0)
+    window.add(_key("customers", 1, 10), 10, 1.0)
+    assert window.size == ENTITY_BYTES + CAUSE_BYTES
+    window.add(_key("customers", 1, 11), 11, 1.0)  # the same entity: one more cause only
+    assert window.size == ENTITY_BYTES + 2 * CAUSE_BYTES
+    for offset in range(12, 12 + 2 * MAX_CAUSES):  # causes beyond MAX_CAUSES are not kept
+        window.add(_key("customers", 1, offset), offset, 1.0)
+    assert window.size == ENTITY_BYTES + MAX_CAUSES * CAUSE_BYTES
+    later = Window(opened_at=0.0, due_after_s=1.0)
+    later.add(_key("customers", 2, 40), 40, 1.0)
+    window.absorb(later)
+    assert window.size == 2 * ENTITY_BYTES + (MAX_CAUSES + 1) * CAUSE_BYTES
