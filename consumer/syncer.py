@@ -390,16 +390,19 @@ class Syncer:
                     records += len(window)
                     size += window.size
             records += len(part.held)
-        was = self._in_flight.saturated
-        saturated = self._in_flight.update(records, size)
-        if saturated and not was:
-            self.stats.in_flight_pauses += 1
+        flight = self._in_flight
+        saturated = flight.update(records, size)
+        if flight.saturations > self.stats.in_flight_pauses:
             log.warning(
                 "in-flight bound reached (%d dirty keys, %d bytes): every partition paused",
                 records,
                 size,
             )
-        self.stats.in_flight_peak = self._in_flight.peak_records
+        # Reported as InFlight counts them (metrics read the stats).
+        self.stats.in_flight_pauses, self.stats.in_flight_peak = (
+            flight.saturations,
+            flight.peak_records,
+        )
         self.stats.in_flight, self.stats.in_flight_bytes = records, size
         return saturated
 
