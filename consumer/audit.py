@@ -87,7 +87,8 @@ FLUSH_TIMEOUT_S = 30.0
 
 Kind = Literal["upsert", "delete"]
 Mode = Literal["realtime", "batch"]
-Outcome = Literal["accepted", "parked", "deleted"]
+# unconfirmed: the request left and its answer was lost (5xx, timeout): Reach may have applied it.
+Outcome = Literal["accepted", "parked", "deleted", "unconfirmed"]
 
 
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,24 +167,31 @@ def audited_fields(resource: Resource) -> AuditedFields:
 class Accepted:
     """A record Reach took: ``projected`` as sent, why it was recomputed (the window's causes of
     the entity, oldest first), when Reach answered, and Reach's batch id (None: a single
-    synchronous write). ``parked``: accepted but held by Reach for a missing $ref."""
+    synchronous write). ``parked``: accepted but held by Reach for a missing $ref.
+    ``unconfirmed``: sent, and the answer lost; Reach may have it (the record left all the
+    same, so it is audited); ``in_batch`` says it went through the batch endpoint, whose id the
+    lost answer would have carried."""
 
     projected: Projected
     causes: Sequence[Cause]
     at_ms: int
     batch_id: str | None = None
     parked: bool = False
+    unconfirmed: bool = False
+    in_batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Deleted:
-    """An entity Reach deleted from ``tenant`` (deletes always go through a batch)."""
+    """An entity Reach deleted from ``tenant`` (deletes always go through a batch), or, when
+    ``unconfirmed`` (no batch id), a delete sent whose answer was lost."""
 
     tenant: str
     external_id: str
     causes: Sequence[Cause]
     at_ms: int
-    batch_id: str
+    batch_id: str | None
+    unconfirmed: bool = False
 
 
 def upsert_record(
@@ -209,10 +217,16 @@ def _upsert(
         fields=tuple(sorted(k for k in record if k in allowed.names)),
         values={k: v for k, v in sorted(record.items()) if k in allowed.values},
         causes=tuple(accepted.causes[:MAX_CAUSES]),
-        mode="realtime" if accepted.batch_id is None else "batch",
+        mode="batch" if accepted.batch_id is not None or accepted.in_batch else "realtime",
         batch_id=accepted.batch_id,
-        outcome="parked" if accepted.parked else "accepted",
+        outcome=_upsert_outcome(accepted),
     )
+
+
+def _upsert_outcome(accepted: Accepted) -> Outcome:
+    if accepted.unconfirmed:
+        return "unconfirmed"
+    return "parked" if accepted.parked else "accepted"
 
 
 def delete_record(name: str, resource: Resource, destination: str, deleted: Deleted) -> AuditRecord:
@@ -231,7 +245,7 @@ def delete_record(name: str, resource: Resource, destination: str, deleted: Dele
         causes=tuple(deleted.causes[:MAX_CAUSES]),
         mode="batch",
         batch_id=deleted.batch_id,
-        outcome="deleted",
+        outcome="unconfirmed" if deleted.unconfirmed else "deleted",
     )
 
 

@@ -1,10 +1,15 @@
 """The last-sent store: what Reach already has, so unchanged records are not sent again.
 
 Per (resource, entity id) it keeps the tenant and the hash of the last record Reach accepted.
-It is an optimisation, never a source of truth: it is written only after Reach accepted, and
+It is an optimisation, never a source of truth: a hash is written only after Reach accepted, and
 when Redis cannot be reached every lookup answers "unknown", so records are re-sent, never
-skipped. Reads and writes of a window are one command each (MGET; MSET and UNLINK), never
-per key: one round trip, and one reply to parse instead of one per key.
+skipped. Before a send whose outcome could be ambiguous (a 5xx after Reach applied it, a batch
+whose status cannot be read) the entity's entry is put *in doubt* (its hash emptied, its tenant
+kept): if the send's outcome is never learned and the entity goes back to the state the entry
+held, the retry sends it instead of skipping it. That write must succeed before the send.
+
+Reads and writes of a window are one command each (MGET; MSET and UNLINK), never per key: one
+round trip, and one reply to parse instead of one per key.
 
 The tenant is kept beside the hash because a deleted entity has no row left to tell its tenant,
 and Reach's delete needs one.
@@ -20,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from consumer.dirty import EntityId
+from consumer.errors import Retryable
 from consumer.telemetry import instrument_redis
 
 __all__ = ["LastSent", "LastSentStore"]
@@ -32,8 +38,18 @@ REDIS_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True, slots=True)
 class LastSent:
+    """What Reach holds of an entity: its tenant, and the hash of the record it accepted (empty:
+    in doubt, Reach may hold any state; the tenant is still where a delete must go)."""
+
     tenant: str
     hash: str
+
+    @property
+    def in_doubt(self) -> bool:
+        return not self.hash
+
+    def doubted(self) -> LastSent:
+        return LastSent(self.tenant, "")
 
 
 class LastSentStore:
@@ -86,6 +102,16 @@ class LastSentStore:
         """Remember what Reach accepted. A failure only costs re-sends later, so it is logged."""
         await self._write(resource, sent, forget=())
 
+    async def put_in_doubt(
+        self, resource: str, entries: Iterable[tuple[EntityId, LastSent]]
+    ) -> None:
+        """Before a send: these entities' entries no longer claim a state (tenants kept). Raises
+        Retryable when Redis does not confirm, so that nothing is sent while an entry could
+        still claim a state Reach may no longer hold."""
+        doubted = [(i, e.doubted()) for i, e in entries if not e.in_doubt]
+        if doubted and not await self._write(resource, doubted, forget=()):
+            raise Retryable("the dedup store could not put entries in doubt before a send")
+
     async def forget(self, resource: str, ids: Iterable[EntityId]) -> None:
         """After a delete: the entity is gone from Reach, so a re-created one is sent again."""
         await self._write(resource, (), forget=ids)
@@ -95,11 +121,12 @@ class LastSentStore:
         resource: str,
         sent: Iterable[tuple[EntityId, LastSent]],
         forget: Iterable[EntityId],
-    ) -> None:
+    ) -> bool:
+        """One MSET and UNLINK; whether Redis confirmed it (nothing to write: True)."""
         entries = {self._key(resource, i): f"{e.tenant}\n{e.hash}" for i, e in sent}
         gone = [self._key(resource, i) for i in forget]
         if not entries and not gone:
-            return
+            return True
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if entries:
@@ -109,5 +136,6 @@ class LastSentStore:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._mark(False, "write", exc)
-            return
+            return False
         self._mark(True, "write")
+        return True

@@ -15,10 +15,18 @@ delete): the syncer audits it there and waits until the audit topic has it, so a
 be remembered, and skipped as unchanged on a retry, without its audit record. A failing
 ``on_accepted`` fails the window like any retryable error; nothing of that request is remembered.
 
-Batches are waited on until Reach finished them before this returns. Together with one window in
-flight per dirty-topic partition (and each entity owned by one partition) this is what keeps "at
-most one unfinished Reach batch per entity", without which a slow batch could overwrite a newer
-state (design.md, "Reach specifics").
+Before anything is sent, the entities about to go have their last-sent entries put in doubt
+(dedup.py): a send whose outcome is never learned (a 5xx after Reach applied it, a batch whose
+status cannot be read) then cannot leave an entry claiming a state Reach may no longer hold.
+Such a send is reported to ``on_accepted`` as *unconfirmed* (audited: the record left), never
+remembered.
+
+Batches are followed until Reach finished them before this returns (follow.py); what an attempt
+could not follow is kept, and followed first by the next send of that resource to that tenant.
+Together with one window in flight per dirty-topic partition (and each entity owned by one
+partition) this keeps "at most one unfinished Reach batch per entity", without which a slow
+batch could overwrite a newer state (docs/design.md, "Reach specifics"). Every tenant's sends
+end before this returns, whatever happened to the others: none outlives the window attempt.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,10 +46,11 @@ from consumer.config import Resource
 from consumer.dedup import LastSent, LastSentStore
 from consumer.dirty import EntityId
 from consumer.errors import BadRecord, ConfigurationError, Retryable, SyncError
+from consumer.follow import Followed, Outstanding, follow
 from consumer.projection import Projected, project
 from consumer.reach.batching import BatchSubmission
-from consumer.reach.client import ReachClient
-from consumer.reach.status import BatchState, BatchStatus
+from consumer.reach.client import DELETE_BATCH_TYPE, UPSERT_BATCH_TYPE, ReachClient
+from consumer.reach.status import BatchState
 from consumer.recompute import Recomputed
 from consumer.spans import stage_span
 
@@ -61,12 +70,6 @@ log = logging.getLogger(__name__)
 # Real-time mode sends single records concurrently, this many at a time per window (the client
 # bounds the total across windows: destination.max_connections).
 REALTIME_CONCURRENCY = 16
-# Batch status polling: start fast (a small batch is often finished within milliseconds; this
-# wait is most of a real-time batch's latency), back off 1.5 times per poll to the maximum.
-POLL_INTERVAL_S = 0.02
-MAX_POLL_INTERVAL_S = 2.0
-# wait_batches returns after this long so the caller can notice a stop request; then it waits on.
-WAIT_SLICE_S = 30.0
 # A record failure Reach reports because a later write of the same resource replaced it: that
 # later write is ours and carries a newer state, so the record is not dead.
 SUPERSEDED = "SUPERSEDED"
@@ -98,22 +101,28 @@ class Held:
 class Sent:
     """One record Reach took: ``projected`` as sent, when (epoch ms: Reach answered the single
     write, or its batch was seen finished), the batch it was in (None: a single write), and
-    whether Reach parked it on a missing ``$ref`` (accepted, but sent again next time)."""
+    whether Reach parked it on a missing ``$ref`` (accepted, but sent again next time).
+    ``unconfirmed``: it was sent and the answer was lost, so Reach may or may not have it
+    (``in_batch``: it went through the batch endpoint, whose id the lost answer carried)."""
 
     projected: Projected
     at_ms: int
     batch_id: str | None = None
     parked: bool = False
+    unconfirmed: bool = False
+    in_batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Removed:
-    """One entity Reach deleted from ``tenant``: when its batch was seen finished, and which."""
+    """One entity Reach deleted from ``tenant``: when its batch was seen finished, and which;
+    ``unconfirmed`` (no batch id): the delete was sent and its answer was lost."""
 
     tenant: str
     external_id: str
     at_ms: int
-    batch_id: str
+    batch_id: str | None
+    unconfirmed: bool = False
 
 
 # Told what Reach took, before it is remembered; raises (Retryable) when that cannot be made
@@ -235,36 +244,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def _wait_finished(
-    client: ReachClient, tenant: str, batch_ids: Sequence[str]
-) -> tuple[dict[str, BatchStatus], dict[str, int]]:
-    """Poll until every batch is finished; never gives up on its own (see module docstring).
-    Returns each batch's final status and when it was seen finished (epoch ms)."""
-    statuses: dict[str, BatchStatus] = {}
-    finished_at: dict[str, int] = {}
-    waiting = list(batch_ids)
-    while waiting:
-        statuses.update(
-            await client.wait_batches(
-                tenant,
-                waiting,
-                poll_interval_s=POLL_INTERVAL_S,
-                max_poll_interval_s=MAX_POLL_INTERVAL_S,
-                timeout_s=WAIT_SLICE_S,
-            )
-        )
-        seen_ms = _now_ms()
-        finished_at.update((b, seen_ms) for b in waiting if statuses[b].finished)
-        waiting = [b for b in waiting if not statuses[b].finished]
-        if waiting:
-            log.warning(
-                "%d Reach batches still unfinished after %.0f s; waiting on",
-                len(waiting),
-                WAIT_SLICE_S,
-            )
-    return statuses, finished_at
-
-
 @dataclass(frozen=True, slots=True)
 class _Settled:
     """Where a record of a finished batch was: the batch, and when it was seen finished."""
@@ -300,28 +279,34 @@ class _Refusal:
         )
 
 
-async def _settle(
-    client: ReachClient,
-    tenant: str,
-    submission: BatchSubmission,
-    on_failed: Callable[[str, _Refusal], None],
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every request of one resource's delivery shares."""
+
+    name: str
+    resource: Resource
+    client: ReachClient
+    last_sent: LastSentStore
+    gate: TenantGate
+    outstanding: Outstanding
+    result: DeliveryResult
+    on_accepted: OnAccepted
+
+
+def _read_settlement(
+    submission: BatchSubmission, followed: Followed, on_failed: Callable[[str, _Refusal], None]
 ) -> _Settlement:
-    """Wait for a submission's batches; say which records each finished batch accepted or
-    parked. Records refused synchronously or failed in a batch go to ``on_failed(id,
-    refusal)``. A submission that stopped early, or a batch whose failures Reach did not attribute,
-    ends in ``error``, returned only after every batch it did send is finished (so a retry never
-    overlaps a batch still running) and beside what those batches accepted (which Reach has)."""
-    statuses, finished_at = await _wait_finished(
-        client, tenant, [b.batch_id for b in submission.batches]
-    )
+    """Which records of a submission's finished batches were accepted or parked; refused and
+    failed ones go to ``on_failed(id, refusal)``. A submission that stopped early, or a batch
+    whose failures Reach did not attribute, ends in ``error``, beside what was accepted."""
     settlement = _Settlement()
     uncertain: list[str] = []
     for rejected in submission.rejected:
         refusal = _Refusal(rejected.reason, None, rejected.status, rejected.body)
         on_failed(rejected.external_id, refusal)
     for batch in submission.batches:
-        status = statuses[batch.batch_id]
-        settled = _Settled(batch.batch_id, finished_at[batch.batch_id])
+        status = followed.statuses[batch.batch_id]
+        settled = _Settled(batch.batch_id, followed.finished_at[batch.batch_id])
         failed = {f.external_id: f for f in status.failures if f.external_id is not None}
         for external_id in batch.external_ids:
             failure = failed.get(external_id)
@@ -347,15 +332,47 @@ async def _settle(
     return settlement
 
 
-async def _send_realtime(
-    client: ReachClient, schema: str, items: Sequence[Projected], result: DeliveryResult, name: str
-) -> tuple[list[Sent], _Attempt]:
+def _ignore(external_id: str, refusal: _Refusal) -> None:
+    return None
+
+
+async def _settle(
+    ctx: _Context,
+    tenant: str,
+    submission: BatchSubmission,
+    batch_type: str,
+    on_failed: Callable[[str, _Refusal], None],
+    on_kept: Callable[[_Settlement], Awaitable[None]],
+) -> _Settlement:
+    """Follow a submission's batches to their end and say what they did (``_read_settlement``).
+    What cannot be followed now is kept (follow.py), with ``on_kept`` to hear what it did once it
+    finished; so is a lost answer, which may stand for a batch nobody knows the id of."""
+    if submission.in_doubt:
+        ctx.outstanding.keep_lost(ctx.name, tenant, ctx.resource.reach_schema, batch_type)
+    ids = [b.batch_id for b in submission.batches]
+    try:
+        followed = await follow(ctx.client, tenant, ids, bound_s=ctx.outstanding.follow_bound_s)
+    except BaseException as exc:
+
+        async def finished(later: Followed) -> None:
+            await on_kept(_read_settlement(submission, later, _ignore))
+
+        ctx.outstanding.keep_batches(ctx.name, tenant, ids, finished)
+        if not isinstance(exc, SyncError):
+            raise
+        for rejected in submission.rejected:
+            on_failed(rejected.external_id, _Refusal(rejected.reason, None, rejected.status))
+        return _Settlement(error=exc)
+    return _read_settlement(submission, followed, on_failed)
+
+
+async def _send_realtime(ctx: _Context, items: Sequence[Projected]) -> tuple[list[Sent], _Attempt]:
     """Single synchronous writes of one tenant, bounded concurrency. Returns what Reach accepted
-    (each when Reach answered) and how the attempt ended, so the caller can report and remember
-    the accepted ones first. Once Reach refuses the tenant, the writes still queued are not
-    sent."""
+    (each when Reach answered) or may have (unconfirmed) and how the attempt ended, so the
+    caller can report and remember the accepted ones first. Once Reach refuses the tenant, the
+    writes still queued are not sent."""
     slots = asyncio.Semaphore(REALTIME_CONCURRENCY)
-    accepted: list[Sent] = []
+    taken: list[Sent] = []
     errors: list[SyncError] = []
     settled: set[str] = set()
     refused = False
@@ -366,47 +383,62 @@ async def _send_realtime(
             if refused:
                 return
             try:
-                await client.upsert_one(
-                    item.tenant, schema, item.record, external_id=item.external_id
+                await ctx.client.upsert_one(
+                    item.tenant,
+                    ctx.resource.reach_schema,
+                    item.record,
+                    external_id=item.external_id,
                 )
             except BadRecord as exc:
-                result.dead.append(_dead(name, item.external_id, item.tenant, exc, item.hash))
+                ctx.result.dead.append(
+                    _dead(ctx.name, item.external_id, item.tenant, exc, item.hash)
+                )
                 settled.add(item.external_id)
             except SyncError as exc:
                 errors.append(exc)
                 refused = refused or blocks_tenant(exc)
+                if isinstance(exc, Retryable) and exc.ambiguous:
+                    taken.append(Sent(item, _now_ms(), unconfirmed=True))
             else:
-                accepted.append(Sent(item, _now_ms()))
+                taken.append(Sent(item, _now_ms()))
                 settled.add(item.external_id)
 
     await asyncio.gather(*(send(item) for item in items))
     unsettled = [i.external_id for i in items if i.external_id not in settled]
-    return accepted, _Attempt(_first_error(errors), unsettled)
+    return taken, _Attempt(_first_error(errors), unsettled)
+
+
+def _taken(by_id: Mapping[str, Projected], settlement: _Settlement) -> list[Sent]:
+    accepted, parked = settlement.accepted.items(), settlement.parked.items()
+    return [
+        *(Sent(by_id[i], s.at_ms, s.batch_id) for i, s in accepted),
+        *(Sent(by_id[i], s.at_ms, s.batch_id, parked=True) for i, s in parked),
+    ]
 
 
 async def _send_batch(
-    client: ReachClient,
-    schema: str,
-    tenant: str,
-    items: Sequence[Projected],
-    result: DeliveryResult,
-    name: str,
+    ctx: _Context, tenant: str, items: Sequence[Projected]
 ) -> tuple[list[Sent], _Attempt]:
     """One tenant's records through the batch endpoint: what its finished batches accepted or
-    parked (with the batch of each), and how the attempt ended."""
+    parked (with the batch of each), what went unconfirmed, and how the attempt ended."""
     by_id = {item.external_id: item for item in items}
     dead: set[str] = set()
 
     def failed(external_id: str, refusal: _Refusal) -> None:
         error = refusal.error(external_id)
-        result.dead.append(_dead(name, external_id, tenant, error, by_id[external_id].hash))
+        ctx.result.dead.append(_dead(ctx.name, external_id, tenant, error, by_id[external_id].hash))
         dead.add(external_id)
 
-    submission = await client.upsert_batch(tenant, schema, {i.external_id: i.record for i in items})
-    settlement = await _settle(client, tenant, submission, failed)
+    async def kept(settlement: _Settlement) -> None:
+        await ctx.on_accepted(_taken(by_id, settlement), ())
+
+    records = {i.external_id: i.record for i in items}
+    submission = await ctx.client.upsert_batch(tenant, ctx.resource.reach_schema, records)
+    settlement = await _settle(ctx, tenant, submission, UPSERT_BATCH_TYPE, failed, kept)
+    now_ms = _now_ms()
     taken = [
-        *(Sent(by_id[i], s.at_ms, s.batch_id) for i, s in settlement.accepted.items()),
-        *(Sent(by_id[i], s.at_ms, s.batch_id, parked=True) for i, s in settlement.parked.items()),
+        *_taken(by_id, settlement),
+        *(Sent(by_id[i], now_ms, unconfirmed=True, in_batch=True) for i in submission.in_doubt),
     ]
     if settlement.error is not None:
         done = dead | settlement.accepted.keys() | settlement.parked.keys()
@@ -424,16 +456,28 @@ async def deliver_resource(
     tenants: TenantSource,
     gate: TenantGate | None = None,
     on_accepted: OnAccepted = _nobody,
+    outstanding: Outstanding | None = None,
 ) -> DeliveryResult:
-    """Project, skip what Reach already has, send the rest, delete what is gone; tell
-    ``on_accepted`` what Reach took before remembering it (module docstring)."""
-    gate = _AlwaysOpen() if gate is None else gate
+    """Project, skip what Reach already has, put the rest in doubt and send it, delete what is
+    gone; tell ``on_accepted`` what Reach took before remembering it (module docstring).
+    ``outstanding`` is the process's record of batches earlier attempts could not follow."""
     result = DeliveryResult()
+    ctx = _Context(
+        name,
+        resource,
+        client,
+        last_sent,
+        _AlwaysOpen() if gate is None else gate,
+        Outstanding() if outstanding is None else outstanding,
+        result,
+        on_accepted,
+    )
     projected = _project_all(name, resource, recomputed, result)
     ids: list[EntityId] = [p.external_id for p in projected]
     ids += [str(i) for i in recomputed.gone]
     to_send: list[Projected] = []
     moved: dict[str, list[str]] = defaultdict(list)  # old tenant -> ids that changed tenant
+    doubt: list[tuple[EntityId, LastSent]] = []  # entries a send may make untrue
     with stage_span("dedup", name, {"reach_sync.records": len(projected)}) as span:
         known = await last_sent.get_many(name, ids)
         for item in projected:
@@ -441,9 +485,14 @@ async def deliver_resource(
             if previous == LastSent(item.tenant, item.hash):
                 result.skipped += 1
                 continue
-            if previous is not None and previous.tenant != item.tenant:
-                moved[previous.tenant].append(item.external_id)
+            if previous is not None:
+                doubt.append((item.external_id, previous))
+                if previous.tenant != item.tenant:
+                    moved[previous.tenant].append(item.external_id)
             to_send.append(item)
+        gone_known = [] if known is None else [str(g) for g in recomputed.gone]
+        doubt += [(g, known[g]) for g in gone_known if known is not None and g in known]
+        await last_sent.put_in_doubt(name, doubt)
         span.set_attributes(
             {"reach_sync.skipped": result.skipped, "reach_sync.dedup_available": known is not None}
         )
@@ -454,21 +503,8 @@ async def deliver_resource(
     work = {"reach_sync.records": len(to_send), "reach_sync.gone": len(recomputed.gone)}
     with stage_span("deliver", name, work) as span:
         outcomes = await asyncio.gather(
-            _upserts(name, resource, to_send, client, last_sent, gate, result, on_accepted),
-            _deletes(
-                name,
-                resource,
-                recomputed.gone,
-                known,
-                moved,
-                client,
-                last_sent,
-                tenants,
-                gate,
-                result,
-                deleted,
-                on_accepted,
-            ),
+            _upserts(ctx, to_send),
+            _deletes(ctx, recomputed.gone, known, moved, tenants, deleted),
             return_exceptions=True,
         )
         await _keep_moved(name, moved, deleted, last_sent)
@@ -507,51 +543,60 @@ def _raise_first(outcomes: Sequence[object]) -> None:
         raise errors[0]
 
 
-async def _upserts(
-    name: str,
-    resource: Resource,
-    to_send: list[Projected],
-    client: ReachClient,
-    last_sent: LastSentStore,
-    gate: TenantGate,
-    result: DeliveryResult,
-    on_accepted: OnAccepted,
+async def _per_tenant(
+    ctx: _Context,
+    targets: Mapping[str, list[str]],
+    send: Callable[[str, list[str]], Awaitable[_Attempt]],
 ) -> None:
+    """Each tenant's keys through its gate, tenants at once. Every tenant's sends finish before
+    this returns (none outlives the attempt); then the first failure is raised. Before a
+    tenant's first request, what earlier attempts left unfollowed for it is followed."""
+
+    async def one_tenant(tenant: str, keys: list[str]) -> SyncError | None:
+        async def attempt(chosen: list[str]) -> _Attempt:
+            try:
+                await ctx.outstanding.settle(ctx.name, tenant, ctx.client)
+            except SyncError as exc:
+                return _Attempt(exc, chosen)
+            return await send(tenant, chosen)
+
+        return await _through_gate(ctx.gate, tenant, keys, attempt, ctx.result, ctx.name)
+
+    outcomes = await asyncio.gather(
+        *(one_tenant(t, keys) for t, keys in targets.items()), return_exceptions=True
+    )
+    _raise_first(outcomes)
+    first = next((o for o in outcomes if isinstance(o, SyncError)), None)
+    if first is not None:
+        raise first
+
+
+async def _upserts(ctx: _Context, to_send: list[Projected]) -> None:
     """Send per tenant, tenants at once; report and remember what Reach accepted even when a
     part fails, then raise the first failure (after every tenant finished)."""
     by_tenant: dict[str, dict[str, Projected]] = defaultdict(dict)
     for item in to_send:
         by_tenant[item.tenant][item.external_id] = item
 
-    async def one_tenant(tenant: str, items: dict[str, Projected]) -> SyncError | None:
-        async def send(keys: list[str]) -> _Attempt:
-            chosen = [items[k] for k in keys]
-            delivery = resource.delivery
-            if delivery.mode == "realtime" and len(chosen) <= delivery.batch_over:
-                taken, attempt = await _send_realtime(
-                    client, resource.reach_schema, chosen, result, name
-                )
-            else:
-                taken, attempt = await _send_batch(
-                    client, resource.reach_schema, tenant, chosen, result, name
-                )
-            unreported = await _report(on_accepted, taken, ())
-            if unreported is not None:  # not durable: not remembered, the window retries
-                return _Attempt(unreported, attempt.unsettled)
-            accepted = [s.projected for s in taken if not s.parked]
-            await last_sent.record_sent(
-                name, [(i.external_id, LastSent(i.tenant, i.hash)) for i in accepted]
-            )
-            result.sent += len(accepted)
-            result.parked += len(taken) - len(accepted)
-            return attempt
+    async def send(tenant: str, keys: list[str]) -> _Attempt:
+        chosen = [by_tenant[tenant][k] for k in keys]
+        delivery = ctx.resource.delivery
+        if delivery.mode == "realtime" and len(chosen) <= delivery.batch_over:
+            taken, attempt = await _send_realtime(ctx, chosen)
+        else:
+            taken, attempt = await _send_batch(ctx, tenant, chosen)
+        unreported = await _report(ctx.on_accepted, taken, ())
+        if unreported is not None:  # not durable: not remembered, the window retries
+            return _Attempt(unreported, attempt.unsettled)
+        accepted = [s.projected for s in taken if not (s.parked or s.unconfirmed)]
+        await ctx.last_sent.record_sent(
+            ctx.name, [(i.external_id, LastSent(i.tenant, i.hash)) for i in accepted]
+        )
+        ctx.result.sent += len(accepted)
+        ctx.result.parked += sum(s.parked for s in taken)
+        return attempt
 
-        return await _through_gate(gate, tenant, list(items), send, result, name)
-
-    errors = await asyncio.gather(*(one_tenant(t, items) for t, items in by_tenant.items()))
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
-        raise first
+    await _per_tenant(ctx, {t: list(items) for t, items in by_tenant.items()}, send)
 
 
 async def _report(
@@ -568,22 +613,16 @@ async def _report(
     return None
 
 
-async def _deletes(
-    name: str,
-    resource: Resource,
+def _delete_targets(
+    ctx: _Context,
     gone: Sequence[EntityId],
     known: dict[str, LastSent] | None,
     moved: dict[str, list[str]],
-    client: ReachClient,
-    last_sent: LastSentStore,
-    tenants: TenantSource,
-    gate: TenantGate,
-    result: DeliveryResult,
-    deleted: dict[str, set[str]],
-    on_accepted: OnAccepted,
-) -> None:
-    """Delete what is gone (and what moved away) from each tenant that has it, tenants at
-    once; ``deleted`` receives what each tenant deleted (and ``on_accepted`` was told)."""
+    tenants: list[str],
+) -> dict[str, list[str]]:
+    """Which tenant each gone (or moved-away) entity must be deleted from: the one the last-sent
+    store names, else every tenant of ``tenants_query`` (``tenants``); with neither, the entity
+    is dead-lettered, since no tenant can be named."""
     targets: dict[str, list[str]] = defaultdict(list, {t: list(ids) for t, ids in moved.items()})
     unknown: list[str] = []
     for entity_id in map(str, gone):
@@ -592,51 +631,67 @@ async def _deletes(
             targets[previous.tenant].append(entity_id)
         else:
             unknown.append(entity_id)
-    if unknown:
-        if resource.tenants_query is None:
-            for entity_id in unknown:
-                reason = (
-                    "deleted at the source, but its tenant is unknown"
-                    " (no last-sent entry and no tenants_query)"
-                )
-                result.dead.append(_dead(name, entity_id, None, BadRecord(reason)))
-        else:
-            for tenant in await tenants.tenants(resource):
-                targets[tenant].extend(unknown)
+    if unknown and ctx.resource.tenants_query is None:
+        reason = (
+            "deleted at the source, but its tenant is unknown"
+            " (no last-sent entry and no tenants_query)"
+        )
+        ctx.result.dead.extend(_dead(ctx.name, i, None, BadRecord(reason)) for i in unknown)
+    elif unknown:
+        for tenant in tenants:
+            targets[tenant].extend(unknown)
+    return targets
 
-    async def one_tenant(tenant: str, ids: list[str]) -> SyncError | None:
-        async def send(keys: list[str]) -> _Attempt:
-            dead: set[str] = set()
 
-            def failed(external_id: str, refusal: _Refusal) -> None:
-                error = refusal.error(external_id, prefix="delete refused: ")
-                result.dead.append(_dead(name, external_id, tenant, error))
-                dead.add(external_id)
+async def _deletes(
+    ctx: _Context,
+    gone: Sequence[EntityId],
+    known: dict[str, LastSent] | None,
+    moved: dict[str, list[str]],
+    tenants: TenantSource,
+    deleted: dict[str, set[str]],
+) -> None:
+    """Delete what is gone (and what moved away) from each tenant that has it, tenants at
+    once; ``deleted`` receives what each tenant deleted (and ``on_accepted`` was told)."""
+    unknown = any(known is None or str(g) not in known for g in gone)
+    listed = await tenants.tenants(ctx.resource) if unknown else []
+    targets = _delete_targets(ctx, gone, known, moved, listed)
 
-            submission = await client.delete_batch(tenant, resource.reach_schema, keys)
-            settlement = await _settle(client, tenant, submission, failed)
-            removed = [
-                Removed(tenant, i, s.at_ms, s.batch_id) for i, s in settlement.accepted.items()
-            ]
-            unreported = await _report(on_accepted, (), removed)
-            if unreported is not None:  # not durable: not forgotten, the window retries
-                return _Attempt(unreported, [k for k in keys if k not in dead])
-            deleted[tenant].update(settlement.accepted)
-            if settlement.error is None:
-                return _Attempt()
-            done = dead | settlement.accepted.keys()
-            return _Attempt(settlement.error, [k for k in keys if k not in done])
+    async def send(tenant: str, keys: list[str]) -> _Attempt:
+        dead: set[str] = set()
 
-        return await _through_gate(gate, tenant, ids, send, result, name)
+        def failed(external_id: str, refusal: _Refusal) -> None:
+            error = refusal.error(external_id, prefix="delete refused: ")
+            ctx.result.dead.append(_dead(ctx.name, external_id, tenant, error))
+            dead.add(external_id)
 
-    outcomes = await asyncio.gather(
-        *(one_tenant(t, ids) for t, ids in targets.items()), return_exceptions=True
-    )
-    # What was deleted is forgotten even when another tenant's delete failed; an entity held
-    # for one tenant is not deleted yet, whatever the others did.
-    held = {i for h in result.held if h.resource == name for i in h.ids}
-    done = set().union(*deleted.values()) - held
-    gone_done = [g for g in map(str, gone) if g in done]
-    await last_sent.forget(name, gone_done)
-    result.deleted += len(gone_done)
-    _raise_first(outcomes)
+        def removed(settlement: _Settlement) -> list[Removed]:
+            return [Removed(tenant, i, s.at_ms, s.batch_id) for i, s in settlement.accepted.items()]
+
+        async def kept(settlement: _Settlement) -> None:
+            await ctx.on_accepted((), removed(settlement))
+
+        schema = ctx.resource.reach_schema
+        submission = await ctx.client.delete_batch(tenant, schema, keys)
+        settlement = await _settle(ctx, tenant, submission, DELETE_BATCH_TYPE, failed, kept)
+        now_ms = _now_ms()
+        unconfirmed = [Removed(tenant, i, now_ms, None, True) for i in submission.in_doubt]
+        unreported = await _report(ctx.on_accepted, (), [*removed(settlement), *unconfirmed])
+        if unreported is not None:  # not durable: not forgotten, the window retries
+            return _Attempt(unreported, [k for k in keys if k not in dead])
+        deleted[tenant].update(settlement.accepted)
+        if settlement.error is None:
+            return _Attempt()
+        done = dead | settlement.accepted.keys()
+        return _Attempt(settlement.error, [k for k in keys if k not in done])
+
+    try:
+        await _per_tenant(ctx, targets, send)
+    finally:
+        # What was deleted is forgotten even when another tenant's delete failed; an entity
+        # held for one tenant is not deleted yet, whatever the others did.
+        held = {i for h in ctx.result.held if h.resource == ctx.name for i in h.ids}
+        done = set().union(*deleted.values()) - held
+        gone_done = [g for g in map(str, gone) if g in done]
+        await ctx.last_sent.forget(ctx.name, gone_done)
+        ctx.result.deleted += len(gone_done)

@@ -19,11 +19,18 @@ class SyncError(Exception):
 
 
 class Retryable(SyncError):
-    """A transient failure: Reach 429/5xx/timeouts, a database or Redis outage."""
+    """A transient failure: Reach 429/5xx/timeouts, a database or Redis outage.
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    ``ambiguous``: the request reached Reach and its answer was lost (a 5xx, a timeout, a cut
+    connection), so Reach may have applied it; the engine must not assume either outcome.
+    """
+
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, ambiguous: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.ambiguous = ambiguous
 
 
 class BadRecord(SyncError):

@@ -38,6 +38,7 @@ from consumer.dedup import LastSentStore
 from consumer.delivery import DeadLetter, DeliveryResult, Removed, Sent, deliver_resource
 from consumer.dirty import Cause, EntityId, decode_dirty
 from consumer.errors import ConfigurationError, Retryable, SyncError
+from consumer.follow import Outstanding
 from consumer.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.held import HELD_BOUND, HeldEntities, HeldEntity
 from consumer.in_flight import InFlight
@@ -191,6 +192,9 @@ class Syncer:
     _loop: asyncio.AbstractEventLoop | None = None
     _dead_letter_failures: list[str] = field(default_factory=list)
     _blocks: TenantBlocks = field(init=False)
+    # Reach batches an attempt could not follow to their end: followed first by the next send
+    # of their resource to their tenant (follow.py).
+    _outstanding: Outstanding = field(init=False, default_factory=Outstanding)
     _in_flight: InFlight = field(init=False)
     # Held entities go back into windows this many at a time: one window of the smallest.
     _release_chunk: int = field(init=False)
@@ -536,6 +540,7 @@ class Syncer:
             last_sent=self.last_sent,
             tenants=self.db,
             gate=self._blocks,
+            outstanding=self._outstanding,
             on_accepted=audit,
         )
         log.debug(
@@ -570,12 +575,25 @@ class Syncer:
             name,
             accepted=[
                 Accepted(
-                    s.projected, causes(s.projected.external_id), s.at_ms, s.batch_id, s.parked
+                    s.projected,
+                    causes(s.projected.external_id),
+                    s.at_ms,
+                    s.batch_id,
+                    s.parked,
+                    s.unconfirmed,
+                    s.in_batch,
                 )
                 for s in sent
             ],
             deleted=[
-                Deleted(r.tenant, r.external_id, causes(r.external_id), r.at_ms, r.batch_id)
+                Deleted(
+                    r.tenant,
+                    r.external_id,
+                    causes(r.external_id),
+                    r.at_ms,
+                    r.batch_id,
+                    r.unconfirmed,
+                )
                 for r in removed
             ],
         )

@@ -225,13 +225,15 @@ class BatchSubmission:
     ``unsent``: not sent because the call stopped at ``error`` (a ``Retryable`` or a
     ``ConfigurationError``); the batches accepted before it stay valid and must be tracked, which
     is why a mid-call failure is returned here rather than raised. A request that timed out is
-    counted as unsent although Reach may have accepted it (reach-api.md §7 Q12).
+    counted as unsent although Reach may have accepted it (reach-api.md §7 Q12): its keys are
+    also in ``in_doubt``, and Reach may hold a batch of them whose id nobody knows.
     """
 
     batches: tuple[SubmittedBatch, ...] = ()
     rejected: tuple[RejectedRecord, ...] = ()
     unsent: tuple[str, ...] = ()
     error: SyncError | None = None
+    in_doubt: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:

@@ -74,31 +74,33 @@ def read_json(response: httpx.Response) -> Any:
         return None
 
 
+# Transport failures that happen before a request reaches Reach: it cannot have applied it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
 def classify(
     outcome: httpx.Response | Exception,
     call: Call,
     redact: Callable[[str], str],
     external_id: str | None = None,
+    *,
+    request: str = "request",
 ) -> SyncError:
     """The one table from a failed request (a non-2xx answer or a transport error) to the
-    error tree. ``redact`` removes credentials from anything that ends up in a message."""
+    error tree. ``redact`` removes credentials from anything that ends up in a message;
+    ``request`` names a failed transport's request (``"POST /api/..."``) in it."""
     if isinstance(outcome, Exception):
-        if isinstance(outcome, httpx.UnsupportedProtocol):
-            return ConfigurationError(redact(f"Reach base_url is unusable: {outcome}"))
-        if isinstance(outcome, httpx.TimeoutException):
-            return Retryable(redact(f"Reach request timed out ({type(outcome).__name__})"))
-        if isinstance(outcome, httpx.HTTPError):
-            return Retryable(redact(f"Reach unreachable ({type(outcome).__name__}: {outcome})"))
-        return Retryable(redact(f"Reach request failed ({type(outcome).__name__})"))
+        return _transport_error(outcome, redact, request)
 
     status = outcome.status_code
-    request = outcome.request
-    said = redact(
-        f"Reach {request.method} {request.url.path} answered {status}: {_server_message(outcome)}"
-    )
+    request_line = f"{outcome.request.method} {outcome.request.url.path}"
+    said = redact(f"Reach {request_line} answered {status}: {_server_message(outcome)}")
     wait = retry_after_seconds(outcome.headers.get("retry-after"))
-    if status == 429 or status >= 500 or status in (408, 425):
+    if status == 429:
         return Retryable(said, retry_after_s=wait)
+    if status >= 500 or status in (408, 425):
+        # Reach had the request: it may have applied it before the answer went wrong.
+        return Retryable(said, retry_after_s=wait, ambiguous=True)
     if status in (401, 403):
         return ConfigurationError(said, status=status, scope="tenant or credential")
     if status == 404:
@@ -116,3 +118,18 @@ def classify(
         return BadRecord(said, status=status, body=excerpt, external_id=external_id)
     # Redirects and other 4xx: the client and the API disagree; a person has to look.
     return ConfigurationError(said, status=status, scope="api contract")
+
+
+def _transport_error(exc: Exception, redact: Callable[[str], str], request: str) -> SyncError:
+    """A request that got no answer; whether Reach may have applied it is what the engine
+    needs to know (``Retryable.ambiguous``)."""
+    kind = type(exc).__name__
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ConfigurationError(redact(f"Reach base_url is unusable ({request}): {exc}"))
+    ambiguous = not isinstance(exc, _NOT_SENT)
+    if isinstance(exc, httpx.TimeoutException):
+        return Retryable(redact(f"Reach {request} timed out ({kind})"), ambiguous=ambiguous)
+    if isinstance(exc, httpx.HTTPError):
+        message = f"Reach {request} failed, no answer ({kind}: {exc})"
+        return Retryable(redact(message), ambiguous=ambiguous)
+    return Retryable(redact(f"Reach {request} failed ({kind})"), ambiguous=ambiguous)

@@ -30,7 +30,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from consumer.config import Destination
-from consumer.errors import BadRecord, ConfigurationError, SyncError
+from consumer.errors import BadRecord, ConfigurationError, Retryable, SyncError
 from consumer.reach.auth import Clock, credential_for
 from consumer.reach.batching import (
     DELETE_BODY,
@@ -54,6 +54,8 @@ from consumer.reach.status import (
 from consumer.telemetry import instrument_http
 
 __all__ = [
+    "DELETE_BATCH_TYPE",
+    "UPSERT_BATCH_TYPE",
     "AfterResponse",
     "BatchProgress",
     "BatchState",
@@ -77,6 +79,13 @@ _MAX_CONCURRENT_POLLS = 8
 _POLL_GROWTH = 1.5
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # reach-api.md §3.8: schema names
 _USER_AGENT = "reach-sync/0.1"
+# reach-api.md §3.4: batchType of an upload and of a delete.
+UPSERT_BATCH_TYPE = "PARTNER_RESOURCE_JSON_INGEST"
+DELETE_BATCH_TYPE = "PARTNER_RESOURCE_BATCH_DELETE"
+# How many of a tenant's newest batches are read to find one whose id an ambiguous answer lost:
+# the API's largest page (§3.4). That batch was created moments ago, so it is among them
+# unless the tenant created more than this many batches of the type since.
+_RECENT_BATCHES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,7 @@ class RequestInfo:
     """What a request is about to do, for the engine's rate limiter."""
 
     tenant: str
-    operation: Literal["upsert_one", "upsert_batch", "delete_batch", "batch_status"]
+    operation: Literal["upsert_one", "upsert_batch", "delete_batch", "batch_status", "list_batches"]
     records: int
 
 
@@ -259,6 +268,35 @@ class ReachClient:
         data = body.get("data") if isinstance(body, dict) else None
         return parse_status(batch_id, data)
 
+    async def unfinished_batches(self, tenant: str, schema: str, batch_type: str) -> list[str]:
+        """Ids of the tenant's newest ``schema`` batches of ``batch_type`` that are not finished
+        (``GET /api/batches``, newest first). After a batch request whose answer was lost, Reach
+        may hold a batch of it whose id was never learned; these are the ones to wait for."""
+        response = await self._send(
+            RequestInfo(tenant, "list_batches", 0),
+            "GET",
+            "/api/batches",
+            params={
+                "batchType": batch_type,
+                "sortBy": "-createdAt",
+                "limit": str(_RECENT_BATCHES),
+            },
+        )
+        if not response.is_success:
+            raise self._error(response, Call.STATUS)
+        body = read_json(response)
+        data = body.get("data") if isinstance(body, dict) else None
+        results = data.get("results") if isinstance(data, dict) else None
+        unfinished: list[str] = []
+        for entry in results if isinstance(results, list) else []:
+            if not isinstance(entry, dict) or entry.get("schemaName") not in (schema, None):
+                continue
+            batch_id = entry.get("batchId")
+            finished = isinstance(batch_id, str) and parse_status(batch_id, entry).finished
+            if isinstance(batch_id, str) and batch_id and not finished:
+                unfinished.append(batch_id)
+        return unfinished
+
     async def wait_batches(
         self,
         tenant: str,
@@ -336,7 +374,11 @@ class ReachClient:
             step = await self._submit_chunk(info, method, path, params, shape, chunk)
             if step.error is not None:
                 unsent = tuple(item.key for pending in (chunk, *work) for item in pending)
-                return BatchSubmission(tuple(batches), tuple(rejected), unsent, step.error)
+                sent = isinstance(step.error, Retryable) and step.error.ambiguous
+                in_doubt = tuple(item.key for item in chunk) if sent else ()
+                return BatchSubmission(
+                    tuple(batches), tuple(rejected), unsent, step.error, in_doubt
+                )
             if step.accepted is not None:
                 batches.append(step.accepted)
             rejected.extend(step.rejected)
@@ -415,7 +457,8 @@ class ReachClient:
                     method, path, params=params, content=body, headers=headers
                 )
         except httpx.HTTPError as exc:
-            raise classify(exc, Call.SINGLE, self._redact) from exc
+            error = classify(exc, Call.SINGLE, self._redact, request=f"{method} {path}")
+            raise error from exc
         if response.status_code == 401:
             self._credential.invalidate()  # the next call mints afresh (e.g. after clock skew)
         if self._after_response is not None:

@@ -196,6 +196,17 @@ class SandboxServer:
         with self.admin() as admin:
             admin.delete("/_admin/faults").raise_for_status()
 
+    def remove_fault(self, fault_id: str) -> None:
+        with self.admin() as admin:
+            admin.delete(f"/_admin/faults/{fault_id}").raise_for_status()
+
+    def wait_idle(self, timeout_s: int = 30) -> None:
+        """Until every accepted batch is processed (parked records aside)."""
+        with self.admin() as admin:
+            admin.post(
+                "/_admin/wait-idle", params={"timeoutSeconds": timeout_s}, timeout=timeout_s + 5
+            ).raise_for_status()
+
     def stop(self) -> None:
         self.process.stop()
 

@@ -70,6 +70,11 @@ class _LastSent:
     async def forget(self, resource: str, ids: Sequence[EntityId]) -> None:
         return None
 
+    async def put_in_doubt(
+        self, resource: str, entries: Iterable[tuple[EntityId, LastSent]]
+    ) -> None:
+        return None
+
 
 class _Audit:
     def record(
