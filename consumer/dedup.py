@@ -8,6 +8,12 @@ whose status cannot be read) the entity's entry is put *in doubt* (its hash empt
 kept): if the send's outcome is never learned and the entity goes back to the state the entry
 held, the retry sends it instead of skipping it. That write must succeed before the send.
 
+When Redis cannot be reached the store cannot put anything in doubt, and a write that Redis did
+not confirm would leave an entry claiming a state Reach no longer holds once Redis answers
+again. So every unconfirmed write is *owed*: the store puts those entries in doubt (or removes
+them) before it answers anything else, as soon as Redis is back. Owed writes live in this
+process only (``OWED_MAX`` keys at most).
+
 Reads and writes of a window are one command each (MGET; MSET and UNLINK), never per key: one
 round trip, and one reply to parse instead of one per key.
 
@@ -34,6 +40,22 @@ log = logging.getLogger(__name__)
 
 # A dedup lookup must never hold a window up for long: past this, send without it.
 REDIS_TIMEOUT_S = 2.0
+# Empties the hash of each existing entry, keeping its tenant, in one atomic round trip; a
+# missing entry stays missing (it claims nothing).
+_DOUBT = """
+for _, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value then
+    local tenant = string.match(value, '^([^\\n]*)')
+    redis.call('SET', key, tenant .. '\\n')
+  end
+end
+return 0
+"""
+_OWED_DOUBT = "doubt"
+# Owed writes kept while Redis is away (module docstring): about 25 MB at this many keys; past
+# it an outage's oldest owed entries are dropped, with an error logged once.
+OWED_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +65,6 @@ class LastSent:
 
     tenant: str
     hash: str
-
-    @property
-    def in_doubt(self) -> bool:
-        return not self.hash
-
-    def doubted(self) -> LastSent:
-        return LastSent(self.tenant, "")
 
 
 class LastSentStore:
@@ -62,6 +77,9 @@ class LastSentStore:
         )
         instrument_redis(self._redis)  # a span per command, when tracing is on
         self.available = True
+        # Key -> what it must become once Redis answers: in doubt, or None (removed).
+        self._owed: dict[str, str | None] = {}
+        self._owed_dropped = 0
 
     def _key(self, resource: str, entity_id: EntityId) -> str:
         return f"{self._prefix}:last:{resource}:{entity_id}"
@@ -85,6 +103,7 @@ class LastSentStore:
         if not ids:
             return {}
         try:
+            await self._pay_owed()
             values = await self._redis.mget([self._key(resource, i) for i in ids])
         except (RedisError, OSError) as exc:
             self._mark(False, "read", exc)
@@ -103,14 +122,25 @@ class LastSentStore:
         await self._write(resource, sent, forget=())
 
     async def put_in_doubt(
-        self, resource: str, entries: Iterable[tuple[EntityId, LastSent]]
+        self, resource: str, ids: Iterable[EntityId], *, required: bool = True
     ) -> None:
-        """Before a send: these entities' entries no longer claim a state (tenants kept). Raises
-        Retryable when Redis does not confirm, so that nothing is sent while an entry could
-        still claim a state Reach may no longer hold."""
-        doubted = [(i, e.doubted()) for i, e in entries if not e.in_doubt]
-        if doubted and not await self._write(resource, doubted, forget=()):
-            raise Retryable("the dedup store could not put entries in doubt before a send")
+        """Before a send: these entities' entries stop claiming a state (their tenants are kept;
+        a missing entry stays missing). Raises Retryable when Redis does not confirm and
+        ``required``: nothing is sent while an entry could still claim a state Reach may no
+        longer hold. Not ``required`` (the store was away for the lookup already), it is owed."""
+        keys = [self._key(resource, i) for i in ids]
+        if not keys:
+            return
+        try:
+            await self._pay_owed()
+            await self._doubt(keys)
+        except (RedisError, OSError) as exc:
+            self._mark(False, "write", exc)
+            self._owe_doubt(keys)
+            if required:
+                raise Retryable("the dedup store could not put entries in doubt") from exc
+            return
+        self._mark(True, "write")
 
     async def forget(self, resource: str, ids: Iterable[EntityId]) -> None:
         """After a delete: the entity is gone from Reach, so a re-created one is sent again."""
@@ -128,14 +158,64 @@ class LastSentStore:
         if not entries and not gone:
             return True
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if entries:
-                    pipe.mset(entries)
-                if gone:
-                    pipe.unlink(*gone)
-                await pipe.execute()
+            await self._pay_owed()
+            await self._execute(entries, gone)
         except (RedisError, OSError) as exc:
             self._mark(False, "write", exc)
+            self._owe(entries, gone)
             return False
         self._mark(True, "write")
         return True
+
+    async def _execute(self, entries: dict[str, str], gone: Sequence[str]) -> None:
+        if not entries and not gone:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if entries:
+                pipe.mset(entries)
+            if gone:
+                pipe.unlink(*gone)
+            await pipe.execute()
+
+    async def _doubt(self, keys: list[str]) -> None:
+        await self._redis.eval(_DOUBT, len(keys), *keys)
+
+    def _owe(self, entries: dict[str, str], gone: Sequence[str]) -> None:
+        """Remember writes Redis did not confirm, as doubts (or removals): never as a hash,
+        since another owner may have written a newer one by the time they are paid."""
+        self._owe_doubt(list(entries))
+        for key in gone:
+            self._owed.pop(key, None)
+            self._owed[key] = None
+        self._bound_owed()
+
+    def _owe_doubt(self, keys: list[str]) -> None:
+        for key in keys:
+            self._owed.pop(key, None)
+            self._owed[key] = _OWED_DOUBT
+        self._bound_owed()
+
+    def _bound_owed(self) -> None:
+        while len(self._owed) > OWED_MAX:
+            self._owed.pop(next(iter(self._owed)))
+            self._owed_dropped += 1
+            if self._owed_dropped == 1:
+                log.error(
+                    "dedup store away for more than %d writes; older entries may claim a state"
+                    " Reach no longer holds until they are sent again",
+                    OWED_MAX,
+                )
+
+    async def _pay_owed(self) -> None:
+        """Write what earlier failures owe before anything else; raises while Redis is away."""
+        if not self._owed:
+            return
+        owed = dict(self._owed)
+        doubts = [k for k, v in owed.items() if v is not None]
+        if doubts:
+            await self._doubt(doubts)
+        await self._execute({}, [k for k, v in owed.items() if v is None])
+        for key, value in owed.items():
+            if self._owed.get(key, value) == value:
+                self._owed.pop(key, None)
+        log.warning("dedup store: %d entries owed during its outage put in doubt", len(owed))

@@ -301,9 +301,7 @@ def _read_settlement(
     whose failures Reach did not attribute, ends in ``error``, beside what was accepted."""
     settlement = _Settlement()
     uncertain: list[str] = []
-    for rejected in submission.rejected:
-        refusal = _Refusal(rejected.reason, None, rejected.status, rejected.body)
-        on_failed(rejected.external_id, refusal)
+    _report_rejected(submission, on_failed)
     for batch in submission.batches:
         status = followed.statuses[batch.batch_id]
         settled = _Settled(batch.batch_id, followed.finished_at[batch.batch_id])
@@ -330,6 +328,15 @@ def _read_settlement(
             f"Reach reported failures it did not attribute to records (batches {batches})"
         )
     return settlement
+
+
+def _report_rejected(
+    submission: BatchSubmission, on_failed: Callable[[str, _Refusal], None]
+) -> None:
+    """The records Reach refused synchronously, each with its answer."""
+    for rejected in submission.rejected:
+        refusal = _Refusal(rejected.reason, None, rejected.status, rejected.body)
+        on_failed(rejected.external_id, refusal)
 
 
 def _ignore(external_id: str, refusal: _Refusal) -> None:
@@ -360,8 +367,7 @@ async def _settle(
         ctx.outstanding.keep_batches(ctx.name, tenant, ids, finished)
         if not isinstance(exc, SyncError):
             raise
-        for rejected in submission.rejected:
-            on_failed(rejected.external_id, _Refusal(rejected.reason, None, rejected.status))
+        _report_rejected(submission, on_failed)
         return _Settlement(error=exc)
     return _read_settlement(submission, followed, on_failed)
 
@@ -477,7 +483,6 @@ async def deliver_resource(
     ids += [str(i) for i in recomputed.gone]
     to_send: list[Projected] = []
     moved: dict[str, list[str]] = defaultdict(list)  # old tenant -> ids that changed tenant
-    doubt: list[tuple[EntityId, LastSent]] = []  # entries a send may make untrue
     with stage_span("dedup", name, {"reach_sync.records": len(projected)}) as span:
         known = await last_sent.get_many(name, ids)
         for item in projected:
@@ -485,14 +490,13 @@ async def deliver_resource(
             if previous == LastSent(item.tenant, item.hash):
                 result.skipped += 1
                 continue
-            if previous is not None:
-                doubt.append((item.external_id, previous))
-                if previous.tenant != item.tenant:
-                    moved[previous.tenant].append(item.external_id)
+            if previous is not None and previous.tenant != item.tenant:
+                moved[previous.tenant].append(item.external_id)
             to_send.append(item)
-        gone_known = [] if known is None else [str(g) for g in recomputed.gone]
-        doubt += [(g, known[g]) for g in gone_known if known is not None and g in known]
-        await last_sent.put_in_doubt(name, doubt)
+        # Whatever goes out may change what Reach holds: those entries claim nothing from now.
+        # With the store away, that is owed until it answers again (dedup.py).
+        doubt = [*(i.external_id for i in to_send), *recomputed.gone]
+        await last_sent.put_in_doubt(name, doubt, required=known is not None)
         span.set_attributes(
             {"reach_sync.skipped": result.skipped, "reach_sync.dedup_available": known is not None}
         )
@@ -565,10 +569,7 @@ async def _per_tenant(
     outcomes = await asyncio.gather(
         *(one_tenant(t, keys) for t, keys in targets.items()), return_exceptions=True
     )
-    _raise_first(outcomes)
-    first = next((o for o in outcomes if isinstance(o, SyncError)), None)
-    if first is not None:
-        raise first
+    _raise_first(outcomes)  # a returned SyncError is raised like one raised
 
 
 async def _upserts(ctx: _Context, to_send: list[Projected]) -> None:

@@ -150,6 +150,8 @@ class Outstanding:
     def __init__(self, follow_bound_s: float = FOLLOW_BOUND_S) -> None:
         self.follow_bound_s = follow_bound_s
         self._kept: dict[tuple[str, str], list[_Kept]] = {}
+        # Kept once made: a lock dropped while a caller waits on it would let two callers work
+        # on one list. One per resource and tenant that ever had something kept.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def __len__(self) -> int:
@@ -195,4 +197,3 @@ class Outstanding:
                         await item.on_finished(followed)
                 kept.pop(0)
             self._kept.pop(key, None)
-            self._locks.pop(key, None)

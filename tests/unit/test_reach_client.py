@@ -333,14 +333,17 @@ async def test_status_read_classification(status: int, kind: type) -> None:
 
 
 @pytest.mark.parametrize(
-    "failure",
+    ("failure", "ambiguous"),
     [
-        httpx.ConnectError("refused"),
-        httpx.ReadTimeout("slow"),
-        httpx.RemoteProtocolError("cut"),
+        (httpx.ConnectError("refused"), False),
+        (httpx.ConnectTimeout("no route"), False),
+        (httpx.ReadTimeout("slow"), True),
+        (httpx.RemoteProtocolError("cut"), True),
     ],
 )
-async def test_transport_failures_are_retryable(failure: Exception) -> None:
+async def test_transport_failures_are_retryable_and_say_whether_reach_may_have_applied_them(
+    failure: Exception, ambiguous: bool
+) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise failure
 
@@ -349,7 +352,26 @@ async def test_transport_failures_are_retryable(failure: Exception) -> None:
             await api.upsert_one("merchant-1", "customers", {"customerId": "c1"})
         result = await api.upsert_batch("merchant-1", "customers", customers(2))
     assert caught.value.__cause__ is failure
+    assert caught.value.ambiguous is ambiguous
+    # The log line of a failed transport names the request that failed.
+    assert "POST /api/resources/customers " in str(caught.value)
     assert isinstance(result.error, Retryable) and result.unsent == ("c0", "c1")
+    assert "POST /api/resources/customers/batch " in str(result.error)
+    assert result.in_doubt == (("c0", "c1") if ambiguous else ())
+
+
+@pytest.mark.parametrize(
+    ("status", "ambiguous"), [(429, False), (500, True), (502, True), (503, True), (504, True)]
+)
+async def test_an_answer_that_may_hide_an_applied_request_is_ambiguous(
+    status: int, ambiguous: bool
+) -> None:
+    async with client(lambda _r: httpx.Response(status, json={"message": "x"})) as api:
+        with pytest.raises(Retryable) as caught:
+            await api.upsert_one("merchant-1", "customers", {"customerId": "c1"})
+        result = await api.upsert_batch("merchant-1", "customers", customers(3))
+    assert caught.value.ambiguous is ambiguous
+    assert result.in_doubt == (("c0", "c1", "c2") if ambiguous else ())
 
 
 async def test_bad_record_body_is_bounded_and_names_the_record() -> None:

@@ -71,7 +71,7 @@ class _LastSent:
         return None
 
     async def put_in_doubt(
-        self, resource: str, entries: Iterable[tuple[EntityId, LastSent]]
+        self, resource: str, ids: Iterable[EntityId], *, required: bool = True
     ) -> None:
         return None
 
