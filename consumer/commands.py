@@ -228,6 +228,8 @@ async def _preview_one(
         await db.close()
         await store.close()
     previous = None if known is None else known.get(str(entity_id))
+    if recomputed.failed:  # its row cannot be read: _preview prints why
+        raise next(iter(recomputed.failed.values()))
     if recomputed.gone:
         sent = "Reach has it (it would be deleted)" if previous else "nothing was sent for it"
         print(f"{name} {entity_id}: no row in the source database; {sent}")

@@ -5,11 +5,17 @@ explicit ``null`` for a value that became empty, because Reach's upsert keeps ab
 deletes a field only on ``null`` (reach-api.md §3.1). Only mapped fields leave the partner's
 system; ``pii: hash`` fields leave as a SHA-256. The hash is over the canonical JSON of exactly
 what is sent, so any change that matters to Reach changes it and nothing else does.
+
+A value no format can send is its entity's BadRecord (dead-lettered alone), whatever fails:
+NaN and infinite numbers (JSON has none, and orjson would quietly send ``null``, which deletes
+the field in Reach), bytes that are not UTF-8 text, anything the format or JSON rejects. The
+reason names the field and never the value (it may be PII).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -21,13 +27,15 @@ import orjson
 from consumer.config import FieldMapping, Resource
 from consumer.errors import BadRecord
 
-__all__ = ["GROUP_COLUMN_PREFIX", "Projected", "payload_hash", "project"]
+__all__ = ["GROUP_COLUMN_PREFIX", "WITHHELD", "Projected", "payload_hash", "project"]
 
 # Recompute adds one boolean column per group rule, named with this prefix (recompute.py).
 GROUP_COLUMN_PREFIX = "__group_"
 
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
+# What a reason says instead of a value it would quote (reasons never hold values).
+WITHHELD = "<value>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +48,29 @@ class Projected:
     hash: str
 
 
+def _finite(value: Any) -> None:
+    if isinstance(value, Decimal):
+        finite = value.is_finite()  # math.isfinite would say no to a Decimal above float's range
+    else:
+        finite = not isinstance(value, float) or math.isfinite(value)
+    if not finite:
+        raise ValueError("not a finite number (NaN or infinite)")
+
+
+def _text(value: bytes | bytearray | memoryview) -> str:
+    """Bytes (a bytea column) as the UTF-8 text they hold."""
+    try:
+        return bytes(value).decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"bytes that are not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
+
+
 def _as_string(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _text(value)
+    _finite(value)
     return value if isinstance(value, str) else str(value)
 
 
@@ -97,10 +127,19 @@ def _as_date(value: Any) -> str:
 
 
 def _as_raw(value: Any) -> Any:
+    """As JSON can carry it, arrays and objects (json, jsonb) included."""
     if isinstance(value, datetime | date):
         return _as_datetime(value)
-    if isinstance(value, Decimal):
-        return float(value)
+    if isinstance(value, Decimal | float):
+        number = float(value)
+        _finite(number)  # a Decimal beyond float's range becomes infinite here
+        return number
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _text(value)
+    if isinstance(value, list | tuple):
+        return [_as_raw(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_raw(item) for key, item in value.items()}
     return value
 
 
@@ -119,18 +158,54 @@ def _hash_pii(value: Any) -> str:
     return hashlib.sha256(str(value).strip().lower().encode()).hexdigest()
 
 
+def _without(value: Any, message: str) -> str:
+    """``message`` with the value's text withheld (a parser's message may quote it)."""
+    try:
+        texts = {repr(value), repr(str(value))}
+    except Exception:  # a value with no text: none of it can be quoted
+        return message
+    for text in texts:
+        message = message.replace(text, WITHHELD)
+    return message
+
+
 def _field_value(name: str, mapping: FieldMapping, row: Mapping[str, Any]) -> Any:
     value = row.get(mapping.column)
     if value is None:
         return None
     try:
+        _finite(value)
         formatted = _FORMATTERS[mapping.format](value)
-    except (ValueError, ArithmeticError) as exc:
-        # The reason names the field and the format, never the value (it may be PII).
+        _finite(formatted)  # e.g. cents beyond float's range
+        return _hash_pii(formatted) if mapping.pii == "hash" else formatted
+    except Exception as exc:
+        # Whatever fails, it is this entity's alone. The reason names the field and the format,
+        # never the value (it may be PII).
+        reason = _without(value, str(exc) or type(exc).__name__)
         raise BadRecord(
-            f"field {name!r} (column {mapping.column!r}) as {mapping.format}: {exc}"
+            f"field {name!r} (column {mapping.column!r}) as {mapping.format}: {reason}"
         ) from exc
-    return _hash_pii(formatted) if mapping.pii == "hash" else formatted
+
+
+def _identity(column: str, row: Mapping[str, Any]) -> str:
+    try:
+        return _as_string(row[column])
+    except ValueError as exc:
+        raise BadRecord(f"column {column!r}: {exc}") from exc
+
+
+def _hash_of(resource: Resource, record: Mapping[str, Any]) -> str:
+    """The payload hash; BadRecord naming the field when a raw value is no JSON at all."""
+    try:
+        return payload_hash(record)
+    except orjson.JSONEncodeError as exc:
+        for name, value in record.items():
+            try:
+                orjson.dumps(value)
+            except orjson.JSONEncodeError as field_exc:
+                column = resource.mapping[name].column if name in resource.mapping else name
+                raise BadRecord(f"field {name!r} (column {column!r}): {field_exc}") from exc
+        raise BadRecord(f"the record is no JSON: {exc}") from exc
 
 
 def payload_hash(record: Mapping[str, Any]) -> str:
@@ -149,8 +224,8 @@ def project(resource: Resource, row: Mapping[str, Any]) -> Projected:
             rule.name for rule in resource.groups.rules if row.get(GROUP_COLUMN_PREFIX + rule.name)
         )
     return Projected(
-        tenant=_as_string(row[resource.tenant]),
-        external_id=_as_string(row[resource.key]),
+        tenant=_identity(resource.tenant, row),
+        external_id=_identity(resource.key, row),
         record=record,
-        hash=payload_hash(record),
+        hash=_hash_of(resource, record),
     )

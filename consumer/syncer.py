@@ -543,6 +543,8 @@ class Syncer:
             outstanding=self._outstanding,
             on_accepted=audit,
         )
+        # Rows the source could not give (recompute.py): dead-lettered, their entities alone.
+        result.dead += [DeadLetter(name, i, None, e) for i, e in recomputed.failed.items()]
         log.debug(
             "%s: %d ids, recompute %.0f ms, delivery %.0f ms (sent %d, skipped %d, deleted %d)",
             name,

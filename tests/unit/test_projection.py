@@ -117,3 +117,68 @@ def test_pii_hash_sends_the_sha256_of_the_normalised_value() -> None:
 def test_missing_key_or_tenant_is_a_bad_record() -> None:
     with pytest.raises(BadRecord, match="tenant"):
         project(CUSTOMERS, _row(tenant=None))
+
+
+# --- values no format can send: their entity's BadRecord, naming the field, never the value ----
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "why"),
+    [
+        # JSON has no NaN nor infinity (orjson would send null, deleting the field in Reach).
+        ("raw", Decimal("NaN"), "not a finite number"),
+        ("raw", Decimal("-Infinity"), "not a finite number"),
+        ("raw", float("inf"), "not a finite number"),
+        ("raw", Decimal("1e400"), "not a finite number"),  # beyond a float
+        ("raw", [Decimal("1"), Decimal("NaN")], "not a finite number"),  # numeric[]
+        ("string", Decimal("NaN"), "not a finite number"),
+        ("integer", Decimal("Infinity"), "not a finite number"),
+        ("decimal_cents", Decimal("NaN"), "not a finite number"),
+        pytest.param("decimal_cents", 10**400, "not a finite number", id="cents-beyond-float"),
+        # bytea that is no UTF-8 text
+        ("string", b"caf\xe9", "bytes that are not UTF-8 text"),
+        ("raw", b"\xff", "bytes that are not UTF-8 text"),
+        # what JSON cannot carry at all (an interval)
+        ("raw", timedelta(days=1), "not JSON serializable"),
+        # what the format rejects
+        ("date", "not-a-date", "Invalid isoformat string"),
+        ("datetime", "2026-13-45", "month must be in 1..12"),
+        # and anything unexpected
+        ("string", _Unprintable(), "no text"),
+    ],
+)
+def test_a_value_no_format_can_send_is_a_bad_record_naming_the_field(
+    fmt: str, value: Any, why: str
+) -> None:
+    resource = _resource(secret=FieldMapping(column="v", format=fmt, pii="send"))  # type: ignore[arg-type]
+    with pytest.raises(BadRecord) as caught:
+        project(resource, {"id": 1, "tenant": "t", "v": value})
+    reason = str(caught.value)
+    assert "'secret'" in reason and "'v'" in reason, reason
+    assert why in reason, reason
+    if not isinstance(value, _Unprintable):
+        assert repr(value) not in reason and repr(str(value)) not in reason, reason
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "expected"),
+    [
+        ("string", b"caf\xc3\xa9", "café"),  # bytea holding UTF-8 text
+        ("raw", b"caf\xc3\xa9", "café"),
+        ("raw", [Decimal("1.5"), None, {"a": Decimal("2")}], [1.5, None, {"a": 2.0}]),
+        ("string", Decimal("1e400"), "1E+400"),  # finite, only beyond a float
+    ],
+)
+def test_values_json_can_carry_once_formatted(fmt: str, value: Any, expected: Any) -> None:
+    resource = _resource(v=FieldMapping(column="v", format=fmt))  # type: ignore[arg-type]
+    assert project(resource, {"id": 1, "tenant": "t", "v": value}).record == {"v": expected}
+
+
+def test_a_tenant_that_is_no_text_is_a_bad_record() -> None:
+    with pytest.raises(BadRecord, match="column 'tenant': bytes that are not UTF-8"):
+        project(CUSTOMERS, _row(tenant=b"\xff"))
