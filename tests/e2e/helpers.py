@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,9 +144,31 @@ def insert_transaction(dsn: str, customer_id: int, amount_cents: int, status: st
 # --- the sandbox's admin API ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Reordered:
+    """Writes applied after a later-arriving one: ``batches`` that a shuffled order let another
+    batch of their tenant overtake, and the ``entities`` (tenant/schema/id) written out of
+    arrival order, which a client keeping one unfinished batch per entity never sees."""
+
+    batches: int
+    entities: list[str]
+
+
+def _behind(versions: Iterable[Version], key: Callable[[Version], str]) -> list[str]:
+    """The keys of versions that arrived before an earlier-applied version of the same key."""
+    latest: dict[str, float] = {}
+    found: list[str] = []
+    for version in versions:
+        name, arrived = key(version), version["arrivedAt"]
+        if arrived < latest.get(name, arrived):
+            found.append(name)
+        latest[name] = max(arrived, latest.get(name, arrived))
+    return found
+
+
 @dataclass
 class Sandbox:
-    """The Reach sandbox's admin API: history, request log, faults."""
+    """The Reach sandbox's admin API: history, request log, faults, batch order."""
 
     url: str
     admin_token: str
@@ -181,6 +203,22 @@ class Sandbox:
             if not page:
                 return seq
             seq = page[-1]["seq"]
+
+    def reordered(self, after_seq: int) -> Reordered:
+        """What applied out of arrival order among the versions after ``after_seq``."""
+        versions: list[Version] = []
+        seq = after_seq
+        while page := self._get("/_admin/history", {"afterSeq": seq, "limit": 10000})["versions"]:
+            versions += page
+            seq = page[-1]["seq"]
+        first_seen: dict[str, Version] = {}  # each batch's first version, in apply order
+        for version in versions:
+            if version["batchId"] is not None:
+                first_seen.setdefault(version["batchId"], version)
+        return Reordered(
+            len(_behind(first_seen.values(), lambda v: v["tenantId"])),
+            _behind(versions, lambda v: f"{v['tenantId']}/{v['schemaId']}/{v['externalId']}"),
+        )
 
     def current(self, tenant: str, schema: str, external_id: str) -> dict[str, Any] | None:
         """The resource's data as Reach has it now, or None."""
@@ -222,6 +260,30 @@ class Sandbox:
             yield [self.add_fault(spec) for spec in specs]
         finally:
             self.clear_faults()
+
+    def batch_order(self) -> dict[str, Any]:
+        """``{"shuffle", "seed", "gather_seconds"}``: the order a tenant's batches apply in."""
+        found: dict[str, Any] = self._get("/_admin/batch-order", {})
+        return found
+
+    def set_batch_order(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        with self._client() as http:
+            answer = http.put("/_admin/batch-order", json=dict(settings)).raise_for_status()
+            found: dict[str, Any] = answer.json()
+            return found
+
+    @contextmanager
+    def shuffled_batches(self, seed: int, gather_seconds: float) -> Iterator[dict[str, Any]]:
+        """Inside the block each tenant's queued batches apply in a seeded random order, as Reach
+        allows (it promises no order across batches); the previous order is restored when the
+        block ends, however. Yields the settings in force."""
+        previous = self.batch_order()
+        try:
+            yield self.set_batch_order(
+                {"shuffle": True, "seed": seed, "gather_seconds": gather_seconds}
+            )
+        finally:
+            self.set_batch_order(previous)
 
 
 # --- reach-sync in a thread ----------------------------------------------------------------------

@@ -48,11 +48,12 @@ def dead_letter_count(definition: SyncDefinition) -> int:
 
 
 class SandboxSwitches:
-    """The sandbox's rate limits and its fault board, through the admin API."""
+    """The sandbox's rate limits, its fault board and its batch order, through the admin API."""
 
     def __init__(self, endpoints: StackEndpoints) -> None:
         self._url = endpoints.sandbox_url
         self._headers = {"authorization": f"Bearer {endpoints.sandbox_admin_token}"}
+        self._sandbox = Sandbox.of(endpoints)
 
     def _client(self) -> httpx.Client:
         return httpx.Client(base_url=self._url, headers=self._headers, timeout=30)
@@ -84,6 +85,13 @@ class SandboxSwitches:
                 http.get("/_admin/faults").raise_for_status().json()["faults"]
             )
             return found
+
+    def batch_order(self) -> dict[str, Any]:
+        return self._sandbox.batch_order()
+
+    def shuffled(self, seed: int, gather_seconds: float) -> AbstractContextManager[dict[str, Any]]:
+        """``Sandbox.shuffled_batches``: batches in a seeded random order inside the block."""
+        return self._sandbox.shuffled_batches(seed, gather_seconds)
 
 
 def most_in_any_window(times: Sequence[float], window_s: float = 1.0) -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from consumer.reach.sandbox.cli import check_config
 from consumer.reach.sandbox.config import (
+    BatchOrderConfig,
     ConfigError,
     SandboxConfig,
     dev_config,
@@ -60,6 +61,26 @@ def test_a_written_config_loads_back_equal(tmp_path: Path) -> None:
         ),
         ({**MINIMAL, "faults": [{"kind": "revoke"}]}, "faults.0.revoke"),
         ({**MINIMAL, "validation": {"mode": "lazy"}}, "validation.mode"),
+        (
+            {**MINIMAL, "batches": {"order": {"shuffle": "yes"}}},
+            "batches.order.shuffle: Input should be a valid boolean",
+        ),
+        (
+            {**MINIMAL, "batches": {"order": {"gather_seconds": -1}}},
+            "batches.order.gather_seconds: Input should be greater than or equal to 0",
+        ),
+        (
+            {**MINIMAL, "batches": {"order": {"gather_seconds": 30}}},
+            "batches.order.gather_seconds: Input should be less than or equal to 5",
+        ),
+        (
+            {**MINIMAL, "batches": {"order": {"seed": "abc"}}},
+            "batches.order.seed: Input should be a valid integer",
+        ),
+        (
+            {**MINIMAL, "batches": {"order": {"suffle": True}}},
+            "batches.order.suffle: Extra inputs are not permitted",
+        ),
         ([1, 2], "the top level must be a mapping"),
     ],
 )
@@ -70,6 +91,23 @@ def test_errors_name_the_source_the_field_and_the_reason(data: object, complaint
     assert message.startswith("cfg.yaml: ")
     assert complaint in message
     assert "\n" not in message
+
+
+def test_batch_order_defaults_to_arrival_order_and_loads_from_a_file(tmp_path: Path) -> None:
+    assert parse_sandbox_config(MINIMAL).batches.order == BatchOrderConfig(
+        shuffle=False, seed=None, gather_seconds=0.25
+    )
+    path = tmp_path / "sandbox.yaml"
+    path.write_text(
+        "admin_token: aaaaaaaaaaaaaaaaaaaa\n"
+        "partners: [{partner_id: p, secret: ssssssssssssssssssssssssssssssss}]\n"
+        "batches:\n  order: {shuffle: true, seed: 42, gather_seconds: 0.1}\n"
+    )
+    config = load_sandbox_config(path)
+    assert config.batches.order == BatchOrderConfig(shuffle=True, seed=42, gather_seconds=0.1)
+    written = tmp_path / "written.yaml"
+    write_sandbox_config(config, written)
+    assert load_sandbox_config(written) == config
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from consumer.reach.sandbox.batch_rows import batch_doc, find_batch, list_batches
-from consumer.reach.sandbox.config import RateLimitsConfig
+from consumer.reach.sandbox.config import BatchOrderConfig, RateLimitsConfig
 from consumer.reach.sandbox.context import render_stored
 from consumer.reach.sandbox.fault_specs import fault_adapter
 from consumer.reach.sandbox.http import ApiError, JsonResponse, invalid, query_int, read_body
@@ -272,6 +272,18 @@ async def rate_limits(request: Request, sb: Sandbox) -> Response:
     return _json(sb.limiter.settings.model_dump(mode="json"))
 
 
+async def batch_order(request: Request, sb: Sandbox) -> Response:
+    """Arrival order or shuffled (see ``batches.py``); a PUT takes effect at the next pick."""
+    if request.method == "PUT":
+        raw = await read_body(request, sb.config.limits.max_body_bytes)
+        try:
+            settings = BatchOrderConfig.model_validate_json(raw)
+        except ValidationError as exc:
+            raise invalid("invalid batch order", exc) from None
+        sb.batches.set_order(settings)
+    return _json(sb.batches.order.model_dump(mode="json"))
+
+
 async def wait_idle(request: Request, sb: Sandbox) -> Response:
     """Block until every accepted batch is processed (parked records aside), or the timeout."""
     timeout = query_int(request, "timeoutSeconds", 30, 0, 600)
@@ -311,6 +323,7 @@ def admin_routes() -> list[Route]:
         Route("/_admin/faults", a(clear_faults), methods=["DELETE"]),
         Route("/_admin/faults/{faultId}", a(remove_fault), methods=["DELETE"]),
         Route("/_admin/rate-limits", a(rate_limits), methods=["GET", "PUT"]),
+        Route("/_admin/batch-order", a(batch_order), methods=["GET", "PUT"]),
         Route("/_admin/wait-idle", a(wait_idle), methods=["POST"]),
         Route("/_admin/reset", a(reset), methods=["POST"]),
     ]

@@ -1,8 +1,18 @@
 """The asynchronous side of batches: accept, queue, process in the background, expire.
 
-One FIFO worker per tenant: a tenant's batches apply in arrival order (so the last write wins,
-§7 Q16), and a slow or delayed tenant does not hold the others up. All of them share the single
-database thread, which is what serialises the actual writes.
+One worker per tenant, so a slow or delayed tenant does not hold the others up; all of them
+share the single database thread, which is what serialises the actual writes. By default a
+tenant's batches apply in arrival order (last write wins, §7 Q16).
+
+Reach documents no order across batches, so ``batches.order.shuffle`` (or
+``PUT /_admin/batch-order``) makes each pick uniform among the tenant's batches accepted and not
+yet started, drawn from a seeded generator; any two batches queued at the same time then apply
+in either order with even odds. A fast worker would almost always find one batch queued and
+reorder nothing, so before each pick it waits until the oldest queued batch has waited
+``gather_seconds``: an idle tenant's batch stays queued that long, and one sent meanwhile (a
+client's quick resend) is queued with it. That costs a lone batch at most ``gather_seconds`` and
+a backlog nothing. A shuffled worker lets each batch finish before the next pick, so history
+``seq`` stays the real apply order.
 """
 
 from __future__ import annotations
@@ -10,10 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import secrets
 import time
+from collections import deque
+from dataclasses import dataclass, field
 
 from consumer.reach.sandbox.batch_rows import BatchJob
-from consumer.reach.sandbox.config import SandboxConfig
+from consumer.reach.sandbox.config import BatchOrderConfig, SandboxConfig
 from consumer.reach.sandbox.db import Database
 from consumer.reach.sandbox.faults import FaultBoard
 from consumer.reach.sandbox.registry import Registry
@@ -22,6 +36,15 @@ from consumer.reach.sandbox.store import Store
 __all__ = ["BatchService"]
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Queue:
+    """A tenant's batches accepted and not yet started, oldest first, with when each was queued
+    (monotonic seconds)."""
+
+    jobs: deque[tuple[float, BatchJob]] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class BatchService:
@@ -38,13 +61,16 @@ class BatchService:
         self._store = store
         self._registry = registry
         self._faults = faults
-        self._queues: dict[str, asyncio.Queue[BatchJob]] = {}
+        self._queues: dict[str, _Queue] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._unfinished = 0
         self._idle = asyncio.Event()
         self._idle.set()
         # Bumped by a reset: a job taken before it must not write into the state after it.
         self._epoch = 0
+        self._order: BatchOrderConfig
+        self._rngs: dict[str, random.Random] = {}
+        self.set_order(config.batches.order)
 
     @property
     def queued(self) -> int:
@@ -62,13 +88,30 @@ class BatchService:
     def enqueue(self, job: BatchJob) -> None:
         queue = self._queues.get(job.tenant_id)
         if queue is None:
-            queue = self._queues[job.tenant_id] = asyncio.Queue()
+            queue = self._queues[job.tenant_id] = _Queue()
             self._workers[job.tenant_id] = asyncio.create_task(
-                self._work(queue), name=f"sandbox-batches-{job.tenant_id}"
+                self._work(job.tenant_id, queue), name=f"sandbox-batches-{job.tenant_id}"
             )
         self._unfinished += 1
         self._idle.clear()
-        queue.put_nowait(job)
+        queue.jobs.append((time.monotonic(), job))
+        queue.ready.set()
+
+    @property
+    def order(self) -> BatchOrderConfig:
+        """The order settings in force, with the seed actually used."""
+        return self._order
+
+    def set_order(self, settings: BatchOrderConfig) -> BatchOrderConfig:
+        """Switch the order at run time; every tenant's generator restarts from the seed."""
+        seed = settings.seed
+        if seed is None:
+            seed = self._config.random_seed
+        if seed is None:
+            seed = secrets.randbelow(1 << 31)
+        self._order = settings.model_copy(update={"seed": seed})
+        self._rngs.clear()
+        return self._order
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """True once every accepted batch has been processed, False after ``timeout_s``."""
@@ -93,9 +136,8 @@ class BatchService:
         """Drop queued jobs; those already handed to the database thread skip themselves."""
         self._epoch += 1
         for queue in self._queues.values():
-            while not queue.empty():
-                queue.get_nowait()
-                queue.task_done()
+            while queue.jobs:
+                queue.jobs.popleft()
                 self._done()
 
     async def stop(self) -> None:
@@ -113,23 +155,57 @@ class BatchService:
         if self._unfinished == 0:
             self._idle.set()
 
-    async def _work(self, queue: asyncio.Queue[BatchJob]) -> None:
-        """Hand the tenant's batches to the database thread in order.
+    async def _work(self, tenant_id: str, queue: _Queue) -> None:
+        """Hand the tenant's batches to the database thread, in arrival or shuffled order.
 
-        A batch without a delay is queued there without waiting for the one before it, so the
-        database thread goes from batch to batch without a round trip through this loop; the
-        thread's FIFO keeps them in order. A delayed batch holds the tenant's later ones back.
+        In arrival order a batch without a delay is queued there without waiting for the one
+        before it, so the database thread goes from batch to batch without a round trip through
+        this loop; the thread's FIFO keeps them in order. A delayed batch holds the tenant's
+        later ones back (in both orders: it has started).
         """
         while True:
-            job = await queue.get()
-            queue.task_done()
+            while not queue.jobs:
+                queue.ready.clear()
+                await queue.ready.wait()
+            if self._order.shuffle:
+                await self._gather(queue)
+                if not queue.jobs:  # a reset emptied it meanwhile
+                    continue
+            shuffled = self._order.shuffle
+            job = self._take(tenant_id, queue, shuffled)
             epoch = self._epoch
             try:
                 await self._delay(job)
-                self._submit(job, epoch)
+                applied = self._submit(job, epoch)
             except Exception:
                 _log.exception("batch %s could not be processed", job.id)
                 self._done()
+                continue
+            if shuffled:
+                await asyncio.wait([applied])
+
+    async def _gather(self, queue: _Queue) -> None:
+        """Wait until the oldest queued batch has waited ``gather_seconds`` (settings and the
+        queue may change meanwhile: both are read again after every sleep)."""
+        while queue.jobs and self._order.shuffle:
+            wait = queue.jobs[0][0] + self._order.gather_seconds - time.monotonic()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    def _take(self, tenant_id: str, queue: _Queue, shuffled: bool) -> BatchJob:
+        """The oldest batch, or with ``shuffled`` a uniform pick among all queued ones. A tenant
+        draws only when there is a choice, from its own generator, so its picks depend on the
+        seed and its own queue alone."""
+        index = 0
+        if shuffled and len(queue.jobs) > 1:
+            rng = self._rngs.get(tenant_id)
+            if rng is None:
+                rng = self._rngs[tenant_id] = random.Random(self._order.seed)  # noqa: S311
+            index = rng.randrange(len(queue.jobs))
+        _queued_at, job = queue.jobs[index]
+        del queue.jobs[index]
+        return job
 
     async def _delay(self, job: BatchJob) -> None:
         """Hold a batch in ``processing`` for the configured delay and any delay fault."""
@@ -141,7 +217,7 @@ class BatchService:
             await self._db.run(self._store.start, job.id, time.time())
             await asyncio.sleep(delay)
 
-    def _submit(self, job: BatchJob, epoch: int) -> None:
+    def _submit(self, job: BatchJob, epoch: int) -> asyncio.Future[None]:
         """Queue the batch on the database thread; it skips itself if a reset came since
         ``epoch``, the moment the worker took it."""
         tenant = self._registry.tenants.get(job.tenant_id)
@@ -151,6 +227,7 @@ class BatchService:
             self._store.process_batch, job, inject, async_mode, lambda: epoch == self._epoch
         )
         future.add_done_callback(self._finished)
+        return future
 
     def _finished(self, future: asyncio.Future[None]) -> None:
         self._done()

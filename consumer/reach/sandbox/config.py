@@ -20,6 +20,7 @@ __all__ = [
     "DEV_PARTNER_ID",
     "AuthConfig",
     "BatchConfig",
+    "BatchOrderConfig",
     "ConfigError",
     "LimitsConfig",
     "PartnerConfig",
@@ -127,6 +128,23 @@ class RateLimitsConfig(_Strict):
     per_tenant: RateLimitConfig | None = None
 
 
+class BatchOrderConfig(_Strict):
+    """The order a tenant's queued batches apply in: arrival order (§7 Q16), or shuffled.
+
+    Reach documents no order across batches (§3.2), so ``shuffle`` lets a test meet what arrival
+    order hides: a client with two unfinished batches of one entity, applied either way round.
+    Also the body of ``PUT /_admin/batch-order``.
+    """
+
+    shuffle: bool = False
+    # None: the top-level random_seed if set, else a fresh one (GET /_admin/batch-order shows
+    # which), so a failing run can be replayed.
+    seed: int | None = None
+    # With shuffle, each pick waits until the oldest queued batch has waited this long: batches
+    # sent within it are queued together, and each of two such batches goes first half the time.
+    gather_seconds: float = Field(default=0.25, ge=0.0, le=5.0)
+
+
 class BatchConfig(_Strict):
     """Asynchronous batch processing."""
 
@@ -135,6 +153,7 @@ class BatchConfig(_Strict):
     pending_sweep_interval_seconds: float = Field(default=0.1, gt=0.0, le=60.0)
     # §7 Q12: Idempotency-Key is not documented, so it is honoured only when switched on.
     idempotency_keys: bool = False
+    order: BatchOrderConfig = BatchOrderConfig()
 
 
 class ValidationConfig(_Strict):

@@ -271,7 +271,7 @@ class _Writer:
         return Outcome(op.position, op.external_id, "pending")
 
     def _supersede(self, ext: str) -> None:
-        """A later write of a resource replaces any earlier record still parked for it."""
+        """A later-applied write of a resource replaces any earlier record still parked for it."""
         stored = self.parked.pop(ext, None)
         if stored is not None:
             self.result.superseded.append(stored)

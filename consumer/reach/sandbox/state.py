@@ -76,8 +76,9 @@ class Sandbox:
             await self.db.run(write_log, entries)
 
     async def reset(self) -> None:
-        """Back to the configured start: data, batches, log, faults and rate limits."""
+        """Back to the configured start: data, batches, log, faults, rate limits, batch order."""
         self.batches.reset()
+        self.batches.set_order(self.config.batches.order)
         self.faults.clear()
         for spec in self.config.faults:
             self.faults.add(spec)

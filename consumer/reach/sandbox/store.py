@@ -44,7 +44,10 @@ __all__ = ["SingleDelete", "Store"]
 _log = logging.getLogger(__name__)
 _R = TypeVar("_R")
 
-_SUPERSEDED = "a later write of this resource arrived while it waited for its dependencies"
+# "Later" in apply order, which is arrival order unless batches are shuffled (batches.py).
+_SUPERSEDED = (
+    "a later-applied write of this resource replaced it while it waited for its dependencies"
+)
 
 
 @dataclass(frozen=True, slots=True)
