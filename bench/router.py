@@ -49,7 +49,7 @@ from consumer.router import RouterStats, run_router
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
 SHOP_SQL = ROOT / "consumer" / "dev" / "shop.sql"
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
+FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
 PARTITIONS = 4
 KEYS = 50_000
 CONSUME_BATCH = 1000

@@ -42,7 +42,7 @@ from consumer.router import RouterStats, run_router
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
 SHOP_SQL = ROOT / "consumer" / "dev" / "shop.sql"
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
+FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
 SOURCE_PARTITIONS = 4
 DIRTY_PARTITIONS = 8  # examples/shop.yaml
 # Joining takes about half the session timeout on the local broker (local-broker-notes.md).

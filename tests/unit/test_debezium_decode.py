@@ -11,13 +11,7 @@ import pytest
 
 from consumer.debezium import Change, DecodeError, Ignored, decode_event, decode_key
 
-FIXTURE = (
-    Path(__file__).parents[3]
-    / "shared"
-    / "fixtures"
-    / "debezium"
-    / "postgres-json-with-schemas.jsonl"
-)
+FIXTURE = Path(__file__).parents[1] / "fixtures/debezium/postgres-json-with-schemas.jsonl"
 
 
 def _records() -> list[dict[str, Any]]:

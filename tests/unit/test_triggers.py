@@ -17,7 +17,7 @@ from consumer.triggers import DirtyEntity, TriggerIndex, UnknownTable, UnusableI
 from tests.shop_definition import EXAMPLE
 from tests.shop_definition import OFFLINE_ENV as ENV
 
-FIXTURE = Path(__file__).parents[3] / "shared/fixtures/debezium/postgres-json-with-schemas.jsonl"
+FIXTURE = Path(__file__).parents[1] / "fixtures/debezium/postgres-json-with-schemas.jsonl"
 
 
 def _shop(identity: Literal["default", "full"] = "full") -> SyncDefinition:
