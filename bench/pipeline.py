@@ -20,7 +20,7 @@ the same run, over that same backlog:
   for ``QUIET_S``. Source queries are counted per window: ``consumer.service`` builds its
   Syncer and SourceDatabase from subclasses here that only count (recompute calls per resource
   per window attempt); nothing else changes;
-- peak RSS: ``python -m consumer.cli run --config examples/shop.yaml`` as a child process (the
+- peak RSS: ``python -m consumer.cli.main run --config examples/shop.yaml`` as a child process (the
   demo's environment, again a fresh group and last-sent prefix) on the same backlog until its
   syncer committed every dirty key (or for ``--rss-max-seconds``); the child's VmHWM, sampled
   until it exits, so this process's own memory (the preload) does not count. Its throughput,
@@ -31,7 +31,7 @@ Latency part: a fresh LocalStack with Debezium (its default shop size unless
 ``--latency-customers``), both resources in real-time mode (customers' window set to
 ``--latency-window-ms``, by default the example's real-time window, transactions' 100 ms),
 reach-sync in this process; once the snapshot is synced and the pipeline idle, the workload
-generator (consumer/dev/load.py, in its own process so it does not share this one's GIL)
+generator (devstack/reach_devstack/load.py, in its own process so it does not share this one's GIL)
 changes the shop at ``--latency-rate`` operations/s for ``--latency-seconds``; then the
 source-commit -> accepted percentiles from ``SyncerStats.latencies_ms``, and its commit -> routed
 part (the router's ``enqueued_ms`` minus the source commit time of each dirty key, read from the
@@ -79,6 +79,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from reach_devstack.demo import demo_env
+from reach_devstack.load import LoadStats, run_load
+from reach_devstack.stack import LocalStack, StackEndpoints, StackOptions
 
 # bench/router.py, next to this file (run as `python bench/pipeline.py`).
 from router import (  # type: ignore[import-not-found]
@@ -95,16 +98,13 @@ from router import (  # type: ignore[import-not-found]
 
 from consumer import service
 from consumer.config import Resource, SyncDefinition, load_definition
-from consumer.dev.demo import demo_env
-from consumer.dev.load import LoadStats, run_load
-from consumer.dev.stack import LocalStack, StackEndpoints, StackOptions
-from consumer.dirty import EntityId, decode_dirty
 from consumer.kafka import abandoned_consumers
-from consumer.recompute import Recomputed, SourceDatabase
-from consumer.router import RouterStats
+from consumer.router.dirty import EntityId, decode_dirty
+from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats, run_service
-from consumer.syncer import Syncer, SyncerStats
-from consumer.windows import Window
+from consumer.sink.recompute import Recomputed, SourceDatabase
+from consumer.syncer.loop import Syncer, SyncerStats
+from consumer.syncer.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
@@ -590,7 +590,7 @@ def _start_children(
     children = []
     with log_path.open("wb") as log:
         for role in roles:
-            argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
+            argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(EXAMPLE)]
             argv += ["--role", role]
             children.append(
                 subprocess.Popen(

@@ -37,18 +37,18 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from reach_devstack import broker as broker_component
+from reach_devstack import postgres as pg_component
+from reach_devstack.process import ManagedProcess, free_port, unprivileged_user, wait_until
+from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 
 from consumer.config import SyncDefinition, load_definition
-from consumer.debezium import decode_event
-from consumer.dev import broker as broker_component
-from consumer.dev import postgres as pg_component
-from consumer.dev.process import ManagedProcess, free_port, unprivileged_user, wait_until
-from consumer.dev.shop import PURCHASE_SKEW, zipf_rank
-from consumer.router import RouterStats, run_router
+from consumer.router.debezium import decode_event
+from consumer.router.loop import RouterStats, run_router
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
-SHOP_SQL = ROOT / "consumer" / "dev" / "shop.sql"
+SHOP_SQL = ROOT / "devstack" / "reach_devstack" / "shop.sql"
 FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
 PARTITIONS = 4
 KEYS = 50_000

@@ -1,6 +1,6 @@
 """How many records per second the Reach sandbox accepts and applies in batches.
 
-Starts the real sandbox (``python -m consumer.reach.sandbox``) on a free loopback port with a
+Starts the real sandbox (``python -m reach_sandbox``) on a free loopback port with a
 throw-away state directory, POSTs ``--batches`` batch uploads of ``--batch-size`` customer
 records with ``--concurrency`` requests in flight, waits until every batch is terminal, checks
 they all succeeded and that the resources are there, and prints the figures and a final JSON
@@ -27,9 +27,8 @@ from typing import Any
 import httpx
 import jwt
 import orjson
-
-from consumer.reach.sandbox.cli import server_command
-from consumer.reach.sandbox.config import dev_config, write_sandbox_config
+from reach_sandbox.cli import server_command
+from reach_sandbox.config import dev_config, write_sandbox_config
 
 # Fresh per run: the sandbox only ever listens on loopback, but secrets stay out of the source.
 PARTNER_SECRET = secrets.token_urlsafe(32)

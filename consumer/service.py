@@ -25,21 +25,21 @@ import psycopg
 import redis
 from confluent_kafka import Producer
 
-from consumer.audit import AuditWriter, ensure_audit_topic
 from consumer.config import Destination, HealthSettings, SyncDefinition
-from consumer.dedup import LastSentStore
 from consumer.errors import ConfigurationError
-from consumer.health import HealthServer, ProgressTracker, Snapshot
 from consumer.kafka import producer_settings
-from consumer.metrics import MetricsHandle, metered_transport, start_metrics
+from consumer.observe.health import HealthServer, ProgressTracker, Snapshot
+from consumer.observe.metrics import MetricsHandle, metered_transport, start_metrics
 from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport
 from consumer.reach.limits import open_limiter
-from consumer.recompute import SourceDatabase
-from consumer.router import STOP_BOUND_S as ROUTER_STOP_BOUND_S
-from consumer.router import RouterStats, run_router
-from consumer.router_setup import ensure_topics
-from consumer.syncer import Syncer, SyncerStats
+from consumer.records.audit import AuditWriter, ensure_audit_topic
+from consumer.router.loop import STOP_BOUND_S as ROUTER_STOP_BOUND_S
+from consumer.router.loop import RouterStats, run_router
+from consumer.router.topics import ensure_topics
+from consumer.sink.dedup import LastSentStore
+from consumer.sink.recompute import SourceDatabase
+from consumer.syncer.loop import Syncer, SyncerStats
 
 __all__ = ["Role", "ServiceStats", "install_stop_signals", "run_service"]
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from reach_devstack import broker as broker_component
+from reach_devstack import postgres as pg_component
+from reach_devstack import redis as redis_component
+from reach_devstack.process import ManagedProcess, free_port, unprivileged_user, wait_until
 
-from consumer.dev import broker as broker_component
-from consumer.dev import postgres as pg_component
-from consumer.dev import redis as redis_component
-from consumer.dev.process import ManagedProcess, free_port, unprivileged_user, wait_until
 from consumer.kafka import abandoned_consumers
 
 READY_TIMEOUT_S = 60.0

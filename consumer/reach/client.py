@@ -31,6 +31,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from consumer.config import Destination
 from consumer.errors import BadRecord, ConfigurationError, Retryable, SyncError
+from consumer.observe.telemetry import instrument_http
 from consumer.reach.auth import Clock, credential_for
 from consumer.reach.batching import (
     DELETE_BODY,
@@ -51,7 +52,6 @@ from consumer.reach.status import (
     RecordFailure,
     parse_status,
 )
-from consumer.telemetry import instrument_http
 
 __all__ = [
     "DELETE_BATCH_TYPE",

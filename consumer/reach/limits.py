@@ -38,7 +38,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from consumer.config import RateLimit, SyncDefinition
-from consumer.metrics import instruments as metrics
+from consumer.observe.metrics import instruments as metrics
 from consumer.reach.classify import retry_after_seconds
 from consumer.reach.client import RequestInfo
 from consumer.reach.group_share import GroupShare, group_key

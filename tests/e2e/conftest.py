@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from reach_devstack.demo import demo_env
+from reach_devstack.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
 
 from consumer.config import SyncDefinition, load_definition
-from consumer.dev.demo import demo_env
-from consumer.dev.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
 from consumer.service import ServiceStats, run_service
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"

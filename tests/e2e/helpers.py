@@ -24,11 +24,11 @@ import httpx
 import psycopg
 import redis
 from confluent_kafka import Consumer, Message, TopicPartition
+from reach_devstack.process import ManagedProcess, ProcessSpec
+from reach_devstack.stack import StackEndpoints
+from reach_devstack.verify import Difference, verify_sandbox
 
 from consumer.config import SyncDefinition, load_definition
-from consumer.dev.process import ManagedProcess, ProcessSpec
-from consumer.dev.stack import StackEndpoints
-from consumer.dev.verify import Difference, verify_sandbox
 from consumer.service import ServiceStats, run_service
 from tests.e2e.conftest import EXAMPLE, STOP_BOUND_S, TENANTS, shop_env
 
@@ -396,7 +396,7 @@ os._exit(1 if stats.router_error is not None else 0)
 class PipelineProcess:
     """reach-sync as a child process (its own process group, dies with the test run).
 
-    ``live_stats=False`` runs the real command, ``python -m consumer.cli run --config ...``;
+    ``live_stats=False`` runs the real command, ``python -m consumer.cli.main run --config ...``;
     ``True`` runs the same service through a tiny runner that also reports its counters.
     """
 
@@ -428,7 +428,7 @@ class PipelineProcess:
         if self._live:
             argv = [sys.executable, "-c", _LIVE_RUNNER, str(self.config)]
         else:
-            argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(self.config)]
+            argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(self.config)]
         spec = ProcessSpec(f"reach-sync-{self.name}", argv, self.log_path, self._env, REPO)
         self._process = ManagedProcess(spec)
         self._process.start()

@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 import yaml
+from reach_devstack.stack import StackEndpoints
 
 from consumer.config import SyncDefinition
-from consumer.dev.stack import StackEndpoints
-from consumer.dlq_read import Filter, read_dead_letters
+from consumer.records.dlq_read import Filter, read_dead_letters
 from tests.e2e.conftest import EXAMPLE
 from tests.e2e.helpers import LivePipeline, Sandbox, pipeline_thread
 

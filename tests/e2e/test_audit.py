@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import redis
+from reach_devstack.stack import StackEndpoints
 
-from consumer.cli import main
-from consumer.dev.stack import StackEndpoints
+from consumer.cli.main import main
 from tests.e2e.conftest import EXAMPLE, shop_env
 from tests.e2e.helpers import (
     LivePipeline,

@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message, Producer
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import (
     Sandbox,
     assert_converged,
@@ -25,8 +25,8 @@ from tests.e2e.helpers import (
 SCHEMA = "shop_customers"
 TOPIC = "shop.public.customers"
 MARKER = "e2e-bad-event"
-DECODE_ERROR = "consumer.debezium.DecodeError"
-UNKNOWN_TABLE = "consumer.triggers.UnknownTable"
+DECODE_ERROR = "consumer.router.debezium.DecodeError"
+UNKNOWN_TABLE = "consumer.router.triggers.UnknownTable"
 
 
 def _envelope(op: str, table: str, row: dict[str, object]) -> bytes:

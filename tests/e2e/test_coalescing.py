@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 
 import psycopg
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import (
     Sandbox,
     caught_up,

@@ -1,7 +1,7 @@
 """Crash: reach-sync killed with SIGKILL mid-work, started again in the same group, converges and
 loses nothing.
 
-The process is the real command (`python -m consumer.cli run --config examples/shop.yaml`). At
+The process is the real command (`python -m consumer.cli.main run --config examples/shop.yaml`). At
 the kill, customer windows are in flight (their Reach batch is held in processing by a
 batch_delay fault) and transaction windows are failing and retrying (Reach answers 503), so work
 was read from the topics but not yet committed, and some of it never reached Reach at all.
@@ -13,7 +13,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from consumer.dev.stack import StackEndpoints
+from reach_devstack.stack import StackEndpoints
+
 from tests.e2e.helpers import (
     REJOIN_S,
     PipelineProcess,

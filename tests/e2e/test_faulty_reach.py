@@ -1,6 +1,6 @@
 """5 % 5xx plus timeouts during a load run: everything lands, the sandbox equals the projection.
 
-While the workload generator (consumer/dev/load.py, as in the demo) changes the shop at a modest
+While the workload generator (reach_devstack/load.py, as in the demo) changes the shop at a modest
 rate, the sandbox fails about 5 % of the requests with a 5xx (with and without Retry-After, and
 some after applying the request, so that the answer is what gets lost), and about 2.5 % more
 time out: a 504 after a hang, a connection cut mid-response, or a hang longer than reach-sync's
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reach_devstack.load import run_load
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.load import run_load
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import Sandbox, assert_converged
 from tests.e2e.pressure import (
     SandboxSwitches,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import PipelineProcess, Sandbox, assert_converged, wait_for
 from tests.e2e.pressure import (
     dead_letter_count,

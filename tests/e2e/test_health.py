@@ -23,8 +23,8 @@ import httpx
 import psycopg
 import pytest
 import yaml
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.conftest import EXAMPLE
 from tests.e2e.helpers import Sandbox, insert_customer, wait_for
 from tests.e2e.pressure import pipeline_from

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.conftest import EXAMPLE
 from tests.e2e.helpers import Sandbox, assert_converged, pipeline_thread, sql
 

@@ -28,15 +28,15 @@ import psycopg
 import pytest
 import yaml
 from confluent_kafka import Message
+from reach_devstack.process import ManagedProcess, ProcessSpec
+from reach_devstack.stack import SHOP_REACH_SCHEMAS, StackEndpoints
+from reach_devstack.verify import Difference, verify_sandbox
+from reach_sandbox.validation import FieldError, RecordValidator
 
-from consumer.cli import main
+from consumer.cli.main import main
 from consumer.config import SyncDefinition
-from consumer.dev.process import ManagedProcess, ProcessSpec
-from consumer.dev.stack import SHOP_REACH_SCHEMAS, StackEndpoints
-from consumer.dev.verify import Difference, verify_sandbox
-from consumer.dirty import dirty_message_key
-from consumer.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
-from consumer.reach.sandbox.validation import FieldError, RecordValidator
+from consumer.records.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
+from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import EXAMPLE, TENANTS, shop_env
 from tests.e2e.helpers import (
     REJOIN_S,
@@ -167,7 +167,7 @@ class _SyncerProcess:
     """``reach-sync run --role syncer`` as a child process; its final counters from its log."""
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
+        argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(EXAMPLE)]
         spec = ProcessSpec(
             f"reach-sync-{name}-syncer",
             [*argv, "--role", "syncer"],

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import Sandbox, insert_customer, pipeline_thread, sql, wait_for, wait_quiet
 
 SCHEMA = "shop_customers"

@@ -24,9 +24,9 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from reach_devstack.load import run_load
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.load import run_load
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.conftest import EXAMPLE
 from tests.e2e.helpers import Sandbox, assert_converged, sql, wait_for, wait_quiet
 from tests.e2e.pressure import pipeline_from

@@ -27,8 +27,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import (
     LivePipeline,
     Sandbox,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from consumer.dev.stack import StackEndpoints
+from reach_devstack.stack import StackEndpoints
+
 from tests.e2e.conftest import RunningPipeline
 from tests.e2e.helpers import Sandbox, converged, sql
 

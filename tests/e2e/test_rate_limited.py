@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import Sandbox, assert_converged, wait_for
 from tests.e2e.pressure import (
     SandboxSwitches,

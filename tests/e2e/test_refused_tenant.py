@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
+from reach_devstack.stack import StackEndpoints
+from reach_devstack.verify import verify_sandbox
 
 from consumer.config import SyncDefinition
-from consumer.dev.stack import StackEndpoints
-from consumer.dev.verify import verify_sandbox
-from consumer.dirty import dirty_message_key
-from consumer.dlq_read import Filter, read_dead_letters
+from consumer.records.dlq_read import Filter, read_dead_letters
+from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import TENANTS
 from tests.e2e.helpers import (
     Sandbox,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from reach_devstack import broker as broker_component
+from reach_devstack.process import ManagedProcess, free_port, wait_until
+from reach_devstack.stack import StackEndpoints
 
-from consumer.dev import broker as broker_component
-from consumer.dev.process import ManagedProcess, free_port, wait_until
-from consumer.dev.stack import StackEndpoints
 from tests.e2e.helpers import PipelineProcess, wait_for
 
 CUSTOMERS_TOPIC = "shop.public.customers"

@@ -26,11 +26,11 @@ from confluent_kafka import Producer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from reach_devstack.stack import StackEndpoints
 
-from consumer import telemetry
 from consumer.config import load_definition
-from consumer.dev.stack import StackEndpoints
-from consumer.logs import configure_logging, definition_secrets
+from consumer.observe import telemetry
+from consumer.observe.logs import configure_logging, definition_secrets
 from tests.e2e.conftest import EXAMPLE, shop_env
 from tests.e2e.helpers import Sandbox, caught_up, insert_customer, pipeline_thread, sql, wait_for
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import Message
+from reach_devstack.process import ManagedProcess, ProcessSpec
+from reach_devstack.stack import StackEndpoints
 
-from consumer.cli import main
+from consumer.cli.main import main
 from consumer.config import SyncDefinition
-from consumer.dev.process import ManagedProcess, ProcessSpec
-from consumer.dev.stack import StackEndpoints
-from consumer.dirty import dirty_message_key
-from consumer.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
+from consumer.records.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
+from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import EXAMPLE, shop_env
 from tests.e2e.helpers import (
     REJOIN_S,
@@ -96,7 +96,7 @@ def _partition_of(
 
 def _syncer(name: str, env: dict[str, str], log_path: Path) -> ManagedProcess:
     """``reach-sync run --role syncer`` as a child process."""
-    argv = [sys.executable, "-m", "consumer.cli", "run", "--config", str(EXAMPLE)]
+    argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(EXAMPLE)]
     spec = ProcessSpec(
         f"reach-sync-{name}-syncer",
         [*argv, "--role", "syncer"],

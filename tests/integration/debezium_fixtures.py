@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-from consumer.dev.debezium import DebeziumSettings, debezium_command, is_ready
-from consumer.dev.postgres import PostgresConfig
-from consumer.dev.process import ManagedProcess, ProcessSpec, wait_until
+from reach_devstack.debezium import DebeziumSettings, debezium_command, is_ready
+from reach_devstack.postgres import PostgresConfig
+from reach_devstack.process import ManagedProcess, ProcessSpec, wait_until
 
 # A JVM start plus a small snapshot takes about 4-5 s on a 2-core machine; leave room for load.
 DEBEZIUM_READY_TIMEOUT_S = 60.0

@@ -33,10 +33,9 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-
-from consumer.dev.process import ManagedProcess, ProcessSpec, wait_until
-from consumer.reach.sandbox.cli import server_command
-from consumer.reach.sandbox.config import SandboxConfig, dev_config, write_sandbox_config
+from reach_devstack.process import ManagedProcess, ProcessSpec, wait_until
+from reach_sandbox.cli import server_command
+from reach_sandbox.config import SandboxConfig, dev_config, write_sandbox_config
 
 __all__ = [
     "PARTNER_ID",

@@ -17,12 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from consumer.config import Destination, Resource
-from consumer.dedup import LastSent, LastSentStore
-from consumer.delivery import DeliveryResult, Removed, Sent, deliver_resource
 from consumer.errors import Retryable
-from consumer.follow import Outstanding
 from consumer.reach.client import ReachClient
-from consumer.recompute import Recomputed
+from consumer.sink.dedup import LastSent, LastSentStore
+from consumer.sink.delivery import DeliveryResult, Removed, Sent, deliver_resource
+from consumer.sink.follow import Outstanding
+from consumer.sink.recompute import Recomputed
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,
     PARTNER_SECRET,

@@ -21,12 +21,18 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.audit import Accepted, AuditWriter, Deleted, audit_partition, ensure_audit_topic
-from consumer.cli import main
+from consumer.cli.main import main
 from consumer.config import SyncDefinition, load_definition
-from consumer.dirty import Cause
 from consumer.errors import Retryable
-from consumer.projection import GROUP_COLUMN_PREFIX, Projected, project
+from consumer.records.audit import (
+    Accepted,
+    AuditWriter,
+    Deleted,
+    audit_partition,
+    ensure_audit_topic,
+)
+from consumer.router.dirty import Cause
+from consumer.sink.projection import GROUP_COLUMN_PREFIX, Projected, project
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"

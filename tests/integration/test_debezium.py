@@ -17,16 +17,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
-from consumer.dev.debezium import (
+from reach_devstack.debezium import (
     DebeziumSettings,
     debezium_command,
     engine_properties,
     is_ready,
     settings_from_args,
 )
-from consumer.dev.java import find_java, parse_java_version
-from consumer.dev.postgres import PostgresConfig
+from reach_devstack.java import find_java, parse_java_version
+from reach_devstack.postgres import PostgresConfig
+
 from tests.integration.debezium_fixtures import (
     Message,
     debezium_settings,
@@ -35,7 +35,7 @@ from tests.integration.debezium_fixtures import (
     running_debezium,
 )
 
-SHOP_SQL = Path(__file__).resolve().parents[2] / "consumer" / "dev" / "shop.sql"
+SHOP_SQL = Path(__file__).resolve().parents[2] / "devstack" / "reach_devstack" / "shop.sql"
 PARTITIONS = 4
 # SIGTERM must stop the runner (engine close, offsets flushed) within a few seconds.
 STOP_BOUND_S = 5.0
@@ -261,7 +261,7 @@ def test_command_line_round_trips_to_the_same_settings(tmp_path: Path) -> None:
         ),
     ):
         argv = debezium_command(settings)
-        assert argv[1:3] == ["-m", "consumer.dev.debezium"]
+        assert argv[1:3] == ["-m", "reach_devstack.debezium"]
         assert settings_from_args(argv[3:]) == settings
 
 

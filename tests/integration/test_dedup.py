@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from reach_devstack import redis as redis_component
+from reach_devstack.process import ManagedProcess, free_port, wait_until
 
-from consumer.dedup import LastSent, LastSentStore
-from consumer.dev import redis as redis_component
-from consumer.dev.process import ManagedProcess, free_port, wait_until
 from consumer.errors import Retryable
+from consumer.sink.dedup import LastSent, LastSentStore
 
 
 async def test_what_was_recorded_is_found_and_forgotten(

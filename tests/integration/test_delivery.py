@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from consumer.blocks import TenantBlocks
 from consumer.config import Destination, Resource, TenantProbe
-from consumer.dedup import LastSent, LastSentStore
-from consumer.delivery import DeliveryResult, deliver_resource
 from consumer.reach.client import ReachClient
-from consumer.recompute import Recomputed
+from consumer.sink.dedup import LastSent, LastSentStore
+from consumer.sink.delivery import DeliveryResult, deliver_resource
+from consumer.sink.recompute import Recomputed
+from consumer.sink.tenant_gate import TenantBlocks
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,
     PARTNER_SECRET,

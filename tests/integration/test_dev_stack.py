@@ -22,7 +22,7 @@ STOP_TIMEOUT_S = 30.0
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consumer.cli", *args],
+        [sys.executable, "-m", "consumer.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -25,15 +25,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer import commands
-from consumer.cli import main
+from consumer.cli import commands
+from consumer.cli.main import main
+from consumer.cli.progress import Progress
 from consumer.config import load_definition
-from consumer.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
-from consumer.debezium import Ignored, decode_event
-from consumer.dirty import Cause, DirtyKey, decode_dirty
 from consumer.errors import BadRecord
-from consumer.progress import Progress
-from consumer.triggers import TriggerIndex, UnknownTable, plan_dirty
+from consumer.records.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
+from consumer.router.debezium import Ignored, decode_event
+from consumer.router.dirty import Cause, DirtyKey, decode_dirty
+from consumer.router.triggers import TriggerIndex, UnknownTable, plan_dirty
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
@@ -269,9 +269,12 @@ def test_replay_makes_each_entity_dirty_once_and_reports_what_still_fails(
     )
     assert lines[1] == f"re-enqueued 4 dirty keys to {shop.dirty}: customers 3, transactions 1"
     assert lines[2] == "3 dead letters still failing, not replayed:"
-    assert lines[3].startswith("  0:1 event: consumer.debezium.DecodeError: the value is not")
+    assert lines[3].startswith(
+        "  0:1 event: consumer.router.debezium.DecodeError: the value is not"
+    )
     assert (
-        lines[4] == "  0:5 event: consumer.triggers.UnknownTable: no trigger on table public.orders"
+        lines[4]
+        == "  0:5 event: consumer.router.triggers.UnknownTable: no trigger on table public.orders"
     )
     assert lines[5] == "  0:7 undecodable: not a dead letter: no reach-sync-dlq-kind header"
     assert "nothing was removed" in lines[6]

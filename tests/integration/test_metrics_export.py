@@ -17,11 +17,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings
-from consumer.delivery import DeliveryResult
-from consumer.health import PartitionProgress
-from consumer.metrics import instruments, start_metrics
-from consumer.router import RouterStats
+from consumer.observe.health import PartitionProgress
+from consumer.observe.metrics import instruments, start_metrics
+from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats, _Readiness
+from consumer.sink.delivery import DeliveryResult
 from tests.shop_definition import shop_definition
 
 

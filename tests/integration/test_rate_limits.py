@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from reach_devstack import redis as redis_component
+from reach_devstack.process import ManagedProcess, free_port, wait_until
+from reach_sandbox.config import RateLimitConfig, RateLimitsConfig
 
 from consumer.config import Auth, Destination, RateLimit
-from consumer.dev import redis as redis_component
-from consumer.dev.process import ManagedProcess, free_port, wait_until
 from consumer.errors import Retryable
 from consumer.reach.client import ReachClient
 from consumer.reach.group_share import GroupShare, group_key
 from consumer.reach.limits import RequestLimiter, open_limiter
-from consumer.reach.sandbox.config import RateLimitConfig, RateLimitsConfig
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,
     PARTNER_SECRET,

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from reach_devstack.process import free_port
+from reach_sandbox.config import LimitsConfig
 
 from consumer.config import Auth, Destination
-from consumer.dev.process import free_port
 from consumer.errors import BadRecord, ConfigurationError, Retryable
 from consumer.reach.client import BatchState, ReachClient
-from consumer.reach.sandbox.config import LimitsConfig
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,
     PARTNER_SECRET,

@@ -10,14 +10,14 @@ from typing import Any
 import psycopg
 import pytest
 from pydantic import SecretStr
+from reach_devstack.postgres import PostgresConfig
+from reach_devstack.shop import apply_schema
 
 from consumer.config import DatabaseSource, Resource, SyncDefinition
-from consumer.dev.postgres import PostgresConfig
-from consumer.dev.shop import apply_schema
-from consumer.dirty import EntityId
 from consumer.errors import BadRecord, ConfigurationError, Retryable
-from consumer.projection import project
-from consumer.recompute import Recomputed, SourceDatabase, UnloadableRow
+from consumer.router.dirty import EntityId
+from consumer.sink.projection import project
+from consumer.sink.recompute import Recomputed, SourceDatabase, UnloadableRow
 from tests.shop_definition import shop_definition
 
 

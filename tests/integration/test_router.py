@@ -31,17 +31,17 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from reach_devstack.postgres import PostgresConfig
 
 from consumer.config import SyncDefinition, load_definition
-from consumer.deadletter import dead_letter_record, produce_dead_letter
-from consumer.dev.postgres import PostgresConfig
-from consumer.dirty import MAX_CAUSES, Cause, DirtyKey, decode_dirty
 from consumer.errors import ConfigurationError
-from consumer.router import RouterStats, run_router
+from consumer.records.deadletter import dead_letter_record, produce_dead_letter
+from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey, decode_dirty
+from consumer.router.loop import RouterStats, run_router
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
-SHOP_SQL = ROOT / "consumer" / "dev" / "shop.sql"
+SHOP_SQL = ROOT / "devstack" / "reach_devstack" / "shop.sql"
 FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
 SOURCE_PARTITIONS = 4
 DIRTY_PARTITIONS = 8  # examples/shop.yaml
@@ -360,10 +360,10 @@ def _assert_dead_letters(
         assert int(headers["reach-sync-dlq-timestamp"]) > 0
         reasons.append((headers["reach-sync-dlq-error-class"], headers["reach-sync-dlq-reason"]))
     assert [cls for cls, _ in reasons] == [
-        "consumer.debezium.DecodeError",
-        "consumer.debezium.DecodeError",
-        "consumer.debezium.DecodeError",
-        "consumer.triggers.UnknownTable",
+        "consumer.router.debezium.DecodeError",
+        "consumer.router.debezium.DecodeError",
+        "consumer.router.debezium.DecodeError",
+        "consumer.router.triggers.UnknownTable",
     ]
     assert reasons[0][1].startswith("the value is not a Debezium envelope")
     assert reasons[1][1] == "unknown op 'x'"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from reach_sandbox.config import PartnerConfig
 
-from consumer.reach.sandbox.config import PartnerConfig
 from tests.integration.sandbox_fixtures import (
     STATIC_KEY,
     SandboxServer,

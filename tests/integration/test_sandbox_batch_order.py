@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from reach_sandbox.config import BatchConfig, BatchOrderConfig
 
-from consumer.reach.sandbox.config import BatchConfig, BatchOrderConfig
 from tests.integration.sandbox_fixtures import (
     SandboxFactory,
     SandboxServer,

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
-from consumer.reach.sandbox.config import (
+from reach_sandbox.config import (
     BatchConfig,
     RateLimitConfig,
     RateLimitsConfig,
     ValidationConfig,
 )
+
 from tests.integration.sandbox_fixtures import (
     SandboxFactory,
     SandboxServer,

@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from consumer.reach.sandbox.config import BatchConfig, write_sandbox_config
+from reach_sandbox.config import BatchConfig, write_sandbox_config
+
 from tests.integration.sandbox_fixtures import running_sandbox, sandbox_config
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consumer.reach.sandbox", *args],
+        [sys.executable, "-m", "reach_sandbox", *args],
         capture_output=True,
         text=True,
         timeout=60,

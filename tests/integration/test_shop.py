@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-
-from consumer.dev.load import OPERATIONS, run_load
-from consumer.dev.postgres import PostgresConfig, create_database
-from consumer.dev.shop import seed
+from reach_devstack.load import OPERATIONS, run_load
+from reach_devstack.postgres import PostgresConfig, create_database
+from reach_devstack.shop import seed
 
 CUSTOMERS = 300
 TRANSACTIONS = 900

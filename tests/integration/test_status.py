@@ -19,14 +19,14 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from reach_devstack.process import free_port
 
-from consumer import status_report
-from consumer.cli import main
+from consumer.cli import status_report
+from consumer.cli.main import main
+from consumer.cli.status_report import GroupOffsets, StatusReader, gather
+from consumer.cli.status_view import group_rate, render
 from consumer.config import load_definition
-from consumer.dev.process import free_port
-from consumer.health import HealthServer, PartitionState, Snapshot, StageProgress
-from consumer.status_report import GroupOffsets, StatusReader, gather
-from consumer.status_view import group_rate, render
+from consumer.observe.health import HealthServer, PartitionState, Snapshot, StageProgress
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"

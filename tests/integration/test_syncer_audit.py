@@ -20,16 +20,16 @@ import pytest
 import redis
 from confluent_kafka import KafkaError, TopicPartition
 
-from consumer.audit import AuditRecord, AuditWriter, decode_audit
 from consumer.config import Resource, SyncDefinition, load_definition
-from consumer.dedup import LastSent, LastSentStore
-from consumer.delivery import Removed, Sent, deliver_resource
-from consumer.dirty import Cause, DirtyKey, EntityId
 from consumer.errors import Retryable
 from consumer.reach.client import ReachClient
-from consumer.recompute import Recomputed
-from consumer.syncer import Syncer, _Partition
-from consumer.windows import Window
+from consumer.records.audit import AuditRecord, AuditWriter, decode_audit
+from consumer.router.dirty import Cause, DirtyKey, EntityId
+from consumer.sink.dedup import LastSent, LastSentStore
+from consumer.sink.delivery import Removed, Sent, deliver_resource
+from consumer.sink.recompute import Recomputed
+from consumer.syncer.loop import Syncer, _Partition
+from consumer.syncer.windows import Window
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,
     PARTNER_SECRET,

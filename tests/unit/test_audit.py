@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from consumer.audit import (
+from consumer.config import ConfigError, FieldMapping, Resource, load_definition
+from consumer.errors import Retryable
+from consumer.records.audit import (
     PARTITIONER,
     Accepted,
     AuditRecord,
@@ -31,12 +33,10 @@ from consumer.audit import (
     encode_audit,
     upsert_record,
 )
-from consumer.audit_read import AuditEntry, Query, describe_cause, history_lines
-from consumer.config import ConfigError, FieldMapping, Resource, load_definition
-from consumer.dirty import MAX_CAUSES, Cause, dirty_message_key
-from consumer.dlq_read import Position
-from consumer.errors import Retryable
-from consumer.projection import GROUP_COLUMN_PREFIX, Projected, project
+from consumer.records.audit_read import AuditEntry, Query, describe_cause, history_lines
+from consumer.records.dlq_read import Position
+from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
+from consumer.sink.projection import GROUP_COLUMN_PREFIX, Projected, project
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV, shop_definition
 from tests.unit.test_dirty import load_schema, schema_problems
 

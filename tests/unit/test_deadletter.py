@@ -8,7 +8,8 @@ from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
-from consumer.deadletter import (
+from consumer.errors import BadRecord
+from consumer.records.deadletter import (
     HEADER_KIND,
     MAX_BODY_BYTES,
     DeadLetterEvent,
@@ -17,9 +18,8 @@ from consumer.deadletter import (
     dead_letter_record,
     error_class,
 )
-from consumer.debezium import DecodeError
-from consumer.dirty import Cause
-from consumer.errors import BadRecord
+from consumer.router.debezium import DecodeError
+from consumer.router.dirty import Cause
 from tests.unit.test_dirty import load_schema, schema_problems
 
 SCHEMA = load_schema("dead-letter.schema.json")
@@ -54,7 +54,7 @@ def test_an_event_keeps_its_bytes_and_headers_and_says_where_and_why() -> None:
     assert _headers(headers[2:]) == {
         "reach-sync-dlq-kind": "event",
         "reach-sync-dlq-reason": "the value is not JSON",
-        "reach-sync-dlq-error-class": "consumer.debezium.DecodeError",
+        "reach-sync-dlq-error-class": "consumer.router.debezium.DecodeError",
         "reach-sync-dlq-stage": "router",
         "reach-sync-dlq-topic": "shop.public.customers",
         "reach-sync-dlq-partition": "2",
@@ -195,4 +195,4 @@ def test_the_schema_refuses_a_bad_status() -> None:
 
 
 def test_error_class_is_qualified() -> None:
-    assert error_class(DecodeError("x")) == "consumer.debezium.DecodeError"
+    assert error_class(DecodeError("x")) == "consumer.router.debezium.DecodeError"

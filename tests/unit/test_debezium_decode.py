@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.debezium import Change, DecodeError, Ignored, decode_event, decode_key
+from consumer.router.debezium import Change, DecodeError, Ignored, decode_event, decode_key
 
 FIXTURE = Path(__file__).parents[1] / "fixtures/debezium/postgres-json-with-schemas.jsonl"
 

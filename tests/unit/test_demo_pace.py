@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.dev.demo import Pace, pace_line
+from reach_devstack.demo import Pace, pace_line
 
 
 def test_during_the_workload_its_share_and_eta_come_from_its_fixed_duration() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from consumer.dirty import Cause, DirtyKey, decode_dirty, dirty_message_key, encode_dirty
+from consumer.router.dirty import Cause, DirtyKey, decode_dirty, dirty_message_key, encode_dirty
 
 SCHEMAS = Path(__file__).parents[2] / "schemas"
 _ANNOTATIONS = {"$schema", "$id", "$defs", "$comment", "title", "description", "examples"}

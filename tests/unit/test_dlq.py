@@ -13,15 +13,14 @@ import orjson
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
-from consumer.deadletter import (
+from consumer.errors import BadRecord
+from consumer.records.deadletter import (
     DeadLetterEvent,
     DeadLetterRecord,
     dead_letter_message,
     dead_letter_record,
 )
-from consumer.debezium import DecodeError
-from consumer.dirty import Cause, DirtyKey, decode_dirty, encode_dirty
-from consumer.dlq_read import (
+from consumer.records.dlq_read import (
     Entry,
     Filter,
     Position,
@@ -30,9 +29,10 @@ from consumer.dlq_read import (
     parse_time,
     table_lines,
 )
-from consumer.dlq_replay import plan_replay
-from consumer.errors import BadRecord
-from consumer.triggers import UnknownTable
+from consumer.records.dlq_replay import plan_replay
+from consumer.router.debezium import DecodeError
+from consumer.router.dirty import Cause, DirtyKey, decode_dirty, encode_dirty
+from consumer.router.triggers import UnknownTable
 from tests.shop_definition import shop_definition
 from tests.unit.test_dirty import SCHEMA as DIRTY_SCHEMA
 from tests.unit.test_dirty import schema_problems
@@ -117,7 +117,7 @@ def test_an_event_dead_letter_reads_back_with_where_it_came_from() -> None:
     assert (entry.kind, entry.stage, entry.entity) == ("event", "router", None)
     assert entry.source == Position("shop.public.customers", 2, 41)
     assert entry.source_timestamp_ms == T0 - 5_000
-    assert entry.error_class == "consumer.debezium.DecodeError"
+    assert entry.error_class == "consumer.router.debezium.DecodeError"
     assert entry.reason == "the value is not JSON"
     assert (entry.key, entry.value) == (b'{"id":9}', b"{not json")
 
@@ -189,7 +189,7 @@ def _offsets(entries: list[Entry], chosen: Filter) -> list[int]:
         (Filter(tenant="merchant-2"), [2]),
         (Filter(kind="event"), [1, 4]),
         (Filter(kind="undecodable"), []),
-        (Filter(error_class="consumer.triggers.UnknownTable"), [4]),
+        (Filter(error_class="consumer.router.triggers.UnknownTable"), [4]),
         (Filter(error_class="UnknownTable"), [4]),
         (Filter(error_class="triggers.UnknownTable"), [4]),
         (Filter(error_class="Table"), []),  # a suffix of a name is not a class name
@@ -312,10 +312,10 @@ def test_a_replay_makes_each_entity_dirty_once_with_its_first_dead_letter_as_cau
     assert [(e.at.offset, reason) for e, reason in plan.failures] == [
         (
             1,
-            "consumer.debezium.DecodeError: the value is not a Debezium envelope: "
+            "consumer.router.debezium.DecodeError: the value is not a Debezium envelope: "
             "JSON is malformed: object keys must be strings (byte 1)",
         ),
-        (4, "consumer.triggers.UnknownTable: no trigger on table public.orders"),
+        (4, "consumer.router.triggers.UnknownTable: no trigger on table public.orders"),
     ]
     assert plan.replayed == 4
 

@@ -13,8 +13,8 @@ from pydantic import SecretStr
 
 from consumer.config import Auth, Destination
 from consumer.errors import ConfigurationError, Retryable
-from consumer.follow import Followed, FollowGivenUp, Outstanding, follow
 from consumer.reach.client import UPSERT_BATCH_TYPE, ReachClient
+from consumer.sink.follow import Followed, FollowGivenUp, Outstanding, follow
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import httpx
 
-from consumer.health import (
+from consumer.observe.health import (
     HealthServer,
     PartitionProgress,
     PartitionState,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from consumer.blocks import OPEN, PROBE, Closed, TenantBlocks, blocks_tenant
 from consumer.config import TenantProbe
-from consumer.dirty import Cause, DirtyKey
 from consumer.errors import ConfigurationError, Retryable
-from consumer.held import HeldEntities
-from consumer.windows import Window
+from consumer.router.dirty import Cause, DirtyKey
+from consumer.sink.tenant_gate import OPEN, PROBE, Closed, TenantBlocks, blocks_tenant
+from consumer.syncer.held import HeldEntities
+from consumer.syncer.windows import Window
 
 REVOKED = ConfigurationError("403: tenant not accessible", status=403, scope="tenant or credential")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumer.config import InFlightBounds
-from consumer.in_flight import InFlight
+from consumer.syncer.in_flight import InFlight
 
 
 def _bound() -> InFlight:

@@ -6,8 +6,7 @@ import math
 from collections import Counter
 
 import pytest
-
-from consumer.dev.load import (
+from reach_devstack.load import (
     DEFAULT_MIX,
     OPERATIONS,
     LoadStats,
@@ -16,7 +15,7 @@ from consumer.dev.load import (
     next_status,
     run_load,
 )
-from consumer.dev.shop import generate_shop, zipf_rank
+from reach_devstack.shop import generate_shop, zipf_rank
 
 
 def test_zipf_ranks_stay_in_range_and_favour_the_top() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from consumer.logs import MASK, configure_logging, definition_secrets
+from consumer.observe.logs import MASK, configure_logging, definition_secrets
 from tests.shop_definition import shop_definition
 
 JWT = (

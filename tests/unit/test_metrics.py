@@ -20,11 +20,9 @@ from opentelemetry.sdk.metrics.export import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings, SyncDefinition
-from consumer.delivery import DeadLetter, DeliveryResult, Held
-from consumer.dirty import Cause, DirtyKey
 from consumer.errors import BadRecord, ConfigurationError
-from consumer.health import PartitionProgress, ProgressTracker
-from consumer.metrics import (
+from consumer.observe.health import PartitionProgress, ProgressTracker
+from consumer.observe.metrics import (
     LATENCY_SAMPLES_PER_WINDOW,
     MetricsHandle,
     exporters_from_env,
@@ -36,9 +34,11 @@ from consumer.metrics import (
 )
 from consumer.reach.client import RequestInfo
 from consumer.reach.limits import RequestLimiter
-from consumer.router import RouterStats
+from consumer.router.dirty import Cause, DirtyKey
+from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats
-from consumer.windows import Window
+from consumer.sink.delivery import DeadLetter, DeliveryResult, Held
+from consumer.syncer.windows import Window
 from tests.shop_definition import shop_definition
 
 Point = NumberDataPoint | HistogramDataPoint

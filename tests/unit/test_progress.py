@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from consumer.progress import Progress, eta_s, format_duration, format_rate, progress_line, rate
+from consumer.cli.progress import Progress, eta_s, format_duration, format_rate, progress_line, rate
 
 
 class Clock:

@@ -11,7 +11,7 @@ import pytest
 
 from consumer.config import FieldMapping, Resource, load_definition
 from consumer.errors import BadRecord
-from consumer.projection import GROUP_COLUMN_PREFIX, payload_hash, project
+from consumer.sink.projection import GROUP_COLUMN_PREFIX, payload_hash, project
 from tests.shop_definition import EXAMPLE
 from tests.shop_definition import OFFLINE_ENV as ENV
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from consumer.reach.sandbox.cli import check_config
-from consumer.reach.sandbox.config import (
+from reach_sandbox.cli import check_config
+from reach_sandbox.config import (
     BatchOrderConfig,
     ConfigError,
     SandboxConfig,
@@ -16,7 +15,7 @@ from consumer.reach.sandbox.config import (
     parse_sandbox_config,
     write_sandbox_config,
 )
-from consumer.reach.sandbox.fault_specs import ErrorFault, RevokeFault
+from reach_sandbox.fault_specs import ErrorFault, RevokeFault
 
 MINIMAL = {"admin_token": "a" * 20, "partners": [{"partner_id": "p", "secret": "s" * 32}]}
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from consumer.reach.sandbox.auth import Principal, key_credential
-from consumer.reach.sandbox.config import RateLimitConfig, RateLimitsConfig
-from consumer.reach.sandbox.fault_specs import ErrorFault, RecordFailureFault, RevokeFault
-from consumer.reach.sandbox.faults import FaultBoard
-from consumer.reach.sandbox.ratelimit import RateLimiter
-from consumer.reach.sandbox.registry import Tenant
+from reach_sandbox.auth import Principal, key_credential
+from reach_sandbox.config import RateLimitConfig, RateLimitsConfig
+from reach_sandbox.fault_specs import ErrorFault, RecordFailureFault, RevokeFault
+from reach_sandbox.faults import FaultBoard
+from reach_sandbox.ratelimit import RateLimiter
+from reach_sandbox.registry import Tenant
 
 TENANT = Tenant("tenant-1", "p", "merchant-1", {}, 0.0, 0.0)
 

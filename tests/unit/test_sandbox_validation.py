@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from consumer.reach.sandbox.defaults import DEFAULT_SCHEMAS
-from consumer.reach.sandbox.validation import RecordValidator, SchemaError
+from reach_sandbox.defaults import DEFAULT_SCHEMAS
+from reach_sandbox.validation import RecordValidator, SchemaError
 
 
 def _validator(

@@ -9,11 +9,11 @@ import time
 
 import httpx
 import pytest
+from reach_devstack.process import free_port
 
 from consumer.config import HealthSettings
-from consumer.dev.process import free_port
 from consumer.errors import ConfigurationError
-from consumer.health import PartitionProgress
+from consumer.observe.health import PartitionProgress
 from consumer.service import PROBE_STALE_S, _DependencyProbe, _Readiness
 from tests.shop_definition import shop_definition
 

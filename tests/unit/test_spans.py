@@ -15,17 +15,18 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 
-from consumer import router, telemetry
-from consumer.audit import Accepted, Deleted
-from consumer.debezium import Change
-from consumer.dedup import LastSent
-from consumer.dirty import Cause, DirtyKey, EntityId, decode_dirty, encode_dirty
 from consumer.errors import Retryable
+from consumer.observe import telemetry
+from consumer.observe.spans import MAX_LINKS, links_from, traceparent_of, window_span
 from consumer.reach.client import ReachClient
-from consumer.recompute import Recomputed
-from consumer.spans import MAX_LINKS, links_from, traceparent_of, window_span
-from consumer.syncer import Syncer, _Partition
-from consumer.windows import Window
+from consumer.records.audit import Accepted, Deleted
+from consumer.router import loop as router
+from consumer.router.debezium import Change
+from consumer.router.dirty import Cause, DirtyKey, EntityId, decode_dirty, encode_dirty
+from consumer.sink.dedup import LastSent
+from consumer.sink.recompute import Recomputed
+from consumer.syncer.loop import Syncer, _Partition
+from consumer.syncer.windows import Window
 from tests.shop_definition import shop_definition
 
 TOPIC = "reach-sync.shop.dirty"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.config import HealthSettings, SyncDefinition
-from consumer.status_report import (
+from consumer.cli.status_report import (
     DeadLetters,
     GroupOffsets,
     PartitionOffsets,
@@ -14,7 +13,8 @@ from consumer.status_report import (
     parse_readyz,
     readyz_url,
 )
-from consumer.status_view import catch_up, group_rate, partition_rate, render
+from consumer.cli.status_view import catch_up, group_rate, partition_rate, render
+from consumer.config import HealthSettings, SyncDefinition
 from tests.shop_definition import shop_definition
 
 T0 = 100.0

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from consumer.audit import Accepted, Deleted
-from consumer.delivery import Removed, Sent
-from consumer.dirty import Cause, DirtyKey
 from consumer.errors import Retryable
-from consumer.projection import project
-from consumer.syncer import Syncer
-from consumer.windows import Window
+from consumer.records.audit import Accepted, Deleted
+from consumer.router.dirty import Cause, DirtyKey
+from consumer.sink.delivery import Removed, Sent
+from consumer.sink.projection import project
+from consumer.syncer.loop import Syncer
+from consumer.syncer.windows import Window
 from tests.shop_definition import shop_definition
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from consumer.dirty import Cause, DirtyKey, encode_dirty
-from consumer.health import ProgressTracker
-from consumer.syncer import Syncer, _Partition
+from consumer.observe.health import ProgressTracker
+from consumer.router.dirty import Cause, DirtyKey, encode_dirty
+from consumer.syncer.loop import Syncer, _Partition
 from tests.shop_definition import shop_definition
 
 

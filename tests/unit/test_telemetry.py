@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
-from consumer import telemetry
 from consumer.errors import ConfigurationError
-from consumer.logs import MASK, Redactor
+from consumer.observe import telemetry
+from consumer.observe.logs import MASK, Redactor
 
 SECRET = "s3cret-value-42"
 EMAIL = "ada.lovelace@example.org"

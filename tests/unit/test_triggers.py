@@ -9,11 +9,11 @@ from typing import Any, Literal
 import orjson
 import pytest
 
+from consumer.cli.plan import describe_plan, plan_command
 from consumer.config import SyncDefinition, load_definition
-from consumer.debezium import Change, decode_event
 from consumer.errors import BadRecord
-from consumer.plan import describe_plan, plan_command
-from consumer.triggers import DirtyEntity, TriggerIndex, UnknownTable, UnusableId, plan_dirty
+from consumer.router.debezium import Change, decode_event
+from consumer.router.triggers import DirtyEntity, TriggerIndex, UnknownTable, UnusableId, plan_dirty
 from tests.shop_definition import EXAMPLE
 from tests.shop_definition import OFFLINE_ENV as ENV
 

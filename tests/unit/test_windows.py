@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from consumer.dirty import MAX_CAUSES, Cause, DirtyKey
-from consumer.windows import CAUSE_BYTES, ENTITY_BYTES, Window
+from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey
+from consumer.syncer.windows import CAUSE_BYTES, ENTITY_BYTES, Window
 
 
 def _key(resource: str, entity_id: int, offset: int) -> DirtyKey:

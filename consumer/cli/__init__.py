@@ -1,0 +1,1 @@
+"""The ``reach-sync`` command line (``main``) and its commands."""

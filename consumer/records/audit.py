@@ -1,0 +1,403 @@
+"""The audit topic: a durable record of every record Reach accepted and every entity it deleted.
+
+For each one it says where (tenant, Reach schema, destination host), when (``at_ms``), what (the
+payload's hash, the names of the fields sent, and the values the sync definition lets the audit
+keep) and why (the window's trigger causes), and how (single write or batch, Reach's batch id,
+the outcome). Its JSON shape is ``schemas/audit-record.schema.json``. A record skipped as
+unchanged is not a send and is never audited (the syncer counts those).
+
+What may be in a record is decided here, from the definition alone (``audited_fields``):
+
+- ``fields`` names the mapped fields and the groups field; nothing the mapping does not name.
+- ``values`` holds only fields with ``pii: none`` and the groups field (group names come from
+  the definition), and nothing at all when the resource sets ``audit_values: false``. A
+  ``pii: send`` value is personal data and never leaves Reach's request. A ``pii: hash`` value
+  is left out too, although it is already a SHA-256: an unsalted hash of an email or a phone
+  number is still personal data (anyone with a list of candidates can match it), and the audit
+  topic is a second store with its own readers and retention; ``payload_sha256`` already proves
+  what was sent.
+
+Records are keyed ``resource/id`` like the dirty topic, so one entity's history is in one
+partition, in order. The writer pins librdkafka's default partitioner (``consistent_random``:
+CRC-32 of the key modulo the partition count) whatever ``client_settings`` say, so that
+``reach-sync audit why`` can compute the partition (``audit_partition``) and read only it.
+
+The syncer (README, "Audit") calls ``AuditWriter.record`` with what Reach accepted
+(``Accepted``) and deleted (``Deleted``) as delivery reports each request, then
+``AuditWriter.flush``, before delivery remembers those sends in the last-sent store, and so
+before the window's offsets are committed; ``flush`` raises Retryable until the broker
+acknowledged every audit record, and keeps the unacknowledged ones to produce again, so none is
+lost while the process lives.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+import msgspec
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from consumer.config import Resource, SyncDefinition
+from consumer.errors import Retryable
+from consumer.kafka import producer_settings
+from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
+from consumer.router.topics import ADMIN_TIMEOUT_S, BROKER_DEFAULT_REPLICATION, _created_or_exists
+from consumer.sink.projection import Projected
+
+__all__ = [
+    "AUDIT_VERSION",
+    "HEADER_KIND",
+    "HEADER_VERSION",
+    "PARTITIONER",
+    "Accepted",
+    "AuditRecord",
+    "AuditWriter",
+    "Deleted",
+    "audit_key",
+    "audit_message",
+    "audit_partition",
+    "audit_records",
+    "audited_fields",
+    "decode_audit",
+    "delete_record",
+    "destination_host",
+    "encode_audit",
+    "ensure_audit_topic",
+    "upsert_record",
+]
+
+AUDIT_VERSION = 1
+HEADER_VERSION = "reach-sync-audit-version"
+HEADER_KIND = "reach-sync-audit-kind"
+# librdkafka's default, pinned: audit_partition computes the same partition for a key.
+PARTITIONER = "consistent_random"
+# The audit is a record to keep: created without time-based deletion (operators set the
+# retention their audit policy wants on the topic; an existing topic is never changed).
+TOPIC_CONFIG = {"retention.ms": "-1"}
+# How long flush waits for the broker by default (the syncer's dead letters wait as long).
+FLUSH_TIMEOUT_S = 30.0
+
+Kind = Literal["upsert", "delete"]
+Mode = Literal["realtime", "batch"]
+# unconfirmed: the request left and its answer was lost (5xx, timeout): Reach may have applied it.
+Outcome = Literal["accepted", "parked", "deleted", "unconfirmed"]
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One audited send or delete; every field is always encoded (nulls explicit)."""
+
+    version: int = AUDIT_VERSION
+    kind: Kind
+    tenant: str
+    resource: str
+    reach_schema: str
+    id: str
+    destination: str
+    at_ms: int
+    payload_sha256: str | None
+    fields: tuple[str, ...]
+    values: dict[str, Any]
+    causes: tuple[Cause, ...]
+    mode: Mode
+    batch_id: str | None
+    outcome: Outcome
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AuditRecord)
+
+
+def encode_audit(record: AuditRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_audit(raw: bytes) -> AuditRecord:
+    """Raise msgspec.DecodeError/ValidationError on anything that is not an audit record."""
+    return _decoder.decode(raw)
+
+
+def audit_key(resource: str, entity_id: str) -> bytes:
+    """The Kafka key, ``resource/id``: the same as the entity's dirty keys."""
+    return dirty_message_key(resource, entity_id)
+
+
+def audit_partition(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's ``consistent_random`` partitioner gives a non-empty key."""
+    return zlib.crc32(key) % partitions
+
+
+# --- what a record may hold ----------------------------------------------------------------------
+
+
+def destination_host(base_url: str) -> str:
+    """``host`` or ``host:port`` of the base URL: never its credentials, path or query."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return host if parts.port is None else f"{host}:{parts.port}"
+
+
+class AuditedFields(NamedTuple):
+    """Which field names a resource's audit records may name, and whose values they may hold."""
+
+    names: frozenset[str]
+    values: frozenset[str]
+
+
+def audited_fields(resource: Resource) -> AuditedFields:
+    """The rule of the module docstring, from the definition alone."""
+    groups = frozenset() if resource.groups is None else frozenset({resource.groups.field})
+    names = frozenset(resource.mapping) | groups
+    if not resource.audit_values:
+        return AuditedFields(names, frozenset())
+    plain = frozenset(name for name, field in resource.mapping.items() if field.pii == "none")
+    return AuditedFields(names, plain | groups)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A record Reach took: ``projected`` as sent, why it was recomputed (the window's causes of
+    the entity, oldest first), when Reach answered, and Reach's batch id (None: a single
+    synchronous write). ``parked``: accepted but held by Reach for a missing $ref.
+    ``unconfirmed``: sent, and the answer lost; Reach may have it (the record left all the
+    same, so it is audited); ``in_batch`` says it went through the batch endpoint, whose id the
+    lost answer would have carried."""
+
+    projected: Projected
+    causes: Sequence[Cause]
+    at_ms: int
+    batch_id: str | None = None
+    parked: bool = False
+    unconfirmed: bool = False
+    in_batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """An entity Reach deleted from ``tenant`` (deletes always go through a batch), or, when
+    ``unconfirmed`` (no batch id), a delete sent whose answer was lost."""
+
+    tenant: str
+    external_id: str
+    causes: Sequence[Cause]
+    at_ms: int
+    batch_id: str | None
+    unconfirmed: bool = False
+
+
+def upsert_record(
+    name: str, resource: Resource, destination: str, accepted: Accepted
+) -> AuditRecord:
+    """The audit record of one accepted (or parked) record of resource ``name``."""
+    return _upsert(name, resource, destination, accepted, audited_fields(resource))
+
+
+def _upsert(
+    name: str, resource: Resource, destination: str, accepted: Accepted, allowed: AuditedFields
+) -> AuditRecord:
+    record = accepted.projected.record
+    return AuditRecord(
+        kind="upsert",
+        tenant=accepted.projected.tenant,
+        resource=name,
+        reach_schema=resource.reach_schema,
+        id=accepted.projected.external_id,
+        destination=destination,
+        at_ms=accepted.at_ms,
+        payload_sha256=accepted.projected.hash,
+        fields=tuple(sorted(k for k in record if k in allowed.names)),
+        values={k: v for k, v in sorted(record.items()) if k in allowed.values},
+        causes=tuple(accepted.causes[:MAX_CAUSES]),
+        mode="batch" if accepted.batch_id is not None or accepted.in_batch else "realtime",
+        batch_id=accepted.batch_id,
+        outcome=_upsert_outcome(accepted),
+    )
+
+
+def _upsert_outcome(accepted: Accepted) -> Outcome:
+    if accepted.unconfirmed:
+        return "unconfirmed"
+    return "parked" if accepted.parked else "accepted"
+
+
+def delete_record(name: str, resource: Resource, destination: str, deleted: Deleted) -> AuditRecord:
+    """The audit record of one entity of resource ``name`` deleted from a tenant."""
+    return AuditRecord(
+        kind="delete",
+        tenant=deleted.tenant,
+        resource=name,
+        reach_schema=resource.reach_schema,
+        id=deleted.external_id,
+        destination=destination,
+        at_ms=deleted.at_ms,
+        payload_sha256=None,
+        fields=(),
+        values={},
+        causes=tuple(deleted.causes[:MAX_CAUSES]),
+        mode="batch",
+        batch_id=deleted.batch_id,
+        outcome="unconfirmed" if deleted.unconfirmed else "deleted",
+    )
+
+
+def audit_records(
+    name: str,
+    resource: Resource,
+    destination: str,
+    accepted: Iterable[Accepted] = (),
+    deleted: Iterable[Deleted] = (),
+) -> list[AuditRecord]:
+    """The audit records of one resource's delivery: upserts, then deletes."""
+    allowed = audited_fields(resource)
+    return [
+        *(_upsert(name, resource, destination, a, allowed) for a in accepted),
+        *(delete_record(name, resource, destination, d) for d in deleted),
+    ]
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class AuditMessage(NamedTuple):
+    """One audit record as it goes on the topic."""
+
+    key: bytes
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+
+def audit_message(record: AuditRecord) -> AuditMessage:
+    headers: Headers = [
+        (HEADER_VERSION, str(record.version).encode()),
+        (HEADER_KIND, record.kind.encode()),
+    ]
+    return AuditMessage(
+        audit_key(record.resource, record.id), encode_audit(record), headers, record.at_ms
+    )
+
+
+class AuditWriter:
+    """Produces audit records to ``topics.audit`` and says when the broker has them all.
+
+    ``record``/``write`` hand records to the producer and return at once (they never raise for
+    the broker: a record the producer cannot queue now waits for the next ``flush``). ``flush``
+    waits until every record written so far is acknowledged, producing again those the broker
+    failed, and raises Retryable while any is not: call it before committing the offsets of the
+    window whose records were written, like the dead letters. Thread-safe. Flushes run one at a
+    time: otherwise one could take a failed record to produce again while another, not seeing
+    it any more, reported success; so a flush that returns means every record written before it
+    began is acknowledged (the syncer's windows share flushes on that basis).
+
+    The writer makes its own idempotent, acks=all producer from the definition (``settings``
+    override librdkafka settings, for tests); the partitioner is always ``PARTITIONER``. A
+    ``producer`` given instead must partition with librdkafka's default, or ``audit why`` looks
+    in the wrong partition (``--all-partitions`` still finds everything).
+    """
+
+    def __init__(
+        self, definition: SyncDefinition, *, producer: Producer | None = None, **settings: Any
+    ) -> None:
+        self._definition = definition
+        self.topic = definition.topics.audit
+        self.destination = destination_host(definition.destination.base_url)
+        self._producer = producer or Producer(
+            producer_settings(definition.source.kafka, **{**settings, "partitioner": PARTITIONER})
+        )
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        # Not acknowledged (failed, or never queued): produced again by the next flush.
+        self._unsent: list[AuditMessage] = []
+        self._errors: list[str] = []
+        self.acknowledged = 0
+
+    def record(
+        self, name: str, accepted: Iterable[Accepted] = (), deleted: Iterable[Deleted] = ()
+    ) -> int:
+        """Audit one resource's delivery (see ``audit_records``); returns how many records."""
+        resource = self._definition.resources[name]
+        records = audit_records(name, resource, self.destination, accepted, deleted)
+        self.write(records)
+        return len(records)
+
+    def write(self, records: Iterable[AuditRecord]) -> None:
+        for record in records:
+            self._produce(audit_message(record))
+        self._producer.poll(0)  # serve delivery callbacks of earlier records
+
+    @property
+    def pending(self) -> int:
+        """Records known not to be acknowledged, waiting for the next flush."""
+        with self._lock:
+            return len(self._unsent)
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Block until the broker acknowledged every audit record written; raise Retryable if it
+        did not within ``timeout_s`` (the failed ones are kept and produced again next time)."""
+        with self._flushing:
+            left, errors, unsent = self._flush(timeout_s)
+        if left or errors or unsent:
+            reason = errors[0] if errors else f"{left} still in flight after {timeout_s:g} s"
+            count = max(unsent, left)
+            raise Retryable(
+                f"the audit topic {self.topic} did not acknowledge {count} "
+                f"record{'' if count == 1 else 's'}: {reason}"
+            )
+
+    def _flush(self, timeout_s: float) -> tuple[int, list[str], int]:
+        """Produce the failed records again, wait for the broker: (still in flight, errors
+        since, records known not acknowledged)."""
+        with self._lock:  # what failed before is produced again: its errors are history
+            again, self._unsent, self._errors = self._unsent, [], []
+        for message in again:
+            self._produce(message)
+        left = self._producer.flush(timeout_s)
+        with self._lock:
+            errors, self._errors = self._errors, []
+            return left, errors, len(self._unsent)
+
+    def _produce(self, message: AuditMessage) -> None:
+        try:
+            self._producer.produce(
+                self.topic,
+                value=message.value,
+                key=message.key,
+                headers=message.headers,
+                timestamp=message.timestamp_ms,
+                on_delivery=functools.partial(self._delivered, message),
+            )
+        except (BufferError, KafkaException) as exc:
+            with self._lock:
+                self._unsent.append(message)
+                self._errors.append(f"not queued: {exc}")
+
+    def _delivered(self, message: AuditMessage, error: KafkaError | None, _: Message) -> None:
+        with self._lock:
+            if error is None:
+                self.acknowledged += 1
+                return
+            self._unsent.append(message)
+            self._errors.append(error.str())
+
+
+def ensure_audit_topic(definition: SyncDefinition) -> None:
+    """Create the audit topic if missing, with the dirty topic's partition count and no
+    time-based retention; an existing topic is kept as it is. For ``run``, never for ``audit``."""
+    kafka, topics = definition.source.kafka, definition.topics
+    admin = AdminClient({**kafka.client_settings, "bootstrap.servers": kafka.bootstrap_servers})
+    topic = NewTopic(
+        topics.audit, topics.dirty_partitions, BROKER_DEFAULT_REPLICATION, config=TOPIC_CONFIG
+    )
+    futures = admin.create_topics([topic], request_timeout=ADMIN_TIMEOUT_S)
+    _created_or_exists(topics.audit, futures[topics.audit])

@@ -1,0 +1,455 @@
+"""Stage 1, the router: Debezium change events in, dirty keys out, keyed by entity.
+
+Every change is planned into the entities it makes dirty (consumer/triggers.py) and produced to
+the dirty topic keyed ``resource/id``, so that each entity has one owner in stage 2 whatever
+topic or partition its triggers came from (design.md, "Why two stages"). Events that are fine but
+trigger nothing are counted; events that can never be used go to the dead-letter topic with the
+reason, and work goes on.
+
+The loop, one batch at a time: consume, route, await acknowledgements, commit. A source offset is
+committed only after the producer acknowledged every dirty key and dead letter of the events up
+to it, so nothing is lost; a failed delivery rewinds the batch and routes it again (dirty keys
+are idempotent, so duplicates are harmless). Because a batch is finished before the next
+``consume``, and rebalance callbacks only run inside ``consume``, nothing is in flight when
+partitions are revoked.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.config import SyncDefinition
+from consumer.errors import BadRecord, Retryable
+from consumer.kafka import (
+    commit_within,
+    consume_batch,
+    consumer_settings,
+    producer_settings,
+    release_consumer,
+)
+from consumer.observe.health import PartitionProgress, ProgressTracker, high_watermark
+from consumer.observe.spans import traceparent_of
+from consumer.records.deadletter import DeadLetterEvent, Headers, dead_letter_message
+from consumer.retry_policy import retry_delay
+from consumer.router.debezium import Change, DecodeError, Ignored, decode_event
+from consumer.router.dirty import (
+    MAX_CAUSES,
+    Cause,
+    DirtyKey,
+    EntityId,
+    dirty_message_key,
+    encode_dirty,
+)
+from consumer.router.topics import check_replica_identity, ensure_topics, subscription
+from consumer.router.triggers import TriggerIndex, plan_dirty
+
+__all__ = ["RouterStats", "run_router"]
+
+log = logging.getLogger(__name__)
+
+# Events per batch: large enough to amortise one acknowledgement wait and one commit round trip
+# (measured with bench/router.py), small enough to bound what is re-routed after a failure.
+BATCH_MAX_EVENTS = 2000
+# How long the loop waits for a first event; also how soon it notices the stop flag.
+POLL_TIMEOUT_S = 0.5
+# The producer reports every message's outcome within message.timeout.ms; 30 s is well inside
+# librdkafka's max.poll.interval.ms default (300 s), so a stalled produce never costs the group.
+DELIVERY_TIMEOUT_MS = 30_000
+ACK_TIMEOUT_S = DELIVERY_TIMEOUT_MS / 1000 + 5
+# The loop flushes at the end of every batch, and a flush sends at once whatever linger.ms says;
+# a long linger only makes mid-batch requests fewer and larger (bench: 2.9 -> 2.0 us a produce).
+PRODUCER_LINGER_MS = 100
+# A revoke or a shutdown waits at most this long for outstanding deliveries before committing
+# what was already acknowledged.
+DRAIN_TIMEOUT_S = 10.0
+# A commit is given this long; librdkafka's own synchronous commit has no deadline and never
+# returns once the broker is gone (kafka.commit_within).
+COMMIT_BOUND_S = 15.0
+# How long the router takes at most to stop once asked: a batch's acknowledgements and commit,
+# then close()'s drain, final commit and release. run_service waits this long for its thread.
+STOP_BOUND_S = ACK_TIMEOUT_S + DRAIN_TIMEOUT_S + 3 * COMMIT_BOUND_S + POLL_TIMEOUT_S
+# Backoff after a failed delivery (retry_policy: full jitter, from the base up to the cap).
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 30.0
+# Waiting for the producer's queue to drain when it is full (BufferError).
+QUEUE_FULL_POLL_S = 0.1
+
+_PartitionKey = tuple[str, int]
+
+
+@dataclass
+class RouterStats:
+    """What the router did since it started; ``ignored`` counts by Debezium reason."""
+
+    events: int = 0
+    changes: int = 0
+    ignored: Counter[str] = field(default_factory=Counter)
+    # Entities planned from changes; dirty_keys is fewer when one batch triggers an entity twice.
+    triggers: int = 0
+    dirty_keys: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    retries: int = 0
+
+    def snapshot(self) -> RouterStats:
+        return copy.deepcopy(self)
+
+
+def run_router(
+    definition: SyncDefinition,
+    stop: threading.Event,
+    *,
+    on_stats: Callable[[RouterStats], None] | None = None,
+    progress: ProgressTracker | None = None,
+) -> RouterStats:
+    """Route until ``stop`` is set, then drain, commit and release the consumer.
+
+    Startup fails with ConfigurationError if a trigger table's replica identity contradicts the
+    definition, and with Retryable if the database or broker cannot be reached. ``progress``
+    (readiness) is told each assigned partition's position and high watermark as the loop runs.
+    """
+    check_replica_identity(definition)
+    ensure_topics(definition)
+    router = _Router(definition, on_stats, progress)
+    try:
+        router.run(stop)
+    finally:
+        router.close()
+    return router.stats
+
+
+class _Router:
+    def __init__(
+        self,
+        definition: SyncDefinition,
+        on_stats: Callable[[RouterStats], None] | None,
+        progress: ProgressTracker | None = None,
+    ) -> None:
+        kafka = definition.source.kafka
+        self.stats = RouterStats()
+        self._definition = definition
+        self._on_stats = on_stats
+        self._progress = progress
+        self._index = TriggerIndex.from_definition(definition)
+        self._dirty_topic = definition.topics.dirty
+        self._dead_letter_topic = definition.topics.dead_letter
+        self._failures: list[KafkaError] = []
+        self._done: dict[_PartitionKey, int] = {}  # next offset to commit, acknowledged
+        self._failures_in_a_row = 0
+        self._producer = Producer(
+            producer_settings(
+                kafka,
+                **{
+                    "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                    "linger.ms": PRODUCER_LINGER_MS,
+                    # Successes need no callback: flush() returning 0 says they all completed.
+                    "delivery.report.only.error": True,
+                    "on_delivery": self._on_delivery,
+                },
+            )
+        )
+        self._consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.router"))
+        self._consumer.subscribe(
+            subscription(kafka), on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("router subscribed to %s as %s.router", subscription(kafka), kafka.group_id)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._observe_progress()
+            batch = consume_batch(self._consumer, BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
+            if not batch:
+                continue
+            try:
+                next_offsets = self._route(batch)
+                self._await_acknowledgements(ACK_TIMEOUT_S)
+            except Retryable as exc:
+                self._rewind(batch, exc, stop)
+                continue
+            self._mark_done(next_offsets)
+            self._commit()
+            self._report()
+
+    def close(self) -> None:
+        """Drain what is in flight (bounded), commit what is acknowledged, release the consumer."""
+        try:
+            self._await_acknowledgements(DRAIN_TIMEOUT_S)
+            self._commit()
+        except Retryable as exc:
+            log.warning("router stopping with unacknowledged output: %s", exc)
+        finally:
+            leave = self._definition.source.kafka.leave_group_on_close
+            release_consumer(self._consumer, leave_group=leave)
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _route(self, batch: list[Message]) -> dict[_PartitionKey, int]:
+        """Produce the dirty keys and dead letters of every event in the batch; return the
+        next offset of each partition it covers.
+
+        An entity triggered several times in one batch gets one dirty key (its first cause,
+        a few later ones, and the count): the batch is committed as a whole, so the merged key
+        stands for every event behind it, and the syncer would coalesce them anyway.
+        """
+        pending: dict[tuple[str, EntityId], _Merged] = {}
+        next_offsets: dict[_PartitionKey, int] = {}
+        for message in batch:
+            if _consume_error(message):
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is not None and partition is not None and offset is not None:
+                next_offsets[(topic, partition)] = offset + 1
+            self.stats.events += 1
+            try:
+                event = decode_event(message.key(), message.value())
+                if isinstance(event, Ignored):
+                    self.stats.ignored[event.reason] += 1
+                    continue
+                self.stats.changes += 1
+                entities = plan_dirty(event, self._index)
+            except (DecodeError, BadRecord) as exc:
+                self._dead_letter(message, exc)
+                continue
+            self.stats.triggers += len(entities)
+            cause: Cause | None = None  # built only if kept: a hot entity's 9th cause is not
+            for entity in entities:
+                merged = pending.get((entity.resource, entity.id))
+                if merged is not None and not merged.has_room():
+                    merged.add(None)
+                    continue
+                cause = cause or _cause(message, topic, partition, offset, event)
+                if merged is None:
+                    pending[(entity.resource, entity.id)] = _Merged(cause)
+                else:
+                    merged.add(cause)
+        enqueued_ms = int(time.time() * 1000)
+        for (resource, entity_id), merged in pending.items():
+            key = merged.dirty_key(resource, entity_id, enqueued_ms)
+            self._produce(
+                self._dirty_topic, dirty_message_key(resource, entity_id), encode_dirty(key)
+            )
+        self.stats.dirty_keys += len(pending)
+        return next_offsets
+
+    def _dead_letter(self, message: Message, error: Exception) -> None:
+        letter = DeadLetterEvent.from_message(message, error)
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s (%s)",
+            letter.topic,
+            letter.partition,
+            letter.offset,
+            letter.reason,
+            letter.error_class,
+        )
+        key, value, headers = dead_letter_message(letter)
+        self._produce(self._dead_letter_topic, key, value, headers)
+        self.stats.dead_lettered += 1
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    ) -> None:
+        """Produce, waiting for room when the producer's queue is full (bounded memory)."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(QUEUE_FULL_POLL_S)
+
+    # --- acknowledgements and offsets -------------------------------------------------------
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(error)
+
+    def _await_acknowledgements(self, timeout_s: float) -> None:
+        """Return once every produced message is acknowledged; else raise Retryable."""
+        deadline = time.monotonic() + timeout_s
+        while (outstanding := self._producer.flush(1.0)) > 0:
+            if time.monotonic() > deadline:
+                raise Retryable(
+                    f"{outstanding} produced messages unacknowledged after {timeout_s} s"
+                )
+        failures, self._failures = self._failures, []
+        for error in failures:
+            if error.fatal():
+                raise KafkaException(error)
+        if failures:
+            raise Retryable(f"{len(failures)} deliveries failed, first: {failures[0].str()}")
+
+    def _rewind(self, batch: list[Message], error: Retryable, stop: threading.Event) -> None:
+        """Seek each partition back to the batch's first event and back off before retrying."""
+        self.stats.retries += 1
+        self._failures_in_a_row += 1
+        delay = retry_delay(
+            self._failures_in_a_row,
+            base_s=RETRY_BASE_S,
+            cap_s=RETRY_CAP_S,
+            retry_after_s=error.retry_after_s,
+        )
+        log.warning("routing again after %.1f s: %s", delay, error)
+        first: dict[_PartitionKey, int] = {}
+        for topic, partition, offset in _positions(batch):
+            first.setdefault((topic, partition), offset)
+        for (topic, partition), offset in first.items():
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        stop.wait(delay)
+
+    def _mark_done(self, next_offsets: dict[_PartitionKey, int]) -> None:
+        self._failures_in_a_row = 0
+        self.stats.batches += 1
+        self._done.update(next_offsets)
+
+    def _commit(self, partitions: set[_PartitionKey] | None = None) -> None:
+        """Commit acknowledged offsets synchronously; keep whatever failed for the next commit.
+
+        1. take the acknowledged next-offsets (of ``partitions``, or all);
+        2. commit them synchronously;
+        3. forget each partition whose commit succeeded and did not move meanwhile.
+        """
+        offsets = {k: v for k, v in self._done.items() if partitions is None or k in partitions}
+        if not offsets:
+            return
+        try:
+            results = commit_within(
+                self._consumer,
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                COMMIT_BOUND_S,
+            )
+        except KafkaException as exc:
+            self.stats.commit_failures += 1
+            log.warning("commit failed, kept for the next one: %s", exc.args[0])
+            return
+        if results is None:
+            self.stats.commit_failures += 1
+            log.warning("commit unanswered after %.0f s, kept for the next one", COMMIT_BOUND_S)
+            return
+        self.stats.commits += 1
+        for tp in results:
+            key = (tp.topic, tp.partition)
+            if tp.error is None and self._done.get(key) == offsets.get(key):
+                del self._done[key]
+
+    def _report(self) -> None:
+        if self._on_stats is not None:
+            self._on_stats(self.stats.snapshot())
+
+    def _observe_progress(self) -> None:
+        """For readiness, at most once a second: each assigned partition's position (between
+        batches, every batch before it is committed) and high watermark. Local reads of
+        librdkafka's state, from this thread, which owns the consumer."""
+        now = time.monotonic()
+        if self._progress is None or not self._progress.due(now):
+            return
+        try:
+            positions = self._consumer.position(self._consumer.assignment())
+        except KafkaException as exc:
+            log.debug("no progress for readiness: %s", exc)
+            return
+        self._progress.observe(
+            [
+                PartitionProgress(
+                    tp.topic,
+                    tp.partition,
+                    tp.offset if tp.offset >= 0 else None,  # unknown until a message, or rewound
+                    high_watermark(self._consumer, tp.topic, tp.partition),
+                )
+                for tp in positions
+            ],
+            now,
+        )
+
+    # --- rebalance --------------------------------------------------------------------------
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Finish what is in flight (bounded), commit the revoked partitions, let them go."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        try:
+            self._await_acknowledgements(DRAIN_TIMEOUT_S)
+        except Retryable as exc:
+            log.warning("revoked with unacknowledged output, not committing it: %s", exc)
+        self._commit(revoked)
+        self._forget(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost partitions may already belong to another member: never commit them."""
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        log.warning("partitions lost, not committing: %s", sorted(lost))
+        self._forget(lost)
+
+    def _forget(self, partitions: set[_PartitionKey]) -> None:
+        for key in partitions:
+            self._done.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Merged:
+    """The triggers of one entity within one batch."""
+
+    first: Cause
+    later: list[Cause] = field(default_factory=list)
+    triggers: int = 1
+
+    def has_room(self) -> bool:
+        return len(self.later) < MAX_CAUSES - 1
+
+    def add(self, cause: Cause | None) -> None:
+        """Count a trigger; keep its cause while there is room (``None`` only when full)."""
+        self.triggers += 1
+        if cause is not None and self.has_room():
+            self.later.append(cause)
+
+    def dirty_key(self, resource: str, entity_id: EntityId, enqueued_ms: int) -> DirtyKey:
+        return DirtyKey(
+            resource, entity_id, self.first, enqueued_ms, self.triggers, tuple(self.later)
+        )
+
+
+def _cause(
+    message: Message, topic: str | None, partition: int | None, offset: int | None, change: Change
+) -> Cause:
+    """The trigger, with the producer's W3C trace context when it set one (spans.py): the only
+    read of the message's headers, once per event that triggers anything."""
+    return Cause(
+        kind="cdc",
+        table=change.table,
+        op=change.op,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        source_ts_ms=change.source_ts_ms,
+        lsn=change.lsn,
+        traceparent=traceparent_of(message.headers()),
+    )
+
+
+def _consume_error(message: Message) -> bool:
+    """True for an error event in the batch; raise if it is fatal to the consumer."""
+    error = message.error()
+    if error is None:
+        return False
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("consumer error: %s", error.str())
+    return True
+
+
+def _positions(batch: list[Message]) -> Iterator[tuple[str, int, int]]:
+    """(topic, partition, offset) of each event in the batch, skipping error events."""
+    for message in batch:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None or message.error() is not None:
+            continue
+        yield topic, partition, offset

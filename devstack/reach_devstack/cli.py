@@ -1,0 +1,287 @@
+"""``reach-sync dev up|status|down|seed|load``: the local stack from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reach_devstack.process import ComponentError, log_tail
+from reach_devstack.stack import StackEndpoints, StackOptions
+from reach_devstack.supervisor import STATE_FILE, options_to_json, read_state, supervise
+
+__all__ = ["add_demo_command", "add_dev_commands", "reporting"]
+
+DEFAULT_STATE_DIR = Path(".state/dev")
+# `dev up` waits this long for the detached supervisor to report ready or failed.
+UP_TIMEOUT_S = 300.0
+# `dev down` waits this long for a clean stop before it kills the supervisor (its servers then
+# die with it through the parent-death signal).
+DOWN_TIMEOUT_S = 60.0
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def reporting(handler: Handler) -> Handler:
+    """A command of the local stack: a component that fails is named with its fix and log."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ComponentError as exc:
+            print(exc.details(), file=sys.stderr)
+            return 1
+
+    return run
+
+
+def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from reach_devstack.demo import add_arguments, run
+
+    parser = sub.add_parser("demo", help="the whole thing on the local stack, with a live view")
+    add_arguments(parser)
+    parser.set_defaults(handler=reporting(run))
+
+
+def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = sub.add_parser("dev", help="the local stack: broker, Postgres, Redis, Debezium, sandbox")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+
+    up = dev_sub.add_parser("up", help="start the local stack (fresh each time)")
+    _add_state_dir(up)
+    up.add_argument("--json", action="store_true", help="print the endpoints as JSON")
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops all")
+    up.add_argument("--no-debezium", action="store_true", help="skip change capture")
+    up.add_argument("--no-schemas", action="store_true", help="Debezium JSON without schemas")
+    for name in ("broker", "postgres", "redis", "sandbox"):
+        up.add_argument(f"--{name}-port", type=int, default=0, help="0 picks a free port")
+    up.set_defaults(handler=reporting(_up))
+
+    status = dev_sub.add_parser("status", help="show the local stack and its endpoints")
+    _add_state_dir(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=reporting(_status))
+
+    down = dev_sub.add_parser("down", help="stop the local stack")
+    _add_state_dir(down)
+    down.set_defaults(handler=reporting(_down))
+
+    seed = dev_sub.add_parser("seed", help="(re)create and seed the sample shop database")
+    _add_state_dir(seed)
+    seed.add_argument("--customers", type=int, default=200)
+    seed.add_argument("--transactions", type=int, default=600)
+    seed.set_defaults(handler=reporting(_seed))
+
+    load = dev_sub.add_parser("load", help="run the shop workload generator")
+    _add_state_dir(load)
+    load.add_argument("--rate", type=float, default=50.0, help="changes per second")
+    load.add_argument("--seconds", type=float, default=30.0)
+    load.add_argument("--seed", type=int, default=None, help="random seed (repeatable runs)")
+    load.set_defaults(handler=reporting(_load))
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}"
+    )
+
+
+def _supervisor_alive(state: dict[str, Any]) -> bool:
+    pid = state.get("supervisor_pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # Guards against a recycled pid: it must still be our supervisor (detached or foreground).
+    return b"reach_devstack.supervisor" in cmdline or b"reach-sync" in cmdline
+
+
+def _prepare_state_dir(state_dir: Path) -> None:
+    """Start clean: the broker keeps topics in memory, so an old stack cannot be resumed.
+
+    Only a directory that is empty or holds a previous stack is wiped, never anything else.
+    """
+    if not state_dir.exists():
+        state_dir.mkdir(parents=True)
+        return
+    if any(state_dir.iterdir()) and not (state_dir / STATE_FILE).exists():
+        raise SystemExit(
+            f"dev: {state_dir} exists and is not a reach-sync stack directory; "
+            "choose another --state-dir"
+        )
+    shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+
+
+def _options(args: argparse.Namespace) -> StackOptions:
+    return StackOptions(
+        state_dir=args.state_dir.resolve(),
+        broker_port=args.broker_port,
+        postgres_port=args.postgres_port,
+        redis_port=args.redis_port,
+        sandbox_port=args.sandbox_port,
+        with_debezium=not args.no_debezium,
+        debezium_schemas=not args.no_schemas,
+    )
+
+
+def _up(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir.resolve()
+    state = read_state(state_dir)
+    if state and _supervisor_alive(state):
+        print(
+            f"dev: a stack is already running in {state_dir} (pid {state['supervisor_pid']}); "
+            "`reach-sync dev down` first",
+            file=sys.stderr,
+        )
+        return 1
+    _prepare_state_dir(state_dir)
+    options = _options(args)
+    if args.foreground:
+        return supervise(
+            options, on_ready=lambda ep, secs: _print_endpoints(ep.to_json(), secs, args.json)
+        )
+    log_path = state_dir / "logs" / "supervisor.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reach_devstack.supervisor", options_to_json(options)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        return _await_start(state_dir, proc, args.json)
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DOWN_TIMEOUT_S)
+        return 130
+
+
+def _await_start(state_dir: Path, proc: subprocess.Popen[bytes], as_json: bool) -> int:
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = read_state(state_dir) or {}
+        status = state.get("status")
+        if status == "ready":
+            _print_endpoints(state["endpoints"], state.get("startup_seconds", {}), as_json)
+            return 0
+        if status == "failed":
+            print(f"dev: {state.get('error', 'start failed')}", file=sys.stderr)
+            return 1
+        if proc.poll() is not None:
+            tail = log_tail(state_dir / "logs" / "supervisor.log")
+            print(
+                f"dev: the supervisor exited with code {proc.returncode}\n{tail}", file=sys.stderr
+            )
+            return 1
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    print(f"dev: the stack was not ready after {UP_TIMEOUT_S:.0f} s; stopped it", file=sys.stderr)
+    return 1
+
+
+def _print_endpoints(endpoints: dict[str, Any], seconds: dict[str, float], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(endpoints), flush=True)
+        return
+    ep = StackEndpoints(**endpoints)
+    db_user, db_where = (
+        ep.postgres_dsn.split("//", 1)[1].split(":", 1)[0],
+        ep.postgres_dsn.split("@")[-1],
+    )
+    tables = ", ".join(ep.debezium_tables) or "off"
+    lines = [
+        f"local stack ready in {seconds.get('total', 0):.1f} s  (state: {ep.state_dir})",
+        f"  broker     {ep.bootstrap_servers}",
+        f"  postgres   {db_where}  (user {db_user})",
+        f"  redis      {ep.redis_url}",
+        f"  sandbox    {ep.sandbox_url}  (partner {ep.reach_partner_id})",
+        f"  debezium   {tables} -> topics {ep.topic_prefix}.<schema>.<table>",
+        f"  logs       {ep.logs_dir}",
+        "credentials: `reach-sync dev status --json`; stop with `reach-sync dev down`",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _status(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir.resolve()
+    state = read_state(state_dir)
+    if state is None:
+        print(f"dev: no stack in {state_dir}", file=sys.stderr)
+        return 1
+    alive = _supervisor_alive(state)
+    status = state.get("status") if alive else "not running"
+    if args.json:
+        print(json.dumps({**state, "status": status}))
+        return 0 if alive and status == "ready" else 1
+    print(f"stack in {state_dir}: {status}")
+    for name, health in (state.get("components") or {}).items():
+        print(f"  {name:<10} {health if alive else 'not running'}")
+    if state.get("error"):
+        print(state["error"])
+    return 0 if alive and status == "ready" else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir.resolve()
+    state = read_state(state_dir)
+    if state is None or not _supervisor_alive(state):
+        print(f"dev: no running stack in {state_dir}")
+        return 0
+    pid = int(state["supervisor_pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DOWN_TIMEOUT_S
+    while time.monotonic() < deadline and _supervisor_alive(state):
+        time.sleep(0.2)
+    if _supervisor_alive(state):
+        os.kill(pid, signal.SIGKILL)
+        print(f"dev: the stack did not stop within {DOWN_TIMEOUT_S:.0f} s; killed it")
+    print(f"stopped the stack in {state_dir}")
+    return 0
+
+
+def _running_endpoints(state_dir: Path) -> StackEndpoints:
+    state = read_state(state_dir.resolve())
+    if not state or state.get("status") != "ready" or not _supervisor_alive(state):
+        raise SystemExit(f"dev: no ready stack in {state_dir}; start one with `reach-sync dev up`")
+    return StackEndpoints(**state["endpoints"])
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from reach_devstack.shop import seed
+
+    endpoints = _running_endpoints(args.state_dir)
+    result = seed(
+        endpoints.postgres_dsn,
+        customers=args.customers,
+        transactions=args.transactions,
+        existing="replace",
+    )
+    print(f"seeded {result.customers} customers and {result.transactions} transactions")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from reach_devstack.load import run_load
+
+    endpoints = _running_endpoints(args.state_dir)
+    stats = run_load(
+        endpoints.postgres_dsn, rate=args.rate, seconds=args.seconds, rng_seed=args.seed
+    )
+    print(stats)
+    return 0

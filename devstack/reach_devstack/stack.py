@@ -1,0 +1,318 @@
+"""The whole local stack in one state directory: broker, Postgres, Redis, sandbox, Debezium.
+
+``LocalStack`` owns the child processes. It is used in-process by the test fixtures and the demo,
+and by the detached supervisor behind ``reach-sync dev up``. The servers that do not depend on
+each other start at the same time; Debezium starts last because it needs the shop tables.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from reach_devstack import broker, postgres, redis
+from reach_devstack.process import (
+    ComponentError,
+    ManagedProcess,
+    ProcessSpec,
+    free_port,
+    require_free_port,
+    unprivileged_user,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from reach_sandbox.config import SandboxConfig
+
+__all__ = ["DEV_TENANTS", "LocalStack", "StackEndpoints", "StackOptions", "with_shop_schemas"]
+
+# Readiness bounds, generous for a shared 2-core machine: the servers are ready in well under a
+# second here, Debezium (a JVM plus the initial snapshot) in several seconds.
+SERVER_READY_TIMEOUT_S = 60.0
+DEBEZIUM_READY_TIMEOUT_S = 180.0
+PARTNER_ID = "reach-sync-dev"
+DATABASE = "shop"
+DB_USER = "reach"
+# The shop's merchants are Reach tenants; the sandbox knows them by these external ids.
+DEV_TENANTS: tuple[tuple[str, str], ...] = tuple(
+    (f"tenant-{n}", f"merchant-{n}") for n in (1, 2, 3)
+)
+SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
+SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
+# The state directory's per-component folders, all recreated on start.
+COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What to start and where; port 0 means a free loopback port."""
+
+    state_dir: Path
+    broker_port: int = 0
+    postgres_port: int = 0
+    redis_port: int = 0
+    sandbox_port: int = 0
+    with_debezium: bool = True
+    # Debezium's JSON with the schema block (Kafka Connect's default) or without.
+    debezium_schemas: bool = True
+    seed_customers: int = 200
+    seed_transactions: int = 600
+    topic_prefix: str = "shop"
+
+
+@dataclass(frozen=True)
+class StackEndpoints:
+    """Everything a script or test needs to talk to the running stack (`dev up --json`)."""
+
+    state_dir: str
+    logs_dir: str
+    bootstrap_servers: str
+    postgres_dsn: str
+    redis_url: str
+    sandbox_url: str
+    sandbox_admin_token: str
+    reach_partner_id: str
+    reach_jwt_secret: str
+    reach_static_key: str
+    tenants: list[dict[str, str]]
+    topic_prefix: str
+    debezium_tables: list[str]
+    debezium_schemas: bool
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _port(requested: int, component: str, option: str) -> int:
+    if requested == 0:
+        return free_port()
+    require_free_port(component, requested, option)
+    return requested
+
+
+class LocalStack:
+    """Start with ``start()`` (or ``with``); everything stops on ``stop()`` or with this process."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.state_dir = options.state_dir.resolve()
+        self.logs_dir = self.state_dir / "logs"
+        self.processes: dict[str, ManagedProcess] = {}
+        self.startup_seconds: dict[str, float] = {}
+        self.endpoints: StackEndpoints | None = None
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> StackEndpoints:
+        """Start every component; on any failure stop what was started and raise ComponentError."""
+        started = time.monotonic()
+        try:
+            self.endpoints = self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds["total"] = time.monotonic() - started
+        return self.endpoints
+
+    def _launch(self, spec: ProcessSpec) -> ManagedProcess:
+        process = ManagedProcess(spec)
+        self.processes[spec.name] = process
+        process.start()
+        return process
+
+    def _start_all(self) -> StackEndpoints:
+        opts = self.options
+        # Fresh every time: the broker keeps nothing across restarts, so old database contents,
+        # change-capture offsets or credentials would only disagree with it.
+        for component in COMPONENT_DIRS:
+            shutil.rmtree(self.state_dir / component, ignore_errors=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        broker_port = _port(opts.broker_port, broker.NAME, "--broker-port")
+        redis_port = _port(opts.redis_port, redis.NAME, "--redis-port")
+        pg_port = _port(opts.postgres_port, postgres.NAME, "--postgres-port")
+        sandbox_port = _port(opts.sandbox_port, "sandbox", "--sandbox-port")
+        bootstrap = f"127.0.0.1:{broker_port}"
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        pg = postgres.PostgresConfig(
+            bin_dir=postgres.find_postgres_bin(),
+            data_dir=self.state_dir / "postgres" / "data",
+            port=pg_port,
+            user=DB_USER,
+            password=secrets.token_urlsafe(18),
+            database=DATABASE,
+        )
+        credentials = _SandboxCredentials.generate()
+        run_as = unprivileged_user()
+
+        # Independent servers first, all at once; initdb overlaps with their start-up.
+        broker_proc = self._launch(broker.broker_spec(broker_port, self.logs_dir))
+        redis_proc = self._launch(
+            redis.redis_spec(redis_port, self.state_dir / "redis", self.logs_dir)
+        )
+        sandbox_proc = self._launch(self._sandbox_spec(sandbox_port, credentials))
+        postgres.init_cluster(pg, run_as, self.logs_dir / "postgres.log")
+        pg_proc = self._launch(postgres.postgres_spec(pg, run_as, self.logs_dir))
+
+        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        self._wait(broker_proc, lambda: broker.broker_ready(bootstrap))
+        self._wait(redis_proc, lambda: redis.redis_ready(redis_url))
+        self._wait(sandbox_proc, lambda: _sandbox_ready(sandbox_url))
+        self._wait(pg_proc, lambda: postgres.postgres_ready(pg))
+        postgres.create_database(pg)
+        self._seed(pg.dsn)
+
+        if opts.with_debezium:
+            self._start_debezium(pg, bootstrap)
+
+        return StackEndpoints(
+            state_dir=str(self.state_dir),
+            logs_dir=str(self.logs_dir),
+            bootstrap_servers=bootstrap,
+            postgres_dsn=pg.dsn,
+            redis_url=redis_url,
+            sandbox_url=sandbox_url,
+            sandbox_admin_token=credentials.admin_token,
+            reach_partner_id=PARTNER_ID,
+            reach_jwt_secret=credentials.partner_secret,
+            reach_static_key=credentials.static_key,
+            tenants=[{"id": tid, "external_id": ext} for tid, ext in DEV_TENANTS],
+            topic_prefix=opts.topic_prefix,
+            debezium_tables=list(SHOP_TABLES) if opts.with_debezium else [],
+            debezium_schemas=opts.debezium_schemas,
+            pids={name: p.pid for name, p in self.processes.items() if p.pid is not None},
+        )
+
+    def _wait(
+        self, process: ManagedProcess, probe: Any, timeout_s: float = SERVER_READY_TIMEOUT_S
+    ) -> None:
+        self.startup_seconds[process.spec.name] = wait_until(process, probe, timeout_s)
+
+    def _sandbox_spec(self, port: int, credentials: _SandboxCredentials) -> ProcessSpec:
+        from reach_sandbox.cli import server_command
+        from reach_sandbox.config import dev_config, write_sandbox_config
+
+        config_path = self.state_dir / "sandbox" / "sandbox.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config = with_shop_schemas(
+            dev_config(
+                partner_secret=credentials.partner_secret,
+                admin_token=credentials.admin_token,
+                static_key=credentials.static_key,
+                tenants=list(DEV_TENANTS),
+            )
+        )
+        write_sandbox_config(config, config_path)
+        return ProcessSpec(
+            name="sandbox",
+            argv=server_command(config_path, config_path.parent, port=port),
+            log_path=self.logs_dir / "sandbox.log",
+        )
+
+    def _seed(self, dsn: str) -> None:
+        from reach_devstack.shop import seed
+
+        seed(
+            dsn,
+            customers=self.options.seed_customers,
+            transactions=self.options.seed_transactions,
+        )
+
+    def _start_debezium(self, pg: postgres.PostgresConfig, bootstrap: str) -> None:
+        from reach_devstack.debezium import DebeziumSettings, debezium_command, is_ready
+
+        state = self.state_dir / "debezium"
+        state.mkdir(parents=True, exist_ok=True)
+        password_file = state / "pg-password"
+        password_file.write_text(pg.password)
+        password_file.chmod(0o600)
+        settings = DebeziumSettings(
+            bootstrap_servers=bootstrap,
+            pg_host="127.0.0.1",
+            pg_port=pg.port,
+            pg_user=pg.user,
+            pg_password_file=password_file,
+            pg_database=pg.database,
+            topic_prefix=self.options.topic_prefix,
+            tables=SHOP_TABLES,
+            state_dir=state,
+            schemas=self.options.debezium_schemas,
+        )
+        spec = ProcessSpec(
+            name="debezium",
+            argv=debezium_command(settings),
+            log_path=self.logs_dir / "debezium.log",
+        )
+        process = self._launch(spec)
+        self._wait(process, lambda: is_ready(state), DEBEZIUM_READY_TIMEOUT_S)
+
+    def health(self) -> dict[str, str]:
+        """Per component: "running", or how it ended."""
+        report = {}
+        for name, process in self.processes.items():
+            code = process.exit_code()
+            report[name] = "running" if code is None else f"exited with code {code}"
+        return report
+
+    def stop(self) -> None:
+        """Stop in reverse order of start, so producers go before the broker they write to."""
+        errors: list[str] = []
+        for name, process in reversed(list(self.processes.items())):
+            try:
+                process.stop()
+            except Exception as exc:
+                errors.append(f"{name}: {exc}")
+        if errors:
+            raise ComponentError("stack", "some components did not stop: " + "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class _SandboxCredentials:
+    """Fresh secrets for each stack: the partner JWT secret, a static key and the admin token."""
+
+    partner_secret: str
+    static_key: str
+    admin_token: str
+
+    @classmethod
+    def generate(cls) -> _SandboxCredentials:
+        return cls(
+            partner_secret=secrets.token_urlsafe(32),
+            static_key="rk_dev_" + secrets.token_urlsafe(24),
+            admin_token=secrets.token_urlsafe(24),
+        )
+
+
+def with_shop_schemas(config: SandboxConfig) -> SandboxConfig:
+    """The sandbox config plus the shop's Reach schemas (shop_reach_schemas.yaml)."""
+    from reach_sandbox.config import SchemaConfig
+
+    entries = yaml.safe_load(SHOP_REACH_SCHEMAS.read_text())
+    schemas = tuple(SchemaConfig.model_validate(entry) for entry in entries)
+    return config.model_copy(update={"schemas": (*config.schemas, *schemas)})
+
+
+def _sandbox_ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/_admin/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
