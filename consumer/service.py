@@ -28,8 +28,9 @@ from confluent_kafka import Producer
 from consumer.config import Destination, HealthSettings, SyncDefinition
 from consumer.errors import ConfigurationError
 from consumer.kafka import producer_settings
-from consumer.observe.health import HealthServer, ProgressTracker, Snapshot
-from consumer.observe.metrics import MetricsHandle, metered_transport, start_metrics
+from consumer.observe.health import HealthServer, Snapshot
+from consumer.observe.metrics import MetricsHandle, exposition, metered_transport, start_metrics
+from consumer.observe.progress import ProgressTracker
 from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport
 from consumer.reach.limits import open_limiter
@@ -211,7 +212,11 @@ class _Readiness:
         self.syncer: Syncer | None = None  # set once it exists
         try:
             self._server = HealthServer(
-                settings.host, settings.port, self.snapshot, settings.stall_after_s
+                settings.host,
+                settings.port,
+                self.snapshot,
+                settings.stall_after_s,
+                metrics=exposition,
             )
         except OSError as exc:
             raise ConfigurationError(

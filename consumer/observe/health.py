@@ -25,140 +25,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from consumer.observe.metrics import exposition
+from consumer.observe.progress import StageProgress
 
-__all__ = [
-    "HealthServer",
-    "PartitionProgress",
-    "PartitionState",
-    "ProgressTracker",
-    "Readiness",
-    "Snapshot",
-    "StageProgress",
-    "assess",
-    "high_watermark",
-]
-
-# How often a stage's loop records its partitions' progress (a few reads of librdkafka's
-# cached state each time).
-OBSERVE_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    """One assigned partition as its stage sees it."""
-
-    topic: str
-    partition: int
-    # The next offset not finished yet (router: its position, every batch before it committed;
-    # syncer: the end of its finished windows). None: not known yet (nothing consumed since the
-    # partition was assigned, or just rewound); the last known value is kept then.
-    done: int | None
-    # The partition's high watermark as of the consumer's last fetch; None before the first.
-    high: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StageProgress:
-    """One stage's view for readiness (monotonic times)."""
-
-    name: str
-    assigned: int
-    lag: int
-    # Among the partitions with lag, the oldest time one of them last moved (advanced, or was
-    # caught up); None when none lags.
-    lagging_since: float | None
-    # When the stage's loop last recorded its progress; None before it first did.
-    observed_at: float | None
-    # Each assigned partition, by topic and partition (for ``reach-sync status``).
-    partitions: tuple[PartitionState, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionState:
-    """One assigned partition in a stage's view: its done offset, lag and, when it lags, the
-    last time it moved (monotonic)."""
-
-    topic: str
-    partition: int
-    done: int | None
-    lag: int
-    lagging_since: float | None
-
-
-@dataclass(slots=True)
-class _Moving:
-    done: int | None
-    lag: int
-    moved_at: float
-
-
-class ProgressTracker:
-    """Per partition of one stage: where it got to and since when it has lagged without moving.
-
-    The stage's loop calls ``due`` and ``observe``; any thread may call ``view``. A partition
-    counts as moving whenever its done offset changes or it has no lag, so an idle partition
-    that receives one message is not stalled by the quiet before it; a partition that lags and
-    does not move for ``stall_after_s`` is a stall (``assess``). A held entity (its tenant
-    refused) does not hold the syncer's done offset back (only its commits), so a blocked
-    tenant alone is no stall.
-    """
-
-    def __init__(self, name: str, interval_s: float = OBSERVE_INTERVAL_S) -> None:
-        self._name = name
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._partitions: dict[tuple[str, int], _Moving] = {}
-        self._observed_at: float | None = None
-
-    def due(self, now: float) -> bool:
-        return self._observed_at is None or now - self._observed_at >= self._interval_s
-
-    def observe(self, partitions: Iterable[PartitionProgress], now: float) -> None:
-        """Record the assigned partitions as of ``now``; partitions left out are no longer
-        assigned."""
-        with self._lock:
-            previous, self._partitions = self._partitions, {}
-            for p in partitions:
-                key = (p.topic, p.partition)
-                before = previous.get(key)
-                done = p.done if p.done is not None or before is None else before.done
-                lag = max(0, p.high - done) if done is not None and p.high is not None else 0
-                moved_at = now
-                if before is not None and lag > 0 and done == before.done:
-                    moved_at = before.moved_at  # lagging, and not moved since
-                self._partitions[key] = _Moving(done, lag, moved_at)
-            self._observed_at = now
-
-    def view(self) -> StageProgress:
-        with self._lock:
-            by_key = sorted(self._partitions.items())
-            observed_at = self._observed_at
-        parts = [p for _, p in by_key]
-        lagging = [p.moved_at for p in parts if p.lag > 0]
-        return StageProgress(
-            self._name,
-            assigned=len(parts),
-            lag=sum(p.lag for p in parts),
-            lagging_since=min(lagging, default=None),
-            observed_at=observed_at,
-            partitions=tuple(
-                PartitionState(t, n, p.done, p.lag, p.moved_at if p.lag > 0 else None)
-                for (t, n), p in by_key
-            ),
-        )
-
-
-def high_watermark(consumer: Consumer, topic: str, partition: int) -> int | None:
-    """The partition's high watermark from the consumer's last fetch (no broker request);
-    None before the first fetch. Call it only from a thread that uses ``consumer`` anyway."""
-    try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-    except KafkaException:
-        return None
-    return int(high) if high >= 0 else None
+__all__ = ["HealthServer", "Readiness", "Snapshot", "assess"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +157,8 @@ def _details(snapshot: Snapshot, now: float) -> dict[str, object]:
 
 class HealthServer:
     """Serves ``/healthz`` (200 while the process runs) and ``/readyz`` (200 or 503 with the
-    reasons, JSON) on ``host:port`` from a daemon thread; and ``/metrics`` (Prometheus' text
-    format) while the service records metrics (consumer/metrics.py)."""
+    reasons, JSON) on ``host:port`` from a daemon thread; and ``/metrics`` from ``metrics``
+    (Prometheus' text and its content type, or None while nothing is recorded: a 404)."""
 
     def __init__(
         self,
@@ -297,15 +167,16 @@ class HealthServer:
         snapshot: Callable[[], Snapshot],
         stall_after_s: float,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Callable[[], tuple[bytes, str] | None] = lambda: None,
     ) -> None:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                # Prometheus' scrape, when the service has metrics (metrics.py); else a 404.
-                metrics = exposition() if self.path.split("?", 1)[0] == "/metrics" else None
-                if metrics is not None:
-                    self.reply(200, metrics[1], metrics[0])
+                # Prometheus' scrape, when the service records metrics; else a 404.
+                scraped = metrics() if self.path.split("?", 1)[0] == "/metrics" else None
+                if scraped is not None:
+                    self.reply(200, scraped[1], scraped[0])
                     return
                 status, body = owner.answer(self.path)
                 self.reply(status, "application/json", orjson.dumps(body))

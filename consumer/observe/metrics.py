@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
@@ -62,8 +62,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from consumer.config import SyncDefinition
-    from consumer.observe.health import ProgressTracker
-    from consumer.service import ServiceStats
+    from consumer.observe.progress import ProgressTracker
     from consumer.sink.delivery import DeliveryResult
     from consumer.syncer.windows import Window
 
@@ -357,13 +356,24 @@ def metered_transport(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTranspo
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
+class RunStats(Protocol):
+    """What a service run counts (``service.ServiceStats``), read by field name: the router's
+    latest snapshot (None before its first batch) and the syncer's counters."""
+
+    @property
+    def router(self) -> Any: ...
+
+    @property
+    def syncer(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class _StageCounts:
     """Asynchronous instruments over what the stages count already (see the module docstring).
     ``stats.router`` is a snapshot the router replaces after each batch; the syncer's counters
     are plain ints its loop increments: both are safe to read from the collecting thread."""
 
-    stats: ServiceStats
+    stats: RunStats
     router: bool
     syncer: bool
     lag: Sequence[ProgressTracker]
@@ -567,7 +577,7 @@ class MetricsHandle:
 
 def start_metrics(
     definition: SyncDefinition,
-    stats: ServiceStats,
+    stats: RunStats,
     *,
     role: Literal["all", "router", "syncer"] = "all",
     lag: Sequence[ProgressTracker | None] = (),

@@ -35,7 +35,7 @@ from consumer.kafka import (
     producer_settings,
     release_consumer,
 )
-from consumer.observe.health import PartitionProgress, ProgressTracker, high_watermark
+from consumer.observe.progress import PartitionProgress, ProgressTracker, high_watermark
 from consumer.observe.spans import traceparent_of
 from consumer.records.deadletter import DeadLetterEvent, Headers, dead_letter_message
 from consumer.retry_policy import retry_delay

@@ -32,8 +32,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from consumer.config import REACH_MAX_BATCH, SyncDefinition
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.kafka import commit_within, consume_batch, consumer_settings, release_consumer
-from consumer.observe.health import PartitionProgress, ProgressTracker, high_watermark
 from consumer.observe.metrics import instruments as metrics
+from consumer.observe.progress import PartitionProgress, ProgressTracker, high_watermark
 from consumer.observe.spans import recompute_span, span_failed, window_span
 from consumer.reach.breaker import Circuit
 from consumer.reach.client import ReachClient

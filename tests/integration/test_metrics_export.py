@@ -17,8 +17,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings
-from consumer.observe.health import PartitionProgress
 from consumer.observe.metrics import instruments, start_metrics
+from consumer.observe.progress import PartitionProgress
 from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats, _Readiness
 from consumer.sink.delivery import DeliveryResult

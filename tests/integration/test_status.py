@@ -26,7 +26,8 @@ from consumer.cli.main import main
 from consumer.cli.status_report import GroupOffsets, StatusReader, gather
 from consumer.cli.status_view import group_rate, render
 from consumer.config import load_definition
-from consumer.observe.health import HealthServer, PartitionState, Snapshot, StageProgress
+from consumer.observe.health import HealthServer, Snapshot
+from consumer.observe.progress import PartitionState, StageProgress
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"

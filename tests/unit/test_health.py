@@ -6,14 +6,12 @@ from dataclasses import replace
 
 import httpx
 
-from consumer.observe.health import (
-    HealthServer,
+from consumer.observe.health import HealthServer, Snapshot, assess
+from consumer.observe.progress import (
     PartitionProgress,
     PartitionState,
     ProgressTracker,
-    Snapshot,
     StageProgress,
-    assess,
 )
 
 NOW = 1000.0

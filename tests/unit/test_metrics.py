@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings, SyncDefinition
 from consumer.errors import BadRecord, ConfigurationError
-from consumer.observe.health import PartitionProgress, ProgressTracker
 from consumer.observe.metrics import (
     LATENCY_SAMPLES_PER_WINDOW,
     MetricsHandle,
@@ -32,6 +31,7 @@ from consumer.observe.metrics import (
     spread,
     start_metrics,
 )
+from consumer.observe.progress import PartitionProgress, ProgressTracker
 from consumer.reach.client import RequestInfo
 from consumer.reach.limits import RequestLimiter
 from consumer.router.dirty import Cause, DirtyKey

@@ -13,7 +13,7 @@ from reach_devstack.process import free_port
 
 from consumer.config import HealthSettings
 from consumer.errors import ConfigurationError
-from consumer.observe.health import PartitionProgress
+from consumer.observe.progress import PartitionProgress
 from consumer.service import PROBE_STALE_S, _DependencyProbe, _Readiness
 from tests.shop_definition import shop_definition
 

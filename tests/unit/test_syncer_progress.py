@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from consumer.observe.health import ProgressTracker
+from consumer.observe.progress import ProgressTracker
 from consumer.router.dirty import Cause, DirtyKey, encode_dirty
 from consumer.syncer.loop import Syncer, _Partition
 from tests.shop_definition import shop_definition
