@@ -26,10 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from consumer.errors import DefinitionError
+from consumer.kafka_settings import client_settings_problems
+
 __all__ = [
     "Auth",
     "CircuitBreaker",
-    "ConfigError",
     "DatabaseSource",
     "Delivery",
     "Destination",
@@ -63,15 +65,6 @@ _REACH_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 Column = Annotated[str, Field(pattern=_COLUMN.pattern, description="a column of the query")]
-
-
-class ConfigError(Exception):
-    """The sync definition is invalid; ``problems`` lists ``path: reason`` lines."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__("\n".join(f"{source}: {problem}" for problem in problems))
 
 
 class _Strict(BaseModel):
@@ -109,7 +102,19 @@ class KafkaSource(_Strict):
     # it (docs/local-broker-group-rejoin.md), so the local definitions turn it off.
     leave_group_on_close: bool = True
     # Passed through to librdkafka (security, timeouts, ...), after reach-sync's own settings.
+    # Checked here as `run` checks them (kafka_settings.py): none that reach-sync sets itself,
+    # auto-commit stays off, and librdkafka must accept them.
     client_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("client_settings")
+    @classmethod
+    def _settings_run_accepts(
+        cls, settings: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        problems = client_settings_problems(settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return settings
 
     @model_validator(mode="after")
     def _one_way_to_name_topics(self) -> Self:
@@ -506,25 +511,29 @@ def _error_path(loc: tuple[int | str, ...]) -> str:
 
 
 def load_definition(path: Path, env: Mapping[str, str] | None = None) -> SyncDefinition:
-    """Read, interpolate, resolve secrets and validate; raise ConfigError with every problem."""
+    """Read, interpolate, resolve secrets and validate; raise DefinitionError with every problem."""
     env = os.environ if env is None else env
     source = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ConfigError(source, [f"cannot read: {exc.strerror}"]) from exc
+        raise DefinitionError(source, [f"cannot read: {exc.strerror}"]) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+        raise DefinitionError(source, [f"not valid YAML: {exc}"]) from exc
     if not isinstance(raw, dict):
-        raise ConfigError(source, ["(top level): must be a mapping"])
+        raise DefinitionError(source, ["(top level): must be a mapping"])
     problems: list[str] = []
     data = _interpolate(raw, env, "", problems)
     _resolve_secrets(data, env, path.parent, problems)
     try:
         definition = SyncDefinition.model_validate(data)
     except ValidationError as exc:
-        problems += [f"{_error_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(source, problems) from exc
+        # A field whose ${VAR} is not set is reported as that; what the model then says of the
+        # placeholder left in its place ("should match pattern ...") is noise.
+        unset = {problem.split(": ", 1)[0] for problem in problems}
+        found = [(_error_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        problems += [f"{where}: {msg}" for where, msg in found if where not in unset]
+        raise DefinitionError(source, problems) from exc
     if problems:
-        raise ConfigError(source, problems)
+        raise DefinitionError(source, problems)
     return definition

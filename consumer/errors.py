@@ -7,11 +7,13 @@ Library errors (httpx, psycopg, redis, Kafka) are translated into these classes 
 - ``BadRecord``: this record (or event) can never succeed as it is; dead-letter it and go on.
 - ``ConfigurationError``: no record can succeed until a person fixes something (credentials,
   an unknown schema, a broken definition); stop that scope, alert, do not dead-letter.
+  ``DefinitionError``, one of them, is a sync definition that does not validate: found when it
+  is loaded, before any work starts, with every problem named by file and field.
 """
 
 from __future__ import annotations
 
-__all__ = ["BadRecord", "ConfigurationError", "Retryable", "SyncError"]
+__all__ = ["BadRecord", "ConfigurationError", "DefinitionError", "Retryable", "SyncError"]
 
 
 class SyncError(Exception):
@@ -59,3 +61,16 @@ class ConfigurationError(SyncError):
         super().__init__(message)
         self.status = status
         self.scope = scope
+
+
+class DefinitionError(ConfigurationError):
+    """The sync definition is invalid: raised when it is loaded, before any work starts.
+
+    ``source`` is the file; ``problems`` lists its ``field.path: reason`` lines, all of them at
+    once. The message is one ``<file>: <field.path>: <reason>`` line per problem.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {problem}" for problem in problems))

@@ -2,7 +2,9 @@
 
 Offsets are committed only at reach-sync's own checkpoints (after the sink confirmed), so
 auto-commit and the automatic offset store are off and cannot be switched on from the sync
-definition. Everything else in ``client_settings`` is passed through to librdkafka.
+definition; nor can the settings reach-sync takes from the definition's own fields. Everything
+else in ``client_settings`` is passed through to librdkafka. The rules, the defaults and the check
+the definition's model makes of ``client_settings`` are in consumer/kafka_settings.py.
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumer.config import KafkaSource
+from consumer.kafka_settings import (
+    CONSUMER_DEFAULTS,
+    CORRECTNESS_SETTINGS,
+    PRODUCER_DEFAULTS,
+    rule_problems,
+)
 
 __all__ = [
     "CORRECTNESS_SETTINGS",
@@ -23,35 +31,10 @@ __all__ = [
     "commit_within",
     "consume_batch",
     "consumer_settings",
+    "describe_partitions",
     "producer_settings",
     "release_consumer",
 ]
-
-# Settings reach-sync's guarantees depend on; a definition that sets them differently is refused.
-CORRECTNESS_SETTINGS: dict[str, Any] = {
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-}
-_CONSUMER_DEFAULTS: dict[str, Any] = {
-    "auto.offset.reset": "earliest",
-    "partition.assignment.strategy": "cooperative-sticky",
-    # librdkafka waits fetch.queue.backoff.ms (1000 by default) before refilling a full
-    # prefetch queue; a consumer that drains its queue quickly then idles (local-broker-notes.md).
-    "fetch.queue.backoff.ms": 10,
-    # Prefetch bounds. librdkafka's defaults (64 MiB queued, 100,000 messages, 50 MiB fetches)
-    # let each consumer hold 150 MiB of a backlog; these held a bench's router at full speed
-    # with ~60 MiB (bench/pipeline.py, peak RSS). A definition may raise them.
-    "queued.max.messages.kbytes": 4096,
-    "queued.min.messages": 10_000,
-    "fetch.max.bytes": 2 * 1024 * 1024,
-    "max.partition.fetch.bytes": 256 * 1024,
-}
-_PRODUCER_DEFAULTS: dict[str, Any] = {
-    "acks": "all",
-    "enable.idempotence": True,
-    "linger.ms": 5,
-    "compression.type": "lz4",
-}
 
 # A consumer's close (LeaveGroup, final fetch teardown) is given this long; with the broker gone
 # it can wait for the coordinator indefinitely.
@@ -66,9 +49,10 @@ _abandoned: list[Consumer] = []
 
 
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:
-    for key, required in CORRECTNESS_SETTINGS.items():
-        if key in settings and settings[key] != required:
-            raise ValueError(f"source.kafka.client_settings.{key} must stay {required!r}")
+    """The definition's model refuses these already; this keeps a hand-built one honest."""
+    problems = rule_problems(settings)
+    if problems:
+        raise ValueError(f"source.kafka.client_settings: {'; '.join(problems)}")
     return settings
 
 
@@ -81,7 +65,7 @@ def consumer_settings(kafka: KafkaSource, group_id: str, **overrides: Any) -> di
     """librdkafka consumer settings: our defaults, then the definition's, then the caller's."""
     return {
         "logger": _LIBRDKAFKA_LOG,
-        **_CONSUMER_DEFAULTS,
+        **CONSUMER_DEFAULTS,
         "bootstrap.servers": kafka.bootstrap_servers,
         "group.id": group_id,
         "session.timeout.ms": kafka.session_timeout_ms,
@@ -95,11 +79,32 @@ def producer_settings(kafka: KafkaSource, **overrides: Any) -> dict[str, Any]:
     """Idempotent, acks=all: a produce that was acknowledged is durable and not duplicated."""
     return {
         "logger": _LIBRDKAFKA_LOG,
-        **_PRODUCER_DEFAULTS,
+        **PRODUCER_DEFAULTS,
         "bootstrap.servers": kafka.bootstrap_servers,
         **kafka.client_settings,
         **overrides,
     }
+
+
+def describe_partitions(partitions: Iterable[tuple[str, int]]) -> str:
+    """``shop.public.customers [0-3], shop.public.transactions [0, 2]``: topics in order, each
+    one's partitions with consecutive runs folded, for a log line of an assignment."""
+    by_topic: dict[str, set[int]] = {}
+    for topic, partition in partitions:
+        by_topic.setdefault(topic, set()).add(partition)
+    described = []
+    for topic in sorted(by_topic):
+        runs: list[list[int]] = []
+        for partition in sorted(by_topic[topic]):
+            if runs and partition == runs[-1][-1] + 1:
+                runs[-1].append(partition)
+            else:
+                runs.append([partition])
+        folded = ", ".join(
+            f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs
+        )
+        described.append(f"{topic} [{folded}]")
+    return ", ".join(described) or "nothing"
 
 
 def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:

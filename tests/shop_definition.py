@@ -14,6 +14,7 @@ OFFLINE_ENV = {
     "REACH_SYNC_PARTNER_ID": "partner-1",
     "REACH_SYNC_JWT_SECRET": "s3cret-value",
     "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "REACH_SYNC_REACH_URL": "http://127.0.0.1:8080",
 }
 
 

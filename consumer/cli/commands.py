@@ -1,7 +1,8 @@
 """``reach-sync run | validate | plan | preview | dlq | audit | status``: the definition at work.
 
-Every command loads the definition the same way and reports a bad one the same way: one line
-per problem, naming the file, the field and the reason, and exit code 2.
+Every command takes the definition the same way, as its first argument or with ``--config`` (either
+one; both only if they name the same file), loads it the same way and reports a bad one the same
+way: one line per problem, naming the file, the field and the reason, and exit code 2.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 
 from consumer.cli.plan import describe_plan, plan_command
 from consumer.cli.progress import Progress
+from consumer.cli.run_report import ProgressLog, final_stats
 from consumer.cli.status_report import (
     DEFAULT_INTERVAL_S,
     Sample,
@@ -31,8 +33,8 @@ from consumer.cli.status_report import (
     readyz_url,
 )
 from consumer.cli.status_view import render
-from consumer.config import ConfigError, SyncDefinition, load_definition
-from consumer.errors import BadRecord, ConfigurationError, Retryable, SyncError
+from consumer.config import SyncDefinition, load_definition
+from consumer.errors import BadRecord, ConfigurationError, DefinitionError, Retryable, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import configure_logging, definition_secrets
 from consumer.records.audit_read import Query, history_lines, read_history
@@ -65,20 +67,63 @@ EXIT_NO_MATCH = 3
 EXIT_STILL_FAILING = 4
 # Still-failing dead letters a replay prints; a count says how many more there were.
 SHOWN_FAILURES = 5
+# run: a progress line in the log this often (INFO).
+PROGRESS_INTERVAL_S = 30.0
+ROLE_HELP = (
+    "which stages this process runs. all (the default): both, in one process. router: stage 1 "
+    "only: reads the Debezium topics and writes a dirty key per changed entity to the dirty "
+    "topic (uses the broker and the source database, never Reach or Redis). syncer: stage 2 "
+    "only: reads the dirty topic, recomputes each entity from the source database and sends "
+    "what changed to Reach (uses the broker, the database, Redis and Reach). Run routers and "
+    "syncers as separate processes to scale them apart."
+)
+
+
+def _add_definition(parser: argparse.ArgumentParser) -> None:
+    """The definition, as every command takes it: ``FILE`` first, or ``--config FILE``."""
+    parser.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        metavar="FILE",
+        help="the sync definition (YAML); or give it with --config",
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="the sync definition (YAML), as FILE"
+    )
+    parser.set_defaults(definition_parser=parser)
+
+
+def _definition_path(args: argparse.Namespace) -> Path:
+    """The definition's file, from ``FILE`` or ``--config``; a usage error (exit 2) when there
+    is none, or two different ones."""
+    parser: argparse.ArgumentParser = args.definition_parser
+    positional: Path | None = args.file
+    option: Path | None = args.config
+    if positional is None:
+        if option is None:
+            parser.error("which sync definition? give its file: FILE or --config FILE")
+        return option
+    if option is not None and positional.resolve() != option.resolve():
+        parser.error(
+            f"two sync definitions given, {positional} and --config {option}: give one "
+            "(FILE or --config FILE)"
+        )
+    return positional
 
 
 def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run reach-sync (both stages, or one with --role)")
-    run.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
-    run.add_argument("--role", choices=("all", "router", "syncer"), default="all")
+    _add_definition(run)
+    run.add_argument("--role", choices=("all", "router", "syncer"), default="all", help=ROLE_HELP)
     run.set_defaults(handler=_run)
 
     validate = sub.add_parser("validate", help="check a sync definition and exit")
-    validate.add_argument("file", type=Path)
+    _add_definition(validate)
     validate.set_defaults(handler=_validate)
 
     plan = sub.add_parser("plan", help="which entities a change to one row makes dirty")
-    plan.add_argument("file", type=Path)
+    _add_definition(plan)
     plan.add_argument("--table", required=True, help="schema.table, e.g. public.transactions")
     plan.add_argument("--row", required=True, help="the row as JSON (the after image)")
     plan.add_argument("--op", default="u", choices=("c", "u", "d", "r"))
@@ -89,7 +134,7 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     preview = sub.add_parser(
         "preview", help="recompute and project one entity, and compare with what was last sent"
     )
-    preview.add_argument("file", type=Path)
+    _add_definition(preview)
     preview.add_argument("resource")
     preview.add_argument("id")
     preview.add_argument("--show-pii", action="store_true", help="print PII fields' values")
@@ -107,42 +152,50 @@ def _failed(command: str, error: SyncError) -> int:
     return EXIT_CONFIG if isinstance(error, ConfigurationError) else 1
 
 
-def _load(path: Path) -> SyncDefinition | None:
-    """Load the definition; from then on, logs never show any of its secrets."""
+def _load(path: Path, level: int | None = None) -> SyncDefinition | None:
+    """Load the definition; from then on, logs never show any of its secrets. ``level``: the
+    log level from then on (default: as it is)."""
     try:
         definition = load_definition(path)
-    except ConfigError as exc:
+    except DefinitionError as exc:
         print(str(exc), file=sys.stderr)
         return None
-    configure_logging(logging.getLogger().level, definition_secrets(definition))
+    level = logging.getLogger().level if level is None else level
+    configure_logging(level, definition_secrets(definition))
     return definition
 
 
 def _validate(args: argparse.Namespace) -> int:
-    definition = _load(args.file)
+    path = _definition_path(args)
+    definition = _load(path)
     if definition is None:
         return EXIT_CONFIG
     resources = ", ".join(
         f"{name} ({r.reach_schema}, {r.delivery.mode})" for name, r in definition.resources.items()
     )
     tables = ", ".join(sorted(definition.trigger_tables()))
-    print(f"{args.file}: valid. resources: {resources}; triggered by: {tables}")
+    print(f"{path}: valid. resources: {resources}; triggered by: {tables}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from consumer.observe.telemetry import start_tracing, stop_tracing
-    from consumer.service import install_stop_signals, run_service
+    from consumer.service import ServiceStats, install_stop_signals, run_service
 
-    definition = _load(args.config)
+    # A service logs what it does at INFO (its partitions, progress, health port); -v: DEBUG.
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    definition = _load(_definition_path(args), level)
     if definition is None:
         return EXIT_CONFIG
     stop = threading.Event()
     install_stop_signals(stop)
+    stats = ServiceStats()
+    reporter = ProgressLog(stats, args.role, PROGRESS_INTERVAL_S)
     code = 0
     try:
         start_tracing(definition_secrets(definition))  # as OTEL_* say; off by default
-        stats = run_service(definition, stop, role=args.role)
+        reporter.start()
+        stats = run_service(definition, stop, role=args.role, stats=stats)
     except ConfigurationError as exc:
         print(f"reach-sync: configuration error: {exc}", file=sys.stderr)
         code = EXIT_CONFIG
@@ -150,8 +203,9 @@ def _run(args: argparse.Namespace) -> int:
         if stats.router_error is not None:
             code = EXIT_CONFIG if isinstance(stats.router_error, ConfigurationError) else 1
             print(f"reach-sync: the router stopped: {stats.router_error}", file=sys.stderr)
-        counts = {k: v for k, v in vars(stats.syncer).items() if k != "latencies_ms"}
-        print(json.dumps({"syncer": counts}), file=sys.stderr)
+        print(json.dumps(final_stats(stats, args.role)), file=sys.stderr)
+    finally:
+        reporter.stop()
     stop_tracing()  # export what is still buffered, before any os._exit below
     if abandoned_consumers() or code:
         # Consumers released without a LeaveGroup (the local broker, or a broker that stopped
@@ -164,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    definition = _load(args.file)
+    definition = _load(_definition_path(args))
     if definition is None:
         return EXIT_CONFIG
     try:
@@ -196,7 +250,7 @@ def _masked(definition: SyncDefinition, resource: str, record: dict[str, Any]) -
 
 
 def _preview(args: argparse.Namespace) -> int:
-    definition = _load(args.file)
+    definition = _load(_definition_path(args))
     if definition is None:
         return EXIT_CONFIG
     if args.resource not in definition.resources:
@@ -255,7 +309,6 @@ async def _preview_one(
 
 def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
     filters.add_argument("--resource", help="dead letters of this resource")
     filters.add_argument(
         "--id", dest="entity_id", metavar="ID", help="dead letters of this entity id"
@@ -290,6 +343,7 @@ def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     commands = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = commands.add_parser("list", parents=[filters], help="list dead letters, oldest first")
+    _add_definition(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object a line")
     listing.set_defaults(handler=_dlq_list)
     replay = commands.add_parser(
@@ -297,6 +351,7 @@ def _add_dlq_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         parents=[filters],
         help="make the dead letters' entities dirty again, so they are recomputed fresh",
     )
+    _add_definition(replay)
     replay.add_argument(
         "--dry-run", action="store_true", help="say what would be re-enqueued, produce nothing"
     )
@@ -333,7 +388,7 @@ def _dlq_read(
     args: argparse.Namespace, command: str
 ) -> tuple[SyncDefinition, DeadLetterRead] | int:
     """The definition and the selected dead letters, or the exit code when there are none."""
-    definition = _load(args.config)
+    definition = _load(_definition_path(args))
     if definition is None:
         return EXIT_CONFIG
     chosen = _dlq_filter(args)
@@ -447,9 +502,9 @@ def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         epilog="exit codes: 0 done; 1 broker unavailable; 2 bad definition or no such audit "
         "topic; 3 nothing audited for this entity (and filters)",
     )
+    _add_definition(why)
     why.add_argument("resource", help="a resource of the definition, e.g. customers")
     why.add_argument("entity_id", metavar="ID", help="the entity's id (its external id in Reach)")
-    why.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
     why.add_argument("--tenant", help="only what went to this Reach tenant")
     why.add_argument(
         "--since",
@@ -468,7 +523,7 @@ def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _audit_why(args: argparse.Namespace) -> int:
-    definition = _load(args.config)
+    definition = _load(_definition_path(args))
     if definition is None:
         return EXIT_CONFIG
     query = Query(
@@ -531,7 +586,7 @@ def _add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         epilog="exit codes: 0 done, whatever the service's state (no answer from its health port "
         "included); 1 broker unavailable; 2 bad definition or a topic does not exist",
     )
-    status.add_argument("--config", type=Path, required=True, help="the sync definition (YAML)")
+    _add_definition(status)
     status.add_argument(
         "--watch",
         type=_seconds,
@@ -568,16 +623,17 @@ def _seconds(text: str) -> float:
 
 
 def _status(args: argparse.Namespace) -> int:
-    definition = _load(args.config)
+    path = _definition_path(args)
+    definition = _load(path)
     if definition is None:
         return EXIT_CONFIG
     urls = [readyz_url(u) for u in args.health_url] if args.health_url else health_urls(definition)
     try:
         with StatusReader(definition) as reader:
             if args.watch is None:
-                print("\n".join(render(gather(reader, args.config.name, urls, args.interval))))
+                print("\n".join(render(gather(reader, path.name, urls, args.interval))))
                 return 0
-            return _watch(reader, args.config.name, urls, args.watch)
+            return _watch(reader, path.name, urls, args.watch)
     except SyncError as exc:
         return _failed("status", exc)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -89,9 +90,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at exit
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     return code
+
+
+def _reader_gone() -> int:
+    """Whoever read stdout closed it (``reach-sync status | head``): end quietly, exit code 1.
+
+    As the Python docs advise (signal module, "Note on SIGPIPE"): stdout now points at
+    /dev/null, so that the flush at interpreter exit cannot fail and print a second error.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing to redirect
+        return 1
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return 1
 
 
 if __name__ == "__main__":

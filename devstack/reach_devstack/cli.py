@@ -1,4 +1,4 @@
-"""``reach-sync dev up|status|down|seed|load``: the local stack from the command line."""
+"""``reach-sync dev up|status|env|down|seed|load``: the local stack from the command line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from reach_devstack.process import ComponentError, log_tail
-from reach_devstack.stack import StackEndpoints, StackOptions
+from reach_devstack.stack import StackEndpoints, StackOptions, stack_env
 from reach_devstack.supervisor import STATE_FILE, options_to_json, read_state, supervise
 
-__all__ = ["add_demo_command", "add_dev_commands", "reporting"]
+__all__ = ["add_demo_command", "add_dev_commands", "env_lines", "reporting"]
 
 DEFAULT_STATE_DIR = Path(".state/dev")
 # `dev up` waits this long for the detached supervisor to report ready or failed.
@@ -72,6 +73,18 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _add_state_dir(status)
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=reporting(_status))
+
+    env = dev_sub.add_parser(
+        "env",
+        help="print the export lines that point a definition (examples/shop.yaml) at the stack",
+        description="Print `export REACH_SYNC_...=...` lines for the running local stack: "
+        "its servers, the sandbox as Reach with the stack's own credentials (fresh for each "
+        "stack, local only), and the local broker's settings. "
+        'Use: eval "$(reach-sync dev env)"',
+        epilog="exit codes: 0 printed; 1 no running stack in the state directory",
+    )
+    _add_state_dir(env)
+    env.set_defaults(handler=reporting(_env))
 
     down = dev_sub.add_parser("down", help="stop the local stack")
     _add_state_dir(down)
@@ -255,11 +268,43 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _running_endpoints(state_dir: Path) -> StackEndpoints:
+def _ready_endpoints(state_dir: Path) -> StackEndpoints | None:
+    """The endpoints of the stack running in ``state_dir``; None if none is, or it is not
+    ready yet (starting, failed, or its supervisor is gone)."""
     state = read_state(state_dir.resolve())
     if not state or state.get("status") != "ready" or not _supervisor_alive(state):
-        raise SystemExit(f"dev: no ready stack in {state_dir}; start one with `reach-sync dev up`")
+        return None
     return StackEndpoints(**state["endpoints"])
+
+
+def _no_stack(state_dir: Path) -> str:
+    where = "" if state_dir == DEFAULT_STATE_DIR else f" --state-dir {shlex.quote(str(state_dir))}"
+    return (
+        f"dev: no ready stack in {state_dir.resolve()}; start one with `reach-sync dev up{where}`"
+    )
+
+
+def _running_endpoints(state_dir: Path) -> StackEndpoints:
+    endpoints = _ready_endpoints(state_dir)
+    if endpoints is None:
+        raise SystemExit(_no_stack(state_dir))
+    return endpoints
+
+
+def env_lines(endpoints: StackEndpoints) -> list[str]:
+    """``export NAME=value`` for each variable of ``stack_env``, each value quoted for a POSIX
+    shell, so that ``eval "$(reach-sync dev env)"`` sets exactly these values."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in stack_env(endpoints).items()]
+
+
+def _env(args: argparse.Namespace) -> int:
+    endpoints = _ready_endpoints(args.state_dir)
+    if endpoints is None:
+        # Nothing on stdout: `eval "$(reach-sync dev env)"` then sets nothing.
+        print(_no_stack(args.state_dir), file=sys.stderr)
+        return 1
+    print("\n".join(env_lines(endpoints)))
+    return 0
 
 
 def _seed(args: argparse.Namespace) -> int:

@@ -25,7 +25,13 @@ from typing import Any
 from consumer.cli.progress import PLAIN_INTERVAL_S, format_duration, format_rate, rate
 from consumer.config import SyncDefinition, load_definition
 from consumer.service import ServiceStats, run_service
-from reach_devstack.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
+from reach_devstack.stack import (
+    DEV_TENANTS,
+    LocalStack,
+    StackEndpoints,
+    StackOptions,
+    stack_env,
+)
 from reach_devstack.verify import Difference, verify_sandbox
 
 __all__ = ["Pace", "add_arguments", "demo_env", "pace_line", "run"]
@@ -36,8 +42,6 @@ REFRESH_S = 1.0
 QUIET_PERIOD_S = 3.0
 CATCH_UP_TIMEOUT_S = 180.0
 PIPELINE_STOP_S = 90.0
-# Joins on the local broker take about half the session timeout (local-broker-notes.md).
-LOCAL_SESSION_TIMEOUT_MS = 6000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,18 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_env(endpoints: StackEndpoints, group: str = "reach-sync-demo") -> dict[str, str]:
-    """The environment examples/shop.yaml reads, pointing at the local stack."""
-    return {
-        "REACH_SYNC_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
-        "REACH_SYNC_GROUP_ID": group,
-        "REACH_SYNC_SESSION_TIMEOUT_MS": str(LOCAL_SESSION_TIMEOUT_MS),
-        "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
-        "REACH_SYNC_DATABASE_URL": endpoints.postgres_dsn,
-        "REACH_SYNC_REACH_URL": endpoints.sandbox_url,
-        "REACH_SYNC_PARTNER_ID": endpoints.reach_partner_id,
-        "REACH_SYNC_JWT_SECRET": endpoints.reach_jwt_secret,
-        "REACH_SYNC_REDIS_URL": endpoints.redis_url,
-    }
+    """The environment examples/shop.yaml reads, pointing at the local stack (what `reach-sync
+    dev env` prints), in consumer group ``group``."""
+    return {**stack_env(endpoints), "REACH_SYNC_GROUP_ID": group}
 
 
 def _percentile(values: list[int], q: float) -> float:

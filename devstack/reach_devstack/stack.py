@@ -31,7 +31,15 @@ from reach_devstack.process import (
 if TYPE_CHECKING:
     from reach_sandbox.config import SandboxConfig
 
-__all__ = ["DEV_TENANTS", "LocalStack", "StackEndpoints", "StackOptions", "with_shop_schemas"]
+__all__ = [
+    "DEV_TENANTS",
+    "LOCAL_SESSION_TIMEOUT_MS",
+    "LocalStack",
+    "StackEndpoints",
+    "StackOptions",
+    "stack_env",
+    "with_shop_schemas",
+]
 
 # Readiness bounds, generous for a shared 2-core machine: the servers are ready in well under a
 # second here, Debezium (a JVM plus the initial snapshot) in several seconds.
@@ -48,6 +56,8 @@ SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
 SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
 # The state directory's per-component folders, all recreated on start.
 COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium")
+# Joins on the local broker take about half the session timeout (local-broker-notes.md).
+LOCAL_SESSION_TIMEOUT_MS = 6000
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,23 @@ class StackEndpoints:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def stack_env(endpoints: StackEndpoints) -> dict[str, str]:
+    """The environment examples/shop.yaml reads, pointing at this stack: its servers, the
+    sandbox as Reach (with the stack's own partner credentials) and the local broker's settings
+    (a short session timeout; no LeaveGroup on close, docs/local-broker-group-rejoin.md). The
+    consumer group is the definition's own; the demo and the tests add theirs."""
+    return {
+        "REACH_SYNC_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
+        "REACH_SYNC_SESSION_TIMEOUT_MS": str(LOCAL_SESSION_TIMEOUT_MS),
+        "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
+        "REACH_SYNC_DATABASE_URL": endpoints.postgres_dsn,
+        "REACH_SYNC_REACH_URL": endpoints.sandbox_url,
+        "REACH_SYNC_PARTNER_ID": endpoints.reach_partner_id,
+        "REACH_SYNC_JWT_SECRET": endpoints.reach_jwt_secret,
+        "REACH_SYNC_REDIS_URL": endpoints.redis_url,
+    }
 
 
 def _port(requested: int, component: str, option: str) -> int:

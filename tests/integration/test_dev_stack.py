@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 STOP_TIMEOUT_S = 30.0
+EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -27,6 +29,18 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def _command() -> str:
+    return f"{shlex.quote(sys.executable)} -m consumer.cli.main"
+
+
+def _in_shell(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a POSIX shell, with no REACH_SYNC_ variable of this process's."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REACH_SYNC_")}
+    return subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, env=clean, timeout=120, check=False
     )
 
 
@@ -98,10 +112,24 @@ def test_up_status_down_leaves_nothing(state_root: Path) -> None:
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "ready"
 
+    # `eval "$(reach-sync dev env)"` points examples/shop.yaml at this stack.
+    validated = _in_shell(
+        f'eval "$({_command()} dev env --state-dir {shlex.quote(str(state_dir))})" && '
+        f"{_command()} validate {shlex.quote(str(EXAMPLE))} && "
+        'printf "%s\\n" "$REACH_SYNC_BOOTSTRAP_SERVERS" "$REACH_SYNC_REACH_URL"'
+    )
+    assert validated.returncode == 0, validated.stderr
+    valid, bootstrap, reach_url = validated.stdout.splitlines()
+    assert valid.startswith(f"{EXAMPLE}: valid.")
+    assert (bootstrap, reach_url) == (endpoints["bootstrap_servers"], endpoints["sandbox_url"])
+
     down = _cli("dev", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     assert _wait_all_gone(processes) == []
     assert _cli("dev", "status", "--state-dir", str(state_dir)).returncode == 1
+    gone = _cli("dev", "env", "--state-dir", str(state_dir))
+    assert (gone.returncode, gone.stdout) == (1, "")
+    assert "no ready stack" in gone.stderr
 
 
 def test_killed_supervisor_takes_its_servers_along(state_root: Path) -> None:

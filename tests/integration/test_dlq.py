@@ -44,6 +44,7 @@ QUIET_S = 2.0
 ENV = {
     "REACH_SYNC_PARTNER_ID": "partner-1",
     "REACH_SYNC_JWT_SECRET": "unused-by-dlq",
+    "REACH_SYNC_REACH_URL": "http://127.0.0.1:1",
     "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:1/0",
     # Nothing listens there: a command that connected would fail with exit code 1.
     "REACH_SYNC_DATABASE_URL": "postgresql://reach-sync@127.0.0.1:1/none?connect_timeout=1",

@@ -51,6 +51,7 @@ ENV = {
     "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
     "REACH_SYNC_PARTNER_ID": "partner-1",
     "REACH_SYNC_JWT_SECRET": "unused-in-stage-1",
+    "REACH_SYNC_REACH_URL": "http://127.0.0.1:1",
     "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:1/0",
 }
 READ_TIMEOUT_S = 30.0

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from confluent_kafka import Consumer, KafkaException
 
-from consumer.config import ConfigError, load_definition
+from consumer.config import KafkaSource, load_definition
+from consumer.errors import ConfigurationError, DefinitionError, SyncError
+from consumer.kafka import consumer_settings
+from consumer.kafka_settings import client_settings_problems
 from tests.shop_definition import EXAMPLE
 from tests.shop_definition import OFFLINE_ENV as ENV
 
@@ -21,7 +25,7 @@ def _write(tmp_path: Path, mutate: object) -> Path:
 
 
 def _problems(path: Path, env: dict[str, str] = ENV) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(DefinitionError) as caught:
         load_definition(path, env)
     assert str(caught.value).startswith(str(path))
     return caught.value.problems
@@ -162,3 +166,156 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: [unclosed")
     assert _problems(bad)[0].startswith("not valid YAML")
+
+
+# --- the error: one tree --------------------------------------------------------------------------
+
+
+def test_a_bad_definition_is_a_configuration_error_naming_file_and_field() -> None:
+    env = {k: v for k, v in ENV.items() if k != "REACH_SYNC_PARTNER_ID"}
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(EXAMPLE, env)
+    error = caught.value
+    assert isinstance(error, ConfigurationError)
+    assert isinstance(error, SyncError)
+    assert error.source == str(EXAMPLE)
+    assert str(error) == (
+        f"{EXAMPLE}: destination.auth.partner_id: environment variable REACH_SYNC_PARTNER_ID "
+        "is not set"
+    )
+
+
+# --- destination.base_url: no default -----------------------------------------------------------
+
+
+def test_the_example_takes_reachs_url_from_the_environment_with_no_default() -> None:
+    assert "base_url: ${REACH_SYNC_REACH_URL}\n" in EXAMPLE.read_text()
+    assert load_definition(EXAMPLE, ENV).destination.base_url == ENV["REACH_SYNC_REACH_URL"]
+
+
+def test_reachs_url_unset_in_the_environment_names_the_field_once() -> None:
+    env = {k: v for k, v in ENV.items() if k != "REACH_SYNC_REACH_URL"}
+    # Only the missing variable: not also the pattern the placeholder left behind fails.
+    assert _problems(EXAMPLE, env) == [
+        "destination.base_url: environment variable REACH_SYNC_REACH_URL is not set"
+    ]
+
+
+def test_a_definition_without_base_url_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, lambda d: d["destination"].pop("base_url"))
+    assert _problems(path) == ["destination.base_url: Field required"]
+
+
+# --- source.kafka.client_settings: what run refuses, validate refuses ----------------------------
+
+
+def _with_client_settings(tmp_path: Path, settings: dict[str, object]) -> Path:
+    return _write(tmp_path, lambda d: d["source"]["kafka"].update({"client_settings": settings}))
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"group.id": "other"}, "group.id is set by reach-sync: set source.kafka.group_id"),
+        (
+            {"bootstrap.servers": "127.0.0.1:1"},
+            "bootstrap.servers is set by reach-sync: set source.kafka.bootstrap_servers",
+        ),
+        (
+            {"metadata.broker.list": "127.0.0.1:1"},
+            "metadata.broker.list is set by reach-sync: set source.kafka.bootstrap_servers",
+        ),
+        (
+            {"session.timeout.ms": 6000},
+            "session.timeout.ms is set by reach-sync: set source.kafka.session_timeout_ms",
+        ),
+        ({"logger": "mine"}, "logger is set by reach-sync"),
+        ({"enable.auto.commit": True}, "enable.auto.commit must stay false"),
+        ({"enable.auto.commit": "true"}, "enable.auto.commit must stay false"),
+        ({"enable.auto.offset.store": 1}, "enable.auto.offset.store must stay false"),
+        (
+            {"secutiry.protocol": "SSL"},
+            'librdkafka refuses them: No such configuration property: "secutiry.protocol"',
+        ),
+        (
+            {"fetch.max.bytes": "lots"},
+            'librdkafka refuses them: Invalid value for configuration property "fetch.max.bytes"',
+        ),
+        (
+            {"auto.offset.reset": "sometime"},
+            'librdkafka refuses them: Invalid value "sometime" for configuration property '
+            '"auto.offset.reset"',
+        ),
+        (
+            {"error_cb": "print"},
+            "librdkafka refuses them: expected error_cb property as a callable",
+        ),
+    ],
+)
+def test_client_settings_run_would_refuse_are_refused(
+    tmp_path: Path, settings: dict[str, object], expected: str
+) -> None:
+    problems = _problems(_with_client_settings(tmp_path, settings))
+    prefix = "source.kafka.client_settings: Value error, "
+    assert any(p.startswith(prefix + expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"nested": 1}, [1, 2], None],
+    ids=["mapping", "list", "null"],
+)
+def test_a_client_setting_must_be_a_plain_value(tmp_path: Path, value: object) -> None:
+    problems = _problems(_with_client_settings(tmp_path, {"client.id": value}))
+    assert all(p.startswith("source.kafka.client_settings.client.id") for p in problems), problems
+
+
+def test_every_reason_is_given_at_once(tmp_path: Path) -> None:
+    path = _with_client_settings(tmp_path, {"group.id": "x", "enable.auto.commit": True})
+    (problem,) = _problems(path)
+    assert "group.id is set by reach-sync" in problem
+    assert "enable.auto.commit must stay false" in problem
+
+
+def test_client_settings_run_accepts_are_accepted_as_written(tmp_path: Path) -> None:
+    settings = {
+        "client.id": "shop-sync",
+        "socket.timeout.ms": 30_000,
+        "security.protocol": "plaintext",
+        "enable.auto.commit": "false",  # the value reach-sync uses anyway: allowed
+        "enable.auto.offset.store": False,
+        "fetch.max.bytes": 8 * 1024 * 1024,
+        "isolation.level": "read_committed",
+    }
+    kafka = load_definition(_with_client_settings(tmp_path, settings), ENV).source.kafka
+    assert kafka.client_settings == settings
+    # ... and run builds its clients' settings from them (no second check refuses them there).
+    built = consumer_settings(kafka, "g.router")
+    assert built["client.id"] == "shop-sync"
+    assert (built["enable.auto.commit"], built["group.id"]) == (False, "g.router")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"group.id": "other"},
+        {"enable.auto.commit": True},
+        {"secutiry.protocol": "SSL"},
+        {"fetch.max.bytes": "lots"},
+    ],
+)
+def test_what_the_model_refuses_run_refuses_too(settings: dict[str, object]) -> None:
+    """The other side of the promise: these settings, forced past the model, fail in `run`."""
+    kafka = KafkaSource.model_construct(
+        bootstrap_servers="127.0.0.1:1",
+        group_id="g",
+        topics=("t",),
+        topic_pattern=None,
+        session_timeout_ms=6000,
+        leave_group_on_close=False,
+        client_settings=settings,
+    )
+    assert client_settings_problems(settings)
+    with pytest.raises((ValueError, KafkaException)):
+        # Refused before any connection: rule_problems, or librdkafka's configuration.
+        Consumer({**consumer_settings(kafka, "g.router"), "log_level": 0})

@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from consumer.config import ConfigError, RateLimit, load_definition
+from consumer.config import RateLimit, load_definition
+from consumer.errors import DefinitionError
 from consumer.reach.client import RequestInfo
 from consumer.reach.limits import MIN_SCALE, RECOVERY_PER_S, RequestLimiter
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV
@@ -78,7 +79,7 @@ def _problems_with(tmp_path: Path, rate_limit: object) -> list[str]:
     data["destination"]["rate_limit"] = rate_limit
     path = tmp_path / "definition.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(DefinitionError) as caught:
         load_definition(path, OFFLINE_ENV)
     return caught.value.problems
 
