@@ -18,8 +18,8 @@ the same run, over that same backlog:
   batches, transactions real time). Timed from the router's first committed batch to the last
   window the syncer finished, once it had every dirty key the router produced and nothing moved
   for ``QUIET_S``. Source queries are counted per window: ``consumer.service`` builds its
-  Syncer and SourceDatabase from subclasses here that only count (recompute calls per resource
-  per window attempt); nothing else changes;
+  WindowSink and SourceDatabase from subclasses here that only count (recompute calls per
+  resource per window attempt); nothing else changes;
 - peak RSS: ``python -m consumer.cli.main run --config examples/shop.yaml`` as a child process (the
   demo's environment, again a fresh group and last-sent prefix) on the same backlog until its
   syncer committed every dirty key (or for ``--rss-max-seconds``); the child's VmHWM, sampled
@@ -103,7 +103,8 @@ from consumer.router.dirty import EntityId, decode_dirty
 from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats, run_service
 from consumer.sink.recompute import Recomputed, SourceDatabase
-from consumer.syncer.loop import Syncer, SyncerStats
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,13 +155,13 @@ class _ShopEvents(EventFactory):
 
     table = TABLES[0]
 
-    def _customer(self) -> dict[str, Any]:
+    def customer_row(self) -> dict[str, Any]:
         self.table = "customers"
-        return super()._customer()
+        return super().customer_row()
 
-    def _transaction(self) -> dict[str, Any]:
+    def transaction_row(self) -> dict[str, Any]:
         self.table = "transactions"
-        return super()._transaction()
+        return super().transaction_row()
 
 
 def _topic(table: str) -> str:
@@ -303,14 +304,14 @@ class _CountingDatabase(SourceDatabase):
         return await super().recompute(resource, ids)
 
 
-class _CountingSyncer(Syncer):
-    async def _process(self, window: Window) -> None:
+class _CountingSink(WindowSink):
+    async def process(self, window: Window) -> None:
         # Set in this window's task; the per-resource tasks it gathers copy the context.
         counts: Counter[str] = Counter()
         _window_queries.set(counts)
         _queries.in_flight += 1
         try:
-            await super()._process(window)
+            await super().process(window)
         finally:
             _queries.in_flight -= 1
             _queries.record(counts)
@@ -320,12 +321,12 @@ class _CountingSyncer(Syncer):
 def _counting_queries() -> Iterator[QueryLog]:
     global _queries
     _queries = QueryLog()
-    saved = service.Syncer, service.SourceDatabase
-    service.Syncer, service.SourceDatabase = _CountingSyncer, _CountingDatabase
+    saved = service.WindowSink, service.SourceDatabase
+    service.WindowSink, service.SourceDatabase = _CountingSink, _CountingDatabase
     try:
         yield _queries
     finally:
-        service.Syncer, service.SourceDatabase = saved
+        service.WindowSink, service.SourceDatabase = saved
 
 
 @dataclass

@@ -120,9 +120,13 @@ class EventFactory:
 
     def next(self) -> tuple[bytes, bytes]:
         if self._rng.random() < CUSTOMER_SHARE:
-            table, op, row = "customers", _pick(self._rng, CUSTOMER_OPS), self._customer()
+            table, op, row = "customers", _pick(self._rng, CUSTOMER_OPS), self.customer_row()
         else:
-            table, op, row = "transactions", _pick(self._rng, TRANSACTION_OPS), self._transaction()
+            table, op, row = (
+                "transactions",
+                _pick(self._rng, TRANSACTION_OPS),
+                self.transaction_row(),
+            )
         self._lsn += 184
         now_ms = int(time.time() * 1000)
         source = {**self._source, "table": table, "ts_ms": now_ms, "lsn": self._lsn}
@@ -144,7 +148,7 @@ class EventFactory:
     def _rank(self) -> int:
         return zipf_rank(self._rng.random(), KEYS, PURCHASE_SKEW)
 
-    def _customer(self) -> dict[str, Any]:
+    def customer_row(self) -> dict[str, Any]:
         n = self._rank()
         return {
             "id": n,
@@ -155,7 +159,7 @@ class EventFactory:
             "updated_at": "2026-11-22T22:49:47.008793Z",
         }
 
-    def _transaction(self) -> dict[str, Any]:
+    def transaction_row(self) -> dict[str, Any]:
         return {
             "id": self._rank(),
             "customer_id": self._rank(),
@@ -270,6 +274,7 @@ def _definition(state: Path, bootstrap: str, dsn: str, topic: str) -> SyncDefini
         "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
         "REACH_SYNC_PARTNER_ID": "bench",
         "REACH_SYNC_JWT_SECRET": uuid.uuid4().hex,
+        "REACH_SYNC_REACH_URL": "http://127.0.0.1:1",  # the router never calls Reach
         "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:1/0",
     }
     return load_definition(path, env)

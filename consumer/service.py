@@ -15,22 +15,17 @@ import asyncio
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
-import psycopg
-import redis
 from confluent_kafka import Producer
 
-from consumer.config import Destination, HealthSettings, SyncDefinition
-from consumer.errors import ConfigurationError
+from consumer.config import Destination, SyncDefinition
 from consumer.kafka import producer_settings
-from consumer.observe.health import HealthServer, Snapshot
-from consumer.observe.metrics import MetricsHandle, exposition, metered_transport, start_metrics
-from consumer.observe.progress import ProgressTracker
+from consumer.observe.metrics import MetricsHandle, metered_transport, start_metrics
+from consumer.observe.readiness import ServiceReadiness
 from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport
 from consumer.reach.limits import open_limiter
@@ -40,19 +35,16 @@ from consumer.router.loop import RouterStats, run_router
 from consumer.router.topics import ensure_topics
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.recompute import SourceDatabase
-from consumer.syncer.loop import Syncer, SyncerStats
+from consumer.sink.tenant_gate import TenantBlocks
+from consumer.syncer.loop import Syncer
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.window_sink import WindowSink
 
 __all__ = ["Role", "ServiceStats", "install_stop_signals", "run_service"]
 
 log = logging.getLogger(__name__)
 
 Role = Literal["all", "router", "syncer"]
-
-# Redis and the source database are checked this often for readiness, each check bounded by
-# PROBE_TIMEOUT_S; a check older than PROBE_STALE_S (one hung past its timeout) counts as failed.
-PROBE_INTERVAL_S = 5.0
-PROBE_TIMEOUT_S = 2.0
-PROBE_STALE_S = PROBE_INTERVAL_S + 5 * PROBE_TIMEOUT_S
 
 
 @dataclass
@@ -87,7 +79,7 @@ def run_service(
     """Run until ``stop`` is set; return what each stage did. Pass ``stats`` to watch it live."""
     stats = ServiceStats() if stats is None else stats
     health = definition.health
-    readiness = None if health is None else _Readiness(health, definition, role, stop)
+    readiness = None if health is None else ServiceReadiness(health, definition, role, stop)
     meters = MetricsHandle()
     try:
         lag = () if readiness is None else (readiness.router, readiness.syncer_progress)
@@ -106,7 +98,7 @@ def _run_stages(
     stop: threading.Event,
     role: Role,
     stats: ServiceStats,
-    readiness: _Readiness | None,
+    readiness: ServiceReadiness | None,
 ) -> ServiceStats:
     if role == "syncer":
         ensure_topics(definition)  # the router creates them itself when it runs
@@ -146,7 +138,7 @@ async def _run_syncer(
     definition: SyncDefinition,
     stop: threading.Event,
     stats: SyncerStats,
-    readiness: _Readiness | None = None,
+    readiness: ServiceReadiness | None = None,
 ) -> SyncerStats:
     db = SourceDatabase(definition.source.database)
     last_sent = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
@@ -164,13 +156,21 @@ async def _run_syncer(
                 after_response=limiter.after_response,
             ) as client,
         ):
+            blocks = TenantBlocks(definition.destination.tenant_probe)
+            sink = WindowSink(
+                definition,
+                client=client,
+                db=db,
+                last_sent=last_sent,
+                producer=producer,
+                audit=audit,
+                gate=blocks,
+                stats=stats,
+            )
             syncer = Syncer(
                 definition,
-                client,
-                db,
-                last_sent,
-                producer,
-                audit,
+                sink,
+                blocks,
                 stats=stats,
                 circuit=circuit,
                 progress=None if readiness is None else readiness.syncer_progress,
@@ -187,157 +187,3 @@ def _reach_transport(destination: Destination, circuit: Circuit) -> httpx.AsyncB
     """The client's default transport behind the circuit breaker, which sees every request
     and its outcome there."""
     return BreakerTransport(metered_transport(default_transport(destination)), circuit)
-
-
-class _Readiness:
-    """What ``/readyz`` is decided from, and the server that answers it.
-
-    Each stage's loop records its partitions' progress into its tracker; the syncer's circuit
-    and blocked tenants come from ``Syncer.health()``; Redis and the database from a probe of
-    their own. Everything the server's thread reads is either immutable or made for reading
-    from any thread: it never calls into a consumer (consumer/health.py says why).
-    """
-
-    def __init__(
-        self,
-        settings: HealthSettings,
-        definition: SyncDefinition,
-        role: Role,
-        stop: threading.Event,
-    ) -> None:
-        self._stop = stop
-        self._started_at = time.monotonic()
-        self.router = ProgressTracker("router") if role in ("all", "router") else None
-        self.syncer_progress = ProgressTracker("syncer") if role in ("all", "syncer") else None
-        self.syncer: Syncer | None = None  # set once it exists
-        try:
-            self._server = HealthServer(
-                settings.host,
-                settings.port,
-                self.snapshot,
-                settings.stall_after_s,
-                metrics=exposition,
-            )
-        except OSError as exc:
-            raise ConfigurationError(
-                f"health: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from exc
-        # The router uses neither Redis nor the database once started (nor Reach at all).
-        self._probe = _DependencyProbe(definition) if role in ("all", "syncer") else None
-        self._host = settings.host
-
-    def start(self) -> int:
-        self._server.start()
-        if self._probe is not None:
-            self._probe.start()
-        port = self._server.port
-        log.info("health: /healthz and /readyz on http://%s:%d", self._host, port)
-        return port
-
-    def close(self) -> None:
-        self._server.close()
-        if self._probe is not None:
-            self._probe.close()
-
-    def snapshot(self) -> Snapshot:
-        """From the server's thread."""
-        now = time.monotonic()
-        trackers = (self.router, self.syncer_progress)
-        syncer = self.syncer
-        health = None if syncer is None else syncer.health()
-        return Snapshot.of(
-            (t.view() for t in trackers if t is not None),
-            started_at=self._started_at,
-            reach_ok=health is None or health.circuit == "closed",
-            redis_ok=self._probe is None or self._probe.ok("redis", now),
-            database_ok=self._probe is None or self._probe.ok("database", now),
-            blocked_tenants=() if health is None else tuple(sorted(health.blocked)),
-            configuration_errors=()
-            if health is None
-            else tuple(f"partition {n}: {error}" for n, error in sorted(health.stalled.items())),
-            stopping=self._stop.is_set(),
-        )
-
-
-class _DependencyProbe:
-    """Redis and the source database, checked from a thread of its own every PROBE_INTERVAL_S:
-    a PING, and a ``SELECT 1`` on one connection kept open (read-only, like the syncer's).
-
-    The syncer's own clients notice an outage only when a window uses them
-    (``LastSentStore.available`` changes on use, and stays false after Redis is back until the
-    next window; the pool says nothing while idle), so an idle process would report whatever
-    was true at its last window. Two trivial round trips every few seconds, off the event loop.
-    """
-
-    def __init__(self, definition: SyncDefinition) -> None:
-        self._redis = redis.Redis.from_url(
-            definition.redis.url.get_secret_value(),
-            socket_timeout=PROBE_TIMEOUT_S,
-            socket_connect_timeout=PROBE_TIMEOUT_S,
-        )
-        self._dsn = definition.source.database.dsn.get_secret_value()
-        self._db: psycopg.Connection[Any] | None = None
-        now = time.monotonic()
-        # (reachable, when last checked) by dependency; taken as fine until the first check.
-        self._checked = {"redis": (True, now), "database": (True, now)}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.ident is None:  # never started: nothing was connected
-            self._redis.close()
-        else:
-            self._thread.join(PROBE_STALE_S)  # its loop closes its connections as it ends
-
-    def ok(self, dependency: str, now: float) -> bool:
-        reachable, at = self._checked[dependency]
-        return reachable and now - at <= PROBE_STALE_S
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._record("redis", "Redis", self._ping_redis())
-                self._record("database", "the source database", self._ping_database())
-                if self._stop.wait(PROBE_INTERVAL_S):
-                    return
-        finally:
-            self._redis.close()
-            if self._db is not None:
-                self._db.close()
-
-    def _record(self, dependency: str, name: str, failure: str | None) -> None:
-        was, _ = self._checked[dependency]
-        self._checked[dependency] = (failure is None, time.monotonic())
-        if was and failure is not None:
-            log.warning("readiness: %s unreachable (%s)", name, failure)
-        elif not was and failure is None:
-            log.info("readiness: %s reachable again", name)
-
-    def _ping_redis(self) -> str | None:
-        try:
-            self._redis.ping()
-        except (redis.RedisError, OSError) as exc:
-            return type(exc).__name__
-        return None
-
-    def _ping_database(self) -> str | None:
-        try:
-            if self._db is None:
-                self._db = psycopg.connect(
-                    self._dsn,
-                    autocommit=True,
-                    connect_timeout=max(2, int(PROBE_TIMEOUT_S)),  # libpq's minimum is 2
-                    options=f"-c statement_timeout={int(PROBE_TIMEOUT_S * 1000)}"
-                    " -c default_transaction_read_only=on",
-                )
-            self._db.execute("SELECT 1")
-        except psycopg.Error as exc:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-            return type(exc).__name__
-        return None

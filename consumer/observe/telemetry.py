@@ -72,8 +72,10 @@ from consumer.observe.logs import Redactor
 __all__ = [
     "Tracing",
     "enabled",
+    "exporters_from",
     "instrument_http",
     "instrument_redis",
+    "resource",
     "start_tracing",
     "stop_tracing",
     "tracer",
@@ -119,14 +121,14 @@ def start_tracing(
     """
     global _tracing, _tracer
     env = os.environ if environ is None else environ
-    exporters = [exporter] if exporter is not None else _exporters_from(env)
+    exporters = [exporter] if exporter is not None else exporters_from(env)
     if not exporters:
         return None
     # The instrumentations name HTTP attributes after the stable conventions
     # (http.request.method, url.full, http.response.status_code) only when asked; read once, at
     # the first instrumentation, so set before any. An operator's own choice stands.
     os.environ.setdefault(SEMCONV_OPT_IN, "http")
-    provider = TracerProvider(resource=_resource())
+    provider = TracerProvider(resource=resource())
     redactor = Redactor(secrets)
     for chosen in exporters:
         provider.add_span_processor(BatchSpanProcessor(RedactingExporter(chosen, redactor)))
@@ -159,7 +161,7 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
-def _exporters_from(env: Mapping[str, str]) -> list[SpanExporter]:
+def exporters_from(env: Mapping[str, str]) -> list[SpanExporter]:
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",")]
@@ -190,7 +192,7 @@ def _otlp(env: Mapping[str, str]) -> SpanExporter:
     return OTLPSpanExporter()
 
 
-def _resource() -> Resource:
+def resource() -> Resource:
     """From OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the service is reach-sync when they
     name none."""
     resource = Resource.create({SERVICE_VERSION: __version__})

@@ -83,7 +83,8 @@ _USER_AGENT = "reach-sync/0.1"
 UPSERT_BATCH_TYPE = "PARTNER_RESOURCE_JSON_INGEST"
 DELETE_BATCH_TYPE = "PARTNER_RESOURCE_BATCH_DELETE"
 # How many of a tenant's newest batches are read to find one whose id an ambiguous answer lost:
-# the API's largest page (§3.4). That batch was created moments ago, so it is among them
+# the sandbox's largest page; Reach documents neither a largest page nor the sortBy values
+# (docs/reach-api.md §3.4, [OPEN]). That batch was created moments ago, so it is among them
 # unless the tenant created more than this many batches of the type since.
 _RECENT_BATCHES = 100
 

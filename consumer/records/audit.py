@@ -23,7 +23,7 @@ CRC-32 of the key modulo the partition count) whatever ``client_settings`` say, 
 ``reach-sync audit why`` can compute the partition (``audit_partition``) and read only it.
 
 The syncer (README, "Audit") calls ``AuditWriter.record`` with what Reach accepted
-(``Accepted``) and deleted (``Deleted``) as delivery reports each request, then
+(``Sent``) and deleted (``Removed``; sink/outcomes.py) as delivery reports each request, then
 ``AuditWriter.flush``, before delivery remembers those sends in the last-sent store, and so
 before the window's offsets are committed; ``flush`` raises Retryable until the broker
 acknowledged every audit record, and keeps the unacknowledged ones to produce again, so none is
@@ -35,8 +35,7 @@ from __future__ import annotations
 import functools
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
@@ -50,17 +49,15 @@ from consumer.errors import Retryable
 from consumer.kafka import producer_settings
 from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
 from consumer.router.topics import ADMIN_TIMEOUT_S, BROKER_DEFAULT_REPLICATION, _created_or_exists
-from consumer.sink.projection import Projected
+from consumer.sink.outcomes import Removed, Sent
 
 __all__ = [
     "AUDIT_VERSION",
     "HEADER_KIND",
     "HEADER_VERSION",
     "PARTITIONER",
-    "Accepted",
     "AuditRecord",
     "AuditWriter",
-    "Deleted",
     "audit_key",
     "audit_message",
     "audit_partition",
@@ -163,46 +160,13 @@ def audited_fields(resource: Resource) -> AuditedFields:
     return AuditedFields(names, plain | groups)
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A record Reach took: ``projected`` as sent, why it was recomputed (the window's causes of
-    the entity, oldest first), when Reach answered, and Reach's batch id (None: a single
-    synchronous write). ``parked``: accepted but held by Reach for a missing $ref.
-    ``unconfirmed``: sent, and the answer lost; Reach may have it (the record left all the
-    same, so it is audited); ``in_batch`` says it went through the batch endpoint, whose id the
-    lost answer would have carried."""
-
-    projected: Projected
-    causes: Sequence[Cause]
-    at_ms: int
-    batch_id: str | None = None
-    parked: bool = False
-    unconfirmed: bool = False
-    in_batch: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Deleted:
-    """An entity Reach deleted from ``tenant`` (deletes always go through a batch), or, when
-    ``unconfirmed`` (no batch id), a delete sent whose answer was lost."""
-
-    tenant: str
-    external_id: str
-    causes: Sequence[Cause]
-    at_ms: int
-    batch_id: str | None
-    unconfirmed: bool = False
-
-
-def upsert_record(
-    name: str, resource: Resource, destination: str, accepted: Accepted
-) -> AuditRecord:
+def upsert_record(name: str, resource: Resource, destination: str, accepted: Sent) -> AuditRecord:
     """The audit record of one accepted (or parked) record of resource ``name``."""
     return _upsert(name, resource, destination, accepted, audited_fields(resource))
 
 
 def _upsert(
-    name: str, resource: Resource, destination: str, accepted: Accepted, allowed: AuditedFields
+    name: str, resource: Resource, destination: str, accepted: Sent, allowed: AuditedFields
 ) -> AuditRecord:
     record = accepted.projected.record
     return AuditRecord(
@@ -223,13 +187,13 @@ def _upsert(
     )
 
 
-def _upsert_outcome(accepted: Accepted) -> Outcome:
+def _upsert_outcome(accepted: Sent) -> Outcome:
     if accepted.unconfirmed:
         return "unconfirmed"
     return "parked" if accepted.parked else "accepted"
 
 
-def delete_record(name: str, resource: Resource, destination: str, deleted: Deleted) -> AuditRecord:
+def delete_record(name: str, resource: Resource, destination: str, deleted: Removed) -> AuditRecord:
     """The audit record of one entity of resource ``name`` deleted from a tenant."""
     return AuditRecord(
         kind="delete",
@@ -253,8 +217,8 @@ def audit_records(
     name: str,
     resource: Resource,
     destination: str,
-    accepted: Iterable[Accepted] = (),
-    deleted: Iterable[Deleted] = (),
+    accepted: Iterable[Sent] = (),
+    deleted: Iterable[Removed] = (),
 ) -> list[AuditRecord]:
     """The audit records of one resource's delivery: upserts, then deletes."""
     allowed = audited_fields(resource)
@@ -323,7 +287,7 @@ class AuditWriter:
         self.acknowledged = 0
 
     def record(
-        self, name: str, accepted: Iterable[Accepted] = (), deleted: Iterable[Deleted] = ()
+        self, name: str, accepted: Iterable[Sent] = (), deleted: Iterable[Removed] = ()
     ) -> int:
         """Audit one resource's delivery (see ``audit_records``); returns how many records."""
         resource = self._definition.resources[name]

@@ -32,6 +32,7 @@ from consumer.kafka import (
     commit_within,
     consume_batch,
     consumer_settings,
+    describe_partitions,
     producer_settings,
     release_consumer,
 )
@@ -51,7 +52,7 @@ from consumer.router.dirty import (
 from consumer.router.topics import check_replica_identity, ensure_topics, subscription
 from consumer.router.triggers import TriggerIndex, plan_dirty
 
-__all__ = ["RouterStats", "run_router"]
+__all__ = ["RouterStats", "cause_of", "run_router"]
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,12 @@ class _Router:
             )
         )
         self._consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.router"))
+        self._assigned: set[_PartitionKey] = set()
         self._consumer.subscribe(
-            subscription(kafka), on_revoke=self._on_revoke, on_lost=self._on_lost
+            subscription(kafka),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         log.info("router subscribed to %s as %s.router", subscription(kafka), kafka.group_id)
 
@@ -229,7 +234,7 @@ class _Router:
                 if merged is not None and not merged.has_room():
                     merged.add(None)
                     continue
-                cause = cause or _cause(message, topic, partition, offset, event)
+                cause = cause or cause_of(message, topic, partition, offset, event)
                 if merged is None:
                     pending[(entity.resource, entity.id)] = _Merged(cause)
                 else:
@@ -373,6 +378,18 @@ class _Router:
 
     # --- rebalance --------------------------------------------------------------------------
 
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """One info line per assignment (cooperative rebalancing hands over the added ones)."""
+        added = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= added
+        if added:
+            log.info(
+                "router assigned %d partitions: %s; %d in all",
+                len(added),
+                describe_partitions(added),
+                len(self._assigned),
+            )
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Finish what is in flight (bounded), commit the revoked partitions, let them go."""
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -390,6 +407,7 @@ class _Router:
         self._forget(lost)
 
     def _forget(self, partitions: set[_PartitionKey]) -> None:
+        self._assigned.difference_update(partitions)
         for key in partitions:
             self._done.pop(key, None)
 
@@ -417,7 +435,7 @@ class _Merged:
         )
 
 
-def _cause(
+def cause_of(
     message: Message, topic: str | None, partition: int | None, offset: int | None, change: Change
 ) -> Cause:
     """The trigger, with the producer's W3C trace context when it set one (spans.py): the only

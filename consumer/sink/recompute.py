@@ -196,6 +196,8 @@ class SourceDatabase:
             " -c default_transaction_read_only=on"
         )
         self._tenants: dict[str, tuple[float, list[str]]] = {}
+        # Recompute queries run (isolating an unreadable row runs more than one per window).
+        self.queries = 0
         self._pool = AsyncConnectionPool(
             source.dsn.get_secret_value(),
             min_size=1,
@@ -269,6 +271,7 @@ class SourceDatabase:
         ids: list[EntityId],
     ) -> _Fetched:
         """One query: its rows, and the rows the driver cannot load."""
+        self.queries += 1
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             # As text: a window can hold one entity's id as 7 (from an event) and another's
             # as "8" (a dead letter, a replay), and psycopg cannot send a mixed list;

@@ -23,14 +23,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeGuard
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeGuard
 
 from consumer.config import TenantProbe
-from consumer.errors import ConfigurationError, SyncError
+from consumer.errors import ConfigurationError, Retryable, SyncError
 
-__all__ = ["OPEN", "PROBE", "Admission", "Block", "Closed", "TenantBlocks", "blocks_tenant"]
+__all__ = [
+    "OPEN",
+    "PROBE",
+    "Admission",
+    "AlwaysOpen",
+    "Attempt",
+    "Block",
+    "Closed",
+    "TenantBlocks",
+    "TenantGate",
+    "blocks_tenant",
+    "first_error",
+    "through_gate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +166,72 @@ class TenantBlocks:
         wait = min(self._settings.max_interval_s, self._settings.interval_s * 2**block.probes)
         block.probe_at = self._clock() + wait
         log.info("tenant %s still blocked (%s); next probe in %.0f s", tenant, error, wait)
+
+
+# --- sending through the gate ---------------------------------------------------------------
+
+
+class TenantGate(Protocol):
+    """Whether a tenant's records may go now, and what became of those that went
+    (``TenantBlocks``)."""
+
+    def admit(self, tenant: str) -> Admission | Closed: ...
+
+    def report(self, tenant: str, admission: Admission, error: SyncError | None) -> None: ...
+
+
+class AlwaysOpen:
+    """The gate of a caller that keeps no blocks: every tenant may always send."""
+
+    def admit(self, tenant: str) -> Admission | Closed:
+        return OPEN
+
+    def report(self, tenant: str, admission: Admission, error: SyncError | None) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """How one tenant's request(s) ended: the error that stopped them (None: every record
+    reached an outcome), and the keys that reached none (neither accepted nor dead-lettered)."""
+
+    error: SyncError | None = None
+    unsettled: list[str] = field(default_factory=list)
+
+
+# What the gate hears about a request that never finished (cancelled): nothing was learned.
+_INTERRUPTED = Retryable("the request was interrupted")
+
+
+async def through_gate(
+    gate: TenantGate,
+    tenant: str,
+    keys: list[str],
+    send: Callable[[list[str]], Awaitable[Attempt]],
+    hold: Callable[[str, list[str], ConfigurationError], None],
+) -> SyncError | None:
+    """Send one tenant's ``keys`` as its gate allows: all of them (open), none (closed), or
+    one (the probe), the rest following once Reach took it. What a refusal of the tenant stops
+    is held; any other error is returned, for the window to retry."""
+    admission = gate.admit(tenant)
+    if isinstance(admission, Closed):
+        hold(tenant, keys, admission.error)
+        return None
+    now, later = (keys[:1], keys[1:]) if admission.probe else (keys, [])
+    try:
+        attempt = await send(now)
+    except BaseException:
+        gate.report(tenant, admission, _INTERRUPTED)
+        raise
+    gate.report(tenant, admission, attempt.error)
+    if blocks_tenant(attempt.error):
+        hold(tenant, [*attempt.unsettled, *later], attempt.error)
+        return None
+    if attempt.error is not None or not later:
+        return attempt.error
+    return await through_gate(gate, tenant, later, send, hold)
+
+
+def first_error(errors: Sequence[SyncError]) -> SyncError | None:
+    """The error that decides a tenant's outcome: a refusal of the tenant, else the first."""
+    return next((e for e in errors if blocks_tenant(e)), errors[0] if errors else None)

@@ -22,33 +22,35 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.config import REACH_MAX_BATCH, SyncDefinition
 from consumer.errors import ConfigurationError, Retryable, SyncError
-from consumer.kafka import commit_within, consume_batch, consumer_settings, release_consumer
+from consumer.kafka import (
+    commit_within,
+    consume_batch,
+    consumer_settings,
+    describe_partitions,
+    release_consumer,
+)
 from consumer.observe.metrics import instruments as metrics
-from consumer.observe.progress import PartitionProgress, ProgressTracker, high_watermark
-from consumer.observe.spans import recompute_span, span_failed, window_span
+from consumer.observe.progress import ProgressTracker, high_watermark
+from consumer.observe.spans import span_failed, window_span
 from consumer.reach.breaker import Circuit
-from consumer.reach.client import ReachClient
-from consumer.records.audit import FLUSH_TIMEOUT_S as AUDIT_FLUSH_S
-from consumer.records.audit import Accepted, AuditWriter, Deleted
-from consumer.records.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
 from consumer.retry_policy import retry_delay
-from consumer.router.dirty import Cause, EntityId, decode_dirty
-from consumer.sink.dedup import LastSentStore
-from consumer.sink.delivery import DeadLetter, DeliveryResult, Removed, Sent, deliver_resource
-from consumer.sink.follow import Outstanding
-from consumer.sink.recompute import SourceDatabase
+from consumer.router.dirty import decode_dirty
 from consumer.sink.tenant_gate import TenantBlocks
-from consumer.syncer.held import HELD_BOUND, HeldEntities, HeldEntity
+from consumer.syncer.held import HELD_BOUND, HeldEntity
 from consumer.syncer.in_flight import InFlight
+from consumer.syncer.partitions import Partition
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Entity, Window
 
 __all__ = ["BlockedTenant", "Health", "Syncer", "SyncerStats"]
@@ -65,9 +67,12 @@ RETRY_CAP_S = 30.0
 # A partition whose open window holds this many times its resources' max_keys while another
 # window is in flight is paused: memory stays bounded under any backlog.
 BACKLOG_FACTOR = 4
-# How long a revoke may wait for in-flight windows before giving the partitions up uncommitted;
-# well under librdkafka's max.poll.interval.ms (300 s).
-REVOKE_BOUND_S = 60.0
+# How long a revoke may wait for in-flight windows before giving the partitions up uncommitted:
+# this share of max.poll.interval.ms (librdkafka's default 300 s: 60 s), so that the wait, the
+# final commit (FINAL_COMMIT_BOUND_S) and the next poll stay well inside it. An operator who
+# lowers max.poll.interval.ms in client_settings lowers this bound with it.
+REVOKE_SHARE = 0.2
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 # How long shutdown waits for in-flight windows, then for the producer to flush.
 DRAIN_BOUND_S = 30.0
 PRODUCER_FLUSH_S = 30.0
@@ -79,78 +84,11 @@ LATENCY_SAMPLES = 20_000
 _LONGEST_WINDOW_S = 600.0
 
 
-@dataclass
-class SyncerStats:
-    """What the syncer did; ``latencies_ms`` holds the most recent source-commit → accepted
-    times (the source's commit timestamp to the window's completion), bounded."""
-
-    dirty_keys: int = 0
-    # Triggers behind those keys (the router merges an entity's triggers within a batch).
-    triggers: int = 0
-    windows: int = 0
-    entities: int = 0
-    recomputes: int = 0
-    sent: int = 0
-    skipped: int = 0
-    deleted: int = 0
-    dead_lettered: int = 0
-    # Audit records the broker acknowledged (accepted, parked and deleted; a retried window's
-    # re-sends are audited again).
-    audited: int = 0
-    retries: int = 0
-    commits: int = 0
-    # Now, not a count of events: tenants Reach refuses, and the entities held for them.
-    blocked_tenants: int = 0
-    held: int = 0
-    # The process-wide in-flight bound (in_flight.py): how often it paused every partition, and
-    # the most dirty keys held at once.
-    in_flight_pauses: int = 0
-    in_flight_peak: int = 0
-    # Now: the dirty keys in flight and their bytes, as last counted (metrics read them).
-    in_flight: int = 0
-    in_flight_bytes: int = 0
-    latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-
-    def add(self, result: DeliveryResult) -> None:
-        self.sent += result.sent
-        self.skipped += result.skipped
-        self.deleted += result.deleted
-        self.dead_lettered += len(result.dead)
-
-
-@dataclass
-class _Partition:
-    topic: str
-    partition: int
-    open: Window | None = None
-    running: asyncio.Task[None] | None = None
-    # The window ``running`` processes (for the in-flight count; stale once it has finished).
-    running_window: Window | None = None
-    failed: Window | None = None
-    retry_at: float = 0.0
-    attempts: int = 0
-    paused: bool = False
-    revoked: bool = False
-    # The next offset of this partition whose windows are all done; a commit commits it unless
-    # an entity held (below) was carried by an earlier offset.
-    done_offset: int | None = None
-    held: HeldEntities = field(default_factory=HeldEntities)
-    # The configuration error failing this partition's window, for readiness.
-    stalled: ConfigurationError | None = None
-    # The first offset read since the partition was assigned: where its windows began, for
-    # readiness's lag until the first of them finished (done_offset).
-    first_offset: int | None = None
-
-    def commit_offset(self) -> int | None:
-        return self.held.commit_offset(self.done_offset)
-
-
-@dataclass(frozen=True, slots=True)
-class _AuditFlush:
-    """One flush of the audit writer: it covers the first ``covers`` audit writes."""
-
-    covers: int
-    done: asyncio.Future[None]
+def revoke_bound_s(client_settings: Mapping[str, object]) -> float:
+    """How long a revoke waits for in-flight windows (``REVOKE_SHARE``): from the
+    max.poll.interval.ms the consumer runs with."""
+    raw = client_settings.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS)
+    return REVOKE_SHARE * int(str(raw)) / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,42 +114,34 @@ class Health:
 @dataclass
 class Syncer:
     definition: SyncDefinition
-    client: ReachClient
-    db: SourceDatabase
-    last_sent: LastSentStore
-    producer: Producer
-    # Writes the audit topic; the syncer waits until it is acknowledged (see _audit).
-    audit: AuditWriter
+    # Takes each window through recompute, delivery, audit and dead letters (window_sink.py).
+    sink: WindowSink
+    # Which tenants Reach refuses for now (shared with the sink, which sends through it).
+    blocks: TenantBlocks
     stats: SyncerStats = field(default_factory=SyncerStats)
     # The client's circuit breaker, for readiness (None: the client has none).
     circuit: Circuit | None = None
     # Told each partition's done offset and high watermark as the loop runs, for readiness.
     progress: ProgressTracker | None = None
-    _partitions: dict[int, _Partition] = field(default_factory=dict)
-    _consumer: Consumer | None = None
+    # Makes the dirty topic's consumer from librdkafka settings (a test's stand-in, or Kafka's).
+    consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer
+    _partitions: dict[int, Partition] = field(default_factory=dict)
+    _consumer: Consumer = field(init=False)
     _loop: asyncio.AbstractEventLoop | None = None
-    _dead_letter_failures: list[str] = field(default_factory=list)
-    _blocks: TenantBlocks = field(init=False)
-    # Reach batches an attempt could not follow to their end: followed first by the next send
-    # of their resource to their tenant (follow.py).
-    _outstanding: Outstanding = field(init=False, default_factory=Outstanding)
+    # The task group the windows run in, while run() polls.
+    _windows: asyncio.TaskGroup | None = None
     _in_flight: InFlight = field(init=False)
     # Held entities go back into windows this many at a time: one window of the smallest.
     _release_chunk: int = field(init=False)
-    # Audit flushes wait on the broker in this one thread, one at a time: never in the loop, and
-    # never filling the default executor while the broker is slow. Writes are counted so that a
-    # flush knows whose records it covers (_flush_audit).
-    _audit_flusher: concurrent.futures.ThreadPoolExecutor = field(init=False)
-    _audit_writes: int = field(init=False, default=0)
-    _audit_flush: _AuditFlush | None = field(init=False, default=None)
+    # How long a revoke waits for in-flight windows (from max.poll.interval.ms).
+    revoke_bound_s: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self._blocks = TenantBlocks(self.definition.destination.tenant_probe)
+        kafka = self.definition.source.kafka
+        self.revoke_bound_s = revoke_bound_s(kafka.client_settings)
+        self._consumer = self.consumer_factory(consumer_settings(kafka, f"{kafka.group_id}.syncer"))
         self._in_flight = InFlight(self.definition.in_flight)
         self._release_chunk = min(r.delivery.max_keys for r in self.definition.resources.values())
-        self._audit_flusher = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="audit-flush"
-        )
 
     def health(self) -> Health:
         """For readiness (/readyz), from any thread: it reads copies of what the loop and the
@@ -220,7 +150,7 @@ class Syncer:
         held = sum((p.held.by_tenant() for _, p in parts), Counter[str]())
         blocked = {
             tenant: BlockedTenant(block.since, str(block.error), block.probes, held[tenant])
-            for tenant, block in self._blocks.snapshot().items()
+            for tenant, block in self.blocks.snapshot().items()
         }
         stalled = {n: str(p.stalled) for n, p in parts if p.stalled}
         circuit = "closed" if self.circuit is None else self.circuit.state.value
@@ -231,8 +161,7 @@ class Syncer:
     async def run(self, stop: threading.Event) -> SyncerStats:
         self._loop = asyncio.get_running_loop()
         kafka = self.definition.source.kafka
-        consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.syncer"))
-        self._consumer = consumer
+        consumer = self._consumer
         consumer.subscribe(
             [self.definition.topics.dirty],
             on_assign=self._on_assign,
@@ -241,18 +170,8 @@ class Syncer:
         )
         poller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="syncer-poll")
         try:
-            while not stop.is_set():
-                messages = await self._loop.run_in_executor(
-                    poller, consume_batch, consumer, self._poll_room(), POLL_TIMEOUT_S
-                )
-                self._add(messages)
-                self._bring_back_held()
-                self._start_due_windows()
-                self._apply_backpressure()
-                self._count_held()
-                self._observe_progress()
-            await self._drain(list(self._partitions.values()), DRAIN_BOUND_S)
-            await self._loop.run_in_executor(None, self.producer.flush, PRODUCER_FLUSH_S)
+            await self._poll_until(stop, poller)
+            await self.sink.flush()
         finally:
             # On the poll thread, like every call that can run rebalance callbacks: a close()
             # revokes, and the revoke handler must not wait on a loop that is blocked calling it.
@@ -260,8 +179,38 @@ class Syncer:
                 poller, self._release, consumer, kafka.leave_group_on_close
             )
             poller.shutdown(wait=True)
-            self._audit_flusher.shutdown(wait=True)
+            self.sink.close()
         return self.stats
+
+    async def _poll_until(
+        self, stop: threading.Event, poller: concurrent.futures.ThreadPoolExecutor
+    ) -> None:
+        """The loop. Its windows run in a task group: none outlives it; those still running
+        after the drain bound are cancelled, uncommitted, for the next owner to read again."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as windows:
+                self._windows = windows
+                while not stop.is_set():
+                    messages = await loop.run_in_executor(
+                        poller, consume_batch, self._consumer, self._poll_room(), POLL_TIMEOUT_S
+                    )
+                    self._add(messages)
+                    self._bring_back_held()
+                    self._start_due_windows()
+                    self._apply_backpressure()
+                    self._count_held()
+                    self._observe_progress()
+                parts = list(self._partitions.values())
+                await self._drain(parts, DRAIN_BOUND_S)
+                for part in parts:
+                    if part.running is not None:
+                        part.running.cancel()
+        except BaseExceptionGroup as group:
+            # A window never raises (run_window), so this is the loop's own error: as it was.
+            raise group.exceptions[0] from None
+        finally:
+            self._windows = None
 
     def _release(self, consumer: Consumer, leave_group: bool) -> None:
         self._commit_done(list(self._partitions.values()))
@@ -281,13 +230,12 @@ class Syncer:
             if part.open is None:
                 part.open = Window(opened_at=now, due_after_s=_LONGEST_WINDOW_S)
             offset = message.offset() or 0
-            if part.first_offset is None:
-                part.first_offset = offset
+            part.read(offset)
             try:
                 key = decode_dirty(message.value() or b"")
                 resource = self.definition.resources[key.resource]
             except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
-                self._dead_letter_event(message, exc)
+                self.sink.dead_letter_event(message, exc)
                 part.open.cover(offset)
                 continue
             part.open.add(key, offset, resource.delivery.window_ms / 1000)
@@ -299,11 +247,6 @@ class Syncer:
             (self.definition.resources[r].delivery.max_keys for r in window.resources),
             default=REACH_MAX_BATCH,
         )
-
-    def _kafka(self) -> Consumer:
-        if self._consumer is None:
-            raise RuntimeError("the consumer exists only while run() runs")
-        return self._consumer
 
     def _start_due_windows(self) -> None:
         now = time.monotonic()
@@ -326,7 +269,12 @@ class Syncer:
                 continue
             part.failed = None
             part.running_window = window
-            part.running = asyncio.ensure_future(self._run_window(part, window))
+            part.running = self._window_group().create_task(self.run_window(part, window))
+
+    def _window_group(self) -> asyncio.TaskGroup:
+        if self._windows is None:
+            raise RuntimeError("windows start only while run() polls")
+        return self._windows
 
     def _bring_back_held(self) -> None:
         """Held entities whose tenant Reach accepts again go back into their partition's open
@@ -336,8 +284,8 @@ class Syncer:
         for part in parts:
             room = self._release_chunk - (len(part.open) if part.open is not None else 0)
             if room > 0:
-                self._readd(part, part.held.release(self._blocks.is_blocked, room))
-        due = set(self._blocks.due())
+                self._readd(part, part.held.release(self.blocks.is_blocked, room))
+        due = set(self.blocks.due())
         if due:
             due -= set().union(*(p.held.in_window() for p in parts))
         for tenant in due:
@@ -347,7 +295,7 @@ class Syncer:
                     self._readd(part, [probe])
                     break
 
-    def _readd(self, part: _Partition, entities: list[tuple[Entity, HeldEntity]]) -> None:
+    def _readd(self, part: Partition, entities: list[tuple[Entity, HeldEntity]]) -> None:
         if not entities:
             return
         if part.open is None:
@@ -369,10 +317,10 @@ class Syncer:
             stop = (full and busy) or len(part.held) >= HELD_BOUND or saturated
             tp = [TopicPartition(part.topic, part.partition)]
             if stop and not part.paused:
-                self._kafka().pause(tp)
+                self._consumer.pause(tp)
                 part.paused = True
             elif part.paused and not stop:
-                self._kafka().resume(tp)
+                self._consumer.resume(tp)
                 part.paused = False
 
     def _poll_room(self) -> int:
@@ -417,34 +365,26 @@ class Syncer:
         now = time.monotonic()
         if self.progress is None or not self.progress.due(now):
             return
-        consumer = self._kafka()
+        consumer = self._consumer
+        parts = [p for p in list(self._partitions.values()) if not p.revoked]
         self.progress.observe(
-            [
-                PartitionProgress(
-                    p.topic,
-                    p.partition,
-                    p.done_offset if p.done_offset is not None else p.first_offset,
-                    high_watermark(consumer, p.topic, p.partition),
-                )
-                for p in list(self._partitions.values())
-                if not p.revoked
-            ],
-            now,
+            [p.progress(high_watermark(consumer, p.topic, p.partition)) for p in parts], now
         )
 
     def _count_held(self) -> None:
-        self.stats.blocked_tenants = len(self._blocks.snapshot())
+        self.stats.blocked_tenants = len(self.blocks.snapshot())
         self.stats.held = sum(len(p.held) for p in self._partitions.values())
 
     # --- one window ------------------------------------------------------------------------------
 
-    async def _run_window(self, part: _Partition, window: Window) -> None:
-        """Process, then commit; or schedule a retry. Never raises into the loop. All of it in
-        the window's span (spans.py), so that its log lines carry the window's trace id."""
+    async def run_window(self, part: Partition, window: Window) -> None:
+        """One attempt at a partition's window: process it (the sink), then commit; or schedule a
+        retry. Never raises into the loop. All of it in the window's span (spans.py), so that its
+        log lines carry the window's trace id."""
         attempt = part.attempts + 1
         with window_span(self.definition, part.topic, part.partition, window, attempt) as span:
             try:
-                await self._process(window)
+                await self.sink.process(window)
             except SyncError as exc:
                 span_failed(span, exc)
                 self._schedule_retry(part, window, exc)
@@ -473,7 +413,7 @@ class Syncer:
         self.stats.latencies_ms.extend(latencies)
         metrics().window_finished(window, latencies)  # once per window (metrics.py: cost)
 
-    def _schedule_retry(self, part: _Partition, window: Window, error: SyncError) -> None:
+    def _schedule_retry(self, part: Partition, window: Window, error: SyncError) -> None:
         part.attempts += 1
         self.stats.retries += 1
         part.stalled = error if isinstance(error, ConfigurationError) else None
@@ -495,138 +435,7 @@ class Syncer:
         part.failed = window
         part.retry_at = time.monotonic() + delay
 
-    async def _process(self, window: Window) -> None:
-        """Every resource of the window at once (their entities are independent): one recompute
-        query each, then delivery; then the dead letters, and what was held goes on the window.
-        A failure of one resource fails the window, after the others finished, so a retry never
-        overlaps work still in flight."""
-        window.held.clear()
-        outcomes = await asyncio.gather(
-            *(self._resource(window, name, ids) for name, ids in window.by_resource().items()),
-            return_exceptions=True,
-        )
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        for outcome in outcomes:
-            if isinstance(outcome, DeliveryResult):
-                for letter in outcome.dead:
-                    self._produce_dead_letter_record(window, letter)
-                for held in outcome.held:
-                    window.hold(held.resource, held.ids, held.tenant)
-        # Dead letters of this window, and any produced on arrival, are durable before the commit.
-        await self._flush_dead_letters()
-        if errors:
-            raise errors[0]
-        self.stats.windows += 1
-        self.stats.entities += len(window)
-
-    async def _resource(self, window: Window, name: str, ids: list[EntityId]) -> DeliveryResult:
-        resource = self.definition.resources[name]
-        started = time.perf_counter()
-        with recompute_span(name, len(ids)) as span:
-            recomputed = await self.db.recompute(resource, ids)
-            span.set_attribute("reach_sync.rows", len(recomputed.rows))
-        self.stats.recomputes += 1
-        recomputed_at = time.perf_counter()
-        metrics().recomputed(name, recomputed_at - started, len(recomputed.rows))
-
-        async def audit(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
-            await self._audit(window, name, sent, removed)
-
-        result = await deliver_resource(
-            name,
-            resource,
-            recomputed,
-            client=self.client,
-            last_sent=self.last_sent,
-            tenants=self.db,
-            gate=self._blocks,
-            outstanding=self._outstanding,
-            on_accepted=audit,
-        )
-        # Rows the source could not give (recompute.py): dead-lettered, their entities alone.
-        result.dead += [DeadLetter(name, i, None, e) for i, e in recomputed.failed.items()]
-        log.debug(
-            "%s: %d ids, recompute %.0f ms, delivery %.0f ms (sent %d, skipped %d, deleted %d)",
-            name,
-            len(ids),
-            (recomputed_at - started) * 1000,
-            (time.perf_counter() - recomputed_at) * 1000,
-            result.sent,
-            result.skipped,
-            result.deleted,
-        )
-        self.stats.add(result)
-        metrics().delivered(name, result)
-        return result
-
-    async def _audit(
-        self, window: Window, name: str, sent: Sequence[Sent], removed: Sequence[Removed]
-    ) -> None:
-        """Audit what Reach took of resource ``name`` in this window, each entity with the
-        window's causes, and return once the broker acknowledged every audit record (Retryable
-        otherwise, failing the window). Delivery calls this before the last-sent store
-        remembers those sends, so a send is never skipped as unchanged on a retry without its
-        audit record. After a failed flush the window's retry sends and audits again; the
-        writer also produces the unacknowledged records again, and ``audit why`` shows a record
-        produced twice once."""
-
-        def causes(entity_id: str) -> list[Cause]:
-            return window.causes.get((name, entity_id), [])
-
-        count = self.audit.record(
-            name,
-            accepted=[
-                Accepted(
-                    s.projected,
-                    causes(s.projected.external_id),
-                    s.at_ms,
-                    s.batch_id,
-                    s.parked,
-                    s.unconfirmed,
-                    s.in_batch,
-                )
-                for s in sent
-            ],
-            deleted=[
-                Deleted(
-                    r.tenant,
-                    r.external_id,
-                    causes(r.external_id),
-                    r.at_ms,
-                    r.batch_id,
-                    r.unconfirmed,
-                )
-                for r in removed
-            ],
-        )
-        self._audit_writes += 1
-        await self._flush_audit()
-        self.stats.audited += count
-
-    async def _flush_audit(self) -> None:
-        """Return once the broker acknowledged every audit record written so far; raise the
-        flush's Retryable otherwise. One flush at a time, in its own thread: a flush that began
-        after this caller's records were written covers them, so windows auditing at once share
-        one flush (and its failure) instead of queueing one each."""
-        mine = self._audit_writes
-        while True:
-            flush = self._audit_flush
-            if flush is None or flush.done.done():
-                flush = self._start_audit_flush()
-            if flush.covers >= mine:
-                await asyncio.shield(flush.done)
-                return
-            await asyncio.wait([flush.done])  # began before these records: wait, then the next
-
-    def _start_audit_flush(self) -> _AuditFlush:
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._audit_flusher, self.audit.flush, AUDIT_FLUSH_S)
-        # Retrieved even when every window waiting on it was cancelled.
-        done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-        self._audit_flush = _AuditFlush(self._audit_writes, done)
-        return self._audit_flush
-
-    def _commit(self, part: _Partition, window: Window) -> None:
+    def _commit(self, part: Partition, window: Window) -> None:
         """Commit after a finished window, without blocking the loop:
 
         1. the window's end is done (a window of held entities only ends nowhere new);
@@ -644,73 +453,36 @@ class Syncer:
             return
         offsets = [TopicPartition(part.topic, part.partition, offset)]
         try:
-            self._kafka().commit(offsets=offsets, asynchronous=True)
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             log.warning("commit of partition %d failed: %s", part.partition, exc)
             return
         self.stats.commits += 1
 
-    def _commit_done(self, parts: list[_Partition]) -> None:
+    def _commit_done(self, parts: list[Partition]) -> None:
         """Synchronously commit what is done; only from the poll thread (revoke, shutdown)."""
         done = [(p, p.commit_offset()) for p in parts]
         offsets = [TopicPartition(p.topic, p.partition, o) for p, o in done if o is not None]
         if not offsets:
             return
         try:
-            if commit_within(self._kafka(), offsets, FINAL_COMMIT_BOUND_S) is None:
+            if commit_within(self._consumer, offsets, FINAL_COMMIT_BOUND_S) is None:
                 log.error("final commit of %d partitions unanswered", len(offsets))
         except KafkaException as exc:
             log.warning("final commit of %d partitions failed: %s", len(offsets), exc)
-
-    # --- dead letters ----------------------------------------------------------------------------
-
-    def _produce_dead_letter_record(self, window: Window, letter: DeadLetter) -> None:
-        now_ms = int(time.time() * 1000)
-        record = dead_letter_record(
-            resource=letter.resource,
-            entity_id=letter.entity_id,
-            tenant=letter.tenant,
-            cause=window.first_cause(letter.resource, letter.entity_id),
-            error=letter.error,
-            attempts=1,
-            first_attempt_ms=now_ms,
-            last_attempt_ms=now_ms,
-            payload_sha256=letter.payload_hash,
-        )
-        produce_dead_letter(
-            self.producer, self.definition.topics.dead_letter, record, self._on_dead_letter
-        )
-        log.warning(
-            "dead-lettered %s %s: %s",
-            letter.resource,
-            letter.entity_id,
-            type(letter.error).__name__,
-        )
-
-    def _on_dead_letter(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._dead_letter_failures.append(str(err))
-
-    async def _flush_dead_letters(self) -> None:
-        """A dead letter is an outcome only once the broker has it."""
-        loop = asyncio.get_running_loop()
-        left = await loop.run_in_executor(None, self.producer.flush, PRODUCER_FLUSH_S)
-        failures, self._dead_letter_failures = self._dead_letter_failures, []
-        if left or failures:
-            raise Retryable(f"the dead-letter topic did not acknowledge: {failures[:1] or left}")
-
-    def _dead_letter_event(self, message: Message, error: Exception) -> None:
-        event = DeadLetterEvent.from_message(message, error, stage="syncer")
-        produce_dead_letter(
-            self.producer, self.definition.topics.dead_letter, event, self._on_dead_letter
-        )
-        self.stats.dead_lettered += 1
 
     # --- rebalance and shutdown ------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            self._partitions[tp.partition] = _Partition(tp.topic, tp.partition)
+            self._partitions[tp.partition] = Partition(tp.topic, tp.partition)
+        if partitions:
+            log.info(
+                "syncer assigned %d partitions: %s; %d in all",
+                len(partitions),
+                describe_partitions((tp.topic, tp.partition) for tp in partitions),
+                len(self._partitions),
+            )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Runs in the poll thread: let the loop finish these partitions' windows (bounded),
@@ -723,14 +495,14 @@ class Syncer:
             part.revoked = True
         if self._loop is not None and parts and not self._loop.is_closed():
             future = asyncio.run_coroutine_threadsafe(
-                self._drain(parts, REVOKE_BOUND_S), self._loop
+                self._drain(parts, self.revoke_bound_s), self._loop
             )
             try:
-                future.result(timeout=REVOKE_BOUND_S + 5)
+                future.result(timeout=self.revoke_bound_s + 5)
             except concurrent.futures.TimeoutError:
                 log.error(
                     "revoked partitions did not finish within %.0f s; their windows are cancelled",
-                    REVOKE_BOUND_S,
+                    self.revoke_bound_s,
                 )
             for part in parts:
                 if part.running is not None:
@@ -748,7 +520,7 @@ class Syncer:
                 if part.running is not None and self._loop is not None:
                     self._loop.call_soon_threadsafe(part.running.cancel)
 
-    async def _drain(self, parts: list[_Partition], bound_s: float) -> None:
+    async def _drain(self, parts: list[Partition], bound_s: float) -> None:
         """Finish the windows in flight (their commits happen as they finish); drop the rest,
         uncommitted, for the next owner to read again."""
         running = [p.running for p in parts if p.running is not None]

@@ -147,6 +147,20 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process itself (not its group), as an orchestrator would."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code once it has ended; TimeoutError if it has not within ``timeout_s``."""
+        if self._popen is None:
+            raise RuntimeError("the process was never started")
+        try:
+            return self._popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"still running after {timeout_s:g} s") from exc
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Ask the process group to stop, then kill it if it has not within ``grace_s``."""
         if self._popen is None:

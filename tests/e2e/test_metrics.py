@@ -124,7 +124,7 @@ def test_metrics_agree_with_the_sandboxs_counts_after_a_load_run(
         versions = _versions_since(sandbox, first_seq)
         report = f"load {load}; sandbox versions {versions}; syncer {running.counters()}"
 
-        # Accepted: one sandbox version per record counted accepted, and nothing counted twice.
+        # Sent: one sandbox version per record counted accepted, and nothing counted twice.
         accepted = _records(loaded, "accepted")
         upserts = sum(n for op, n in versions.items() if op != "delete")
         assert accepted > 0, report

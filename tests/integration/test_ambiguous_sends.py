@@ -20,8 +20,9 @@ from consumer.config import Destination, Resource
 from consumer.errors import Retryable
 from consumer.reach.client import ReachClient
 from consumer.sink.dedup import LastSent, LastSentStore
-from consumer.sink.delivery import DeliveryResult, Removed, Sent, deliver_resource
+from consumer.sink.delivery import DeliveryResult, deliver_resource
 from consumer.sink.follow import Outstanding
+from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.recompute import Recomputed
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,

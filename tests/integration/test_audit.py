@@ -25,13 +25,12 @@ from consumer.cli.main import main
 from consumer.config import SyncDefinition, load_definition
 from consumer.errors import Retryable
 from consumer.records.audit import (
-    Accepted,
     AuditWriter,
-    Deleted,
     audit_partition,
     ensure_audit_topic,
 )
 from consumer.router.dirty import Cause
+from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.projection import GROUP_COLUMN_PREFIX, Projected, project
 
 ROOT = Path(__file__).parents[2]
@@ -125,34 +124,36 @@ def _write_history(shop: Shop) -> AuditWriter:
     """customers/42: sent three times (the third to another tenant, then deleted from the
     first); customers/7 twice; transactions/42 and customers/420 once (look-alike keys)."""
     writer = AuditWriter(shop.definition)
-    first = Accepted(_customer(shop, 42, "m-1", 1), [_cause("customers", "c", 10)], T0)
+    first = Sent(_customer(shop, 42, "m-1", 1), T0, causes=[_cause("customers", "c", 10)])
     writer.record("customers", accepted=[first])
     writer.record(
         "customers",
         accepted=[
-            Accepted(
+            Sent(
                 _customer(shop, 42, "m-1", 2),
-                [_cause("transactions", "u", 20), _cause("transactions", "c", 21)],
                 T0 + 10_000,
+                causes=[_cause("transactions", "u", 20), _cause("transactions", "c", 21)],
                 batch_id="b-1",
             ),
-            Accepted(_customer(shop, 7, "m-1", 1), [_cause("customers", "c", 22)], T0 + 10_000),
+            Sent(_customer(shop, 7, "m-1", 1), T0 + 10_000, causes=[_cause("customers", "c", 22)]),
         ],
     )
     writer.record(
         "customers",
         accepted=[
-            Accepted(_customer(shop, 42, "m-2", 3), [_cause("customers", "u", 30)], T0 + 20_000),
-            Accepted(_customer(shop, 7, "m-1", 4), [_cause("customers", "u", 31)], T0 + 20_000),
-            Accepted(_customer(shop, 420, "m-1", 1), [_cause("customers", "c", 32)], T0 + 20_000),
+            Sent(_customer(shop, 42, "m-2", 3), T0 + 20_000, causes=[_cause("customers", "u", 30)]),
+            Sent(_customer(shop, 7, "m-1", 4), T0 + 20_000, causes=[_cause("customers", "u", 31)]),
+            Sent(
+                _customer(shop, 420, "m-1", 1), T0 + 20_000, causes=[_cause("customers", "c", 32)]
+            ),
         ],
-        deleted=[Deleted("m-1", "42", [_cause("customers", "u", 30)], T0 + 20_001, "d-1")],
+        deleted=[Removed("m-1", "42", T0 + 20_001, "d-1", causes=[_cause("customers", "u", 30)])],
     )
     tx = project(
         shop.definition.resources["transactions"],
         {"id": 42, "tenant": "m-1", "customer_id": 42, "status": "completed"},
     )
-    writer.record("transactions", accepted=[Accepted(tx, [_cause("transactions", "c", 40)], T0)])
+    writer.record("transactions", accepted=[Sent(tx, T0, causes=[_cause("transactions", "c", 40)])])
     writer.record("customers", accepted=[first])  # a record produced twice is shown once
     writer.flush()
     assert (writer.acknowledged, writer.pending) == (9, 0)
@@ -335,7 +336,7 @@ def test_flush_raises_retryable_when_the_broker_never_acknowledges(
     definition = load_definition(config)
     writer = AuditWriter(definition, **{"message.timeout.ms": 500})
     projected = project(definition.resources["transactions"], {"id": 1, "tenant": "m-1"})
-    writer.record("transactions", accepted=[Accepted(projected, [], T0)])
+    writer.record("transactions", accepted=[Sent(projected, T0, causes=[])])
     with pytest.raises(Retryable, match=r"the audit topic nowhere\.audit did not acknowledge 1 "):
         writer.flush(5)
     assert writer.pending == 1  # kept, to be produced again by the next flush

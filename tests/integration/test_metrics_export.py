@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.config import HealthSettings
 from consumer.observe.metrics import instruments, start_metrics
 from consumer.observe.progress import PartitionProgress
+from consumer.observe.readiness import ServiceReadiness
 from consumer.router.loop import RouterStats
-from consumer.service import ServiceStats, _Readiness
+from consumer.service import ServiceStats
 from consumer.sink.delivery import DeliveryResult
 from tests.shop_definition import shop_definition
 
@@ -29,7 +30,7 @@ def test_the_health_port_serves_prometheus_text_with_the_metrics() -> None:
     definition = shop_definition().model_copy(update={"health": HealthSettings(port=0)})
     assert definition.health is not None
     stats = ServiceStats()
-    readiness = _Readiness(definition.health, definition, "router", threading.Event())
+    readiness = ServiceReadiness(definition.health, definition, "router", threading.Event())
     handle = start_metrics(definition, stats, role="router", lag=[readiness.router], env={})
     port = readiness.start()
     try:
@@ -70,7 +71,7 @@ def test_the_health_port_serves_prometheus_text_with_the_metrics() -> None:
 
 def test_without_metrics_the_health_port_has_no_metrics_route() -> None:
     settings = HealthSettings(port=0)
-    readiness = _Readiness(settings, shop_definition(), "router", threading.Event())
+    readiness = ServiceReadiness(settings, shop_definition(), "router", threading.Event())
     port = readiness.start()
     try:
         answer = httpx.get(f"http://127.0.0.1:{port}/metrics")

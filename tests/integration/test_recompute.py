@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -161,22 +160,12 @@ def oddities(database: PostgresConfig) -> PostgresConfig:
 
 
 @pytest.fixture
-async def counted_db(
-    oddities: PostgresConfig, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[SourceDatabase, list[int]]]:
-    """The source database, and how many queries its recomputes ran (one fetch each)."""
+async def counted_db(oddities: PostgresConfig) -> AsyncIterator[SourceDatabase]:
+    """The source database; its ``queries`` count how many queries its recomputes ran."""
     db = SourceDatabase(_definition(oddities.dsn).source.database)
-    queries: list[int] = [0]
-    fetch = db._fetch
-
-    async def counted(*args: Any) -> Any:
-        queries[0] += 1
-        return await fetch(*args)
-
-    monkeypatch.setattr(db, "_fetch", counted)
     await db.open()
     try:
-        yield db, queries
+        yield db
     finally:
         await db.close()
 
@@ -211,13 +200,13 @@ def _projected(resource: Resource, recomputed: Recomputed) -> tuple[set[str], di
 )
 async def test_a_row_that_cannot_be_read_or_projected_fails_its_entity_alone(
     oddities: PostgresConfig,
-    counted_db: tuple[SourceDatabase, list[int]],
+    counted_db: SourceDatabase,
     bad: int,
     query: str,
     stage: str,
     reason: str,
 ) -> None:
-    db, queries = counted_db
+    db = counted_db
     mapping = RAW_MAPPING if query == RAW else {"text": {"column": "text", "format": "string"}}
     resource = _oddities_resource(oddities.dsn, query, **mapping)
     window: list[EntityId] = [1, 2, bad, 9, 10, 99]
@@ -241,13 +230,13 @@ async def test_a_row_that_cannot_be_read_or_projected_fails_its_entity_alone(
         assert value not in failed[str(bad)], failed
     # One query when the driver is what fails (rows are loaded one by one from its result);
     # the server's failure is bisected: the query, one with no ids, then halves.
-    assert queries[0] == (1 if query == RAW else 2 + 2 * math.ceil(math.log2(len(window))))
+    assert db.queries == (1 if query == RAW else 2 + 2 * math.ceil(math.log2(len(window))))
 
 
 async def test_every_bad_row_of_a_window_is_isolated_within_a_bounded_number_of_queries(
-    oddities: PostgresConfig, counted_db: tuple[SourceDatabase, list[int]]
+    oddities: PostgresConfig, counted_db: SourceDatabase
 ) -> None:
-    db, queries = counted_db
+    db = counted_db
     many: list[EntityId] = list(range(1000, 1000 + MANY))
     resource = _oddities_resource(oddities.dsn, RAW, **RAW_MAPPING)
     recomputed = await db.recompute(resource, [*many, *GOOD, *ODDITIES])
@@ -255,23 +244,23 @@ async def test_every_bad_row_of_a_window_is_isolated_within_a_bounded_number_of_
     assert projected == {str(i) for i in [*many, *GOOD]}
     assert set(failed) == {str(i) for i in ODDITIES} and not recomputed.gone
     assert set(recomputed.failed) == {"3", "4", "5"}
-    assert queries[0] == 1
+    assert db.queries == 1
 
     # A server-side failure among 256 good rows: about 2·log2(n) queries, not one per id.
-    queries[0] = 0
+    db.queries = 0
     converted = _oddities_resource(oddities.dsn, CONVERTED, text={"column": "text"})
     window: list[EntityId] = [*many[:128], 7, *many[128:]]
     recomputed = await db.recompute(converted, window)
     assert set(recomputed.failed) == {"7"} and len(recomputed.rows) == MANY
     assert not recomputed.gone
-    assert queries[0] <= 2 + 2 * math.ceil(math.log2(len(window))), queries
+    assert db.queries <= 2 + 2 * math.ceil(math.log2(len(window))), db.queries
 
 
 async def test_an_id_the_key_column_cannot_take_fails_alone(
-    oddities: PostgresConfig, counted_db: tuple[SourceDatabase, list[int]]
+    oddities: PostgresConfig, counted_db: SourceDatabase
 ) -> None:
     """A dirty key whose id is no bigint used to fail the whole window, forever."""
-    db, _ = counted_db
+    db = counted_db
     resource = _oddities_resource(oddities.dsn, RAW, **RAW_MAPPING)
     recomputed = await db.recompute(resource, [1, "nonsense", 2])
     assert set(recomputed.rows) == {"1", "2"} and not recomputed.gone
@@ -280,11 +269,11 @@ async def test_an_id_the_key_column_cannot_take_fails_alone(
 
 
 async def test_a_query_failing_for_every_row_dead_letters_every_entity(
-    oddities: PostgresConfig, counted_db: tuple[SourceDatabase, list[int]]
+    oddities: PostgresConfig, counted_db: SourceDatabase
 ) -> None:
     """It cannot be told from every row being bad (recompute.py): each entity fails with the
     server's message, none is gone, and ``dlq replay`` brings them back once it is fixed."""
-    db, _ = counted_db
+    db = counted_db
     query = "SELECT id, tenant, signup::date AS d FROM oddities WHERE id = ANY(%(ids)s)"
     window: list[EntityId] = [8, 9]
     with psycopg.connect(oddities.dsn, autocommit=True) as conn:
@@ -315,17 +304,17 @@ async def test_a_query_failing_for_every_row_dead_letters_every_entity(
 )
 async def test_a_wrong_query_is_a_configuration_error_with_the_servers_message(
     oddities: PostgresConfig,
-    counted_db: tuple[SourceDatabase, list[int]],
+    counted_db: SourceDatabase,
     query: str,
     message: str,
 ) -> None:
-    db, queries = counted_db
+    db = counted_db
     resource = _oddities_resource(oddities.dsn, query, n={"column": "id"})
     with pytest.raises(ConfigurationError) as caught:
         await db.recompute(resource, [1, 2, 3, 9])
     assert f"the query of 'oddities' fails: {message}" in str(caught.value)
     assert "None" not in str(caught.value)
-    assert queries[0] <= 2
+    assert db.queries <= 2
 
 
 async def test_a_broken_tenants_query_carries_the_servers_message(oddities: PostgresConfig) -> None:

@@ -51,10 +51,8 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     with running_sandbox(tmp_path) as server:
         with server.client("merchant-1") as api:
             assert api.get("/api/resources/customers").status_code == 200
-        popen = server.process._popen
-        assert popen is not None
-        popen.send_signal(signal.SIGTERM)
-        assert popen.wait(timeout=15) == 0
+        server.process.signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
     assert not (tmp_path / "port").exists()
 
 

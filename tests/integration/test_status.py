@@ -9,7 +9,10 @@ subscribe, as a running service's commits would land. Nothing here needs a datab
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ EXAMPLE = ROOT / "examples" / "shop.yaml"
 ENV = {
     "REACH_SYNC_PARTNER_ID": "partner-1",
     "REACH_SYNC_JWT_SECRET": "unused-by-status",
+    "REACH_SYNC_REACH_URL": "http://127.0.0.1:1",
     "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:1/0",
     "REACH_SYNC_DATABASE_URL": "postgresql://reach-sync@127.0.0.1:1/none?connect_timeout=1",
 }
@@ -298,3 +302,24 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(
     assert (code, out) == (EXIT_BROKER, "")
     assert err.count("\n") == 1
     assert err.startswith("status: reading metadata: the broker did not answer")
+
+
+@pytest.mark.parametrize("watch", [False, True], ids=["once", "watch"])
+def test_a_reader_that_went_away_ends_status_quietly(deployment: Deployment, watch: bool) -> None:
+    """``reach-sync status FILE | head -0``, exactly: stdout's reader is gone before the report
+    is written. No traceback; exit code 1 (Python's convention for EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)
+    argv = ["status", str(deployment.config), "--interval", "0.1"]  # FILE, not --config
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "consumer.cli.main", *argv, *(["--watch"] if watch else [])],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")

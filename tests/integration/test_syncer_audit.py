@@ -26,9 +26,14 @@ from consumer.reach.client import ReachClient
 from consumer.records.audit import AuditRecord, AuditWriter, decode_audit
 from consumer.router.dirty import Cause, DirtyKey, EntityId
 from consumer.sink.dedup import LastSent, LastSentStore
-from consumer.sink.delivery import Removed, Sent, deliver_resource
+from consumer.sink.delivery import deliver_resource
+from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.recompute import Recomputed
-from consumer.syncer.loop import Syncer, _Partition
+from consumer.sink.tenant_gate import TenantBlocks
+from consumer.syncer.loop import Syncer
+from consumer.syncer.partitions import Partition
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
 from tests.integration.sandbox_fixtures import (
     PARTNER_ID,
@@ -173,21 +178,26 @@ async def test_a_window_whose_audit_fails_remembers_nothing_and_is_retried(
     window = Window(opened_at=time.monotonic(), due_after_s=0.1)
     for offset, n in ((10, 1), (11, 2), (12, 1)):  # customer 1 twice: two causes
         window.add(DirtyKey("customers", n, _cause(offset)), offset, 0.1)
-    part = _Partition("t.dirty", 0)
+    part = Partition("t.dirty", 0)
     try:
         async with ReachClient(definition.destination) as client:
-            syncer = Syncer(
+            blocks = TenantBlocks(definition.destination.tenant_probe)
+            sink = WindowSink(
                 definition,
-                client,
-                _Database(rows),  # type: ignore[arg-type]
-                last_sent,
-                _DeadLetters(),  # type: ignore[arg-type]
-                writer,
+                client=client,
+                db=_Database(rows),  # type: ignore[arg-type]
+                last_sent=last_sent,
+                producer=_DeadLetters(),  # type: ignore[arg-type]
+                audit=writer,
+                gate=blocks,
+                stats=SyncerStats(),
             )
-            syncer._consumer = consumer  # type: ignore[assignment]
+            syncer = Syncer(
+                definition, sink, blocks, stats=sink.stats, consumer_factory=lambda _: consumer
+            )
 
             # Reach accepts both, the audit topic does not: nothing remembered, not committed.
-            await syncer._run_window(part, window)
+            await syncer.run_window(part, window)
             assert part.failed is window and syncer.stats.retries == 1
             assert (consumer.commits, _keys(redis_url, prefix)) == ([], [])
             assert (syncer.stats.sent, syncer.stats.audited, writer.pending) == (0, 0, 2)
@@ -197,12 +207,13 @@ async def test_a_window_whose_audit_fails_remembers_nothing_and_is_retried(
             # The retry sends again, and remembers only once the audit was acknowledged.
             producer.acknowledge = True
             part.failed = None
-            await syncer._run_window(part, window)
+            await syncer.run_window(part, window)
             assert part.failed is None
             assert [[(tp.partition, tp.offset) for tp in c] for c in consumer.commits] == [
                 [(0, 13)]
             ]
     finally:
+        syncer.sink.close()
         await last_sent.close()
 
     assert redis_at_flush == [[], []]  # every flush happened before anything was remembered
@@ -266,7 +277,7 @@ async def test_single_writes_have_no_batch_and_a_delete_is_forgotten_only_once_r
             remembered = await last_sent.get_many("customers", ["7"])
             assert remembered == {"7": LastSent(tenant, sent[0].projected.hash)}
 
-            # Deleted in Reach, but the report fails: its tenant is still remembered, so the
+            # Removed in Reach, but the report fails: its tenant is still remembered, so the
             # delete is retried, not lost; the entry is in doubt since the delete went out.
             with pytest.raises(Retryable, match="audit topic"):
                 await deliver(Recomputed(rows={}, gone=[7]))

@@ -14,14 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from consumer.config import ConfigError, FieldMapping, Resource, load_definition
-from consumer.errors import Retryable
+from consumer.config import FieldMapping, Resource, load_definition
+from consumer.errors import DefinitionError, Retryable
 from consumer.records.audit import (
     PARTITIONER,
-    Accepted,
     AuditRecord,
     AuditWriter,
-    Deleted,
     audit_key,
     audit_message,
     audit_partition,
@@ -36,6 +34,7 @@ from consumer.records.audit import (
 from consumer.records.audit_read import AuditEntry, Query, describe_cause, history_lines
 from consumer.records.dlq_read import Position
 from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
+from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.projection import GROUP_COLUMN_PREFIX, Projected, project
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV, shop_definition
 from tests.unit.test_dirty import load_schema, schema_problems
@@ -44,7 +43,7 @@ SCHEMA = load_schema("audit-record.schema.json")
 DEFINITION = shop_definition()
 CUSTOMERS = DEFINITION.resources["customers"]
 TRANSACTIONS = DEFINITION.resources["transactions"]
-DESTINATION = "api.embedreach.com"
+DESTINATION = "127.0.0.1:8080"  # tests/shop_definition.py
 AT_MS = 1_795_400_000_123
 CDC = Cause(
     kind="cdc",
@@ -98,7 +97,7 @@ def _forms(value: str) -> set[str]:
 def test_an_upsert_names_every_field_sent_and_keeps_only_non_pii_values() -> None:
     projected = _customer()
     record = upsert_record(
-        "customers", CUSTOMERS, DESTINATION, Accepted(projected, [ROW_CAUSE, CDC], AT_MS)
+        "customers", CUSTOMERS, DESTINATION, Sent(projected, AT_MS, causes=[ROW_CAUSE, CDC])
     )
     assert record.fields == tuple(sorted([*CUSTOMERS.mapping, "segments"]))
     assert record.values == {
@@ -127,14 +126,14 @@ def test_an_upsert_names_every_field_sent_and_keeps_only_non_pii_values() -> Non
 
 
 def test_a_batch_send_has_its_batch_id_and_a_parked_record_says_so() -> None:
-    accepted = Accepted(_customer(), [CDC], AT_MS, batch_id="b-17", parked=True)
+    accepted = Sent(_customer(), AT_MS, causes=[CDC], batch_id="b-17", parked=True)
     record = upsert_record("customers", CUSTOMERS, DESTINATION, accepted)
     assert (record.mode, record.batch_id, record.outcome) == ("batch", "b-17", "parked")
 
 
 def test_causes_are_kept_in_order_up_to_the_windows_bound() -> None:
     causes = [Cause(kind="cdc", offset=i) for i in range(MAX_CAUSES + 3)]
-    record = upsert_record("customers", CUSTOMERS, DESTINATION, Accepted(_customer(), causes, 1))
+    record = upsert_record("customers", CUSTOMERS, DESTINATION, Sent(_customer(), 1, causes=causes))
     assert [c.offset for c in record.causes] == list(range(MAX_CAUSES))
 
 
@@ -148,7 +147,7 @@ def test_no_pii_and_nothing_unmapped_is_ever_in_the_encoded_record() -> None:
         projected.hash,
     )
     for item in (projected, tampered):
-        record = upsert_record("customers", CUSTOMERS, DESTINATION, Accepted(item, [CDC], AT_MS))
+        record = upsert_record("customers", CUSTOMERS, DESTINATION, Sent(item, AT_MS, causes=[CDC]))
         raw = encode_audit(record)
         for value in [*SECRETS.values(), "078-05-1120"]:
             for form in _forms(value):
@@ -169,7 +168,7 @@ def test_a_hashed_pii_field_is_named_but_its_hash_is_not_kept() -> None:
     resource = CUSTOMERS.model_copy(update={"mapping": mapping, "groups": None})
     projected = project(resource, _customer_row())
     assert projected.record["email"] == hashlib.sha256(b"ada.lovelace@example.com").hexdigest()
-    record = upsert_record("customers", resource, DESTINATION, Accepted(projected, [CDC], AT_MS))
+    record = upsert_record("customers", resource, DESTINATION, Sent(projected, AT_MS, causes=[CDC]))
     assert record.fields == ("customerId", "email", "phone")
     assert record.values == {"customerId": "42"}
     raw = encode_audit(record)
@@ -181,7 +180,7 @@ def test_a_hashed_pii_field_is_named_but_its_hash_is_not_kept() -> None:
 def test_audit_values_false_keeps_names_and_hash_only() -> None:
     resource = CUSTOMERS.model_copy(update={"audit_values": False})
     projected = project(resource, _customer_row())
-    record = upsert_record("customers", resource, DESTINATION, Accepted(projected, [CDC], AT_MS))
+    record = upsert_record("customers", resource, DESTINATION, Sent(projected, AT_MS, causes=[CDC]))
     assert record.values == {}
     assert record.fields == tuple(sorted([*CUSTOMERS.mapping, "segments"]))
     assert record.payload_sha256 == projected.hash
@@ -189,7 +188,7 @@ def test_audit_values_false_keeps_names_and_hash_only() -> None:
 
 
 def test_a_delete_records_no_payload() -> None:
-    deleted = Deleted("merchant-2", "42", [CDC], AT_MS, "del-9")
+    deleted = Removed("merchant-2", "42", AT_MS, "del-9", causes=[CDC])
     record = delete_record("customers", CUSTOMERS, DESTINATION, deleted)
     assert (record.kind, record.outcome, record.mode, record.batch_id) == (
         "delete",
@@ -206,8 +205,8 @@ def test_one_resources_delivery_becomes_upserts_then_deletes() -> None:
         "customers",
         CUSTOMERS,
         DESTINATION,
-        accepted=[Accepted(_customer(id=1), [CDC], 1), Accepted(_customer(id=2), [CDC], 2)],
-        deleted=[Deleted("merchant-1", "3", [CDC], 3, "del-1")],
+        accepted=[Sent(_customer(id=1), 1, causes=[CDC]), Sent(_customer(id=2), 2, causes=[CDC])],
+        deleted=[Removed("merchant-1", "3", 3, "del-1", causes=[CDC])],
     )
     assert [(r.kind, r.id) for r in records] == [("upsert", "1"), ("upsert", "2"), ("delete", "3")]
 
@@ -230,28 +229,30 @@ def test_the_destination_is_the_host_without_credentials_or_path(base_url: str, 
 
 def _examples() -> list[AuditRecord]:
     return [
-        upsert_record("customers", CUSTOMERS, DESTINATION, Accepted(_customer(), [CDC], AT_MS)),
+        upsert_record("customers", CUSTOMERS, DESTINATION, Sent(_customer(), AT_MS, causes=[CDC])),
         upsert_record(
             "customers",
             CUSTOMERS,
             DESTINATION,
-            Accepted(_customer(phone=None), [ROW_CAUSE] * 8, AT_MS, "b-1", parked=True),
+            Sent(_customer(phone=None), AT_MS, "b-1", causes=[ROW_CAUSE] * 8, parked=True),
         ),
         upsert_record(
             "transactions",
             TRANSACTIONS,
             "127.0.0.1:8080",
-            Accepted(
+            Sent(
                 project(
                     TRANSACTIONS,
                     {"id": "tx-1", "tenant": "m", "customer_id": 4, "status": "completed"},
                 ),
-                [Cause(kind="replay", topic="dlq", partition=0, offset=5)],
                 0,
                 "b-2",
+                causes=[Cause(kind="replay", topic="dlq", partition=0, offset=5)],
             ),
         ),
-        delete_record("customers", CUSTOMERS, DESTINATION, Deleted("m", "42", [], AT_MS, "d-1")),
+        delete_record(
+            "customers", CUSTOMERS, DESTINATION, Removed("m", "42", AT_MS, "d-1", causes=[])
+        ),
     ]
 
 
@@ -332,12 +333,12 @@ def test_the_audit_topic_defaults_from_the_dirty_topic(
 def test_the_audit_topic_is_set_in_the_example_and_must_be_its_own(tmp_path: Path) -> None:
     assert DEFINITION.topics.audit == "reach-sync.shop.audit"
     assert shop_definition(REACH_SYNC_AUDIT_TOPIC="x.audit").topics.audit == "x.audit"
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(DefinitionError) as caught:
         load_definition(_topics(tmp_path, dirty="a", dead_letter="b", audit="a"), OFFLINE_ENV)
     assert caught.value.problems == [
         "topics: Value error, audit must be a topic of its own, not the dirty or dead-letter topic"
     ]
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(DefinitionError) as caught:
         load_definition(_topics(tmp_path, dirty="a", dead_letter="b", audit="a b"), OFFLINE_ENV)
     assert caught.value.problems[0].startswith("topics.audit: String should match pattern")
 
@@ -393,8 +394,8 @@ def test_the_writer_produces_keyed_stamped_records_to_the_audit_topic() -> None:
     writer, producer = _writer()
     count = writer.record(
         "customers",
-        accepted=[Accepted(_customer(), [CDC], AT_MS)],
-        deleted=[Deleted("merchant-1", "9", [CDC], AT_MS + 1, "d-1")],
+        accepted=[Sent(_customer(), AT_MS, causes=[CDC])],
+        deleted=[Removed("merchant-1", "9", AT_MS + 1, "d-1", causes=[CDC])],
     )
     assert count == 2
     writer.flush()
@@ -402,14 +403,14 @@ def test_the_writer_produces_keyed_stamped_records_to_the_audit_topic() -> None:
     assert {p["topic"] for p in producer.produced} == {"reach-sync.shop.audit"}
     assert [p["timestamp"] for p in producer.produced] == [AT_MS, AT_MS + 1]
     first = decode_audit(producer.produced[0]["value"])
-    assert first.destination == "api.embedreach.com"
+    assert first.destination == DESTINATION
     assert writer.acknowledged == 2
 
 
 def test_flush_raises_until_the_broker_has_every_record_and_loses_none() -> None:
     writer, producer = _writer()
     producer.fail = lambda key: key == b"customers/7"
-    writer.record("customers", accepted=[Accepted(_customer(id=i), [CDC], i) for i in (6, 7, 8)])
+    writer.record("customers", accepted=[Sent(_customer(id=i), i, causes=[CDC]) for i in (6, 7, 8)])
     with pytest.raises(Retryable, match="did not acknowledge 1 record: Broker: Not enough"):
         writer.flush()
     assert writer.pending == 1
@@ -427,7 +428,7 @@ def test_flush_raises_until_the_broker_has_every_record_and_loses_none() -> None
 def test_flush_raises_while_records_are_still_in_flight() -> None:
     writer, producer = _writer()
     producer.hold = True
-    writer.record("customers", accepted=[Accepted(_customer(), [CDC], AT_MS)])
+    writer.record("customers", accepted=[Sent(_customer(), AT_MS, causes=[CDC])])
     with pytest.raises(Retryable, match="1 still in flight"):
         writer.flush(0.01)
     producer.hold = False
@@ -448,7 +449,7 @@ def test_a_full_queue_keeps_the_record_for_the_next_flush() -> None:
         real_produce(topic, **kwargs)
 
     producer.produce = full_once  # type: ignore[method-assign]
-    writer.record("customers", accepted=[Accepted(_customer(), [CDC], AT_MS)])
+    writer.record("customers", accepted=[Sent(_customer(), AT_MS, causes=[CDC])])
     assert writer.pending == 1
     writer.flush()
     assert (writer.pending, writer.acknowledged) == (0, 1)
@@ -468,7 +469,7 @@ def test_a_cause_reads_table_op_position_lsn_and_source_time() -> None:
 def test_history_lines_show_time_kind_outcome_hash_tenant_batch_fields_and_causes() -> None:
     projected = _customer()
     record = upsert_record(
-        "customers", CUSTOMERS, DESTINATION, Accepted(projected, [CDC], AT_MS, "b-3")
+        "customers", CUSTOMERS, DESTINATION, Sent(projected, AT_MS, "b-3", causes=[CDC])
     )
     lines = history_lines([AuditEntry(Position("t", 0, 5), record)])
     assert lines == [
@@ -478,7 +479,9 @@ def test_history_lines_show_time_kind_outcome_hash_tenant_batch_fields_and_cause
         "lifetimeValue, marketingOptIn, phone, segments",
         f"    cause:  {describe_cause(CDC)}",
     ]
-    delete = delete_record("customers", CUSTOMERS, DESTINATION, Deleted("m", "42", [], 0, "d-1"))
+    delete = delete_record(
+        "customers", CUSTOMERS, DESTINATION, Removed("m", "42", 0, "d-1", causes=[])
+    )
     assert history_lines([AuditEntry(Position("t", 0, 6), delete)]) == [
         "1970-01-01 00:00:00.000Z  delete  deleted   hash -             tenant m  batch d-1",
         "    cause:  (none recorded)",

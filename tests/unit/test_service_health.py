@@ -14,7 +14,7 @@ from reach_devstack.process import free_port
 from consumer.config import HealthSettings
 from consumer.errors import ConfigurationError
 from consumer.observe.progress import PartitionProgress
-from consumer.service import PROBE_STALE_S, _DependencyProbe, _Readiness
+from consumer.observe.readiness import PROBE_STALE_S, DependencyProbe, ServiceReadiness
 from tests.shop_definition import shop_definition
 
 
@@ -26,7 +26,7 @@ def _readyz(port: int) -> tuple[int, dict[str, object]]:
 def test_a_router_is_ready_once_its_loop_reports_partitions_and_not_while_stopping() -> None:
     definition = shop_definition()
     stop = threading.Event()
-    readiness = _Readiness(HealthSettings(port=0), definition, "router", stop)
+    readiness = ServiceReadiness(HealthSettings(port=0), definition, "router", stop)
     port = readiness.start()
     try:
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
@@ -50,7 +50,7 @@ def test_a_port_in_use_is_a_configuration_error_naming_health() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ConfigurationError, match=f"health: cannot listen on 127.0.0.1:{port}"):
-            _Readiness(HealthSettings(port=port), shop_definition(), "all", threading.Event())
+            ServiceReadiness(HealthSettings(port=port), shop_definition(), "all", threading.Event())
 
 
 def test_unreachable_dependencies_are_reported_and_a_stale_check_counts_as_failed() -> None:
@@ -59,7 +59,7 @@ def test_unreachable_dependencies_are_reported_and_a_stale_check_counts_as_faile
         REACH_SYNC_REDIS_URL=f"redis://127.0.0.1:{closed}/0",
         REACH_SYNC_DATABASE_URL=f"postgresql://reach:pw@127.0.0.1:{closed}/shop",
     )
-    probe = _DependencyProbe(definition)
+    probe = DependencyProbe(definition)
     now = time.monotonic()
     assert probe.ok("redis", now) and probe.ok("database", now)  # not checked yet
     probe.start()
@@ -70,6 +70,6 @@ def test_unreachable_dependencies_are_reported_and_a_stale_check_counts_as_faile
             time.sleep(0.05)
     finally:
         probe.close()
-    unstarted = _DependencyProbe(definition)  # never checked: fine at first, failed once stale
+    unstarted = DependencyProbe(definition)  # never checked: fine at first, failed once stale
     assert not unstarted.ok("redis", time.monotonic() + PROBE_STALE_S + 1)
     unstarted.close()

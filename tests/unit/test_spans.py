@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,13 +20,17 @@ from consumer.errors import Retryable
 from consumer.observe import telemetry
 from consumer.observe.spans import MAX_LINKS, links_from, traceparent_of, window_span
 from consumer.reach.client import ReachClient
-from consumer.records.audit import Accepted, Deleted
 from consumer.router import loop as router
 from consumer.router.debezium import Change
 from consumer.router.dirty import Cause, DirtyKey, EntityId, decode_dirty, encode_dirty
 from consumer.sink.dedup import LastSent
+from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.recompute import Recomputed
-from consumer.syncer.loop import Syncer, _Partition
+from consumer.sink.tenant_gate import TenantBlocks
+from consumer.syncer.loop import Syncer
+from consumer.syncer.partitions import Partition
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
 from tests.shop_definition import shop_definition
 
@@ -79,7 +84,7 @@ class _LastSent:
 
 class _Audit:
     def record(
-        self, name: str, accepted: Iterable[Accepted] = (), deleted: Iterable[Deleted] = ()
+        self, name: str, accepted: Iterable[Sent] = (), deleted: Iterable[Removed] = ()
     ) -> int:
         return len(list(accepted)) + len(list(deleted))
 
@@ -97,12 +102,18 @@ class _Kafka:
         return None
 
 
+@dataclass(frozen=True)
+class _Traced:
+    exporter: InMemorySpanExporter
+    tracing: telemetry.Tracing
+
+
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
+def spans() -> Iterator[_Traced]:
     exporter = InMemorySpanExporter()
     tracing = telemetry.start_tracing(exporter=exporter)
     assert tracing is not None
-    yield exporter
+    yield _Traced(exporter, tracing)
     telemetry.stop_tracing(tracing)
 
 
@@ -110,15 +121,24 @@ def _reach(request: httpx.Request) -> httpx.Response:
     return httpx.Response(201, json={"data": {"id": "r-1"}})
 
 
-def _syncer(db: _Database) -> Syncer:
+def _syncer(db: _Database) -> tuple[Syncer, ReachClient]:
     definition = shop_definition(REACH_SYNC_JWT_SECRET="a-jwt-secret-of-at-least-32-bytes!")
     # Made while tracing is on: the client's requests are instrumented from its birth.
     client = ReachClient(definition.destination, transport=httpx.MockTransport(_reach))
     kafka: Any = _Kafka()
     stand_ins: Any = (db, _LastSent(), _Audit())
-    syncer = Syncer(definition, client, stand_ins[0], stand_ins[1], kafka, stand_ins[2])
-    syncer._consumer = kafka
-    return syncer
+    blocks = TenantBlocks(definition.destination.tenant_probe)
+    sink = WindowSink(
+        definition,
+        client=client,
+        db=stand_ins[0],
+        last_sent=stand_ins[1],
+        producer=kafka,
+        audit=stand_ins[2],
+        gate=blocks,
+        stats=SyncerStats(),
+    )
+    return Syncer(definition, sink, blocks, consumer_factory=lambda settings: kafka), client
 
 
 def _window(*parents: str | None) -> Window:
@@ -134,19 +154,19 @@ def _fields(cause: Cause) -> dict[str, Any]:
     return {f: getattr(cause, f) for f in cause.__struct_fields__}
 
 
-async def _run(syncer: Syncer, window: Window) -> None:
+async def _run(made: tuple[Syncer, ReachClient], window: Window) -> None:
+    syncer, client = made
     try:
-        await syncer._run_window(_Partition(TOPIC, 3), window)
+        await syncer.run_window(Partition(TOPIC, 3), window)
     finally:
-        syncer._audit_flusher.shutdown(wait=True)
-        await syncer.client.aclose()
+        syncer.sink.close()
+        await client.aclose()
 
 
-def _finished(exporter: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
-    tracing = telemetry._tracing  # spans are exported by the batch processor: flush it
-    assert tracing is not None and tracing.force_flush()
+def _finished(traced: _Traced) -> dict[str, list[ReadableSpan]]:
+    assert traced.tracing.force_flush()  # spans are exported by the batch processor: flush it
     by_name: dict[str, list[ReadableSpan]] = {}
-    for span in exporter.get_finished_spans():
+    for span in traced.exporter.get_finished_spans():
         by_name.setdefault(span.name, []).append(span)
     return by_name
 
@@ -156,7 +176,7 @@ def _parent_id(span: ReadableSpan) -> int | None:
 
 
 async def test_a_window_is_one_trace_down_to_each_reach_request(
-    spans: InMemorySpanExporter,
+    spans: _Traced,
 ) -> None:
     await _run(_syncer(_Database()), _window(TRACEPARENT, None, OTHER, TRACEPARENT))
     found = _finished(spans)
@@ -206,7 +226,7 @@ async def test_a_window_is_one_trace_down_to_each_reach_request(
 
 
 async def test_a_failed_window_records_the_error_type_never_its_message(
-    spans: InMemorySpanExporter,
+    spans: _Traced,
 ) -> None:
     failure = Retryable(f"source database unavailable for {EMAIL}")
     await _run(_syncer(_Database(fail=failure)), _window(None))
@@ -274,7 +294,7 @@ def test_the_router_puts_the_producers_trace_context_on_the_cause(
     change = Change("public.customers", "u", {"id": 7}, None, {"id": 7}, 1_000, 42)
     message = _Message(headers)
     message_arg: Any = message
-    cause = router._cause(message_arg, "shop.public.customers", 1, 30, change)
+    cause = router.cause_of(message_arg, "shop.public.customers", 1, 30, change)
     assert (cause.traceparent, message.reads) == (expected, 1)
     encoded = encode_dirty(DirtyKey("customers", 7, cause))
     assert (b"traceparent" in encoded) is (expected is not None)  # omitted when there is none

@@ -1,5 +1,5 @@
-"""How the syncer audits what delivery reports: each entity with its window's causes, and one
-flush of the audit writer at a time, shared by the windows whose records it covers."""
+"""How the window sink audits what delivery reports: each entity with its window's causes, and
+one flush of the audit writer at a time, shared by the windows whose records it covers."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from consumer.errors import Retryable
-from consumer.records.audit import Accepted, Deleted
 from consumer.router.dirty import Cause, DirtyKey
-from consumer.sink.delivery import Removed, Sent
+from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.projection import project
-from consumer.syncer.loop import Syncer
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
 from tests.shop_definition import shop_definition
 
@@ -26,14 +26,14 @@ class _Writer:
     releases it, then succeeds or raises as told."""
 
     def __init__(self) -> None:
-        self.recorded: list[tuple[str, list[Accepted], list[Deleted]]] = []
+        self.recorded: list[tuple[str, list[Sent], list[Removed]]] = []
         self.flushes = 0
         self.flushed_records: list[int] = []  # how many were recorded when each flush began
         self.release = threading.Event()
         self.fail = False
 
     def record(
-        self, name: str, accepted: Iterable[Accepted] = (), deleted: Iterable[Deleted] = ()
+        self, name: str, accepted: Iterable[Sent] = (), deleted: Iterable[Removed] = ()
     ) -> int:
         self.recorded.append((name, list(accepted), list(deleted)))
         return len(self.recorded[-1][1]) + len(self.recorded[-1][2])
@@ -47,20 +47,29 @@ class _Writer:
 
 
 @pytest.fixture
-def syncers() -> Iterator[list[Syncer]]:
-    """Syncers a test made; their audit flush threads are stopped when it ends."""
-    made: list[Syncer] = []
+def syncers() -> Iterator[list[WindowSink]]:
+    """Window sinks a test made; their audit flush threads are stopped when it ends."""
+    made: list[WindowSink] = []
     yield made
-    for syncer in made:
-        syncer._audit_flusher.shutdown(wait=True)
+    for sink in made:
+        sink.close()
 
 
-def _syncer(writer: _Writer, syncers: list[Syncer]) -> Syncer:
+def _syncer(writer: _Writer, syncers: list[WindowSink]) -> WindowSink:
     nothing: Any = None
     audit: Any = writer
-    syncer = Syncer(shop_definition(), nothing, nothing, nothing, nothing, audit)
-    syncers.append(syncer)
-    return syncer
+    sink = WindowSink(
+        shop_definition(),
+        client=nothing,
+        db=nothing,
+        last_sent=nothing,
+        producer=nothing,
+        audit=audit,
+        gate=nothing,
+        stats=SyncerStats(),
+    )
+    syncers.append(sink)
+    return sink
 
 
 def _window() -> Window:
@@ -87,13 +96,13 @@ async def _until(condition: Any) -> None:
     raise AssertionError("timed out")
 
 
-async def test_each_entity_is_audited_with_its_windows_causes(syncers: list[Syncer]) -> None:
+async def test_each_entity_is_audited_with_its_windows_causes(syncers: list[WindowSink]) -> None:
     writer = _Writer()
     writer.release.set()
     syncer = _syncer(writer, syncers)
     window = _window()
     removed = Removed("merchant-2", "6", 2_000, "d-1")
-    await syncer._audit(window, "transactions", [_sent(5, "b-1")], [removed])
+    await syncer.audit(window, "transactions", [_sent(5, "b-1")], [removed])
     ((name, (accepted,), (deleted,)),) = writer.recorded
     assert name == "transactions"
     assert [c.offset for c in accepted.causes] == [0, 2]
@@ -105,16 +114,16 @@ async def test_each_entity_is_audited_with_its_windows_causes(syncers: list[Sync
 
 
 async def test_windows_auditing_at_once_share_a_flush_that_began_after_their_records(
-    syncers: list[Syncer],
+    syncers: list[WindowSink],
 ) -> None:
     writer = _Writer()
     syncer = _syncer(writer, syncers)
     window = _window()
-    first = asyncio.ensure_future(syncer._audit(window, "transactions", [_sent(5)], []))
+    first = asyncio.ensure_future(syncer.audit(window, "transactions", [_sent(5)], []))
     await _until(lambda: writer.flushes == 1)
     # Written while the first flush runs: that flush may not cover them; the next one does.
     later = [
-        asyncio.ensure_future(syncer._audit(window, "transactions", [_sent(n)], []))
+        asyncio.ensure_future(syncer.audit(window, "transactions", [_sent(n)], []))
         for n in (6, 7, 8)
     ]
     await asyncio.sleep(0.05)
@@ -126,16 +135,16 @@ async def test_windows_auditing_at_once_share_a_flush_that_began_after_their_rec
 
 
 async def test_a_failed_flush_fails_every_window_it_covers_and_the_next_one_flushes_again(
-    syncers: list[Syncer],
+    syncers: list[WindowSink],
 ) -> None:
     writer = _Writer()
     writer.fail = True
     syncer = _syncer(writer, syncers)
     window = _window()
-    first = asyncio.ensure_future(syncer._audit(window, "transactions", [_sent(5)], []))
+    first = asyncio.ensure_future(syncer.audit(window, "transactions", [_sent(5)], []))
     await _until(lambda: writer.flushes == 1)
     later = [
-        asyncio.ensure_future(syncer._audit(window, "transactions", [_sent(n)], [])) for n in (6, 7)
+        asyncio.ensure_future(syncer.audit(window, "transactions", [_sent(n)], [])) for n in (6, 7)
     ]
     await asyncio.sleep(0.05)
     writer.release.set()
@@ -145,5 +154,5 @@ async def test_a_failed_flush_fails_every_window_it_covers_and_the_next_one_flus
     assert (writer.flushed_records, syncer.stats.audited) == ([1, 3], 0)
 
     writer.fail = False
-    await syncer._audit(window, "transactions", [_sent(8)], [])
+    await syncer.audit(window, "transactions", [_sent(8)], [])
     assert (writer.flushed_records, syncer.stats.audited) == ([1, 3, 4], 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -43,10 +44,10 @@ def test_sdk_disabled_wins_over_an_exporter() -> None:
 
 
 def test_exporters_are_chosen_by_otel_traces_exporter() -> None:
-    chosen = telemetry._exporters_from({"OTEL_TRACES_EXPORTER": "console, otlp,console"})
+    chosen = telemetry.exporters_from({"OTEL_TRACES_EXPORTER": "console, otlp,console"})
     assert [type(e) for e in chosen] == [ConsoleSpanExporter, OTLPSpanExporter]
     explicit = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
-    assert [type(e) for e in telemetry._exporters_from(explicit)] == [OTLPSpanExporter]
+    assert [type(e) for e in telemetry.exporters_from(explicit)] == [OTLPSpanExporter]
 
 
 @pytest.mark.parametrize(
@@ -70,9 +71,9 @@ def test_the_service_is_reach_sync_unless_the_environment_names_one(
 ) -> None:
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-    assert telemetry._resource().attributes[SERVICE_NAME] == "reach-sync"
+    assert telemetry.resource().attributes[SERVICE_NAME] == "reach-sync"
     monkeypatch.setenv("OTEL_SERVICE_NAME", "reach-sync-eu")
-    assert telemetry._resource().attributes[SERVICE_NAME] == "reach-sync-eu"
+    assert telemetry.resource().attributes[SERVICE_NAME] == "reach-sync-eu"
 
 
 def test_an_installed_provider_records_and_stopping_flushes(
@@ -137,6 +138,6 @@ def test_a_span_with_nothing_to_redact_is_passed_on_unchanged() -> None:
     provider = TracerProvider()
     with provider.get_tracer("test").start_as_current_span("dedup customers") as span:
         span.set_attribute("reach_sync.resource", "customers")
-    readable = span._readable_span()  # type: ignore[attr-defined]
+    readable: Any = span  # the SDK's span is a ReadableSpan once it has ended
     redacting.export([readable])
     assert exporter.get_finished_spans()[0] is readable

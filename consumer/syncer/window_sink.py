@@ -1,0 +1,262 @@
+"""One window through the sink: recompute, project, dedup, deliver, and make it durable.
+
+Every resource of the window is recomputed with one query and delivered at once (sink/); what
+Reach took is audited, and the audit topic has acknowledged it, before the last-sent store
+remembers it (delivery.py calls ``audit``); dead letters are acknowledged before the window may
+commit. The syncer's loop hands windows here inside the window's span (so every recompute, dedup
+and Reach request is its child) and commits what returns; anything raised fails the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from consumer.config import SyncDefinition
+from consumer.errors import Retryable
+from consumer.observe.metrics import instruments as metrics
+from consumer.observe.spans import recompute_span
+from consumer.reach.client import ReachClient
+from consumer.records.audit import FLUSH_TIMEOUT_S as AUDIT_FLUSH_S
+from consumer.records.audit import AuditWriter
+from consumer.records.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
+from consumer.router.dirty import Cause, EntityId
+from consumer.sink.dedup import LastSentStore
+from consumer.sink.delivery import (
+    DeadLetter,
+    DeliveryResult,
+    TenantGate,
+    deliver_resource,
+)
+from consumer.sink.follow import Outstanding
+from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.recompute import SourceDatabase
+from consumer.syncer.stats import SyncerStats
+from consumer.syncer.windows import Window
+
+__all__ = ["WindowSink"]
+
+log = logging.getLogger(__name__)
+
+# How long a window waits for the broker to acknowledge its dead letters.
+PRODUCER_FLUSH_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _AuditFlush:
+    """One flush of the audit writer: it covers the first ``covers`` audit writes."""
+
+    covers: int
+    done: asyncio.Future[None]
+
+
+class WindowSink:
+    """Processes windows for the syncer; ``process`` raises what fails one (SyncError).
+
+    What it talks to is passed in: the Reach client, the source database, the last-sent store,
+    the producer of dead letters, the audit writer, the tenant gate (which tenants Reach
+    refuses) and the process's record of batches not followed to their end.
+    """
+
+    def __init__(
+        self,
+        definition: SyncDefinition,
+        *,
+        client: ReachClient,
+        db: SourceDatabase,
+        last_sent: LastSentStore,
+        producer: Producer,
+        audit: AuditWriter,
+        gate: TenantGate,
+        stats: SyncerStats,
+        outstanding: Outstanding | None = None,
+    ) -> None:
+        self.definition = definition
+        self.stats = stats
+        self._client = client
+        self._db = db
+        self._last_sent = last_sent
+        self._producer = producer
+        self._audit = audit
+        self._gate = gate
+        self._outstanding = Outstanding() if outstanding is None else outstanding
+        self._dead_letter_failures: list[str] = []
+        # Audit flushes wait on the broker in this one thread, one at a time: never in the
+        # loop, and never filling the default executor while the broker is slow. Writes are
+        # counted so that a flush knows whose records it covers (_flush_audit).
+        self._audit_flusher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="audit-flush"
+        )
+        self._audit_writes = 0
+        self._audit_flush: _AuditFlush | None = None
+
+    def close(self) -> None:
+        """Wait for an audit flush still running; the sink takes no window after this."""
+        self._audit_flusher.shutdown(wait=True)
+
+    async def flush(self, timeout_s: float = PRODUCER_FLUSH_S) -> None:
+        """At shutdown: what was produced (dead letters) reaches the broker, bounded."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._producer.flush, timeout_s)
+
+    async def process(self, window: Window) -> None:
+        """Every resource of the window at once (their entities are independent): one recompute
+        query each, then delivery; then the dead letters, and what was held goes on the window.
+        A failure of one resource fails the window, after the others finished, so a retry never
+        overlaps work still in flight."""
+        window.held.clear()
+        outcomes = await asyncio.gather(
+            *(self._resource(window, name, ids) for name, ids in window.by_resource().items()),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for outcome in outcomes:
+            if isinstance(outcome, DeliveryResult):
+                for letter in outcome.dead:
+                    self._produce_dead_letter_record(window, letter)
+                for held in outcome.held:
+                    window.hold(held.resource, held.ids, held.tenant)
+        # Dead letters of this window, and any produced on arrival, are durable before the commit.
+        await self._flush_dead_letters()
+        if errors:
+            raise errors[0]
+        self.stats.windows += 1
+        self.stats.entities += len(window)
+
+    async def _resource(self, window: Window, name: str, ids: list[EntityId]) -> DeliveryResult:
+        resource = self.definition.resources[name]
+        started = time.perf_counter()
+        with recompute_span(name, len(ids)) as span:
+            recomputed = await self._db.recompute(resource, ids)
+            span.set_attribute("reach_sync.rows", len(recomputed.rows))
+        self.stats.recomputes += 1
+        recomputed_at = time.perf_counter()
+        metrics().recomputed(name, recomputed_at - started, len(recomputed.rows))
+
+        async def audit(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
+            await self.audit(window, name, sent, removed)
+
+        result = await deliver_resource(
+            name,
+            resource,
+            recomputed,
+            client=self._client,
+            last_sent=self._last_sent,
+            tenants=self._db,
+            gate=self._gate,
+            outstanding=self._outstanding,
+            on_accepted=audit,
+        )
+        # Rows the source could not give (recompute.py): dead-lettered, their entities alone.
+        result.dead += [DeadLetter(name, i, None, e) for i, e in recomputed.failed.items()]
+        log.debug(
+            "%s: %d ids, recompute %.0f ms, delivery %.0f ms (sent %d, skipped %d, deleted %d)",
+            name,
+            len(ids),
+            (recomputed_at - started) * 1000,
+            (time.perf_counter() - recomputed_at) * 1000,
+            result.sent,
+            result.skipped,
+            result.deleted,
+        )
+        self.stats.add(result)
+        metrics().delivered(name, result)
+        return result
+
+    async def audit(
+        self, window: Window, name: str, sent: Sequence[Sent], removed: Sequence[Removed]
+    ) -> None:
+        """Audit what Reach took of resource ``name`` in this window, each entity with the
+        window's causes, and return once the broker acknowledged every audit record (Retryable
+        otherwise, failing the window). Delivery calls this before the last-sent store
+        remembers those sends, so a send is never skipped as unchanged on a retry without its
+        audit record. After a failed flush the window's retry sends and audits again; the
+        writer also produces the unacknowledged records again, and ``audit why`` shows a record
+        produced twice once."""
+
+        def causes(entity_id: str) -> list[Cause]:
+            return window.causes.get((name, entity_id), [])
+
+        count = self._audit.record(
+            name,
+            accepted=[replace(s, causes=causes(s.projected.external_id)) for s in sent],
+            deleted=[replace(r, causes=causes(r.external_id)) for r in removed],
+        )
+        self._audit_writes += 1
+        await self._flush_audit()
+        self.stats.audited += count
+
+    async def _flush_audit(self) -> None:
+        """Return once the broker acknowledged every audit record written so far; raise the
+        flush's Retryable otherwise. One flush at a time, in its own thread: a flush that began
+        after this caller's records were written covers them, so windows auditing at once share
+        one flush (and its failure) instead of queueing one each."""
+        mine = self._audit_writes
+        while True:
+            flush = self._audit_flush
+            if flush is None or flush.done.done():
+                flush = self._start_audit_flush()
+            if flush.covers >= mine:
+                await asyncio.shield(flush.done)
+                return
+            await asyncio.wait([flush.done])  # began before these records: wait, then the next
+
+    def _start_audit_flush(self) -> _AuditFlush:
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._audit_flusher, self._audit.flush, AUDIT_FLUSH_S)
+        # Retrieved even when every window waiting on it was cancelled.
+        done.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self._audit_flush = _AuditFlush(self._audit_writes, done)
+        return self._audit_flush
+
+    # --- dead letters ----------------------------------------------------------------------------
+
+    def _produce_dead_letter_record(self, window: Window, letter: DeadLetter) -> None:
+        now_ms = int(time.time() * 1000)
+        record = dead_letter_record(
+            resource=letter.resource,
+            entity_id=letter.entity_id,
+            tenant=letter.tenant,
+            cause=window.first_cause(letter.resource, letter.entity_id),
+            error=letter.error,
+            attempts=1,
+            first_attempt_ms=now_ms,
+            last_attempt_ms=now_ms,
+            payload_sha256=letter.payload_hash,
+        )
+        produce_dead_letter(
+            self._producer, self.definition.topics.dead_letter, record, self._on_dead_letter
+        )
+        log.warning(
+            "dead-lettered %s %s: %s",
+            letter.resource,
+            letter.entity_id,
+            type(letter.error).__name__,
+        )
+
+    def _on_dead_letter(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._dead_letter_failures.append(str(err))
+
+    async def _flush_dead_letters(self) -> None:
+        """A dead letter is an outcome only once the broker has it."""
+        loop = asyncio.get_running_loop()
+        left = await loop.run_in_executor(None, self._producer.flush, PRODUCER_FLUSH_S)
+        failures, self._dead_letter_failures = self._dead_letter_failures, []
+        if left or failures:
+            raise Retryable(f"the dead-letter topic did not acknowledge: {failures[:1] or left}")
+
+    def dead_letter_event(self, message: Message, error: Exception) -> None:
+        """A dirty-topic message the syncer cannot read: to the dead-letter topic, made durable
+        with the next window's dead letters."""
+        event = DeadLetterEvent.from_message(message, error, stage="syncer")
+        produce_dead_letter(
+            self._producer, self.definition.topics.dead_letter, event, self._on_dead_letter
+        )
+        self.stats.dead_lettered += 1
