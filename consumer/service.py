@@ -24,7 +24,13 @@ from confluent_kafka import Producer
 
 from consumer.config import Destination, SyncDefinition
 from consumer.kafka import producer_settings
-from consumer.observe.metrics import MetricsHandle, metered_transport, start_metrics
+from consumer.observe.metrics import (
+    NO_INSTRUMENTS,
+    Instruments,
+    MetricsHandle,
+    metered_transport,
+    start_metrics,
+)
 from consumer.observe.readiness import ServiceReadiness
 from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport
@@ -85,8 +91,9 @@ def run_service(
         lag = () if readiness is None else (readiness.router, readiness.syncer_progress)
         meters = start_metrics(definition, stats, role=role, lag=lag)  # /metrics, OTLP
         if readiness is not None:
+            readiness.metrics = meters
             stats.health_port = readiness.start()
-        return _run_stages(definition, stop, role, stats, readiness)
+        return _run_stages(definition, stop, role, stats, readiness, meters.instruments)
     finally:
         if readiness is not None:
             readiness.close()
@@ -99,6 +106,7 @@ def _run_stages(
     role: Role,
     stats: ServiceStats,
     readiness: ServiceReadiness | None,
+    instruments: Instruments,
 ) -> ServiceStats:
     if role == "syncer":
         ensure_topics(definition)  # the router creates them itself when it runs
@@ -121,7 +129,7 @@ def _run_stages(
         router_thread = threading.Thread(target=route, name="router", daemon=True)
         router_thread.start()
     if role in ("all", "syncer"):
-        asyncio.run(_run_syncer(definition, stop, stats.syncer, readiness))
+        asyncio.run(_run_syncer(definition, stop, stats.syncer, readiness, instruments))
     else:
         stop.wait()
     if router_thread is not None:
@@ -139,6 +147,7 @@ async def _run_syncer(
     stop: threading.Event,
     stats: SyncerStats,
     readiness: ServiceReadiness | None = None,
+    instruments: Instruments = NO_INSTRUMENTS,
 ) -> SyncerStats:
     db = SourceDatabase(definition.source.database)
     last_sent = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
@@ -148,10 +157,10 @@ async def _run_syncer(
     await db.open()
     try:
         async with (
-            open_limiter(definition) as limiter,
+            open_limiter(definition, instruments) as limiter,
             ReachClient(
                 definition.destination,
-                transport=_reach_transport(definition.destination, circuit),
+                transport=_reach_transport(definition.destination, circuit, instruments),
                 before_request=limiter.before_request,
                 after_response=limiter.after_response,
             ) as client,
@@ -166,12 +175,14 @@ async def _run_syncer(
                 audit=audit,
                 gate=blocks,
                 stats=stats,
+                instruments=instruments,
             )
             syncer = Syncer(
                 definition,
                 sink,
                 blocks,
                 stats=stats,
+                instruments=instruments,
                 circuit=circuit,
                 progress=None if readiness is None else readiness.syncer_progress,
             )
@@ -183,7 +194,10 @@ async def _run_syncer(
         await db.close()
 
 
-def _reach_transport(destination: Destination, circuit: Circuit) -> httpx.AsyncBaseTransport:
+def _reach_transport(
+    destination: Destination, circuit: Circuit, instruments: Instruments
+) -> httpx.AsyncBaseTransport:
     """The client's default transport behind the circuit breaker, which sees every request
-    and its outcome there."""
-    return BreakerTransport(metered_transport(default_transport(destination)), circuit)
+    and its outcome there; counted into ``instruments``."""
+    metered = metered_transport(default_transport(destination), instruments)
+    return BreakerTransport(metered, circuit)

@@ -1,8 +1,10 @@
 """OpenTelemetry metrics: what the pipeline did, for Prometheus (``/metrics``) and OTLP.
 
-``start_metrics`` is called once by the service; it returns a handle with ``shutdown()``. Until
-then, and when nothing would read them, ``instruments()`` is a disabled set whose methods return
-at once, so the code that records pays (almost) nothing.
+``start_metrics`` is called once per service run; its handle holds the run's ``instruments``,
+which the service passes to what records (the syncer, its window sink, the rate limiter, the
+Reach transport), and its Prometheus ``exposition``. When nothing would read them the
+instruments are ``NO_INSTRUMENTS``, whose methods return at once, so recording costs (almost)
+nothing.
 
 Where a reader is attached (``exporters_from_env``): a Prometheus reader whenever the definition
 has a ``health`` port (``/metrics`` is served there; a reader costs nothing until a scrape
@@ -10,10 +12,6 @@ collects), plus OTLP over HTTP and/or the console when ``OTEL_METRICS_EXPORTER``
 ``OTEL_METRICS_EXPORTER=none`` (or ``OTEL_SDK_DISABLED=true``) turns everything off. The OTLP
 exporter and the export interval read the standard ``OTEL_EXPORTER_OTLP_*`` and
 ``OTEL_METRIC_EXPORT_*`` variables.
-
-The running service's instruments are held here, not passed down: the recording points (syncer,
-rate limiter, Reach transport) call ``instruments()``, so wiring metrics in touched one line at
-each. One service per process records (the last started; tests start and stop them in turn).
 
 Cost decides how each number is recorded. The router handles ~30k events/s and the syncer ~12k
 entities/s, and one call into the SDK costs several microseconds, so nothing is recorded per
@@ -28,7 +26,7 @@ event or per record:
   at a steady load, where the latency matters; a backlog's big windows are sampled);
 - gauges (consumer lag per partition, requests and bytes in flight, held entities) are read at
   collection from copies made for other threads: a collection runs on the scrape or export
-  thread, which never calls into a Kafka consumer (consumer/health.py says why).
+  thread, which never calls into a Kafka consumer (observe/progress.py says why).
 
 Attributes stay bounded: a resource of the definition, a stage, an outcome, an HTTP status or
 error class, a partition. Never a tenant or an entity id.
@@ -68,11 +66,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATENCY_SAMPLES_PER_WINDOW",
+    "NO_INSTRUMENTS",
     "Instruments",
     "MetricsHandle",
     "exporters_from_env",
-    "exposition",
-    "instruments",
     "metered_transport",
     "start_metrics",
 ]
@@ -293,32 +290,8 @@ def spread(values: Sequence[int], most: int) -> Sequence[int]:
     return [ordered[round(i * step)] for i in range(most)]
 
 
-_DISABLED = Instruments(NoOpMeterProvider().get_meter(METER_NAME), enabled=False)
-
-
-@dataclass
-class _Active:
-    instruments: Instruments = _DISABLED
-    registry: CollectorRegistry | None = None
-
-
-_active = _Active()
-
-
-def instruments() -> Instruments:
-    """The instruments of the running service (a disabled set when metrics are off)."""
-    return _active.instruments
-
-
-def exposition() -> tuple[bytes, str] | None:
-    """The running service's metrics in Prometheus' text format, and its content type; None
-    when no Prometheus reader is attached. Runs the asynchronous instruments' callbacks."""
-    registry = _active.registry
-    if registry is None:
-        return None
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+# What a run records into when metrics are off: every call returns at once.
+NO_INSTRUMENTS = Instruments(NoOpMeterProvider().get_meter(METER_NAME), enabled=False)
 
 
 # --- the Reach transport and the stages' own counts ---------------------------------------------
@@ -347,10 +320,11 @@ class _MeteredTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def metered_transport(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-    """``inner``, counted into the running service's metrics; ``inner`` itself when they are off."""
-    found = instruments()
-    return _MeteredTransport(inner, found.reach) if found.enabled else inner
+def metered_transport(
+    inner: httpx.AsyncBaseTransport, instruments: Instruments
+) -> httpx.AsyncBaseTransport:
+    """``inner``, counted into ``instruments``; ``inner`` itself when they are off."""
+    return _MeteredTransport(inner, instruments.reach) if instruments.enabled else inner
 
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
@@ -559,18 +533,26 @@ def _resource() -> Resource:
 
 @dataclass
 class MetricsHandle:
-    """The running service's metrics; ``shutdown`` sends a push exporter's last export and
-    turns recording off again."""
+    """One service run's metrics: the instruments its stages record into, its Prometheus
+    registry (``exposition``); ``shutdown`` sends a push exporter's last export."""
 
     provider: MeterProvider | None = None
-    instruments: Instruments = _DISABLED
+    instruments: Instruments = NO_INSTRUMENTS
     registry: CollectorRegistry | None = None
+
+    def exposition(self) -> tuple[bytes, str] | None:
+        """The metrics in Prometheus' text format, and its content type; None when no
+        Prometheus reader is attached. Runs the asynchronous instruments' callbacks."""
+        if self.registry is None:
+            return None
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def shutdown(self) -> None:
         if self.provider is None:
             return
-        if _active.instruments is self.instruments:
-            _active.instruments, _active.registry = _DISABLED, None
+        self.instruments, self.registry = NO_INSTRUMENTS, None
         self.provider.shutdown(timeout_millis=SHUTDOWN_TIMEOUT_MS)
         self.provider = None
 
@@ -609,6 +591,5 @@ def start_metrics(
     _StageCounts(stats, role in ("all", "router"), role in ("all", "syncer"), trackers).register(
         meter
     )
-    _active.instruments, _active.registry = found, registry
     log.info("metrics: %s", ", ".join(sorted(chosen)) or "test readers only")
     return MetricsHandle(provider, found, registry)

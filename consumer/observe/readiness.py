@@ -18,7 +18,7 @@ import redis
 from consumer.config import HealthSettings, SyncDefinition
 from consumer.errors import ConfigurationError
 from consumer.observe.health import HealthServer, Snapshot
-from consumer.observe.metrics import exposition
+from consumer.observe.metrics import MetricsHandle
 from consumer.observe.progress import ProgressTracker
 
 if TYPE_CHECKING:
@@ -56,13 +56,15 @@ class ServiceReadiness:
         self.router = ProgressTracker("router") if role in ("all", "router") else None
         self.syncer_progress = ProgressTracker("syncer") if role in ("all", "syncer") else None
         self.syncer: Syncer | None = None  # set once it exists
+        # The run's metrics, for /metrics, once they are started.
+        self.metrics = MetricsHandle()
         try:
             self._server = HealthServer(
                 settings.host,
                 settings.port,
                 self.snapshot,
                 settings.stall_after_s,
-                metrics=exposition,
+                metrics=lambda: self.metrics.exposition(),
             )
         except OSError as exc:
             raise ConfigurationError(

@@ -38,7 +38,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from consumer.config import RateLimit, SyncDefinition
-from consumer.observe.metrics import instruments as metrics
+from consumer.observe.metrics import NO_INSTRUMENTS, Instruments
 from consumer.reach.classify import retry_after_seconds
 from consumer.reach.client import RequestInfo
 from consumer.reach.group_share import GroupShare, group_key
@@ -141,8 +141,10 @@ class RequestLimiter:
         group: Share | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self._settings = settings
+        self._instruments = instruments
         self._clock = clock
         self._sleep = sleep
         self._credential = _Adaptive()
@@ -179,7 +181,7 @@ class RequestLimiter:
             if self._group_bucket is not None and self._group is not None:
                 await self._group_bucket.take(self._group.divisor / self._credential.scale)
             if self._pause_left(tenant) <= 0:
-                metrics().rate_limit_waited(self._clock() - started)  # counts waits only
+                self._instruments.rate_limit_waited(self._clock() - started)  # counts waits only
                 return
 
     def after_response(self, info: RequestInfo, response: httpx.Response) -> None:
@@ -272,7 +274,9 @@ class RequestLimiter:
 
 
 @asynccontextmanager
-async def open_limiter(definition: SyncDefinition) -> AsyncIterator[RequestLimiter]:
+async def open_limiter(
+    definition: SyncDefinition, instruments: Instruments = NO_INSTRUMENTS
+) -> AsyncIterator[RequestLimiter]:
     """The limiter of ``definition``, with its group membership in Redis while it runs.
 
     Always a limiter: even with no limits configured, a 429's Retry-After pauses its tenant.
@@ -287,7 +291,7 @@ async def open_limiter(definition: SyncDefinition) -> AsyncIterator[RequestLimit
         )
         await group.start()
     try:
-        yield RequestLimiter(settings, group=group)
+        yield RequestLimiter(settings, group=group, instruments=instruments)
     finally:
         if group is not None:
             await group.close()

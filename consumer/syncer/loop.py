@@ -39,7 +39,7 @@ from consumer.kafka import (
     describe_partitions,
     release_consumer,
 )
-from consumer.observe.metrics import instruments as metrics
+from consumer.observe.metrics import NO_INSTRUMENTS, Instruments
 from consumer.observe.progress import ProgressTracker, high_watermark
 from consumer.observe.spans import span_failed, window_span
 from consumer.reach.breaker import Circuit
@@ -123,6 +123,8 @@ class Syncer:
     circuit: Circuit | None = None
     # Told each partition's done offset and high watermark as the loop runs, for readiness.
     progress: ProgressTracker | None = None
+    # What the loop records metrics into (metrics.py; off by default).
+    instruments: Instruments = NO_INSTRUMENTS
     # Makes the dirty topic's consumer from librdkafka settings (a test's stand-in, or Kafka's).
     consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer
     _partitions: dict[int, Partition] = field(default_factory=dict)
@@ -411,7 +413,7 @@ class Syncer:
             if committed:
                 latencies.append(max(0, now_ms - min(committed)))
         self.stats.latencies_ms.extend(latencies)
-        metrics().window_finished(window, latencies)  # once per window (metrics.py: cost)
+        self.instruments.window_finished(window, latencies)  # once per window (metrics.py: cost)
 
     def _schedule_retry(self, part: Partition, window: Window, error: SyncError) -> None:
         part.attempts += 1

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from consumer.config import SyncDefinition
 from consumer.errors import Retryable
-from consumer.observe.metrics import instruments as metrics
+from consumer.observe.metrics import NO_INSTRUMENTS, Instruments
 from consumer.observe.spans import recompute_span
 from consumer.reach.client import ReachClient
 from consumer.records.audit import FLUSH_TIMEOUT_S as AUDIT_FLUSH_S
@@ -61,7 +61,8 @@ class WindowSink:
 
     What it talks to is passed in: the Reach client, the source database, the last-sent store,
     the producer of dead letters, the audit writer, the tenant gate (which tenants Reach
-    refuses) and the process's record of batches not followed to their end.
+    refuses), the process's record of batches not followed to their end, and the instruments
+    metrics are recorded into.
     """
 
     def __init__(
@@ -76,8 +77,10 @@ class WindowSink:
         gate: TenantGate,
         stats: SyncerStats,
         outstanding: Outstanding | None = None,
+        instruments: Instruments = NO_INSTRUMENTS,
     ) -> None:
         self.definition = definition
+        self._instruments = instruments
         self.stats = stats
         self._client = client
         self._db = db
@@ -137,7 +140,7 @@ class WindowSink:
             span.set_attribute("reach_sync.rows", len(recomputed.rows))
         self.stats.recomputes += 1
         recomputed_at = time.perf_counter()
-        metrics().recomputed(name, recomputed_at - started, len(recomputed.rows))
+        self._instruments.recomputed(name, recomputed_at - started, len(recomputed.rows))
 
         async def audit(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
             await self.audit(window, name, sent, removed)
@@ -166,7 +169,7 @@ class WindowSink:
             result.deleted,
         )
         self.stats.add(result)
-        metrics().delivered(name, result)
+        self._instruments.delivered(name, result)
         return result
 
     async def audit(

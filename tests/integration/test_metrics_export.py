@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings
-from consumer.observe.metrics import instruments, start_metrics
+from consumer.observe.metrics import start_metrics
 from consumer.observe.progress import PartitionProgress
 from consumer.observe.readiness import ServiceReadiness
 from consumer.router.loop import RouterStats
@@ -32,6 +32,7 @@ def test_the_health_port_serves_prometheus_text_with_the_metrics() -> None:
     stats = ServiceStats()
     readiness = ServiceReadiness(definition.health, definition, "router", threading.Event())
     handle = start_metrics(definition, stats, role="router", lag=[readiness.router], env={})
+    readiness.metrics = handle
     port = readiness.start()
     try:
         stats.router = RouterStats(events=42, changes=40, dirty_keys=30, dead_lettered=2)
@@ -39,7 +40,7 @@ def test_the_health_port_serves_prometheus_text_with_the_metrics() -> None:
         readiness.router.observe(
             [PartitionProgress("shop.public.customers", 3, 100, 125)], time.monotonic()
         )
-        instruments().delivered("customers", DeliveryResult(sent=5, skipped=2))
+        handle.instruments.delivered("customers", DeliveryResult(sent=5, skipped=2))
         answer = httpx.get(f"http://127.0.0.1:{port}/metrics")
         # /healthz and /readyz still answer JSON beside it.
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "alive"}
@@ -128,7 +129,7 @@ def test_otlp_exports_the_metrics_to_a_collector_at_shutdown(
     stats = ServiceStats()
     handle = start_metrics(shop_definition(), stats)  # no health port: OTLP alone
     stats.syncer.dirty_keys = 9
-    instruments().delivered("transactions", DeliveryResult(sent=3, deleted=1))
+    handle.instruments.delivered("transactions", DeliveryResult(sent=3, deleted=1))
     handle.shutdown()
 
     assert collector.requests, "nothing was exported"

@@ -25,8 +25,6 @@ from consumer.observe.metrics import (
     LATENCY_SAMPLES_PER_WINDOW,
     MetricsHandle,
     exporters_from_env,
-    exposition,
-    instruments,
     metered_transport,
     spread,
     start_metrics,
@@ -57,11 +55,11 @@ def stats() -> ServiceStats:
 @pytest.fixture
 def running(
     reader: InMemoryMetricReader, stats: ServiceStats
-) -> Iterator[tuple[InMemoryMetricReader, ServiceStats]]:
+) -> Iterator[tuple[InMemoryMetricReader, ServiceStats, MetricsHandle]]:
     """Metrics of a service without a health port, collected by ``reader`` alone."""
     handle = start_metrics(shop_definition(), stats, env={}, readers=[reader])
     try:
-        yield reader, stats
+        yield reader, stats, handle
     finally:
         handle.shutdown()
 
@@ -109,11 +107,11 @@ def _window(entities: int, triggers_each: int, opened_s_ago: float) -> Window:
 
 
 def test_a_finished_window_records_its_size_age_coalescing_and_latencies(
-    running: tuple[InMemoryMetricReader, ServiceStats],
+    running: tuple[InMemoryMetricReader, ServiceStats, MetricsHandle],
 ) -> None:
-    reader, _ = running
-    instruments().window_finished(_window(2, 3, opened_s_ago=1.5), [100, 250, 2000])
-    instruments().window_finished(_window(4, 1, opened_s_ago=0.2), [])
+    reader, _, handle = running
+    handle.instruments.window_finished(_window(2, 3, opened_s_ago=1.5), [100, 250, 2000])
+    handle.instruments.window_finished(_window(4, 1, opened_s_ago=0.2), [])
     found = collect(reader)
 
     size = histogram(found["reach_sync.window.size"])
@@ -142,9 +140,9 @@ def test_a_big_window_records_evenly_spaced_latencies_and_a_small_one_all() -> N
 
 
 def test_delivery_outcomes_are_counted_per_resource_with_the_status_of_refusals(
-    running: tuple[InMemoryMetricReader, ServiceStats],
+    running: tuple[InMemoryMetricReader, ServiceStats, MetricsHandle],
 ) -> None:
-    reader, _ = running
+    reader, _, handle = running
     result = DeliveryResult(sent=3, skipped=2, deleted=1, parked=1)
     result.dead += [
         DeadLetter("customers", "1", "m-1", BadRecord("bad", status=422)),
@@ -152,9 +150,9 @@ def test_delivery_outcomes_are_counted_per_resource_with_the_status_of_refusals(
         DeadLetter("customers", "3", "m-1", BadRecord("failed in a batch")),
     ]
     result.held.append(Held("customers", "m-2", ("4", "5"), ConfigurationError("403")))
-    instruments().delivered("customers", result)
-    instruments().delivered("transactions", DeliveryResult(sent=4))
-    instruments().recomputed("customers", 0.02, 11)
+    handle.instruments.delivered("customers", result)
+    handle.instruments.delivered("transactions", DeliveryResult(sent=4))
+    handle.instruments.recomputed("customers", 0.02, 11)
     found = collect(reader)
 
     def outcome(resource: str, name: str, **more: Any) -> frozenset[tuple[str, Any]]:
@@ -178,18 +176,18 @@ def test_delivery_outcomes_are_counted_per_resource_with_the_status_of_refusals(
 
 
 async def test_the_reach_transport_counts_answers_by_status_and_what_is_in_flight(
-    running: tuple[InMemoryMetricReader, ServiceStats],
+    running: tuple[InMemoryMetricReader, ServiceStats, MetricsHandle],
 ) -> None:
-    reader, _ = running
+    reader, _, handle = running
     seen_in_flight: list[tuple[int, int]] = []
 
     async def reach(request: httpx.Request) -> httpx.Response:
-        seen_in_flight.append(instruments().reach.in_flight())
+        seen_in_flight.append(handle.instruments.reach.in_flight())
         if request.url.path == "/down":
             raise httpx.ConnectError("refused", request=request)
         return httpx.Response(429 if request.url.path == "/slow" else 200)
 
-    transport = metered_transport(httpx.MockTransport(reach))
+    transport = metered_transport(httpx.MockTransport(reach), handle.instruments)
     async with httpx.AsyncClient(transport=transport, base_url="http://reach") as client:
         await client.post("/ok", content=b"x" * 100)
         await client.get("/slow")
@@ -207,15 +205,17 @@ async def test_the_reach_transport_counts_answers_by_status_and_what_is_in_fligh
 
 
 async def test_a_rate_limit_wait_is_recorded_and_a_request_that_did_not_wait_is_not(
-    running: tuple[InMemoryMetricReader, ServiceStats],
+    running: tuple[InMemoryMetricReader, ServiceStats, MetricsHandle],
 ) -> None:
-    reader, _ = running
+    reader, _, handle = running
     now = [1000.0]
 
     async def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    limiter = RequestLimiter(None, clock=lambda: now[0], sleep=sleep)
+    limiter = RequestLimiter(
+        None, clock=lambda: now[0], sleep=sleep, instruments=handle.instruments
+    )
     request = RequestInfo("m-1", "upsert_one", 1)
     await limiter.before_request(request)  # nothing to wait for
     limiter.after_response(request, httpx.Response(429, headers={"Retry-After": "2"}))
@@ -344,11 +344,11 @@ def test_without_any_reader_nothing_is_recorded_and_the_transport_is_not_wrapped
     stats: ServiceStats,
 ) -> None:
     handle = start_metrics(shop_definition(), stats, env={})
-    assert handle.provider is None and not instruments().enabled
+    assert handle.provider is None and not handle.instruments.enabled
     inner = httpx.MockTransport(lambda request: httpx.Response(200))
-    assert metered_transport(inner) is inner
-    instruments().window_finished(_window(1, 1, 0.1), [5])  # returns at once
-    assert exposition() is None
+    assert metered_transport(inner, handle.instruments) is inner
+    handle.instruments.window_finished(_window(1, 1, 0.1), [5])  # returns at once
+    assert handle.exposition() is None
     handle.shutdown()
 
 
@@ -365,9 +365,9 @@ def test_with_a_health_port_the_prometheus_text_names_the_metrics_until_shutdown
     handle: MetricsHandle = start_metrics(_with_health(shop_definition()), stats, env={})
     try:
         stats.router = RouterStats(events=12)
-        instruments().delivered("customers", DeliveryResult(sent=2, skipped=1))
-        instruments().window_finished(_window(2, 1, 0.3), [120, 80])
-        found = exposition()
+        handle.instruments.delivered("customers", DeliveryResult(sent=2, skipped=1))
+        handle.instruments.window_finished(_window(2, 1, 0.3), [120, 80])
+        found = handle.exposition()
         assert found is not None
         text, content_type = found
     finally:
@@ -385,4 +385,4 @@ def test_with_a_health_port_the_prometheus_text_names_the_metrics_until_shutdown
     assert latency.type == "histogram"
     count = [s.value for s in latency.samples if s.name.endswith("_count")]
     assert count == [2]
-    assert exposition() is None  # shut down: /metrics answers 404 again
+    assert handle.exposition() is None  # shut down: /metrics answers 404 again
