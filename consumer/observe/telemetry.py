@@ -1,46 +1,11 @@
 """Tracing setup: a TracerProvider from the standard ``OTEL_*`` variables, once per process.
 
-Off unless ``OTEL_TRACES_EXPORTER`` names an exporter: then no SDK provider exists at all, the
-span helpers of spans.py return the invalid span at once (a function call a window and
-resource), and no client is instrumented: the hot path pays nothing for tracing it does not want.
-
-- ``OTEL_TRACES_EXPORTER``: ``none`` (the default), ``console`` (JSON spans on stdout; logs
-  stay on stderr) or ``otlp``; several, comma-separated, export to each.
-- ``otlp`` is OTLP over HTTP/protobuf (``opentelemetry-exporter-otlp-proto-http``): it needs no
-  gRPC runtime, and every collector accepts it (port 4318). Its own variables apply
-  (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``..._HEADERS``,
-  ``..._TIMEOUT``); a ``grpc`` protocol is refused rather than sent to the wrong port.
-- ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` make the resource (service name
-  ``reach-sync`` when neither names one); ``OTEL_TRACES_SAMPLER``/``_ARG`` the sampler;
-  ``OTEL_BSP_*`` the batch span processor; ``OTEL_SDK_DISABLED=true`` turns it all off.
-- ``OTEL_SEMCONV_STABILITY_OPT_IN`` defaults to ``http`` once tracing is on: the stable HTTP
-  attribute names (``http.request.method``, ``http.response.status_code``), not the old ones.
-
-What is instrumented, and why so:
-
-- the Reach client's HTTP requests, by ``opentelemetry-instrumentation-httpx`` on the client
-  (it wraps whatever transport the client has: here the circuit breaker over aiohttp), a CLIENT
-  span per request with method, URL (credentials stripped), status and the Reach tenant, and
-  the request's W3C ``traceparent`` header, so Reach's side can join the trace;
-- the dedup store's Redis commands, by ``opentelemetry-instrumentation-redis`` on that client
-  (commands are recorded as ``MGET ? ?``: never keys' values);
-- the recompute query, by hand (spans.py): ``opentelemetry-instrumentation-psycopg`` is
-  released only up to 0.66b1, which pins ``opentelemetry-instrumentation==0.66b1`` and cannot be
-  installed beside the httpx and redis instrumentations of 0.66b2 that this SDK (1.45.2) goes
-  with; one span per window and resource says as much;
-- Kafka, by hand at window level (spans.py), not by ``opentelemetry-instrumentation-
-  confluent-kafka``: that one wraps every ``produce`` and ``poll`` in a span per message, which
-  a batch consumer of 100k+ events/s cannot afford, and its spans would say nothing about
-  windows. The W3C context a producer put in a source event's ``traceparent`` header travels on
-  the dirty key instead, and the window span links to it.
-
-Every exported span goes through the same redaction as the logs (logs.Redactor: the
-definition's secrets by value, credential-shaped text, e-mail addresses) in its attributes,
-events, links and status, so an exception message or a header an operator chose to capture
-(``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST``) cannot carry one out.
-
-reach-sync's spans use the provider held here, never the API's global one: a test installs
-and removes one freely, and nothing else in the process is affected.
+Off unless ``OTEL_TRACES_EXPORTER`` names an exporter (``console``, ``otlp`` over HTTP): then no
+provider exists, spans.py returns the invalid span at once and no client is instrumented, so
+the hot path pays nothing. When on, the Reach client (httpx) and the dedup store (redis) are
+instrumented; the recompute and the window are spanned by hand (spans.py), Kafka never per
+message. Every exported span goes through the logs' redaction. reach-sync's spans use the
+provider held here, never the API's global one. Why each choice: docs/operations.md, "Tracing".
 """
 
 from __future__ import annotations
