@@ -54,7 +54,7 @@ PARTITIONS = 4
 KEYS = 50_000
 CONSUME_BATCH = 1000
 READY_TIMEOUT_S = 60.0
-# Local-broker group join in about 3 s (local-broker-notes.md).
+# Local-broker group join in about 3 s (docs/local-stack.md).
 SESSION_TIMEOUT_MS = 6000
 RUN_TIMEOUT_S = 900.0
 # Share of customer events (the rest are transactions), and each table's op mix.

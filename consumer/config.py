@@ -51,11 +51,12 @@ __all__ = [
     "load_definition",
 ]
 
-# Reach accepts at most 1000 records per batch request (reach-api.md §1).
+# Reach accepts at most 1000 records per batch request (docs/reach-api.md §1).
 REACH_MAX_BATCH = 1000
-# Reach documents no body limit; 1 MB per request is the client assumption of reach-api.md §7.17.
+# Reach documents no body limit; 1 MB per request is the client's assumption
+# (docs/reach-api.md §7.17).
 DEFAULT_MAX_REQUEST_BYTES = 1_000_000
-# librdkafka's default; the local broker wants about 6000 (local-broker-notes.md).
+# librdkafka's default; the local broker wants about 6000 (docs/local-stack.md).
 DEFAULT_SESSION_TIMEOUT_MS = 45_000
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -225,7 +226,7 @@ class Resource(_Strict):
     # store no longer knows (it was lost): the delete then goes to each, since deleting an id
     # a tenant does not have is a success. Without it such a delete is dead-lettered instead.
     tenants_query: str | None = None
-    # The audit record (consumer/audit.py) carries the values of this resource's pii: none fields
+    # The audit record (records/audit.py) carries the values of this resource's pii: none fields
     # and its groups; false keeps only field names and the payload hash. PII fields' values are
     # never audited either way.
     audit_values: bool = True
@@ -277,7 +278,7 @@ _Burst = Annotated[int, Field(ge=1, le=100_000, description="requests at once")]
 
 
 class RateLimit(_Strict):
-    """Token buckets for requests to Reach (reach-api.md §7 Q11); an unset rate is unlimited.
+    """Token buckets for requests to Reach (docs/reach-api.md §7 Q11); an unset rate is unlimited.
 
     Reach publishes no numbers, so they are the partner's to set. ``requests_per_s`` is one
     process's (one credential's) rate; ``group_requests_per_s`` is the whole consumer group's,
@@ -337,14 +338,14 @@ class Destination(_Strict):
     base_url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$")
     auth: Auth
     # What goes in reach-tenant-id: the tenant's external id (the partner's business id, as
-    # Reach's onboarding samples send it) or Reach's own tenant id (reach-api.md §2.2, §7 Q3).
+    # Reach's onboarding samples send it) or Reach's own tenant id (docs/reach-api.md §2.2, §7 Q3).
     tenant_id_mode: Literal["external_id", "id"] = "external_id"
     batch_size: int = Field(REACH_MAX_BATCH, ge=1, le=REACH_MAX_BATCH)
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=10_000, le=50_000_000)
     timeout_s: float = Field(30.0, gt=0, le=600)
     # Requests in flight to Reach at once, per process (one keep-alive connection each).
     max_connections: int = Field(32, ge=1, le=1000)
-    # Seconds a record may wait for a missing $ref target on Reach (reach-api.md §7.9).
+    # Seconds a record may wait for a missing $ref target on Reach (docs/reach-api.md §7.9).
     dependency_wait_timeout_s: int = Field(3600, ge=0, le=86_400)
     # Client-side rate limits; without them only Reach's 429s (and Retry-After) slow sends.
     rate_limit: RateLimit | None = None
@@ -387,7 +388,7 @@ class Topics(_Strict):
 
 
 class HealthSettings(_Strict):
-    """``/healthz`` and ``/readyz`` (consumer/health.py) on ``host:port``; ``port: 0`` takes a
+    """``/healthz`` and ``/readyz`` (observe/health.py) on ``host:port``; ``port: 0`` takes a
     free port (logged at startup). ``stall_after_s``: lag with no progress for this long makes
     the process not ready."""
 
@@ -398,7 +399,7 @@ class HealthSettings(_Strict):
 
 
 class InFlightBounds(_Strict):
-    """Process-wide bounds on the work a syncer holds (consumer/in_flight.py): dirty keys read
+    """Process-wide bounds on the work a syncer holds (syncer/in_flight.py): dirty keys read
     and not yet done (open, running, failed and held windows' entities, across the process's
     partitions) and the memory their windows take (estimated per entity and per cause kept:
     windows.py). When either is reached every partition is paused; they resume once both are

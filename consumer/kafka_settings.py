@@ -50,7 +50,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
     # librdkafka waits fetch.queue.backoff.ms (1000 by default) before refilling a full
-    # prefetch queue; a consumer that drains its queue quickly then idles (local-broker-notes.md).
+    # prefetch queue; a consumer that drains its queue quickly then idles (docs/local-stack.md).
     "fetch.queue.backoff.ms": 10,
     # Prefetch bounds. librdkafka's defaults (64 MiB queued, 100,000 messages, 50 MiB fetches)
     # let each consumer hold 150 MiB of a backlog; these held a bench's router at full speed

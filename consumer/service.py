@@ -4,7 +4,7 @@ Stage 1 (router) is synchronous confluent-kafka work and runs in its own thread;
 (syncer) runs on the event loop with the async Reach, database and Redis clients. A stop flag,
 set by SIGTERM or SIGINT, ends both: each drains, commits and leaves within a bounded time.
 
-With ``health`` in the definition, ``/healthz`` and ``/readyz`` (consumer/health.py) answer for
+With ``health`` in the definition, ``/healthz`` and ``/readyz`` (observe/health.py) answer for
 the whole life of the service, from what each stage's loop records and a probe of Redis and the
 source database.
 """

@@ -2,7 +2,7 @@
 
 Two sources, because neither tells all:
 
-- **The service's ``/readyz``** (consumer/health.py): readiness and its reasons, per stage and
+- **The service's ``/readyz``** (observe/health.py): readiness and its reasons, per stage and
   per assigned partition, Reach's circuit, Redis, the database, blocked tenants. It speaks for
   the one process behind the port only; with several processes in a group, the others' share is
   not in it (``--health-url`` may name each).
@@ -15,7 +15,7 @@ Two sources, because neither tells all:
 
 Approximations, chosen over reading the data: lag is the high watermark minus the committed
 offset. On Kafka that is exact. The local broker (Tansu) reports as high watermark the first
-offset of a partition's last record batch plus one (local-broker-notes.md), so there lag can be
+offset of a partition's last record batch plus one (docs/local-stack.md), so there lag can be
 short by up to that batch's size minus one, and a committed offset can be past the watermark
 (its lag is then shown as 0, and the partition's end as the committed offset). The dead-letter
 count is the high minus the low watermark per partition, short the same way on Tansu.

@@ -1,4 +1,4 @@
-"""``reach-sync status`` on screen: a ``StatusReport`` (consumer/status_report.py) as lines.
+"""``reach-sync status`` on screen: a ``StatusReport`` (consumer/cli/status_report.py) as lines.
 
 Pure functions of the report, kept apart from gathering so that what an operator reads (rates,
 the catch-up estimate, which partitions are shown, the notes on approximations) is tested

@@ -41,7 +41,7 @@ class ServiceReadiness:
     Each stage's loop records its partitions' progress into its tracker; the syncer's circuit
     and blocked tenants come from ``Syncer.health()``; Redis and the database from a probe of
     their own. Everything the server's thread reads is either immutable or made for reading
-    from any thread: it never calls into a consumer (consumer/health.py says why).
+    from any thread: it never calls into a consumer (consumer/observe/progress.py says why).
     """
 
     def __init__(

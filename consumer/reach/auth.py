@@ -1,6 +1,6 @@
 """Credentials for Reach: a partner-scoped HS256 JWT minted locally, or a static bearer key.
 
-reach-api.md §2.1 and §7 Q1: the server side uses a partner-scoped token (``partnerId``,
+docs/reach-api.md §2.1 and §7 Q1: the server side uses a partner-scoped token (``partnerId``,
 ``type: "partner"``) with the tenant in a header. The docs list no ``iat``/``exp`` for it; both
 are sent anyway so a leaked token dies on its own. Minting is an HMAC over a few bytes, but it
 happens on every request path, so the token is cached and replaced before it gets close to

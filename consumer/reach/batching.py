@@ -5,7 +5,7 @@ and every rule here is unit-tested on plain values.
 
 - **Cutting.** Each record is serialised once; a request body is those bytes joined inside a
   fixed envelope, so its size is known exactly before sending and a request never exceeds
-  ``max_request_bytes`` (reach-api.md §7 Q17) or the per-request count (§1: 1000).
+  ``max_request_bytes`` (docs/reach-api.md §7 Q17) or the per-request count (§1: 1000).
 - **Attributing a refusal.** A synchronous 400 may list the failing records (§7 Q4: ``errors:
   [{index?, externalId?, field?, message}]``, which the sandbox emits capped at 100 entries).
   ``named_errors`` maps those entries back to positions in the request; ``isolate`` turns a
@@ -73,7 +73,7 @@ class BodyShape(NamedTuple):
         return len(self.prefix) + len(self.suffix) + sum(len(i.json) for i in items) + commas
 
 
-# reach-api.md §3.1 (bare records under "resources") and §3.3 (cascade off, §7 Q8).
+# docs/reach-api.md §3.1 (bare records under "resources") and §3.3 (cascade off, §7 Q8).
 UPSERT_BODY = BodyShape(b'{"resources":[', b"]}")
 DELETE_BODY = BodyShape(b'{"externalIds":[', b'],"cascade":false}')
 
@@ -225,7 +225,7 @@ class BatchSubmission:
     ``unsent``: not sent because the call stopped at ``error`` (a ``Retryable`` or a
     ``ConfigurationError``); the batches accepted before it stay valid and must be tracked, which
     is why a mid-call failure is returned here rather than raised. A request that timed out is
-    counted as unsent although Reach may have accepted it (reach-api.md §7 Q12): its keys are
+    counted as unsent although Reach may have accepted it (docs/reach-api.md §7 Q12): its keys are
     also in ``in_doubt``, and Reach may hold a batch of them whose id nobody knows.
     """
 

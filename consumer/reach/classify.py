@@ -1,5 +1,5 @@
 """What a failed Reach request means: one table from an answer or a transport error to the
-error tree of ``consumer.errors`` (reach-api.md §7 Q4, Q11).
+error tree of ``consumer.errors`` (docs/reach-api.md §7 Q4, Q11).
 
 The engine decides by class alone (retry later, dead-letter, stop the tenant), so the table is
 in one place and carries what each decision needs: ``retry_after_s`` for a retry, the status

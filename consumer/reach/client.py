@@ -9,7 +9,7 @@ without touching call sites.
 
 A synchronous 400/422/413 on a batch is not an error of the batch but of some of its records:
 the records the refusal names are rejected and the rest resubmitted; a refusal that names none
-is bisected until each bad record stands alone (reach-api.md §7 Q4, Q6).
+is bisected until each bad record stands alone (docs/reach-api.md §7 Q4, Q6).
 """
 
 from __future__ import annotations
@@ -72,14 +72,14 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-# reach-api.md §7 Q8: at most 1000 externalIds per batch delete.
+# docs/reach-api.md §7 Q8: at most 1000 externalIds per batch delete.
 _MAX_DELETE_IDS = 1000
 # Polls of one wait_batches call in flight at once, and how fast their interval grows.
 _MAX_CONCURRENT_POLLS = 8
 _POLL_GROWTH = 1.5
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # reach-api.md §3.8: schema names
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # docs/reach-api.md §3.8: schema names
 _USER_AGENT = "reach-sync/0.1"
-# reach-api.md §3.4: batchType of an upload and of a delete.
+# docs/reach-api.md §3.4: batchType of an upload and of a delete.
 UPSERT_BATCH_TYPE = "PARTNER_RESOURCE_JSON_INGEST"
 DELETE_BATCH_TYPE = "PARTNER_RESOURCE_BATCH_DELETE"
 # How many of a tenant's newest batches are read to find one whose id an ambiguous answer lost:

@@ -1,6 +1,6 @@
 """Client-side rate limits for Reach: token buckets that Reach's own 429s tighten further.
 
-Reach publishes no limits (reach-api.md §5, §7 Q11), so the partner sets them in the sync
+Reach publishes no limits (docs/reach-api.md §5, §7 Q11), so the partner sets them in the sync
 definition (``destination.rate_limit``), and Reach's 429s are the ground truth on top. The
 ``ReachClient`` calls ``before_request`` before every request and ``after_response`` after every
 answer; it knows nothing else about limits, and this module nothing about Reach's formats.

@@ -1,6 +1,6 @@
 """Reading ``GET /api/batches/{id}``: whether a batch is done and which records failed.
 
-reach-api.md §3.4 leaves the status enum and the shape of ``errors.details`` open. The status
+docs/reach-api.md §3.4 leaves the status enum and the shape of ``errors.details`` open. The status
 values are §7 Q5's client assumptions; ``errors.details`` is read in the sandbox's shape
 (``{externalId: [{index, code, message, field?}]}``) and in plausible variants (a list of
 entries, plain strings). Whatever cannot be read is reported in ``notes`` and counted as failed
@@ -24,7 +24,7 @@ __all__ = [
     "parse_status",
 ]
 
-# reach-api.md §7 Q5: only "success" is documented; these are the client's assumptions.
+# docs/reach-api.md §7 Q5: only "success" is documented; these are the client's assumptions.
 _TERMINAL_OK = frozenset({"success", "completed", "partial_success"})
 _TERMINAL_BAD = frozenset({"failed", "error"})
 # Keys a failure entry might name its record with (the sandbox's first).

@@ -377,7 +377,7 @@ def messages_to_end(consumer: Consumer, topic: str, ends: dict[int, int]) -> Ite
     for ``READ_IDLE_TIMEOUT_S`` before that.
 
     Stopping on that event, not on the watermark alone, matters on the local broker, whose
-    watermark leaves out the rest of a partition's last record batch (local-broker-notes.md);
+    watermark leaves out the rest of a partition's last record batch (docs/local-stack.md);
     the event comes after the whole batch was delivered. On Kafka both are exact. Shared by
     every reader of a topic to its end (dead letters here, audit records in audit_read).
     """

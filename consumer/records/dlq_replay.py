@@ -166,7 +166,7 @@ def enqueue(
     """Produce dirty keys keyed ``resource/id`` and return how many once the broker acknowledged
     every one; raise Retryable if any was not (running the replay again is harmless).
 
-    ``progress`` is told how many were acknowledged so far, as they are (consumer/progress.py
+    ``progress`` is told how many were acknowledged so far, as they are (consumer/cli/progress.py
     decides what to show): acknowledged, not produced, because produce only queues."""
     topic = definition.topics.dirty
     failures: list[KafkaError] = []

@@ -3,7 +3,7 @@
 An event is a trigger, not data: all reach-sync needs from it is which table changed, how, the
 key and foreign-key columns of the before and after images, and where it came from. A typed
 msgspec Struct decodes exactly that and skips the rest, which matters because with schemas on,
-the schema block is about three quarters of every message (local-broker-notes.md).
+the schema block is about three quarters of every message (docs/local-stack.md).
 
 Kafka Connect's JsonConverter writes ``{"schema": ..., "payload": <envelope>}`` with schemas and
 the bare envelope without; one Struct with both shapes' fields decodes either in a single pass.

@@ -3,7 +3,8 @@
 A dirty key says "entity ``id`` of ``resource`` may have changed, because of ``cause``". It is
 keyed ``resource/id`` on the dirty topic, so every trigger of one entity, from any source topic
 or partition, lands in one partition and has one owner at a time: that is what serializes an
-entity's sends (design.md, "Why two stages"). Its JSON shape is ``schemas/dirty-key.schema.json``.
+entity's sends (docs/design.md, "Why two stages"). Its JSON shape is
+``schemas/dirty-key.schema.json``.
 """
 
 from __future__ import annotations

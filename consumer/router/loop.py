@@ -1,8 +1,8 @@
 """Stage 1, the router: Debezium change events in, dirty keys out, keyed by entity.
 
-Every change is planned into the entities it makes dirty (consumer/triggers.py) and produced to
-the dirty topic keyed ``resource/id``, so that each entity has one owner in stage 2 whatever
-topic or partition its triggers came from (design.md, "Why two stages"). Events that are fine but
+Every change is planned into the entities it makes dirty (router/triggers.py) and produced to the
+dirty topic keyed ``resource/id``, so that each entity has one owner in stage 2 whatever topic or
+partition its triggers came from (docs/design.md, "Why two stages"). Events that are fine but
 trigger nothing are counted; events that can never be used go to the dead-letter topic with the
 reason, and work goes on.
 

@@ -1,6 +1,6 @@
 """Which entities a change makes dirty: pure planning from the sync definition's triggers.
 
-A change event is a trigger, never data (design.md): from it we only need the ids of the
+A change event is a trigger, never data (docs/design.md): from it we only need the ids of the
 entities whose state may have changed. Where an id comes from decides whether it can be trusted:
 
 - a column of the event key (the row's own primary key) is always the real value;

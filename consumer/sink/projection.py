@@ -2,7 +2,7 @@
 
 Every record is the entity's full projected state: every mapped field is present, with an
 explicit ``null`` for a value that became empty, because Reach's upsert keeps absent fields and
-deletes a field only on ``null`` (reach-api.md §3.1). Only mapped fields leave the partner's
+deletes a field only on ``null`` (docs/reach-api.md §3.1). Only mapped fields leave the partner's
 system; ``pii: hash`` fields leave as a SHA-256. The hash is over the canonical JSON of exactly
 what is sent, so any change that matters to Reach changes it and nothing else does.
 

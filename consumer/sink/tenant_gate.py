@@ -1,7 +1,7 @@
 """Tenants Reach refuses (401/403): which are blocked, and when one request may probe again.
 
 Reach answers 401 or 403 when a tenant is not accessible with our credential (revoked,
-unknown, not ours: reach-api.md §7 Q4). No record of that tenant can succeed until a person
+unknown, not ours: docs/reach-api.md §7 Q4). No record of that tenant can succeed until a person
 fixes it, and retrying its records would only hammer Reach, so delivery asks this gate before
 it sends a tenant's records: ``open`` (send), ``closed`` (send nothing: the records are held by
 the syncer, neither sent nor dead-lettered nor committed past), or ``probe`` (send one record,
@@ -16,7 +16,7 @@ Which errors block a tenant is decided here, by the error's status and scope, on
 credential is refused for every tenant; Reach does not say, so each tenant is blocked on its
 own, which stops everything just the same, with one probe per tenant. Configuration errors of
 another scope (an unknown schema, a broken API contract, an unusable base URL) concern every
-tenant and fail their window, which retries slowly (syncer.py).
+tenant and fail their window, which retries slowly (syncer/loop.py).
 """
 
 from __future__ import annotations

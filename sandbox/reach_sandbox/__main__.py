@@ -11,7 +11,7 @@ from reach_sandbox.cli import add_arguments, run
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reach_sandbox",
-        description="A local server that behaves like the Reach API (see reach-api.md).",
+        description="A local server that behaves like the Reach API (see docs/reach-api.md).",
     )
     add_arguments(parser)
     return run(parser.parse_args())

@@ -1,4 +1,4 @@
-"""Synchronous single-resource routes and the resource list (reach-api.md §3.5, §3.6).
+"""Synchronous single-resource routes and the resource list (docs/reach-api.md §3.5, §3.6).
 
 Single writes validate synchronously whatever the batch validation mode, because their answer
 is the write's result. They take no ``dependencyWaitTimeout`` (§3.5 leaves it open): a ``$ref`` to

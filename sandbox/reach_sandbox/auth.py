@@ -1,4 +1,4 @@
-"""Who is calling, and for which tenant (reach-api.md §2 and §7 Q1-Q3).
+"""Who is calling, and for which tenant (docs/reach-api.md §2 and §7 Q1-Q3).
 
 Partner-scoped HS256 JWTs (``partnerId``, ``type: "partner"``, ``iat``, ``exp``) verified with the
 partner's configured secret; tenant-scoped JWTs (``tenantExternalId`` and friends) on ``/api/*``;

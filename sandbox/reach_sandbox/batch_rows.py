@@ -256,7 +256,7 @@ def list_batches(
 def batch_doc(
     row: dict[str, Any], registry: Registry, pending: list[PendingRecord] | None
 ) -> dict[str, Any]:
-    """The object of ``GET /api/batches/{id}`` (reach-api.md §3.4)."""
+    """The object of ``GET /api/batches/{id}`` (docs/reach-api.md §3.4)."""
     schema = registry.schemas.get(row["schema_id"])
     total, failed, successful = row["total"], row["failed"], row["successful"]
     errors = orjson.loads(row["errors"]) if row["errors"] else {"summary": {}, "details": {}}

@@ -2,7 +2,7 @@
 
 The model is frozen and strict with extra keys forbidden, so a typo in a test's config fails the
 start-up with the field's path instead of silently running a different sandbox. Every switch
-defaults to the behaviour reach-api.md §7 prescribes.
+defaults to the behaviour docs/reach-api.md §7 prescribes.
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ __all__ = [
 ]
 
 DEV_PARTNER_ID = "reach-sync-dev"
-# reach-api.md §1: at most 1000 resources per batch upload or patch; §7 Q8 applies it to deletes.
+# docs/reach-api.md §1: at most 1000 resources per batch upload or patch; §7 Q8 applies it to
+# deletes.
 _REACH_BATCH_LIMIT = 1000
-# reach-api.md §7 Q17: the sandbox's default request body cap.
+# docs/reach-api.md §7 Q17: the sandbox's default request body cap.
 _DEFAULT_BODY_CAP = 5 * 1024 * 1024
-# reach-api.md §3.1: dependencyWaitTimeout accepts 0 to 86400 seconds.
+# docs/reach-api.md §3.1: dependencyWaitTimeout accepts 0 to 86400 seconds.
 _MAX_DEPENDENCY_WAIT_S = 86400
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
 
@@ -92,7 +93,7 @@ class SchemaConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """Auth switches; defaults follow reach-api.md §7 Q1-Q3."""
+    """Auth switches; defaults follow docs/reach-api.md §7 Q1-Q3."""
 
     jwt_leeway_seconds: float = Field(default=0.0, ge=0.0)
     # §7 Q2: X-Tenant-Id only behind a flag, so client mistakes show up.

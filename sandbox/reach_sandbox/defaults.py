@@ -1,4 +1,4 @@
-"""Reach's default schema definitions (reach-api.md §4.1-§4.3), as the sandbox seeds them.
+"""Reach's default schema definitions (docs/reach-api.md §4.1-§4.3), as the sandbox seeds them.
 
 Field names and types are the documented ones. What the docs leave open is filled in as §7 Q15
 says and marked here: the required lists, the formats, and ``customerId``/``locationId`` of a

@@ -1,4 +1,4 @@
-"""Deleting resources with reach-api.md §3.3 reference rules (and §7 Q8 for the open cases).
+"""Deleting resources with docs/reach-api.md §3.3 reference rules (and §7 Q8 for the open cases).
 
 An absent id counts as deleted. Without ``cascade``, a resource that something outside the
 deletion still references is skipped and reported; with ``cascade``, whatever references a

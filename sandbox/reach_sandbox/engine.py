@@ -1,6 +1,6 @@
 """Applying upserts and patches to one schema of one tenant: merge, references, history.
 
-Semantics from reach-api.md §3.1/§3.2/§4.5 and §7: fields present overwrite, absent fields are
+Semantics from docs/reach-api.md §3.1/§3.2/§4.5 and §7: fields present overwrite, absent fields are
 kept, ``null`` deletes; a required field may not end up missing; ``reject`` fails an existing
 resource; a patch of an absent resource fails; a ``$ref`` to a missing resource fails, or parks
 the record when the request allows a dependency wait. Records of one call apply in order, and

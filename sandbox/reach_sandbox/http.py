@@ -1,7 +1,7 @@
 """The HTTP edge shared by every route: the response envelope, errors, bodies, query parameters.
 
 Every answer, success or not, uses Reach's envelope ``{"success", "message", "data"}``; errors add
-``errors: [{index?, externalId?, field?, message}]`` (reach-api.md §7 Q4). Handlers raise
+``errors: [{index?, externalId?, field?, message}]`` (docs/reach-api.md §7 Q4). Handlers raise
 ``ApiError`` and one exception handler renders it, so no route builds an error body by hand.
 """
 

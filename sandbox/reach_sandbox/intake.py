@@ -1,10 +1,10 @@
 """From a batch request body to the operations the worker applies.
 
-Shared by the batch routes and by start-up recovery (which re-reads the stored bodies of batches
-a previous run accepted but never finished), so both turn a body into the same records.
-In ``sync`` validation mode every record is checked here and any invalid one fails the whole
-request (reach-api.md §7 Q6); in ``async`` mode only the shape needed to name a record (an object
-with its external id) is checked here, and the rest is reported per record in the batch status.
+Shared by the batch routes and by start-up recovery (which re-reads the stored bodies of batches a
+previous run accepted but never finished), so both turn a body into the same records. In ``sync``
+validation mode every record is checked here and any invalid one fails the whole request
+(docs/reach-api.md §7 Q6); in ``async`` mode only the shape needed to name a record (an object with
+its external id) is checked here, and the rest is reported per record in the batch status.
 """
 
 from __future__ import annotations

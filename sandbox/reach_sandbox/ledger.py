@@ -1,6 +1,6 @@
 """Batch status values and progress counters.
 
-The status values sit in one table (reach-api.md §7 Q5 asks for that, because only ``success``
+The status values sit in one table (docs/reach-api.md §7 Q5 asks for that, because only ``success``
 is documented). A batch is ``pending`` until the worker takes it, ``processing`` until every
 record has an outcome (records parked on a missing ``$ref`` keep it there; they are counted in
 ``pendingRecords`` and ``processedRecords`` both), then ``success``, ``partial_success`` or
@@ -37,7 +37,7 @@ TERMINAL = frozenset({BatchStatus.SUCCESS, BatchStatus.PARTIAL_SUCCESS, BatchSta
 
 
 class BatchType(StrEnum):
-    """reach-api.md §3.4; which type each endpoint produces is §3.1-§3.3 [INF]."""
+    """docs/reach-api.md §3.4; which type each endpoint produces is §3.1-§3.3 [INF]."""
 
     INGEST = "PARTNER_RESOURCE_JSON_INGEST"
     PATCH = "PARTNER_RESOURCE_BATCH_PATCH"

@@ -1,4 +1,4 @@
-"""Partner routes: tenants, schema definitions, schema mappings (reach-api.md §3.7-§3.9).
+"""Partner routes: tenants, schema definitions, schema mappings (docs/reach-api.md §3.7-§3.9).
 
 Bodies are checked for the fields and types the docs list; fields the docs do not list are
 ignored rather than refused, because the two copies of the docs disagree on the optional ones.

@@ -1,4 +1,4 @@
-"""Records parked until the resources their ``$ref`` fields name exist (reach-api.md §4.5).
+"""Records parked until the resources their ``$ref`` fields name exist (docs/reach-api.md §4.5).
 
 Only the storage lives here: which records wait, on what, until when. Applying them when their
 dependencies appear is the write path's job (``store.py``), which keeps this module free of it.

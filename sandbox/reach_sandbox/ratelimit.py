@@ -1,4 +1,4 @@
-"""Token buckets per credential and per tenant (reach-api.md §7 Q11).
+"""Token buckets per credential and per tenant (docs/reach-api.md §7 Q11).
 
 A request needs a token from every bucket that applies; it takes from none unless all have one,
 so a tenant-level refusal does not also drain the credential's budget. Refusals carry

@@ -50,7 +50,8 @@ def one_resource(
 def included(
     conn: sqlite3.Connection, tenant_id: str, schema: SchemaDef, data: dict[str, Any]
 ) -> list[tuple[str, str, Stored]]:
-    """The resources a record's ``$ref`` fields point at, for ``included`` (reach-api.md §3.6)."""
+    """The resources a record's ``$ref`` fields point at, for ``included``
+    (docs/reach-api.md §3.6)."""
     found: list[tuple[str, str, Stored]] = []
     for prop, dst in schema.refs.items():
         value = data.get(prop)

@@ -38,7 +38,7 @@ TenantHeaderMode = Literal["either", "id", "external_id"]
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
-    """A business of a partner; ``doc`` holds the tenant fields of reach-api.md §3.7."""
+    """A business of a partner; ``doc`` holds the tenant fields of docs/reach-api.md §3.7."""
 
     id: str
     partner_id: str
@@ -122,7 +122,7 @@ class Registry:
         self._schema_names[(schema.partner_id, schema.name.lower())] = schema
 
     def schema(self, partner_id: str, name_or_id: str) -> SchemaDef | None:
-        """A partner's schema by case-insensitive name or by id (reach-api.md §3)."""
+        """A partner's schema by case-insensitive name or by id (docs/reach-api.md §3)."""
         found = self._schema_names.get((partner_id, name_or_id.lower()))
         if found is None:
             by_id = self.schemas.get(name_or_id)

@@ -1,7 +1,7 @@
 """How stored things look on the wire: timestamps, the dual-case Resource object, ids.
 
-Reach returns resource keys twice, in snake_case and camelCase (reach-api.md §3.5); doing that in
-one place keeps every endpoint consistent.
+Reach returns resource keys twice, in snake_case and camelCase (docs/reach-api.md §3.5); doing
+that in one place keeps every endpoint consistent.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def render_resource(
     updated_at: float,
     data: dict[str, Any],
 ) -> dict[str, Any]:
-    """The Resource object of reach-api.md §3.5."""
+    """The Resource object of docs/reach-api.md §3.5."""
     body = dual_case(
         {
             "schema_definition_id": schema_id,

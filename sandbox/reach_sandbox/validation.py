@@ -1,4 +1,5 @@
-"""Validating one schema's records: the top-level rules of reach-api.md §3 over compiled checks.
+"""Validating one schema's records: the top-level rules of docs/reach-api.md §3 over compiled
+checks.
 
 A ``null`` deletes a field, so it is valid unless the field is required; fields the schema does
 not define are rejected unless the request says ``ignoreUnknownFields``, in which case they are

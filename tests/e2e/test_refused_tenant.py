@@ -3,7 +3,7 @@ flowing; nothing of it is sent, dead-lettered or committed past; once access is 
 next probe finds it accepted and it catches up.
 
 The sandbox's error fault answers 403 for ``merchant-2``'s API requests, as Reach does for a
-tenant the credential may not reach (reach-api.md §7 Q3, Q4). Probes are made frequent through
+tenant the credential may not reach (docs/reach-api.md §7 Q3, Q4). Probes are made frequent through
 the definition (``destination.tenant_probe``), not by changing the defaults.
 """
 

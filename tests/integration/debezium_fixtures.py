@@ -117,7 +117,7 @@ def read_until(
 
     Partitions are assigned, not subscribed: no group join to wait for, and no committed offset
     to depend on. Counting what we expect is the end condition, because the local broker's high
-    watermark is not exact (local-broker-notes.md).
+    watermark is not exact (docs/local-stack.md).
     """
     consumer = Consumer(
         {

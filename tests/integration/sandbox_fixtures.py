@@ -77,7 +77,7 @@ def mint_partner_jwt(
     issued_at: float | None = None,
     **claims: Any,
 ) -> str:
-    """A partner-scoped HS256 token as reach-api.md §2.1 describes (``ttl_s`` < 0: expired)."""
+    """A partner-scoped HS256 token as docs/reach-api.md §2.1 describes (``ttl_s`` < 0: expired)."""
     iat = int(time.time() if issued_at is None else issued_at)
     payload = {"partnerId": partner_id, "type": "partner", "iat": iat, "exp": int(iat + ttl_s)}
     return jwt.encode({**payload, **claims}, secret, algorithm="HS256")

@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 4
 MESSAGES = 2000
-# Tansu completes a group join in about half of session.timeout.ms (local-broker-notes.md).
+# Tansu completes a group join in about half of session.timeout.ms (docs/local-stack.md).
 TEST_CONSUMER_SETTINGS = {
     "session.timeout.ms": 6000,
     "fetch.queue.backoff.ms": 10,

@@ -1,6 +1,6 @@
 """`reach-sync dlq list | replay` on the real broker, with no database to reach.
 
-Dead letters are written by reach-sync's own producing code (consumer/deadletter.py), both kinds:
+Dead letters are written by reach-sync's own producing code (records/deadletter.py), both kinds:
 events read back from a real source topic and rejected by the router's real decoder or trigger
 index, and records as the syncer writes them. The commands run through the CLI entry point; the
 dirty topic is read back by partition assignment and compared key for key. The definition's
@@ -395,7 +395,7 @@ def test_a_missing_dead_letter_topic_is_a_clear_error_and_is_not_created(
 def test_replay_reports_progress_on_stderr_as_the_broker_acknowledges(
     shop: Shop, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A replay this small is over before progress would show (consumer/progress.py waits a
+    """A replay this small is over before progress would show (consumer/cli/progress.py waits a
     second); shown from the start, its last line counts every acknowledged dirty key."""
     _write_dead_letters(shop)
     monkeypatch.setattr(commands, "Progress", functools.partial(Progress, delay_s=0.0, tty=False))

@@ -45,7 +45,7 @@ SHOP_SQL = ROOT / "devstack" / "reach_devstack" / "shop.sql"
 FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "postgres-json-with-schemas.jsonl"
 SOURCE_PARTITIONS = 4
 DIRTY_PARTITIONS = 8  # examples/shop.yaml
-# Joining takes about half the session timeout on the local broker (local-broker-notes.md).
+# Joining takes about half the session timeout on the local broker (docs/local-stack.md).
 ENV = {
     "REACH_SYNC_SESSION_TIMEOUT_MS": "6000",
     "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",

@@ -1,7 +1,7 @@
 """`reach-sync status` on the real broker: committed offsets, lag, rates and dead letters.
 
 Messages are produced one record batch each (a flush after every message): the local broker's
-high watermark is the first offset of a partition's last batch plus one (local-broker-notes.md),
+high watermark is the first offset of a partition's last batch plus one (docs/local-stack.md),
 so with one-message batches it is exact and the lag figures can be checked to the message.
 Offsets are committed for the router's and the syncer's groups by consumers that never
 subscribe, as a running service's commits would land. Nothing here needs a database.

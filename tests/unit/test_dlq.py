@@ -1,6 +1,6 @@
 """Dead letters read back: decoding, filters, the listing, and how a replay plans dirty keys.
 
-Messages are built with consumer/deadletter.py's own producing code (``dead_letter_message``)
+Messages are built with records/deadletter.py's own producing code (``dead_letter_message``)
 and confluent-kafka's ``Message``, so what is decoded here is byte for byte what the topic holds.
 """
 

@@ -1,4 +1,4 @@
-"""Metrics (consumer/metrics.py): what each recording point records, what the asynchronous
+"""Metrics (consumer/observe/metrics.py): what each recording point records, what the asynchronous
 instruments read from the stages' counts, which readers the environment attaches, and the
 Prometheus text the health port serves. An InMemoryMetricReader collects; no server runs."""
 
