@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.cli import commands
+from consumer.cli import records
 from consumer.cli.main import main
 from consumer.cli.progress import Progress
 from consumer.config import load_definition
@@ -398,7 +398,7 @@ def test_replay_reports_progress_on_stderr_as_the_broker_acknowledges(
     """A replay this small is over before progress would show (consumer/cli/progress.py waits a
     second); shown from the start, its last line counts every acknowledged dirty key."""
     _write_dead_letters(shop)
-    monkeypatch.setattr(commands, "Progress", functools.partial(Progress, delay_s=0.0, tty=False))
+    monkeypatch.setattr(records, "Progress", functools.partial(Progress, delay_s=0.0, tty=False))
     code, out, err = _run(capsys, "dlq", "replay", "--config", str(shop.config), "--kind", "record")
     assert code == 0 and "re-enqueued 3 dirty keys" in out
     first, *_, last = err.splitlines()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.cli.commands import ROLE_HELP, _definition_path
+from consumer.cli.commands import ROLE_HELP
+from consumer.cli.common import definition_path
 from consumer.cli.main import build_parser, main
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV
 
@@ -45,7 +46,7 @@ def test_every_command_takes_the_definition_as_file_or_with_config(
         [*words, DEFINITION, *rest, "--config", f"./{DEFINITION}"],  # the same file twice
     ]
     for argv in given:
-        assert _definition_path(parser.parse_args(argv)) in (
+        assert definition_path(parser.parse_args(argv)) in (
             Path(DEFINITION),
             Path(f"./{DEFINITION}"),
         ), argv
@@ -64,7 +65,7 @@ def test_two_different_definitions_are_a_usage_error(
 ) -> None:
     args = build_parser().parse_args([*words, DEFINITION, *rest, "--config", "other.yaml"])
     with pytest.raises(SystemExit) as caught:
-        _definition_path(args)
+        definition_path(args)
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert f"reach-sync {' '.join(words)}: error: two sync definitions given" in err
@@ -77,7 +78,7 @@ def test_no_definition_is_a_usage_error(
 ) -> None:
     args = build_parser().parse_args([*words, *rest])
     with pytest.raises(SystemExit) as caught:
-        _definition_path(args)
+        definition_path(args)
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"usage: reach-sync {' '.join(words)}")
