@@ -24,13 +24,8 @@ from confluent_kafka import Producer
 
 from consumer.config import Destination, SyncDefinition
 from consumer.kafka import producer_settings
-from consumer.observe.metrics import (
-    NO_INSTRUMENTS,
-    Instruments,
-    MetricsHandle,
-    metered_transport,
-    start_metrics,
-)
+from consumer.observe.metrics import NO_INSTRUMENTS, Instruments, metered_transport
+from consumer.observe.metrics_setup import MetricsHandle, start_metrics
 from consumer.observe.readiness import ServiceReadiness
 from consumer.reach.breaker import BreakerTransport, Circuit
 from consumer.reach.client import ReachClient, default_transport

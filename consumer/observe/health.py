@@ -1,19 +1,13 @@
 """``/healthz`` and ``/readyz`` on a small HTTP port: is the process alive, is data flowing.
 
-Ready means more than "the process runs" (a pod that reported Ready while nothing flowed is the
-failure this exists for): partitions are assigned, Reach, Redis and the source database answer,
-and, when there is lag, progress was made recently. A stalled consumer with lag is not ready.
+Ready means more than "the process runs": partitions are assigned, Reach, Redis and the source
+database answer, and, when there is lag, progress was made recently. ``assess`` decides from a
+``Snapshot`` of the service's state alone, so the rule is tested without any server. The server
+is the standard library's, on a daemon thread, so it answers while the event loop is busy.
 
-The server is the standard library's, on a daemon thread: two GET routes do not need a
-framework, and it must keep answering while the event loop is busy. The service hands it a
-function that takes a ``Snapshot`` of its state; ``assess`` decides from that alone, so the
-rule is tested without any server.
-
-Progress is observed per partition by the thread that already uses each consumer (the router's
-loop, the syncer's event loop), at most once a second, into a ``ProgressTracker`` that the
-server's thread only reads. The server never calls into a consumer itself: confluent-kafka's
-``close()`` destroys the client with the GIL released before it marks itself closed, so a call
-from another thread during a close could touch freed memory.
+The server's thread only reads progress (observe/progress.py), never calls into a consumer:
+confluent-kafka's ``close()`` frees the client before it marks itself closed, so a call from
+another thread could touch freed memory. The long story: docs/design.md, "Health and readiness".
 """
 
 from __future__ import annotations

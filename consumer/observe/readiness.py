@@ -18,7 +18,7 @@ import redis
 from consumer.config import HealthSettings, SyncDefinition
 from consumer.errors import ConfigurationError
 from consumer.observe.health import HealthServer, Snapshot
-from consumer.observe.metrics import MetricsHandle
+from consumer.observe.metrics_setup import MetricsHandle
 from consumer.observe.progress import ProgressTracker
 
 if TYPE_CHECKING:

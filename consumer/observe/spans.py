@@ -1,24 +1,13 @@
 """The pipeline's spans: one trace per window, from its dirty keys to Reach's answers.
 
-The root is ``window <dirty topic>``, a CONSUMER span after the messaging semantic conventions
-for a "process" operation on a batch (system, destination, partition, consumer group; the
-window's offsets, entities and triggers). Under it, for each resource of the window,
-``recompute <resource>`` (the one query), ``dedup <resource>`` (the last-sent lookup and the
-skips) and ``deliver <resource>``, under which the Reach client's requests and the Redis writes
-get the CLIENT spans of their instrumentations (telemetry.py). Tasks started inside a span
-(one per resource, per tenant, per request) copy the context, so the tree holds across them.
+The root ``window <dirty topic>`` is a CONSUMER span; under it, per resource, ``recompute``,
+``dedup`` and ``deliver``, under which the instrumentations' CLIENT spans (telemetry.py) of the
+Reach requests and Redis writes. A window has no parent (its keys came from many events); it
+links to its causes' ``traceparent`` contexts, at most MAX_LINKS.
 
-A window has no parent: its keys came from many source events. Each event whose producer set
-a W3C ``traceparent`` Kafka header carries it on its cause in the dirty key (the router keeps
-the first causes of an entity, dirty.MAX_CAUSES), and the window span *links* to those
-contexts, at most MAX_LINKS distinct ones.
-
-Spans carry ids, counts, offsets and outcomes, never a record's values. A failure is recorded
-as its exception's type only (``error.type``): an exception's message can quote Reach's answer
-about a record, and the log line reporting it (which has this trace's id) has it, redacted.
-
-With tracing off (telemetry.enabled() is false) every helper here yields the invalid span
-without touching the context: the hot path pays a function call.
+Spans carry ids, counts, offsets and outcomes, never a record's values; a failure is recorded as
+``error.type`` only. With tracing off every helper yields the invalid span without touching the
+context: the hot path pays a function call. Why: docs/design.md, "Observability cost".
 """
 
 from __future__ import annotations

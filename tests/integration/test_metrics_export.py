@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings
-from consumer.observe.metrics import start_metrics
+from consumer.observe.metrics_setup import start_metrics
 from consumer.observe.progress import PartitionProgress
 from consumer.observe.readiness import ServiceReadiness
 from consumer.router.loop import RouterStats

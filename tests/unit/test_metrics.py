@@ -21,14 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import HealthSettings, SyncDefinition
 from consumer.errors import BadRecord, ConfigurationError
-from consumer.observe.metrics import (
-    LATENCY_SAMPLES_PER_WINDOW,
-    MetricsHandle,
-    exporters_from_env,
-    metered_transport,
-    spread,
-    start_metrics,
-)
+from consumer.observe.metrics import LATENCY_SAMPLES_PER_WINDOW, metered_transport, spread
+from consumer.observe.metrics_setup import MetricsHandle, exporters_from_env, start_metrics
 from consumer.observe.progress import PartitionProgress, ProgressTracker
 from consumer.reach.client import RequestInfo
 from consumer.reach.limits import RequestLimiter
