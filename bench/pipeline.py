@@ -97,7 +97,8 @@ from router import (  # type: ignore[import-not-found]
 )
 
 from consumer import service
-from consumer.config import Resource, SyncDefinition, load_definition
+from consumer.config import Resource, SyncDefinition
+from consumer.config_file import load_definition
 from consumer.kafka import abandoned_consumers
 from consumer.router.dirty import EntityId, decode_dirty
 from consumer.router.loop import RouterStats

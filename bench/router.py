@@ -1,9 +1,10 @@
 """How fast stage 1 routes, against what the consumer alone and decoding alone can do.
 
-Starts its own broker and Postgres (as tests/conftest.py does), preloads one topic (4 partitions,
-lz4) with ``--events`` Debezium-shaped customer and transaction events over 50,000 keys per
-table drawn from a Zipf distribution, with the schema block (about 3.5 KB) or, with
-``--no-schemas``, without it (about 700 B). Then, in the same run, ``--repeat`` times each:
+Starts its own broker and Postgres (as reach_devstack.pytest_fixtures does for the tests),
+preloads one topic (4 partitions, lz4) with ``--events`` Debezium-shaped customer and transaction
+events over 50,000 keys per table drawn from a Zipf distribution, with the schema block (about
+3.5 KB) or, with ``--no-schemas``, without it (about 700 B). Then, in the same run, ``--repeat``
+times each:
 
 - raw: confluent-kafka ``consume(1000)``, touching key and value;
 - decode: the same plus ``decode_event`` (the typed decoding ceiling);
@@ -42,7 +43,8 @@ from reach_devstack import postgres as pg_component
 from reach_devstack.process import ManagedProcess, free_port, unprivileged_user, wait_until
 from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.router.debezium import decode_event
 from consumer.router.loop import RouterStats, run_router
 

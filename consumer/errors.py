@@ -67,10 +67,19 @@ class DefinitionError(ConfigurationError):
     """The sync definition is invalid: raised when it is loaded, before any work starts.
 
     ``source`` is the file; ``problems`` lists its ``field.path: reason`` lines, all of them at
-    once. The message is one ``<file>: <field.path>: <reason>`` line per problem.
+    once, and ``lines`` the line of the file each is about (None: not known). The message is one
+    ``<file>:<line>: <field.path>: <reason>`` line per problem.
     """
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(
+        self, source: str, problems: list[str], lines: list[int | None] | None = None
+    ) -> None:
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(f"{source}: {problem}" for problem in problems))
+        self.lines = lines if lines is not None else [None] * len(problems)
+        super().__init__(
+            "\n".join(
+                f"{source}:{line}: {problem}" if line else f"{source}: {problem}"
+                for problem, line in zip(problems, self.lines, strict=True)
+            )
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "shop.yaml"
 OFFLINE_ENV = {

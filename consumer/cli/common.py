@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.errors import ConfigurationError, DefinitionError, SyncError
 from consumer.observe.logs import configure_logging, definition_secrets
 from consumer.records.dlq_read import (

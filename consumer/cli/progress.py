@@ -1,21 +1,13 @@
 """One line of progress for long operations: done of total, rate and ETA, on stderr.
 
-Used by ``reach-sync dlq replay`` (entities re-enqueued) and, through its formatting helpers, by
-the demo's live view. Stderr, so that a command's stdout (its report, ``--json`` lines) stays
-clean for scripts.
+Used by ``reach-sync dlq replay`` and, through its formatting helpers, by other views (the demo's
+live view, ``status``). Stderr, so that a command's stdout (its report, ``--json`` lines) stays
+clean for scripts. Nothing is shown for an operation shorter than ``DELAY_S``; on a terminal one
+line is redrawn in place at most every ``TTY_INTERVAL_S``, elsewhere a plain line comes every
+``PLAIN_INTERVAL_S``; once something was shown, ``finish`` writes a final line.
 
-What is written, and when:
-
-- nothing at all for an operation shorter than ``delay_s`` (1 s): a quick command stays quiet,
-  and its stderr stays empty for scripts that treat any output there as a problem;
-- on a terminal, one line redrawn in place (``\\r``), at most ``tty_interval_s`` apart (4 a
-  second: faster is flicker, and each redraw costs a write);
-- elsewhere (a log file, CI, a pipe), a plain line every ``plain_interval_s`` (5 s), so a log
-  shows the operation moving without a line per item;
-- once something was shown, a final line at ``finish``, with the elapsed time and mean rate.
-
-The arithmetic (``rate``, ``eta_s``, ``progress_line``) is pure and tested on its own; the clock
-and the stream are injected.
+The arithmetic (``rate``, ``eta_s``, ``progress_line``) is pure; the clock and the stream are
+injected. Why these choices: docs/design.md, "Reading the topics back".
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
 """``reach-sync status``: a running deployment's state, read from outside, on one screen.
 
-Two sources, because neither tells all:
+Two sources, because neither tells all: the service's ``/readyz`` (observe/health.py) speaks
+for the one process behind its port; Kafka gives both groups' committed offsets and watermarks,
+whichever process owns a partition. Offsets are read by consumers that carry the group's id but
+never subscribe: no rebalance of the running service, no commit. Lag and the dead-letter count
+are watermark arithmetic: exact on Kafka, possibly short on the local broker (Tansu).
 
-- **The service's ``/readyz``** (observe/health.py): readiness and its reasons, per stage and
-  per assigned partition, Reach's circuit, Redis, the database, blocked tenants. It speaks for
-  the one process behind the port only; with several processes in a group, the others' share is
-  not in it (``--health-url`` may name each).
-- **Kafka**: for both consumer groups (the router's ``<group_id>.router`` on the Debezium topics,
-  the syncer's ``<group_id>.syncer`` on the dirty topic), each partition's committed offset
-  against its high watermark, whichever process owns it; and the dead-letter topic's size.
-  Committed offsets are read with a consumer that carries the group's id but never subscribes:
-  it never joins the group (no rebalance of the running service) and never commits. Rates are
-  two samples of the committed offsets, so they count work finished (committed), not read.
-
-Approximations, chosen over reading the data: lag is the high watermark minus the committed
-offset. On Kafka that is exact. The local broker (Tansu) reports as high watermark the first
-offset of a partition's last record batch plus one (docs/local-stack.md), so there lag can be
-short by up to that batch's size minus one, and a committed offset can be past the watermark
-(its lag is then shown as 0, and the partition's end as the committed offset). The dead-letter
-count is the high minus the low watermark per partition, short the same way on Tansu.
-
-Gathering is one function per source into frozen dataclasses; ``consumer.cli.status_view`` turns a
-``StatusReport`` into lines, purely, so what is shown is tested without any server.
+Gathering is one function per source into frozen dataclasses; cli/status_view.py turns a
+``StatusReport`` into lines, purely. Details: docs/design.md, "Reading the topics back".
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each stage's loop records its partitions' progress into its tracker; the syncer's circuit and
 blocked tenants come from ``Syncer.health()``; Redis and the source database from a probe of
-their own, on a thread of its own. The server's thread only reads (docs/design.md, "Health").
+their own, on a thread of its own. The server's thread only reads (docs/design.md, "Health
+and readiness").
 """
 
 from __future__ import annotations

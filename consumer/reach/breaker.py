@@ -1,21 +1,13 @@
 """A circuit breaker for Reach: when everything sent to Reach fails for a while, stop sending.
 
-Retries with backoff already spread the load of a failing Reach, but every partition keeps
-retrying on its own, and each retry is a real request that waits for its timeout. Once every
-request has failed with a transient error (a connection refused, a timeout, a 5xx) for
-``open_after_s`` without a single success in between, the circuit opens: requests fail at once
-with ``Retryable``, without touching the network, so windows back off as for any retryable
-error; every ``probe_interval_s`` one request goes through as a probe, and its success closes
-the circuit. Any success closes it, whatever the state: Reach answers again.
+Once every request has failed for ``open_after_s`` without a success, requests fail at once with
+``Retryable``, without touching the network; every ``probe_interval_s`` one goes through as a
+probe, and any success closes the circuit. A transport error or a 5xx, 408 or 425 is a failure;
+any other answer (a 4xx is about the request, a 429 asks us to slow down) says Reach is up.
 
-What counts: a transport error (refused, reset, timed out) or an answer of 5xx, 408 or 425 is a
-failure; any other answer is a success, including 4xx, which are about the request (a 401 is a
-tenant's or a credential's business, not Reach's health), and 429, which says Reach is up and
-asks us to slow down (the rate limiter's business).
-
-The breaker sits in the HTTP transport (``BreakerTransport``), below the client: that is the
-one place that sees every request and its outcome, cancellations included, so a probe can never
-be lost; and it needs nothing from the client but its ``transport`` seam.
+It sits in the HTTP transport (``BreakerTransport``), below the client: the one place that sees
+every request and its outcome, cancellations included, so a probe can never be lost. The long
+story: docs/design.md, "The Reach client".
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """Client-side rate limits for Reach: token buckets that Reach's own 429s tighten further.
 
-Reach publishes no limits (docs/reach-api.md §5, §7 Q11), so the partner sets them in the sync
-definition (``destination.rate_limit``), and Reach's 429s are the ground truth on top. The
-``ReachClient`` calls ``before_request`` before every request and ``after_response`` after every
-answer; it knows nothing else about limits, and this module nothing about Reach's formats.
-
-Before a request goes, it waits, in order, for:
-
-1. a pause: after a 429, its tenant sends nothing until ``Retry-After`` (parsed once, by
-   ``classify.retry_after_seconds``); if 429s come from two tenants at once, the credential is
-   the one throttled, and every tenant pauses;
-2. its tenant's bucket, so a throttled tenant queues on its own and never takes the
-   process's budget from the others;
-3. the process bucket (one credential, every partition of the process);
-4. the process's share of the group bucket, ``1 / live members`` of the group total
-   (``group_share.GroupShare``), so N processes do not send N times the total.
-
-A 429 also halves the throttled scope's rate (at most once a second: the 429s of requests
-already in flight are one signal, not many); successes regain 10 % of the configured rate per
-second until it is whole again (AIMD, as TCP does). Buckets keep their configured rate and
-burst; a slowed request costs more tokens instead, so a change of rate never rebuilds a bucket
-(which would forget its level and strand its waiters).
+Reach publishes no limits (docs/reach-api.md §7 Q11): the definition sets them, and 429s tighten
+them. ``ReachClient`` calls ``before_request`` before every request and ``after_response`` after
+every answer, and knows nothing else about limits. A request waits, in order, for its tenant's
+pause (after a 429), its tenant's bucket, the process bucket and the process's share of the
+group bucket (``group_share.GroupShare``). A 429 halves the throttled scope's rate, at most once
+a second; successes win it back (AIMD). A slowed request costs more tokens, so a bucket is never
+rebuilt. Why: docs/design.md, "The Reach client"; operators: docs/operations.md, "Rate limits".
 """
 
 from __future__ import annotations

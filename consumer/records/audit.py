@@ -1,33 +1,13 @@
 """The audit topic: a durable record of every record Reach accepted and every entity it deleted.
 
-For each one it says where (tenant, Reach schema, destination host), when (``at_ms``), what (the
-payload's hash, the names of the fields sent, and the values the sync definition lets the audit
-keep) and why (the window's trigger causes), and how (single write or batch, Reach's batch id,
-the outcome). Its JSON shape is ``schemas/audit-record.schema.json``. A record skipped as
-unchanged is not a send and is never audited (the syncer counts those).
+What may be in a record is decided here, from the definition alone (``audited_fields``): never a
+``pii: send`` or ``pii: hash`` value, nor an unmapped column. A record skipped as unchanged was
+not sent and is not audited. Records are keyed ``resource/id`` with librdkafka's default
+partitioner pinned, so ``audit why`` reads only the entity's partition (``audit_partition``).
 
-What may be in a record is decided here, from the definition alone (``audited_fields``):
-
-- ``fields`` names the mapped fields and the groups field; nothing the mapping does not name.
-- ``values`` holds only fields with ``pii: none`` and the groups field (group names come from
-  the definition), and nothing at all when the resource sets ``audit_values: false``. A
-  ``pii: send`` value is personal data and never leaves Reach's request. A ``pii: hash`` value
-  is left out too, although it is already a SHA-256: an unsalted hash of an email or a phone
-  number is still personal data (anyone with a list of candidates can match it), and the audit
-  topic is a second store with its own readers and retention; ``payload_sha256`` already proves
-  what was sent.
-
-Records are keyed ``resource/id`` like the dirty topic, so one entity's history is in one
-partition, in order. The writer pins librdkafka's default partitioner (``consistent_random``:
-CRC-32 of the key modulo the partition count) whatever ``client_settings`` say, so that
-``reach-sync audit why`` can compute the partition (``audit_partition``) and read only it.
-
-The syncer (README, "Audit") calls ``AuditWriter.record`` with what Reach accepted
-(``Sent``) and deleted (``Removed``; sink/outcomes.py) as delivery reports each request, then
-``AuditWriter.flush``, before delivery remembers those sends in the last-sent store, and so
-before the window's offsets are committed; ``flush`` raises Retryable until the broker
-acknowledged every audit record, and keeps the unacknowledged ones to produce again, so none is
-lost while the process lives.
+The syncer calls ``AuditWriter.record`` as delivery reports each request, then ``flush``, before
+the sends are remembered in the last-sent store and offsets committed; ``flush`` raises Retryable
+until the broker acknowledged every record. The long story: docs/design.md, "Audit".
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
 """The dead-letter topic: where input that can never succeed goes, so work goes on without it.
 
-It carries two kinds, told apart by the ``reach-sync-dlq-kind`` header (all headers are listed in
-``schemas/dead-letter.schema.json``):
+Two kinds, told apart by the ``reach-sync-dlq-kind`` header (schemas/dead-letter.schema.json):
+``event``, a source event stage 1 could not use, kept as its original key, value and headers so
+it can be replayed, with where it came from and why in ``reach-sync-dlq-*`` headers; ``record``,
+a record Reach rejected, a JSON document keyed ``resource/id``.
 
-- ``event``: a source event stage 1 could not use (undecodable, unknown table, unusable id). Key
-  and value are the original bytes, unchanged, and the original headers are kept, so nothing is
-  lost and the event can be replayed once the cause is fixed. Where it came from and why it was
-  rejected travel in headers, like Kafka Connect's ``errors.deadletterqueue.context.headers``.
-- ``record``: a record Reach rejected (stage 2). The value is a JSON document following the
-  schema: which entity, why, Reach's answer (bounded), and the payload or only its hash when the
-  payload may not be stored. It is keyed ``resource/id`` like the dirty topic.
-
-Reasons are reach-sync's own messages, which name tables, columns and positions but never row
-values; Reach's response body is kept only in a record's value, cut to ``MAX_BODY_BYTES``.
+Reasons are reach-sync's own messages, naming tables, columns and positions, never row values;
+Reach's response body is kept only in a record's value, cut to ``MAX_BODY_BYTES``. More:
+docs/design.md, "The flow".
 """
 
 from __future__ import annotations

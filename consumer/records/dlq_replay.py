@@ -1,21 +1,12 @@
 """Replaying dead letters: plan the dirty keys they stand for, then enqueue them.
 
-This is the writing half of ``reach-sync dlq`` (the entries come from ``records.dlq_read``). It
-is kept apart from reading because it is the only part that produces anything, and because its
-rules are the router's and the dirty topic's, not the dead-letter topic's: planning is pure (no
-broker, no database) and is tested on its own, and only ``enqueue`` talks to Kafka.
-
-Replaying never re-sends what the dead letter holds. It makes the entities dirty again, through
-the dirty topic and the same encoder and key as the router (``router.dirty``), so the syncer
-recomputes them from the source database: a replay can never deliver a stale state. A ``record``
-dead letter names its entity; an ``event`` is routed again with the current definition (it may
-route now that the definition was fixed). Ids are kept as the dead letter holds them (a
-record's id as the syncer wrote it, text; a re-routed event's id as the router plans it, an int
-for an integer key): the replay needs no database to type them, because the syncer sends every
-id to Postgres as text and the query casts it to the key column's type, so ``7`` and ``"7"`` mix
-in one window and count as one entity. Nothing is deleted from the dead-letter topic (it is a
-log), and replaying twice is harmless: a recompute is idempotent and dedup skips what Reach
-already has.
+The writing half of ``reach-sync dlq`` (reading is records/dlq_read.py), kept apart because it
+is the only part that produces anything: planning is pure (no broker, no database) and tested on
+its own; only ``enqueue`` talks to Kafka. A replay never re-sends what a dead letter holds: it
+makes the entities dirty again with the router's encoder and key (router/dirty.py), so the
+syncer recomputes them and a replay can never deliver a stale state. Ids are kept as the dead
+letters hold them (the query casts them). Nothing is deleted from the dead-letter topic, and
+replaying twice is harmless. Why: docs/design.md, "Reading the topics back".
 """
 
 from __future__ import annotations

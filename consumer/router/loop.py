@@ -1,17 +1,13 @@
 """Stage 1, the router: Debezium change events in, dirty keys out, keyed by entity.
 
 Every change is planned into the entities it makes dirty (router/triggers.py) and produced to the
-dirty topic keyed ``resource/id``, so that each entity has one owner in stage 2 whatever topic or
-partition its triggers came from (docs/design.md, "Why two stages"). Events that are fine but
-trigger nothing are counted; events that can never be used go to the dead-letter topic with the
-reason, and work goes on.
+dirty topic keyed ``resource/id``, so each entity has one owner in stage 2 (docs/design.md, "Why
+two stages"). Events that trigger nothing are counted; unusable ones are dead-lettered.
 
-The loop, one batch at a time: consume, route, await acknowledgements, commit. A source offset is
-committed only after the producer acknowledged every dirty key and dead letter of the events up
-to it, so nothing is lost; a failed delivery rewinds the batch and routes it again (dirty keys
-are idempotent, so duplicates are harmless). Because a batch is finished before the next
-``consume``, and rebalance callbacks only run inside ``consume``, nothing is in flight when
-partitions are revoked.
+One batch at a time: consume, route, await acknowledgements, commit. A source offset is committed
+only after every dirty key and dead letter up to it was acknowledged; a failed delivery rewinds
+the batch (dirty keys are idempotent). Rebalance callbacks run only inside ``consume``, after the
+batch finished, so nothing is in flight at a revoke. More: docs/design.md, "The router".
 """
 
 from __future__ import annotations

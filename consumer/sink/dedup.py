@@ -1,24 +1,12 @@
 """The last-sent store: what Reach already has, so unchanged records are not sent again.
 
-Per (resource, entity id) it keeps the tenant and the hash of the last record Reach accepted.
-It is an optimisation, never a source of truth: a hash is written only after Reach accepted, and
-when Redis cannot be reached every lookup answers "unknown", so records are re-sent, never
-skipped. Before a send whose outcome could be ambiguous (a 5xx after Reach applied it, a batch
-whose status cannot be read) the entity's entry is put *in doubt* (its hash emptied, its tenant
-kept): if the send's outcome is never learned and the entity goes back to the state the entry
-held, the retry sends it instead of skipping it. That write must succeed before the send.
-
-When Redis cannot be reached the store cannot put anything in doubt, and a write that Redis did
-not confirm would leave an entry claiming a state Reach no longer holds once Redis answers
-again. So every unconfirmed write is *owed*: the store puts those entries in doubt (or removes
-them) before it answers anything else, as soon as Redis is back. Owed writes live in this
-process only (``OWED_MAX`` keys at most).
-
-Reads and writes of a window are one command each (MGET; MSET and UNLINK), never per key: one
-round trip, and one reply to parse instead of one per key.
-
-The tenant is kept beside the hash because a deleted entity has no row left to tell its tenant,
-and Reach's delete needs one.
+Per (resource, entity id) it keeps the tenant (a delete needs it) and the hash of the last record
+Reach accepted. An optimisation, never a source of truth: a hash is written only after Reach
+accepted, and without Redis every lookup answers "unknown": re-sent, never skipped. Before a
+send whose outcome could be ambiguous the entry is put *in doubt* (hash emptied, tenant kept),
+and that must succeed first. While Redis is away, unconfirmed writes are *owed* (in this process,
+``OWED_MAX`` at most) and put in doubt before anything else once it is back. A window's reads
+and writes are one command each. The long story: docs/design.md, "Ambiguous sends".
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """Following Reach batches to their end, and what an attempt could not follow.
 
-Reach applies a batch some time after accepting it (202), in no order relative to the tenant's
-other batches. An entity with two unfinished batches could see the older state land last: a
-stale overwrite nothing corrects. So a batch is never abandoned:
-
-- ``follow`` asks about accepted batches until they finished; a status read that fails is asked
-  again with backoff (full jitter, capped at ``STATUS_RETRY_CAP_S``), for at most
-  ``FOLLOW_BOUND_S`` of failed reads in a row;
-- what an attempt could not follow (the bound passed, the tenant was refused, the window was
-  cancelled) is kept in ``Outstanding``, and so is a batch request whose answer was lost (Reach
-  may hold a batch of it whose id was never learned). The next send of that resource to that
-  tenant in this process follows all of it to its end first.
-
-``Outstanding`` lives as long as the process: a crash or a revoke hands the entities to a new
-owner that knows nothing of it (docs/design.md, "Ambiguous sends").
+Reach applies batches in no order, so an entity with two unfinished batches could see the older
+state land last, a stale overwrite nothing corrects: a batch is never abandoned. ``follow`` asks
+about accepted batches until they finished, asking again after a failed status read with full
+jitter (capped at ``STATUS_RETRY_CAP_S``), for at most ``FOLLOW_BOUND_S`` of failures in a row.
+What an attempt could not follow, and a batch request whose answer was lost, is kept in
+``Outstanding``; the next send of that resource to that tenant in this process follows it to
+its end first. ``Outstanding`` dies with the process (docs/design.md, "Ambiguous sends").
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """Recompute: read the current state of a window's entities from the source database.
 
-One query per resource per window, ``WHERE key = ANY(%(ids)s)``: the definition's query, wrapped
-so that each group rule becomes a boolean column evaluated by the database at the same instant
-as the rest of the row. An id with no row in the result is an entity that no longer exists.
-
-A row that cannot be read affects its own entity alone: it is ``failed`` (dead-lettered with
-the reason), never ``gone`` (that would delete it from Reach), and the window goes on. A value
-the driver cannot load into Python ('infinity' timestamps, BC dates) is found row by row in the
-one result, its key loaded alone to name the entity. An error the server raises while computing
-a row (a data exception, SQLSTATE class 22, e.g. invalid UTF-8 in convert_from; or 21000, a
-scalar subquery with two rows for one entity) fails the whole query instead, so the ids are
-queried again in halves until each failing id stands alone: about 2·log2(n) queries per bad row.
-
-Errors of the query as such stay configuration errors: syntax, a missing column, permissions,
-and a data error that also happens with no ids at all (a constant that fails to cast). A query
-that fails for every row it computes cannot be told from every row being bad: each entity is
-dead-lettered with the server's message (about 2n queries for n ids), and ``dlq replay`` brings
-them back once it is fixed. Stalling the partition instead would hold up every other resource's
-entities in it, and bad input must never stall a partition.
-
-Reasons name the column and the driver's or server's message, never the value: the driver's
-quoted text and the server's double-quoted input are withheld (deadletter.py's rule).
+One query per resource per window, ``WHERE key = ANY(%(ids)s)``, each group rule a boolean column
+evaluated at the same instant as the row; an id with no row is an entity that no longer exists.
+A row that cannot be read affects its own entity alone: it is ``failed`` (dead-lettered), never
+``gone`` (that would delete it from Reach), found row by row (the driver's errors) or by querying
+the ids again in halves (the server's data errors). Errors of the query as such stay
+configuration errors. Reasons name the column and the message, never the value (deadletter.py's
+rule). The long story: docs/design.md, "Unreadable source rows".
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """Tenants Reach refuses (401/403): which are blocked, and when one request may probe again.
 
-Reach answers 401 or 403 when a tenant is not accessible with our credential (revoked,
-unknown, not ours: docs/reach-api.md §7 Q4). No record of that tenant can succeed until a person
-fixes it, and retrying its records would only hammer Reach, so delivery asks this gate before
-it sends a tenant's records: ``open`` (send), ``closed`` (send nothing: the records are held by
-the syncer, neither sent nor dead-lettered nor committed past), or ``probe`` (send one record,
-one request: the probe). A refused probe doubles the wait before the next one, up to a cap; an
-accepted probe unblocks the tenant, and its held records go into the next windows.
-
-One gate per process: every partition's windows carry entities of every tenant, and a tenant is
-refused or not whatever partition asks. At most one probe per tenant is in flight at a time.
-
-Which errors block a tenant is decided here, by the error's status and scope, once: 401 and 403
-(``scope`` "tenant or credential") and an unusable tenant name. A 401 may mean that the
-credential is refused for every tenant; Reach does not say, so each tenant is blocked on its
-own, which stops everything just the same, with one probe per tenant. Configuration errors of
-another scope (an unknown schema, a broken API contract, an unusable base URL) concern every
-tenant and fail their window, which retries slowly (syncer/loop.py).
+No record of a refused tenant can succeed until a person fixes it, and retrying would only
+hammer Reach, so delivery asks this gate first: ``open`` (send), ``closed`` (send nothing: the
+syncer holds the records) or ``probe`` (one record, one request). A refused probe doubles the
+wait, up to a cap; an accepted one unblocks the tenant. One gate per process (every partition
+carries every tenant), at most one probe per tenant in flight. Which errors block is decided
+here, once: 401, 403 and an unusable tenant name; configuration errors of another scope fail
+their window instead. The long story: docs/design.md, "Refused tenants: held entities and blocks".
 """
 
 from __future__ import annotations

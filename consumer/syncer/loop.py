@@ -1,18 +1,12 @@
-"""Stage 2, the syncer: dirty keys → windows → recompute → project → dedup → Reach → commit.
+"""Stage 2, the syncer's loop: poll the dirty topic, add keys to windows, run windows, commit.
 
-The main loop reads as its steps: poll the dirty topic, add keys to their partition's open
-window, bring back held entities whose tenant Reach accepts again (and one per due probe),
-start the windows that are due (at most one in flight per partition), commit the ones that
-finished, and pause partitions whose backlog or held entities are full. A window's offsets are
-committed only after every entity in it reached a durable outcome (sent, skipped, deleted or
-dead-lettered), and never past an entity still held (held.py: Reach refuses its tenant for now).
-What Reach accepted or deleted is audited (audit.py) as delivery reports it, before the last-sent
-store remembers it: the audit topic has acknowledged it before a retry could skip it as
-unchanged, and before the window's offsets are committed.
-
-confluent-kafka is synchronous: ``consume`` runs in a worker thread so the event loop keeps
-sending while it waits, and the rebalance callbacks (which run inside ``consume``) hand the
-revoked partitions to the loop and wait, bounded, for their windows to finish.
+Each step is a method, in the order the loop calls them: add what was polled to its partition's
+open window, bring back held entities whose tenant Reach accepts again, start due windows (one in
+flight per partition, in a task group; the window sink does the work), pause what is full, and
+observe progress. A window's offsets are committed only after every entity in it reached a
+durable outcome, never past an entity still held. ``consume`` runs in a worker thread; the
+rebalance callbacks hand revoked partitions to the loop and wait, bounded by a share of
+max.poll.interval.ms. The long story: docs/design.md, "The syncer".
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,14 +39,15 @@ from consumer.reach.breaker import Circuit
 from consumer.retry_policy import retry_delay
 from consumer.router.dirty import decode_dirty
 from consumer.sink.tenant_gate import TenantBlocks
-from consumer.syncer.held import HELD_BOUND, HeldEntity
+from consumer.syncer.health import Health, health_of
+from consumer.syncer.held import HeldEntity
 from consumer.syncer.in_flight import InFlight
-from consumer.syncer.partitions import Partition
+from consumer.syncer.partitions import BACKLOG_FACTOR, Partition
 from consumer.syncer.stats import SyncerStats
 from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Entity, Window
 
-__all__ = ["BlockedTenant", "Health", "Syncer", "SyncerStats"]
+__all__ = ["Syncer", "revoke_bound_s"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +58,6 @@ POLL_TIMEOUT_S = 0.1
 # person can fix it.
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
-# A partition whose open window holds this many times its resources' max_keys while another
-# window is in flight is paused: memory stays bounded under any backlog.
-BACKLOG_FACTOR = 4
 # How long a revoke may wait for in-flight windows before giving the partitions up uncommitted:
 # this share of max.poll.interval.ms (librdkafka's default 300 s: 60 s), so that the wait, the
 # final commit (FINAL_COMMIT_BOUND_S) and the next poll stay well inside it. An operator who
@@ -89,26 +80,6 @@ def revoke_bound_s(client_settings: Mapping[str, object]) -> float:
     max.poll.interval.ms the consumer runs with."""
     raw = client_settings.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS)
     return REVOKE_SHARE * int(str(raw)) / 1000
-
-
-@dataclass(frozen=True, slots=True)
-class BlockedTenant:
-    since: float  # epoch seconds
-    error: str
-    probes: int
-    held: int  # entities held for it in this process
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What the syncer knows about Reach, for readiness (health.py decides from it): the
-    circuit (anything but "closed" means Reach is failing), the tenants Reach refuses, and the
-    partitions whose window a configuration error of every tenant fails. The consumer stays in
-    its group whatever this says."""
-
-    circuit: str
-    blocked: dict[str, BlockedTenant]
-    stalled: dict[int, str]
 
 
 @dataclass
@@ -148,15 +119,7 @@ class Syncer:
     def health(self) -> Health:
         """For readiness (/readyz), from any thread: it reads copies of what the loop and the
         rebalance callbacks change."""
-        parts = list(self._partitions.items())
-        held = sum((p.held.by_tenant() for _, p in parts), Counter[str]())
-        blocked = {
-            tenant: BlockedTenant(block.since, str(block.error), block.probes, held[tenant])
-            for tenant, block in self.blocks.snapshot().items()
-        }
-        stalled = {n: str(p.stalled) for n, p in parts if p.stalled}
-        circuit = "closed" if self.circuit is None else self.circuit.state.value
-        return Health(circuit, blocked, stalled)
+        return health_of(list(self._partitions.items()), self.blocks, self.circuit)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -312,11 +275,8 @@ class Syncer:
         in-flight bound, until it is back below the low-water mark."""
         saturated = self._count_in_flight()
         for part in self._partitions.values():
-            backlog = len(part.open) if part.open is not None else 0
-            full = part.open is not None and backlog >= BACKLOG_FACTOR * self._max_keys(part.open)
-            busy = part.running is not None or part.failed is not None
-            # Too much held (a tenant refused for long): read no more until it is accepted.
-            stop = (full and busy) or len(part.held) >= HELD_BOUND or saturated
+            max_keys = self._max_keys(part.open) if part.open is not None else 0
+            stop = part.should_pause(max_keys) or saturated
             tp = [TopicPartition(part.topic, part.partition)]
             if stop and not part.paused:
                 self._consumer.pause(tp)
@@ -336,14 +296,8 @@ class Syncer:
     def _count_in_flight(self) -> bool:
         """Every dirty key read and not done yet, and the memory the windows' keys take (held
         entities are counted, not sized); True while the process is at its bound."""
-        records = size = 0
-        for part in self._partitions.values():
-            running = part.running_window if part.running is not None else None
-            for window in (part.open, running, part.failed):
-                if window is not None:
-                    records += len(window)
-                    size += window.size
-            records += len(part.held)
+        held = [p.in_flight() for p in self._partitions.values()]
+        records, size = sum(r for r, _ in held), sum(b for _, b in held)
         flight = self._in_flight
         saturated = flight.update(records, size)
         if flight.saturations > self.stats.in_flight_pauses:
@@ -403,15 +357,7 @@ class Syncer:
                 part.running = None
 
     def _record_latency(self, window: Window) -> None:
-        now_ms = int(time.time() * 1000)
-        latencies: list[int] = []
-        for entity, causes in window.causes.items():
-            if entity in window.held:
-                continue  # not accepted yet
-            # Snapshot reads ("r") carry the snapshot's time, not a commit's: not a latency.
-            committed = [c.source_ts_ms for c in causes if c.source_ts_ms and c.op != "r"]
-            if committed:
-                latencies.append(max(0, now_ms - min(committed)))
+        latencies = window.latencies_ms(int(time.time() * 1000))
         self.stats.latencies_ms.extend(latencies)
         self.instruments.window_finished(window, latencies)  # once per window (metrics.py: cost)
 

@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 
 from consumer.errors import ConfigurationError
 from consumer.observe.progress import PartitionProgress
-from consumer.syncer.held import HeldEntities
+from consumer.syncer.held import HELD_BOUND, HeldEntities
 from consumer.syncer.windows import Window
 
-__all__ = ["Partition"]
+__all__ = ["BACKLOG_FACTOR", "Partition"]
+
+# A partition whose open window holds this many times its resources' max_keys while another
+# window is in flight is paused: memory stays bounded under any backlog.
+BACKLOG_FACTOR = 4
 
 
 @dataclass
@@ -53,3 +57,18 @@ class Partition:
         or where its windows began while none has finished, against the high watermark."""
         done = self.done_offset if self.done_offset is not None else self.first_offset
         return PartitionProgress(self.topic, self.partition, done, high)
+
+    def in_flight(self) -> tuple[int, int]:
+        """Its dirty keys read and not done yet, and the memory its windows' keys take (held
+        entities are counted, not sized)."""
+        running = self.running_window if self.running is not None else None
+        windows = [w for w in (self.open, running, self.failed) if w is not None]
+        return sum(map(len, windows)) + len(self.held), sum(w.size for w in windows)
+
+    def should_pause(self, max_keys: int) -> bool:
+        """Its backlog window is full (``BACKLOG_FACTOR`` times ``max_keys``, the open window's
+        resources') while another is in flight, or it holds too much for a refused tenant."""
+        backlog = len(self.open) if self.open is not None else 0
+        full = self.open is not None and backlog >= BACKLOG_FACTOR * max_keys
+        busy = self.running is not None or self.failed is not None
+        return (full and busy) or len(self.held) >= HELD_BOUND

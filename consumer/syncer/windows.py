@@ -116,3 +116,15 @@ class Window:
     def first_cause(self, resource: str, entity_id: str) -> Cause:
         causes = self.causes.get((resource, entity_id))
         return causes[0] if causes else Cause(kind="unknown")
+
+    def latencies_ms(self, now_ms: int) -> list[int]:
+        """Source commit → now, per entity accepted (held ones are not yet); snapshot reads
+        carry the snapshot's time, not a commit's, so they are no latency."""
+        latencies: list[int] = []
+        for entity, causes in self.causes.items():
+            if entity in self.held:
+                continue
+            committed = [c.source_ts_ms for c in causes if c.source_ts_ms and c.op != "r"]
+            if committed:
+                latencies.append(max(0, now_ms - min(committed)))
+        return latencies

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from consumer.cli.progress import PLAIN_INTERVAL_S, format_duration, format_rate, rate
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.service import ServiceStats, run_service
 from reach_devstack.stack import (
     DEV_TENANTS,

@@ -12,7 +12,8 @@ import pytest
 from reach_devstack.demo import demo_env
 from reach_devstack.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.service import ServiceStats, run_service
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"

@@ -28,7 +28,8 @@ from reach_devstack.process import ManagedProcess, ProcessSpec
 from reach_devstack.stack import StackEndpoints
 from reach_devstack.verify import Difference, verify_sandbox
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.service import ServiceStats, run_service
 from tests.e2e.conftest import EXAMPLE, STOP_BOUND_S, TENANTS, shop_env
 
@@ -361,7 +362,7 @@ _STATS_PREFIX = "E2E-STATS "
 _LIVE_RUNNER = f"""
 import json, os, sys, threading
 from pathlib import Path
-from consumer.config import load_definition
+from consumer.config_file import load_definition
 from consumer.service import ServiceStats, install_stop_signals, run_service
 
 stop = threading.Event()

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from reach_devstack.stack import StackEndpoints
 
-from consumer.config import load_definition
+from consumer.config_file import load_definition
 from consumer.observe import telemetry
 from consumer.observe.logs import configure_logging, definition_secrets
 from tests.e2e.conftest import EXAMPLE, shop_env

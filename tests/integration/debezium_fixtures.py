@@ -1,8 +1,9 @@
 """Helpers for tests that need the Debezium runner: start it, read what it produced.
 
-The servers themselves (broker, Postgres, a fresh database) come from tests/conftest.py. What is
-here is plain functions and a context manager rather than fixtures, so a test module can build
-the fixtures it needs without importing fixture names (which linters rightly flag).
+The servers themselves (broker, Postgres, a fresh database) are fixtures of
+reach_devstack.pytest_fixtures (registered by the root conftest.py). What is here is plain
+functions and a context manager rather than fixtures, so a test module can build the fixtures it
+needs without importing fixture names (which linters rightly flag).
 """
 
 from __future__ import annotations

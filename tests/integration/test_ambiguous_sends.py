@@ -15,6 +15,12 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from reach_sandbox.testing import (
+    PARTNER_ID,
+    PARTNER_SECRET,
+    SandboxServer,
+    running_sandbox,
+)
 
 from consumer.config import Destination, Resource
 from consumer.errors import Retryable
@@ -24,12 +30,6 @@ from consumer.sink.delivery import DeliveryResult, deliver_resource
 from consumer.sink.follow import Outstanding
 from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.recompute import Recomputed
-from tests.integration.sandbox_fixtures import (
-    PARTNER_ID,
-    PARTNER_SECRET,
-    SandboxServer,
-    running_sandbox,
-)
 
 S0 = "before@example.com"
 S1 = "after@example.com"

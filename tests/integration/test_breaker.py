@@ -10,17 +10,17 @@ from collections.abc import Iterator
 import pytest
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
-
-from consumer.config import CircuitBreaker, Destination
-from consumer.errors import Retryable
-from consumer.reach.breaker import BreakerTransport, Circuit, CircuitState
-from consumer.reach.client import ReachClient
-from tests.integration.sandbox_fixtures import (
+from reach_sandbox.testing import (
     PARTNER_ID,
     PARTNER_SECRET,
     SandboxServer,
     running_sandbox,
 )
+
+from consumer.config import CircuitBreaker, Destination
+from consumer.errors import Retryable
+from consumer.reach.breaker import BreakerTransport, Circuit, CircuitState
+from consumer.reach.client import ReachClient
 
 # Short on purpose: the real time the test waits is a few of these.
 SETTINGS = CircuitBreaker(open_after_s=0.3, probe_interval_s=0.3)

@@ -9,6 +9,12 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from reach_sandbox.testing import (
+    PARTNER_ID,
+    PARTNER_SECRET,
+    SandboxServer,
+    running_sandbox,
+)
 
 from consumer.config import Destination, Resource, TenantProbe
 from consumer.reach.client import ReachClient
@@ -16,12 +22,6 @@ from consumer.sink.dedup import LastSent, LastSentStore
 from consumer.sink.delivery import DeliveryResult, deliver_resource
 from consumer.sink.recompute import Recomputed
 from consumer.sink.tenant_gate import TenantBlocks
-from tests.integration.sandbox_fixtures import (
-    PARTNER_ID,
-    PARTNER_SECRET,
-    SandboxServer,
-    running_sandbox,
-)
 
 
 @pytest.fixture(scope="module")

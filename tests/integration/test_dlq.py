@@ -28,7 +28,7 @@ from confluent_kafka.cimpl import NewTopic
 from consumer.cli import records
 from consumer.cli.main import main
 from consumer.cli.progress import Progress
-from consumer.config import load_definition
+from consumer.config_file import load_definition
 from consumer.errors import BadRecord
 from consumer.records.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
 from consumer.router.debezium import Ignored, decode_event

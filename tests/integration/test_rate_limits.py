@@ -19,19 +19,19 @@ from pydantic import SecretStr
 from reach_devstack import redis as redis_component
 from reach_devstack.process import ManagedProcess, free_port, wait_until
 from reach_sandbox.config import RateLimitConfig, RateLimitsConfig
-
-from consumer.config import Auth, Destination, RateLimit
-from consumer.errors import Retryable
-from consumer.reach.client import ReachClient
-from consumer.reach.group_share import GroupShare, group_key
-from consumer.reach.limits import RequestLimiter, open_limiter
-from tests.integration.sandbox_fixtures import (
+from reach_sandbox.testing import (
     PARTNER_ID,
     PARTNER_SECRET,
     SandboxFactory,
     SandboxServer,
     sandbox_config,
 )
+
+from consumer.config import Auth, Destination, RateLimit
+from consumer.errors import Retryable
+from consumer.reach.client import ReachClient
+from consumer.reach.group_share import GroupShare, group_key
+from consumer.reach.limits import RequestLimiter, open_limiter
 from tests.shop_definition import shop_definition
 
 MAX_ATTEMPTS = 200  # per record: a bound on a broken limiter, never reached by a working one

@@ -14,11 +14,7 @@ import pytest
 from pydantic import SecretStr
 from reach_devstack.process import free_port
 from reach_sandbox.config import LimitsConfig
-
-from consumer.config import Auth, Destination
-from consumer.errors import BadRecord, ConfigurationError, Retryable
-from consumer.reach.client import BatchState, ReachClient
-from tests.integration.sandbox_fixtures import (
+from reach_sandbox.testing import (
     PARTNER_ID,
     PARTNER_SECRET,
     SandboxFactory,
@@ -26,6 +22,10 @@ from tests.integration.sandbox_fixtures import (
     running_sandbox,
     sandbox_config,
 )
+
+from consumer.config import Auth, Destination
+from consumer.errors import BadRecord, ConfigurationError, Retryable
+from consumer.reach.client import BatchState, ReachClient
 
 WAIT_S = 20.0  # a deadline for batches to finish, not a sleep: polls stop as soon as they do
 

@@ -33,7 +33,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from reach_devstack.postgres import PostgresConfig
 
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.errors import ConfigurationError
 from consumer.records.deadletter import dead_letter_record, produce_dead_letter
 from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey, decode_dirty

@@ -28,7 +28,7 @@ from consumer.cli import status_report
 from consumer.cli.main import main
 from consumer.cli.status_report import GroupOffsets, StatusReader, gather
 from consumer.cli.status_view import group_rate, render
-from consumer.config import load_definition
+from consumer.config_file import load_definition
 from consumer.observe.health import HealthServer, Snapshot
 from consumer.observe.progress import PartitionState, StageProgress
 

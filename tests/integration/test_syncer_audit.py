@@ -19,8 +19,15 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from confluent_kafka import KafkaError, TopicPartition
+from reach_sandbox.testing import (
+    PARTNER_ID,
+    PARTNER_SECRET,
+    SandboxServer,
+    running_sandbox,
+)
 
-from consumer.config import Resource, SyncDefinition, load_definition
+from consumer.config import Resource, SyncDefinition
+from consumer.config_file import load_definition
 from consumer.errors import Retryable
 from consumer.reach.client import ReachClient
 from consumer.records.audit import AuditRecord, AuditWriter, decode_audit
@@ -35,12 +42,6 @@ from consumer.syncer.partitions import Partition
 from consumer.syncer.stats import SyncerStats
 from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
-from tests.integration.sandbox_fixtures import (
-    PARTNER_ID,
-    PARTNER_SECRET,
-    SandboxServer,
-    running_sandbox,
-)
 
 DEFINITION = """
 version: 1

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from consumer.config import FieldMapping, Resource, load_definition
+from consumer.config import FieldMapping, Resource
+from consumer.config_file import load_definition
 from consumer.errors import DefinitionError, Retryable
 from consumer.records.audit import (
     PARTITIONER,

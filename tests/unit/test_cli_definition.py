@@ -97,15 +97,18 @@ def test_validate_runs_with_either_form(
     assert lines[0].startswith(f"{EXAMPLE}: valid. resources: customers")
 
 
-def test_validate_of_a_bad_definition_names_file_and_field(
+def test_validate_of_a_bad_definition_names_file_line_and_field(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name, value in OFFLINE_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("REACH_SYNC_REACH_URL")
     assert main(["validate", "--config", str(EXAMPLE)]) == 2
+    lines = EXAMPLE.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith("base_url:"))
     assert capsys.readouterr().err == (
-        f"{EXAMPLE}: destination.base_url: environment variable REACH_SYNC_REACH_URL is not set\n"
+        f"{EXAMPLE}:{line}: destination.base_url: environment variable REACH_SYNC_REACH_URL"
+        " is not set\n"
     )
 
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, KafkaException
 
-from consumer.config import KafkaSource, load_definition
+from consumer.config import KafkaSource
+from consumer.config_file import load_definition
 from consumer.errors import ConfigurationError, DefinitionError, SyncError
 from consumer.kafka import consumer_settings
 from consumer.kafka_settings import client_settings_problems
@@ -179,9 +180,11 @@ def test_a_bad_definition_is_a_configuration_error_naming_file_and_field() -> No
     assert isinstance(error, ConfigurationError)
     assert isinstance(error, SyncError)
     assert error.source == str(EXAMPLE)
+    lines = EXAMPLE.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.strip().startswith("partner_id:"))
     assert str(error) == (
-        f"{EXAMPLE}: destination.auth.partner_id: environment variable REACH_SYNC_PARTNER_ID "
-        "is not set"
+        f"{EXAMPLE}:{line}: destination.auth.partner_id: environment variable "
+        "REACH_SYNC_PARTNER_ID is not set"
     )
 
 
@@ -319,3 +322,28 @@ def test_what_the_model_refuses_run_refuses_too(settings: dict[str, object]) -> 
     with pytest.raises((ValueError, KafkaException)):
         # Refused before any connection: rule_problems, or librdkafka's configuration.
         Consumer({**consumer_settings(kafka, "g.router"), "log_level": 0})
+
+
+def test_each_problem_names_the_line_of_the_file_it_is_about(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    lines = text.splitlines()
+    window = next(n for n, line in enumerate(lines, 1) if line.strip() == "window_ms: 500")
+    lines[window - 1] = lines[window - 1].replace("500", "-1")
+    path = tmp_path / "shop.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(path, ENV)
+    (problem,) = caught.value.problems
+    assert problem.startswith("resources.customers.delivery.window_ms: ")
+    assert caught.value.lines == [window]
+    assert str(caught.value) == f"{path}:{window}: {problem}"
+
+
+def test_a_missing_field_is_placed_at_its_parent(tmp_path: Path) -> None:
+    path = _write(tmp_path, lambda d: d["destination"].pop("base_url"))
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(path, ENV)
+    (problem,) = caught.value.problems
+    assert problem.startswith("destination.base_url: ")
+    destination = path.read_text().splitlines().index("destination:") + 1
+    assert caught.value.lines == [destination]

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from consumer.config import FieldMapping, Resource, load_definition
+from consumer.config import FieldMapping, Resource
+from consumer.config_file import load_definition
 from consumer.errors import BadRecord
 from consumer.sink.projection import GROUP_COLUMN_PREFIX, payload_hash, project
 from tests.shop_definition import EXAMPLE

@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from consumer.config import RateLimit, load_definition
+from consumer.config import RateLimit
+from consumer.config_file import load_definition
 from consumer.errors import DefinitionError
 from consumer.reach.client import RequestInfo
 from consumer.reach.limits import MIN_SCALE, RECOVERY_PER_S, RequestLimiter

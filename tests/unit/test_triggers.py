@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from consumer.cli.plan import describe_plan, plan_command
-from consumer.config import SyncDefinition, load_definition
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
 from consumer.errors import BadRecord
 from consumer.router.debezium import Change, decode_event
 from consumer.router.triggers import DirtyEntity, TriggerIndex, UnknownTable, UnusableId, plan_dirty

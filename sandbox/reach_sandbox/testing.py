@@ -1,7 +1,11 @@
 """The Reach sandbox for tests: the real server as a subprocess, and helpers to talk to it.
 
-Following ``debezium_fixtures``, this module holds plain functions and classes, so a test module
-builds the fixtures it needs without importing fixture names. Typical use::
+Both the sandbox's own tests (sandbox/tests) and reach-sync's (tests/) use it, so it lives in the
+package and needs nothing of the local stack: the server runs as a plain child process
+(``SandboxProcess``: its own process group, its output in a log file, killed by the kernel when
+the test process dies). Besides the sandbox's own dependencies it needs httpx and pytest (the
+``testing`` extra). Plain functions and classes, so a test module builds the fixtures it needs
+without importing fixture names. Typical use::
 
     @pytest.fixture(scope="module")
     def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxServer]:
@@ -17,14 +21,20 @@ builds the fixtures it needs without importing fixture names. Typical use::
 For a server with its own config (low rate limits, async validation...), use
 ``SandboxFactory`` (``factory.start(sandbox_config(...))``, all stopped by ``factory.close()``) or
 the ``sandbox_factory`` fixture below, which a conftest can expose with
-``pytest_plugins = ["tests.integration.sandbox_fixtures"]``.
+``pytest_plugins = ["reach_sandbox.testing"]``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +43,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from reach_devstack.process import ManagedProcess, ProcessSpec, wait_until
+
 from reach_sandbox.cli import server_command
 from reach_sandbox.config import SandboxConfig, dev_config, write_sandbox_config
 
@@ -41,7 +51,9 @@ __all__ = [
     "PARTNER_ID",
     "TENANTS",
     "SandboxFactory",
+    "SandboxProcess",
     "SandboxServer",
+    "SandboxStartError",
     "mint_partner_jwt",
     "mint_tenant_jwt",
     "running_sandbox",
@@ -62,6 +74,117 @@ TENANTS: tuple[tuple[str, str], ...] = (
 # The server is up in about half a second; a loaded 2-core machine can take several.
 READY_TIMEOUT_S = 30.0
 TERMINAL = frozenset({"success", "partial_success", "failed"})
+# Between SIGTERM and SIGKILL: the sandbox stops in well under a second.
+STOP_GRACE_S = 15.0
+# prctl(2) option number from <linux/prctl.h>; stable kernel ABI.
+_PR_SET_PDEATHSIG = 1
+# Lines of the server's log quoted when it fails to start.
+_LOG_TAIL_LINES = 20
+
+
+class SandboxStartError(RuntimeError):
+    """The server exited or did not announce its port in time; the message quotes its log."""
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: on Linux, ask for SIGKILL when the test process
+    dies; and exit at once if that has already happened."""
+
+    def setup() -> None:
+        if sys.platform == "linux":
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return setup
+
+
+class SandboxProcess:
+    """The server as a child process in its own process group, with its output in a log file."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_child_setup(os.getpid()),
+            )
+
+    def exit_code(self) -> int | None:
+        """None while running; the exit code once it has ended."""
+        return None if self._popen is None else self._popen.poll()
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the server itself (not its group)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code once it has ended; TimeoutError if it has not within ``timeout_s``."""
+        if self._popen is None:
+            raise RuntimeError("the sandbox was never started")
+        try:
+            return self._popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"still running after {timeout_s:g} s") from exc
+
+    def wait_ready(self, probe: Callable[[], bool], timeout_s: float) -> None:
+        """Poll ``probe`` until it holds; SandboxStartError if the server exits or time runs out."""
+        started = time.monotonic()
+        delay = 0.05
+        while not probe():
+            code = self.exit_code()
+            if code is not None:
+                raise SandboxStartError(self._failure(f"exited with code {code} before ready"))
+            if time.monotonic() - started > timeout_s:
+                raise SandboxStartError(self._failure(f"not ready after {timeout_s:.0f} s"))
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM to the process group, SIGKILL if it has not ended within ``grace_s``."""
+        if self._popen is None:
+            return
+        pgid = self._popen.pid  # start_new_session makes the child its own group leader
+        if self._popen.poll() is None:
+            _signal_group(pgid, signal.SIGTERM)
+            try:
+                self._popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(pgid, signal.SIGKILL)
+                self._popen.wait(timeout=5)
+        # Anything left in the group goes too.
+        _signal_group(pgid, signal.SIGKILL)
+
+    def _failure(self, reason: str) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+        except FileNotFoundError:
+            lines = []
+        tail = "".join(f"\n  {line}" for line in lines)
+        return f"sandbox: {reason} (log: {self.log_path}){tail}"
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
 
 
 def sandbox_config(**overrides: Any) -> SandboxConfig:
@@ -108,7 +231,7 @@ class SandboxServer:
     base_url: str
     config: SandboxConfig
     state_dir: Path
-    process: ManagedProcess
+    process: SandboxProcess
     _token: str = field(default="", repr=False)
 
     @property
@@ -217,10 +340,10 @@ def _start(config: SandboxConfig, state_dir: Path) -> SandboxServer:
     port_file = state_dir / "port"
     port_file.unlink(missing_ok=True)
     argv = server_command(config_path, state_dir / "data", port_file=port_file, log_level="warning")
-    process = ManagedProcess(ProcessSpec("sandbox", argv, state_dir / "sandbox.log"))
+    process = SandboxProcess(argv, state_dir / "sandbox.log")
     process.start()
     try:
-        wait_until(process, port_file.exists, READY_TIMEOUT_S)
+        process.wait_ready(port_file.exists, READY_TIMEOUT_S)
     except Exception:
         process.stop()
         raise

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from tests.integration.sandbox_fixtures import SandboxServer, running_sandbox
+from reach_sandbox.testing import SandboxServer, running_sandbox
 
 
 @pytest.fixture(scope="module")

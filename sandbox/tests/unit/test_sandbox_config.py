@@ -133,7 +133,7 @@ def test_revoke_faults_need_exactly_one_target() -> None:
 
 
 def test_the_example_config_loads() -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "sandbox.yaml"
+    example = Path(__file__).resolve().parents[3] / "examples" / "sandbox.yaml"
     config = load_sandbox_config(example)
     check_config(config, str(example))  # its schemas compile, references resolve
     assert {s.name for s in config.schemas} == {"contacts"}

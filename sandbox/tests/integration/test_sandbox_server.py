@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from reach_sandbox.config import BatchConfig, write_sandbox_config
-
-from tests.integration.sandbox_fixtures import running_sandbox, sandbox_config
+from reach_sandbox.testing import running_sandbox, sandbox_config
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,7 @@ from reach_sandbox.config import (
     RateLimitsConfig,
     ValidationConfig,
 )
-
-from tests.integration.sandbox_fixtures import (
+from reach_sandbox.testing import (
     SandboxFactory,
     SandboxServer,
     running_sandbox,

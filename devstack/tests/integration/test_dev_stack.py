@@ -19,7 +19,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 STOP_TIMEOUT_S = 30.0
-EXAMPLE = Path(__file__).parents[2] / "examples" / "shop.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "shop.yaml"
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

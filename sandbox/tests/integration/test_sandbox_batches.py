@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.integration.sandbox_fixtures import SandboxServer, running_sandbox
+from reach_sandbox.testing import SandboxServer, running_sandbox
 
 BATCH = "/api/resources/customers/batch"
 TX_BATCH = "/api/resources/transactions/batch"

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from reach_sandbox.config import BatchConfig, BatchOrderConfig
-
-from tests.integration.sandbox_fixtures import (
+from reach_sandbox.testing import (
     SandboxFactory,
     SandboxServer,
     running_sandbox,

@@ -17,8 +17,9 @@ from reach_devstack.stack import StackEndpoints, stack_env
 from reach_devstack.supervisor import STATE_FILE
 
 from consumer.cli.main import main
-from consumer.config import load_definition
-from tests.shop_definition import EXAMPLE
+from consumer.config_file import load_definition
+
+EXAMPLE = Path(__file__).parents[3] / "examples" / "shop.yaml"
 
 # Values a shell would mangle unquoted: spaces, quotes, $, backslashes, globs, semicolons.
 AWKWARD_SECRET = 'it\'s a $ecret; `echo run` $(echo too) \\ *.yaml "quoted" $HOME'

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from reach_sandbox.config import PartnerConfig
-
-from tests.integration.sandbox_fixtures import (
+from reach_sandbox.testing import (
     STATIC_KEY,
     SandboxServer,
     mint_partner_jwt,

@@ -1,0 +1,1 @@
+"""Tests of the local stack (package reach_devstack): importable as ``devstack.tests``."""

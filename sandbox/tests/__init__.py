@@ -1,0 +1,1 @@
+"""Tests of the Reach sandbox (package reach_sandbox): importable as ``sandbox.tests``."""
