@@ -67,12 +67,15 @@ async def test_entries_put_in_doubt_keep_their_tenant_and_claim_no_state(
 ) -> None:
     store = LastSentStore(redis_url, unique("dedup"))
     try:
-        await store.record_sent("customers", [(1, LastSent("t1", "h1")), (2, LastSent("t2", "h2"))])
+        tenant = "merchant-n\\1"  # letters, a backslash: the script splits on the newline only
+        await store.record_sent(
+            "customers", [(1, LastSent(tenant, "h1")), (2, LastSent("t2", "h2"))]
+        )
         await store.put_in_doubt("customers", [1, 3])
         # 1 claims no state but still names its tenant (a delete needs it); 3 had no entry and
         # still has none; 2 was not touched.
         assert await store.get_many("customers", [1, 2, 3]) == {
-            "1": LastSent("t1", ""),
+            "1": LastSent(tenant, ""),
             "2": LastSent("t2", "h2"),
         }
     finally:
