@@ -567,3 +567,34 @@ def headers_of(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
     return {k: v.encode() if isinstance(v, str) else v for k, v in pairs if v is not None}
+
+
+class SyncerProcess:
+    """``reach-sync run --role syncer`` as a child process; its final counters from its log."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_path: Path) -> None:
+        argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(EXAMPLE)]
+        spec = ProcessSpec(
+            f"reach-sync-{name}-syncer",
+            [*argv, "--role", "syncer"],
+            log_path,
+            {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            REPO,
+        )
+        self.log_path = log_path
+        self.process = ManagedProcess(spec)
+
+    def check_alive(self) -> None:
+        code = self.process.exit_code()
+        assert code is None, f"the syncer exited with {code}; log: {self.log_path}"
+
+    def terminate(self) -> dict[str, int]:
+        """SIGTERM (drain, commit, exit 0); the counters it printed on the way out."""
+        self.process.stop(grace_s=90)
+        code = self.process.exit_code()
+        log = self.log_path.read_text(errors="replace")
+        assert code == 0, (code, log[-4000:])
+        final = [line for line in log.splitlines() if line.startswith('{"syncer"')]
+        assert final, log[-4000:]
+        counters: dict[str, int] = json.loads(final[-1])["syncer"]
+        return counters

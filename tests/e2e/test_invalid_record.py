@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +26,6 @@ import psycopg
 import pytest
 import yaml
 from confluent_kafka import Message
-from reach_devstack.process import ManagedProcess, ProcessSpec
 from reach_devstack.stack import SHOP_REACH_SCHEMAS, StackEndpoints
 from reach_devstack.verify import Difference, verify_sandbox
 from reach_sandbox.validation import FieldError, RecordValidator
@@ -40,9 +37,9 @@ from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import EXAMPLE, TENANTS, shop_env
 from tests.e2e.helpers import (
     REJOIN_S,
-    REPO,
     PipelineProcess,
     Sandbox,
+    SyncerProcess,
     assert_converged,
     insert_customer,
     pipeline_thread,
@@ -163,37 +160,6 @@ def _field(sandbox: Sandbox, tenant: str, external_id: str, field: str) -> Any:
     return (sandbox.current(tenant, SCHEMA, external_id) or {}).get(field)
 
 
-class _SyncerProcess:
-    """``reach-sync run --role syncer`` as a child process; its final counters from its log."""
-
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(EXAMPLE)]
-        spec = ProcessSpec(
-            f"reach-sync-{name}-syncer",
-            [*argv, "--role", "syncer"],
-            log_path,
-            {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-            REPO,
-        )
-        self.log_path = log_path
-        self.process = ManagedProcess(spec)
-
-    def check_alive(self) -> None:
-        code = self.process.exit_code()
-        assert code is None, f"the syncer exited with {code}; log: {self.log_path}"
-
-    def terminate(self) -> dict[str, int]:
-        """SIGTERM (drain, commit, exit 0); the counters it printed on the way out."""
-        self.process.stop(grace_s=90)
-        code = self.process.exit_code()
-        log = self.log_path.read_text(errors="replace")
-        assert code == 0, (code, log[-4000:])
-        final = [line for line in log.splitlines() if line.startswith('{"syncer"')]
-        assert final, log[-4000:]
-        counters: dict[str, int] = json.loads(final[-1])["syncer"]
-        return counters
-
-
 def test_one_invalid_record_is_dead_lettered_and_lands_after_fix_and_replay(
     shop_stack: StackEndpoints,
     unique: Callable[[str], str],
@@ -210,7 +176,7 @@ def test_one_invalid_record_is_dead_lettered_and_lands_after_fix_and_replay(
         monkeypatch.setenv(variable, value)
     first = PipelineProcess(shop_stack, name, tmp_path, live_stats=True)
     definition = first.definition
-    syncer = _SyncerProcess(name, env, tmp_path / f"{name}.syncer.log")
+    syncer = SyncerProcess(name, env, tmp_path / f"{name}.syncer.log")
     bad: tuple[int, str, str] | None = None
     try:
         # A customer written before the start: once it is in the sandbox, the new pipeline has

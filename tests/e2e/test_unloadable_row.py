@@ -12,9 +12,6 @@ before the row is fixed, and after the replay only a syncer (same consumer group
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +19,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import Message
-from reach_devstack.process import ManagedProcess, ProcessSpec
 from reach_devstack.stack import StackEndpoints
 
 from consumer.cli.main import main
@@ -32,9 +28,9 @@ from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import EXAMPLE, shop_env
 from tests.e2e.helpers import (
     REJOIN_S,
-    REPO,
     PipelineProcess,
     Sandbox,
+    SyncerProcess,
     assert_converged,
     insert_customer,
     read_topic,
@@ -94,35 +90,6 @@ def _partition_of(
     return partition, sorted(k for k, p in seen.items() if p == partition and k != wanted)
 
 
-def _syncer(name: str, env: dict[str, str], log_path: Path) -> ManagedProcess:
-    """``reach-sync run --role syncer`` as a child process."""
-    argv = [sys.executable, "-m", "consumer.cli.main", "run", "--config", str(EXAMPLE)]
-    spec = ProcessSpec(
-        f"reach-sync-{name}-syncer",
-        [*argv, "--role", "syncer"],
-        log_path,
-        {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-        REPO,
-    )
-    return ManagedProcess(spec)
-
-
-def _check_alive(process: ManagedProcess, log_path: Path) -> None:
-    code = process.exit_code()
-    assert code is None, f"the syncer exited with {code}; log: {log_path}"
-
-
-def _syncer_counters(process: ManagedProcess, log_path: Path) -> dict[str, int]:
-    """SIGTERM (drain, commit, exit 0); the counters it printed on the way out."""
-    process.stop(grace_s=90)
-    log = log_path.read_text(errors="replace")
-    assert process.exit_code() == 0, (process.exit_code(), log[-4000:])
-    final = [line for line in log.splitlines() if line.startswith('{"syncer"')]
-    assert final, log[-4000:]
-    counters: dict[str, int] = json.loads(final[-1])["syncer"]
-    return counters
-
-
 def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay(
     shop_stack: StackEndpoints,
     unique: Callable[[str], str],
@@ -140,7 +107,7 @@ def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay
     first = PipelineProcess(shop_stack, name, tmp_path, live_stats=True)
     definition = first.definition
     syncer_log = tmp_path / f"{name}.syncer.log"
-    syncer = _syncer(name, env, syncer_log)
+    syncer = SyncerProcess(name, env, syncer_log)
     customers: list[tuple[int, str, bool]] = []
     try:
         marker, marker_tenant = insert_customer(dsn, 2, f"marker-{run_id}@example.com")
@@ -221,14 +188,14 @@ def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay
         assert code == 0, (code, out, err)
         assert "re-enqueued 1 dirty key" in out, out
 
-        syncer.start()
+        syncer.process.start()
         wait_for(
             lambda: sandbox.current(bad_tenant, SCHEMA, external_id),
             REJOIN_S + 90,
             "the fixed customer in the sandbox after the replay",
-            guard=lambda: _check_alive(syncer, syncer_log),
+            guard=syncer.check_alive,
         )
-        counters = _syncer_counters(syncer, syncer_log)
+        counters = syncer.terminate()
         assert (counters["dirty_keys"], counters["sent"], counters["dead_lettered"]) == (
             1,
             1,
@@ -237,7 +204,7 @@ def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay
         assert_converged(definition, shop_stack)
     finally:
         first.ensure_stopped()
-        syncer.stop(grace_s=90)
+        syncer.process.stop(grace_s=90)
         if customers:  # never leave an unloadable row to the tests that come after
             sql(
                 dsn,
