@@ -30,6 +30,7 @@ from reach_devstack.verify import Difference, verify_sandbox
 
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
+from consumer.records.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
 from consumer.service import ServiceStats, run_service
 from tests.e2e.conftest import EXAMPLE, STOP_BOUND_S, TENANTS, shop_env
 
@@ -598,3 +599,31 @@ class SyncerProcess:
         assert final, log[-4000:]
         counters: dict[str, int] = json.loads(final[-1])["syncer"]
         return counters
+
+
+def dead_letters_matching(definition: SyncDefinition, chosen: Filter) -> list[Entry]:
+    """The matching dead letters; none while the topic does not exist yet (the pipeline
+    creates it as it starts)."""
+    try:
+        return read_dead_letters(definition, chosen).entries
+    except MissingTopic:
+        return []
+
+
+def dirty_partition_of(
+    bootstrap: str, topic: str, keys: set[bytes], wanted: bytes
+) -> tuple[int, list[bytes]]:
+    """The dirty-topic partition of ``wanted`` and the other ``keys`` in that partition."""
+    seen: dict[bytes, int] = {}
+
+    def all_seen(messages: list[Message]) -> bool:
+        seen.clear()
+        for message in messages:
+            key = message.key()
+            if key in keys:
+                seen[key] = message.partition() or 0
+        return keys <= set(seen)
+
+    read_topic(bootstrap, topic, all_seen, timeout_s=60)
+    partition = seen[wanted]
+    return partition, sorted(k for k, p in seen.items() if p == partition and k != wanted)

@@ -25,14 +25,13 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from confluent_kafka import Message
 from reach_devstack.stack import SHOP_REACH_SCHEMAS, StackEndpoints
 from reach_devstack.verify import Difference, verify_sandbox
 from reach_sandbox.validation import FieldError, RecordValidator
 
 from consumer.cli.main import main
 from consumer.config import SyncDefinition
-from consumer.records.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
+from consumer.records.dlq_read import Filter
 from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import EXAMPLE, TENANTS, shop_env
 from tests.e2e.helpers import (
@@ -41,9 +40,10 @@ from tests.e2e.helpers import (
     Sandbox,
     SyncerProcess,
     assert_converged,
+    dead_letters_matching,
+    dirty_partition_of,
     insert_customer,
     pipeline_thread,
-    read_topic,
     sql,
     wait_for,
     wait_quiet,
@@ -93,15 +93,6 @@ def _sandbox_refusal(email: str) -> FieldError:
     return errors[0]
 
 
-def _dead_letters_of(definition: SyncDefinition, chosen: Filter) -> list[Entry]:
-    """The matching dead letters; none while the topic does not exist yet (the pipeline
-    creates it as it starts)."""
-    try:
-        return read_dead_letters(definition, chosen).entries
-    except MissingTopic:
-        return []
-
-
 def _differences(definition: SyncDefinition, endpoints: StackEndpoints) -> list[Difference]:
     return asyncio.run(
         verify_sandbox(definition, endpoints.sandbox_url, endpoints.sandbox_admin_token, TENANTS)
@@ -134,25 +125,6 @@ def _dead_letters(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     code, out, err = _cli(capsys, *argv)
     assert code == 0, (code, out, err)
     return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def _partition_of(
-    bootstrap: str, topic: str, keys: set[bytes], wanted: bytes
-) -> tuple[int, list[bytes]]:
-    """The dirty-topic partition of ``wanted`` and the other ``keys`` in that partition."""
-    seen: dict[bytes, int] = {}
-
-    def all_seen(messages: list[Message]) -> bool:
-        seen.clear()
-        for message in messages:
-            key = message.key()
-            if key in keys:
-                seen[key] = message.partition() or 0
-        return keys <= set(seen)
-
-    read_topic(bootstrap, topic, all_seen, timeout_s=60)
-    partition = seen[wanted]
-    return partition, sorted(k for k, p in seen.items() if p == partition and k != wanted)
 
 
 def _field(sandbox: Sandbox, tenant: str, external_id: str, field: str) -> Any:
@@ -225,7 +197,7 @@ def test_one_invalid_record_is_dead_lettered_and_lands_after_fix_and_replay(
         assert BAD_EMAIL not in json.dumps(letter), letter
 
         # The partition keeps flowing: later changes of its other entities still land.
-        partition, neighbours = _partition_of(
+        partition, neighbours = dirty_partition_of(
             shop_stack.bootstrap_servers,
             definition.topics.dirty,
             {dirty_message_key("customers", c[0]) for c in customers},
@@ -313,7 +285,7 @@ def test_the_dead_letter_of_a_refused_record_holds_reachs_answer(
         with pipeline_thread(shop_stack, unique("refused")) as running:
             chosen = Filter(resource="customers", entity_id=str(customer))
             read = wait_for(
-                lambda: _dead_letters_of(running.definition, chosen),
+                lambda: dead_letters_matching(running.definition, chosen),
                 90,
                 "the refused customer's dead letter",
                 guard=running.check_alive,

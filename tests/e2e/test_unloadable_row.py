@@ -18,12 +18,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka import Message
 from reach_devstack.stack import StackEndpoints
 
 from consumer.cli.main import main
-from consumer.config import SyncDefinition
-from consumer.records.dlq_read import Entry, Filter, MissingTopic, read_dead_letters
+from consumer.records.dlq_read import Filter
 from consumer.router.dirty import dirty_message_key
 from tests.e2e.conftest import EXAMPLE, shop_env
 from tests.e2e.helpers import (
@@ -32,8 +30,9 @@ from tests.e2e.helpers import (
     Sandbox,
     SyncerProcess,
     assert_converged,
+    dead_letters_matching,
+    dirty_partition_of,
     insert_customer,
-    read_topic,
     sql,
     wait_for,
     wait_quiet,
@@ -61,33 +60,6 @@ def _insert_customers(dsn: str, run_id: str) -> list[tuple[int, str, bool]]:
             (run_id, f"unloadable-{run_id}", owners, created),
         ).fetchall()
     return [(int(r[0]), tenant_of[int(r[1])], bool(r[2])) for r in rows]
-
-
-def _dead_letters(definition: SyncDefinition, chosen: Filter) -> list[Entry]:
-    """The dead letters matching ``chosen``; none before the topic exists."""
-    try:
-        return read_dead_letters(definition, chosen).entries
-    except MissingTopic:
-        return []
-
-
-def _partition_of(
-    bootstrap: str, topic: str, keys: set[bytes], wanted: bytes
-) -> tuple[int, list[bytes]]:
-    """The dirty-topic partition of ``wanted`` and the other ``keys`` in that partition."""
-    seen: dict[bytes, int] = {}
-
-    def all_seen(messages: list[Message]) -> bool:
-        seen.clear()
-        for message in messages:
-            key = message.key()
-            if key in keys:
-                seen[key] = message.partition() or 0
-        return keys <= set(seen)
-
-    read_topic(bootstrap, topic, all_seen, timeout_s=60)
-    partition = seen[wanted]
-    return partition, sorted(k for k, p in seen.items() if p == partition and k != wanted)
 
 
 def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay(
@@ -134,7 +106,7 @@ def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay
             guard=first.check_alive,
         )
         # Later changes on that partition land as well: it is not stalled.
-        partition, neighbours = _partition_of(
+        partition, neighbours = dirty_partition_of(
             shop_stack.bootstrap_servers,
             definition.topics.dirty,
             {dirty_message_key("customers", c[0]) for c in customers},
@@ -164,7 +136,7 @@ def test_an_unloadable_row_is_dead_lettered_alone_and_lands_after_fix_and_replay
 
         # One dead letter, for that entity, with the driver's real error and the field.
         letters = wait_for(
-            lambda: _dead_letters(definition, Filter(kind="record")), 60, "the dead letter"
+            lambda: dead_letters_matching(definition, Filter(kind="record")), 60, "the dead letter"
         )
         assert len(letters) == 1, letters
         letter = letters[0]
