@@ -124,12 +124,10 @@ OnFinished = Callable[[Followed], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class _Kept:
-    """Batches whose end was not seen (``on_finished`` is told it), or, with ``lost`` set
-    (schema, batch type), a batch request whose answer was lost."""
+    """Work an attempt left: ``what`` it is (for the log), and how to follow it to its end."""
 
-    batch_ids: tuple[str, ...] = ()
-    on_finished: OnFinished | None = None
-    lost: tuple[str, str] | None = None
+    what: str
+    follow_up: Callable[[ReachClient, float], Awaitable[None]]
 
 
 class Outstanding:
@@ -153,11 +151,25 @@ class Outstanding:
     def keep_batches(
         self, resource: str, tenant: str, batch_ids: Sequence[str], on_finished: OnFinished
     ) -> None:
-        if batch_ids:
-            self._keep(resource, tenant, _Kept(tuple(batch_ids), on_finished))
+        """Batches whose end was not seen; ``on_finished`` hears what they did."""
+        if not batch_ids:
+            return
+        ids = tuple(batch_ids)
+
+        async def follow_up(client: ReachClient, bound_s: float) -> None:
+            await on_finished(await follow(client, tenant, ids, bound_s=bound_s))
+
+        self._keep(resource, tenant, _Kept(f"{len(ids)} batches", follow_up))
 
     def keep_lost(self, resource: str, tenant: str, schema: str, batch_type: str) -> None:
-        self._keep(resource, tenant, _Kept(lost=(schema, batch_type)))
+        """A batch request whose answer was lost: the tenant's unfinished batches of that schema
+        and type are waited for."""
+
+        async def follow_up(client: ReachClient, bound_s: float) -> None:
+            lost = await client.unfinished_batches(tenant, schema, batch_type)
+            await follow(client, tenant, lost, bound_s=bound_s)
+
+        self._keep(resource, tenant, _Kept("an answer was lost", follow_up))
 
     def _keep(self, resource: str, tenant: str, kept: _Kept) -> None:
         self._kept.setdefault((resource, tenant), []).append(kept)
@@ -165,7 +177,7 @@ class Outstanding:
             "%s: Reach work for tenant %s kept to follow before its next send (%s)",
             resource,
             tenant,
-            "an answer was lost" if kept.lost else f"{len(kept.batch_ids)} batches",
+            kept.what,
         )
 
     async def settle(self, resource: str, tenant: str, client: ReachClient) -> None:
@@ -178,15 +190,6 @@ class Outstanding:
         async with lock:
             kept = self._kept.get(key, [])
             while kept:
-                item = kept[0]
-                if item.lost is not None:
-                    lost = await client.unfinished_batches(tenant, *item.lost)
-                    await follow(client, tenant, lost, bound_s=self.follow_bound_s)
-                else:
-                    followed = await follow(
-                        client, tenant, item.batch_ids, bound_s=self.follow_bound_s
-                    )
-                    if item.on_finished is not None:
-                        await item.on_finished(followed)
+                await kept[0].follow_up(client, self.follow_bound_s)
                 kept.pop(0)
             self._kept.pop(key, None)
