@@ -25,6 +25,7 @@ from consumer.kafka_settings import client_settings_problems
 
 __all__ = [
     "Auth",
+    "Backfill",
     "CircuitBreaker",
     "DatabaseSource",
     "Delivery",
@@ -136,6 +137,21 @@ class Trigger(_Strict):
     table: str = Field(pattern=_TABLE.pattern, description="schema.table")
     id: Column
     replica_identity: Literal["default", "full"] = "default"
+    # Fan-out: SQL mapping the ``id`` values of a batch of changes (``%(ids)s``, as text) to the
+    # entity ids of the resource, in its first column; e.g. on public.members,
+    # ``SELECT id FROM subscriptions WHERE member_id = ANY(%(ids)s)``. Run by the router once
+    # per trigger per batch (router/lookups.py); without it, ``id`` is the entity id itself.
+    lookup: str | None = Field(default=None, min_length=1)
+
+    @field_validator("lookup")
+    @classmethod
+    def _lookup_takes_the_ids(cls, lookup: str | None) -> str | None:
+        if lookup is not None and "%(ids)s" not in lookup:
+            raise ValueError(
+                "must use %(ids)s for the changed rows' ids, e.g. "
+                "SELECT id FROM subscriptions WHERE member_id = ANY(%(ids)s)"
+            )
+        return lookup
 
 
 class FieldMapping(_Strict):
@@ -187,6 +203,33 @@ class Delivery(_Strict):
     batch_over: int = Field(8, ge=1, le=100_000)
 
 
+class Backfill(_Strict):
+    """How ``reach-sync backfill`` (and a resync) walks a resource's entity ids (backfill/walk.py).
+
+    ``ids_query`` returns the entity ids in its first column in ascending order, one page at a
+    time: ``%(after)s`` is the last id of the previous page (NULL on the first) and
+    ``%(limit)s`` the page size. Without it, the ids are read from the key column of the
+    resource's trigger table that names the entity by its own primary key. ``since_column``
+    is the query column ``--since`` compares with (an update timestamp).
+    """
+
+    ids_query: str | None = Field(default=None, min_length=1)
+    since_column: Column | None = None
+
+    @field_validator("ids_query")
+    @classmethod
+    def _pages(cls, ids_query: str | None) -> str | None:
+        if ids_query is None:
+            return None
+        missing = [p for p in ("%(after)s", "%(limit)s") if p not in ids_query]
+        if missing:
+            raise ValueError(
+                f"must use {' and '.join(missing)}, e.g. SELECT id FROM customers WHERE "
+                "(%(after)s::bigint IS NULL OR id > %(after)s::bigint) ORDER BY id LIMIT %(limit)s"
+            )
+        return ids_query
+
+
 class Resource(_Strict):
     """A Reach schema kept equal to a query over the source database."""
 
@@ -206,6 +249,7 @@ class Resource(_Strict):
     # and its groups; false keeps only field names and the payload hash. PII fields' values are
     # never audited either way.
     audit_values: bool = True
+    backfill: Backfill = Backfill()
 
     @field_validator("query")
     @classmethod
@@ -400,6 +444,10 @@ class SyncDefinition(_Strict):
     # Without it, no health endpoints are served.
     health: HealthSettings | None = None
     in_flight: InFlightBounds = InFlightBounds()
+    # What ``run`` does when a resource's definition changed since its records were sent
+    # (backfill/fingerprint.py): ``auto`` re-syncs exactly the changed resources, ``manual``
+    # only says which changed, for ``reach-sync resync``.
+    resync: Literal["auto", "manual"] = "auto"
 
     @field_validator("resources")
     @classmethod

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from consumer import __version__
 from consumer.cli.commands import add_sync_commands
+from consumer.cli.history import add_history_commands
 from consumer.observe.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_sync_commands(sub)
+    add_history_commands(sub)
     local_stack = "the local stack"
     _optional(sub, "dev", local_stack, "reach-devstack", lambda: _dev(sub))
     _optional(sub, "sandbox", "the local Reach sandbox", "reach-sandbox", lambda: _sandbox(sub))

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import quote
@@ -52,6 +53,7 @@ from consumer.reach.status import (
     RecordFailure,
     parse_status,
 )
+from consumer.reach.tenants import TenantCall, TenantInfo, Tenants
 
 __all__ = [
     "DELETE_BATCH_TYPE",
@@ -67,6 +69,7 @@ __all__ = [
     "RejectedRecord",
     "RequestInfo",
     "SubmittedBatch",
+    "TenantInfo",
     "default_transport",
 ]
 
@@ -94,7 +97,10 @@ class RequestInfo:
     """What a request is about to do, for the engine's rate limiter."""
 
     tenant: str
-    operation: Literal["upsert_one", "upsert_batch", "delete_batch", "batch_status", "list_batches"]
+    operation: (
+        Literal["upsert_one", "upsert_batch", "delete_batch", "batch_status", "list_batches"]
+        | TenantCall
+    )
     records: int
 
 
@@ -327,6 +333,16 @@ class ReachClient:
             interval = min(interval * _POLL_GROWTH, max(max_poll_interval_s, poll_interval_s))
         return {b: latest[b] for b in order}
 
+    async def find_tenant(self, tenant: str) -> TenantInfo | None:
+        """Reach's tenant named ``tenant`` (its external id or id, per ``tenant_id_mode``), or
+        None: the pages of ``GET /partner/tenants`` are walked until it turns up (§3.7)."""
+        return await self._tenants(tenant).find()
+
+    async def mark_data_integration_complete(self, tenant: str, at: datetime) -> TenantInfo:
+        """Tell Reach the tenant's historical data is in (``dataIntegrationCompletedAt`` = ``at``,
+        §6 "Tenant flags"); a tenant Reach does not have is a ``ConfigurationError``."""
+        return await self._tenants(tenant).mark_data_integration_complete(at)
+
     # --- plumbing --------------------------------------------------------------------------------
 
     async def _poll(self, tenant: str, batch_ids: list[str]) -> dict[str, BatchStatus]:
@@ -432,6 +448,25 @@ class ReachClient:
         record_count = count if type(count) is int else len(keys)
         return SubmittedBatch(batch_id, tuple(keys), record_count)
 
+    def _tenants(self, tenant: str) -> Tenants:
+        """The tenant calls, sent as partner calls: no reach-tenant-id header (§2.1), but the
+        tenant's limiter and the same classification as every other request."""
+
+        async def send(
+            operation: TenantCall,
+            method: str,
+            path: str,
+            params: Mapping[str, str] | None,
+            body: bytes | None,
+        ) -> httpx.Response:
+            info = RequestInfo(tenant, operation, 0)
+            return await self._send(info, method, path, params=params, body=body, partner=True)
+
+        def refused(response: httpx.Response) -> SyncError:
+            return self._error(response, Call.SINGLE)
+
+        return Tenants(tenant, self._destination.tenant_id_mode, send, refused)
+
     async def _send(
         self,
         info: RequestInfo,
@@ -440,15 +475,16 @@ class ReachClient:
         *,
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        partner: bool = False,
     ) -> httpx.Response:
-        """One request with auth and tenant headers; transport failures raise classified."""
+        """One request with auth and tenant headers (``partner``: a /partner/* route, which
+        takes no tenant header); transport failures raise classified."""
         _check_name(info.tenant, "tenant")
         if self._before_request is not None:
             await self._before_request(info)
-        headers = {
-            "authorization": f"Bearer {self._credential.bearer()}",
-            "reach-tenant-id": info.tenant,
-        }
+        headers = {"authorization": f"Bearer {self._credential.bearer()}"}
+        if not partner:
+            headers["reach-tenant-id"] = info.tenant
         if body is not None:
             headers["content-type"] = "application/json"
         try:

@@ -371,18 +371,23 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
         raise Retryable(f"reading {topic}: the broker did not answer: {reason}") from exc
 
 
-def messages_to_end(consumer: Consumer, topic: str, ends: dict[int, int]) -> Iterator[Message]:
-    """Every message of ``topic``'s partitions in ``ends``, from the beginning to each one's
-    end-of-partition event at or past its start watermark; raise Retryable when nothing arrives
-    for ``READ_IDLE_TIMEOUT_S`` before that.
+def messages_to_end(
+    consumer: Consumer, topic: str, ends: dict[int, int], starts: dict[int, int] | None = None
+) -> Iterator[Message]:
+    """Every message of ``topic``'s partitions in ``ends``, from the beginning (or ``starts``)
+    to each one's end-of-partition event at or past its start watermark; raise Retryable when
+    nothing arrives for ``READ_IDLE_TIMEOUT_S`` before that.
 
     Stopping on that event, not on the watermark alone, matters on the local broker, whose
     watermark leaves out the rest of a partition's last record batch (docs/local-stack.md);
     the event comes after the whole batch was delivered. On Kafka both are exact. Shared by
     every reader of a topic to its end (dead letters here, audit records in audit_read).
     """
-    pending = {p for p, end in ends.items() if end > 0}
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+    first = starts or {}
+    pending = {p for p, end in ends.items() if end > first.get(p, 0)}
+    consumer.assign(
+        [TopicPartition(topic, p, first.get(p, OFFSET_BEGINNING)) for p in sorted(pending)]
+    )
     last_progress = time.monotonic()
     while pending:
         batch = consumer.consume(READ_BATCH, POLL_TIMEOUT_S)

@@ -41,6 +41,9 @@ class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
     # The W3C ``traceparent`` Kafka header of the source event, when its producer set one: the
     # syncer's window span links to it (spans.py). Omitted when None, as every default is.
     traceparent: str | None = None
+    # The backfill or resync run that made the entity dirty (backfill/run.py), so that its
+    # summary can find its keys' outcomes in the audit and dead-letter topics.
+    run: str | None = None
 
 
 class DirtyKey(msgspec.Struct, frozen=True, omit_defaults=True):

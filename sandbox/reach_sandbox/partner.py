@@ -126,10 +126,29 @@ def _tenant_summary(t: Tenant) -> dict[str, Any]:
     }
 
 
+def _tenant_patched(t: Tenant) -> dict[str, Any]:
+    """What §3.7 lists for a PATCH answer: no externalId, no dataIntegrationCompletedAt, so a
+    client that reads them from it fails here as it would on Reach."""
+    summary = _tenant_summary(t)
+    keys = (
+        "id",
+        "name",
+        "website",
+        "dataIntegrationComplete",
+        "locations",
+        "uiDefaults",
+        "smsOptInImageUrls",
+    )
+    return {key: summary[key] for key in keys}
+
+
 def _tenant_full(t: Tenant) -> dict[str, Any]:
+    """A tenant as §3.7 lists it in ``GET /partner/tenants``: the timestamps, not the flag."""
     doc = t.doc
+    summary = _tenant_summary(t)
+    del summary["dataIntegrationComplete"]
     return {
-        **_tenant_summary(t),
+        **summary,
         "createdAt": iso(t.created_at),
         "updatedAt": iso(t.updated_at),
         "userCount": 0,
@@ -239,7 +258,7 @@ async def patch_tenant(request: Request) -> Response:
     )
     await _persist(sb, save_tenant, updated)
     sb.registry.put_tenant(updated)
-    return respond(_tenant_summary(updated), 200, "Tenant updated")
+    return respond(_tenant_patched(updated), 200, "Tenant updated")
 
 
 async def list_schemas(request: Request) -> Response:
