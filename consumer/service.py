@@ -22,6 +22,7 @@ from typing import Literal
 import httpx
 from confluent_kafka import Producer
 
+from consumer.backfill.resync import run_resyncs
 from consumer.config import Destination, SyncDefinition
 from consumer.kafka import producer_settings
 from consumer.observe.metrics import NO_INSTRUMENTS, Instruments, metered_transport
@@ -46,6 +47,9 @@ __all__ = ["Role", "ServiceStats", "install_stop_signals", "run_service"]
 log = logging.getLogger(__name__)
 
 Role = Literal["all", "router", "syncer"]
+
+# A resync stops between pages: one page's query, produce and checkpoint.
+RESYNC_STOP_BOUND_S = 90.0
 
 
 @dataclass
@@ -123,10 +127,21 @@ def _run_stages(
 
         router_thread = threading.Thread(target=route, name="router", daemon=True)
         router_thread.start()
+    resync_thread = None
+    if role in ("all", "router"):
+        # Where dirty keys are written: a changed definition is re-synced from here.
+        resync_thread = threading.Thread(
+            target=_resync, args=(definition, stop), name="resync", daemon=True
+        )
+        resync_thread.start()
     if role in ("all", "syncer"):
         asyncio.run(_run_syncer(definition, stop, stats.syncer, readiness, instruments))
     else:
         stop.wait()
+    if resync_thread is not None:
+        resync_thread.join(RESYNC_STOP_BOUND_S)
+        if resync_thread.is_alive():
+            log.error("the resync did not stop within %.0f s", RESYNC_STOP_BOUND_S)
     if router_thread is not None:
         router_thread.join(ROUTER_STOP_BOUND_S)
         if router_thread.is_alive():
@@ -135,6 +150,15 @@ def _run_stages(
             stats.router_error = TimeoutError(f"did not stop within {ROUTER_STOP_BOUND_S:.0f} s")
             log.error("the router %s", stats.router_error)
     return stats
+
+
+def _resync(definition: SyncDefinition, stop: threading.Event) -> None:
+    """Re-sync what the definition changed (backfill/resync.py); a failure is logged and
+    retried there, and never stops the service: live changes go on either way."""
+    try:
+        asyncio.run(run_resyncs(definition, stop))
+    except Exception:
+        log.exception("the resync stopped; it is tried again at the next start")
 
 
 async def _run_syncer(

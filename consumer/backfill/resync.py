@@ -37,6 +37,7 @@ from consumer.backfill.syncer_position import SyncerPosition
 from consumer.config import SyncDefinition
 from consumer.errors import Retryable, SyncError
 from consumer.router.dirty import EntityId
+from consumer.router.topics import ensure_topics
 from consumer.sink.dedup import LastSentStore
 
 __all__ = ["CHECK_INTERVAL_S", "Resyncer", "run_resyncs"]
@@ -152,6 +153,8 @@ async def run_resyncs(definition: SyncDefinition, stop: threading.Event) -> None
                         "re-syncing them",
                         ", ".join(c.describe() for c in found),
                     )
+                    # Dirty keys must never auto-create the topic with the broker's defaults.
+                    await asyncio.to_thread(ensure_topics, definition)
                     for change in found:
                         await resyncer.resync(change, stop, BackfillOptions(wait=False))
             except SyncError as exc:

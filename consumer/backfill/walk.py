@@ -162,7 +162,9 @@ def _filter_query(
             )
         )
     if where is not None:
-        conditions.append(sql.SQL("({})").format(sql.SQL(_literal(where))))
+        # Run with parameters, so a literal % (LIKE 'a%') must reach psycopg doubled.
+        where_sql = sql.SQL(_literal(where.replace("%", "%%")))
+        conditions.append(sql.SQL("({})").format(where_sql))
     if since_ms is not None and resource.backfill.since_column is not None:
         conditions.append(
             sql.SQL("q.{column} >= to_timestamp(%(since_ms)s::bigint / 1000.0)").format(

@@ -29,7 +29,7 @@ from consumer.cli.records import add_audit_commands, add_dlq_commands
 from consumer.cli.run_report import ProgressLog, final_stats
 from consumer.cli.status import add_status_command
 from consumer.config import SyncDefinition
-from consumer.errors import BadRecord, ConfigurationError, SyncError
+from consumer.errors import ConfigurationError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import definition_secrets
 from consumer.router.dirty import EntityId
@@ -148,7 +148,7 @@ def _plan(args: argparse.Namespace) -> int:
         entities = plan_command(
             definition, args.table, row, op=args.op, before=before, key_columns=args.key.split(",")
         )
-    except (ValueError, KeyError, BadRecord) as exc:
+    except (ValueError, KeyError, SyncError) as exc:
         print(f"plan: {exc}", file=sys.stderr)
         return 1
     print(describe_plan(args.table, args.op, entities))

@@ -2,7 +2,8 @@
 
 Every change is planned into the entities it makes dirty (router/triggers.py) and produced to the
 dirty topic keyed ``resource/id``, so each entity has one owner in stage 2 (docs/design.md, "Why
-two stages"). Events that trigger nothing are counted; unusable ones are dead-lettered.
+two stages"). Events that trigger nothing are counted; unusable ones are dead-lettered. Lookup
+triggers' inputs are collected over the batch and looked up once per trigger (router/lookups.py).
 
 One batch at a time: consume, route, await acknowledgements, commit. A source offset is committed
 only after every dirty key and dead letter up to it was acknowledged; a failed delivery rewinds
@@ -45,8 +46,9 @@ from consumer.router.dirty import (
     dirty_message_key,
     encode_dirty,
 )
+from consumer.router.lookups import LookupDatabase, check_queries, lookup_triggers
 from consumer.router.topics import check_replica_identity, ensure_topics, subscription
-from consumer.router.triggers import TriggerIndex, plan_dirty
+from consumer.router.triggers import TriggerIndex, plan_change
 
 __all__ = ["RouterStats", "cause_of", "run_router"]
 
@@ -80,6 +82,8 @@ RETRY_CAP_S = 30.0
 QUEUE_FULL_POLL_S = 0.1
 
 _PartitionKey = tuple[str, int]
+# A lookup trigger: its resource and its position in the resource's triggers.
+_LookupKey = tuple[str, int]
 
 
 @dataclass
@@ -97,6 +101,9 @@ class RouterStats:
     commits: int = 0
     commit_failures: int = 0
     retries: int = 0
+    # Lookup queries run (one per lookup trigger per batch with inputs) and entities they found.
+    lookups: int = 0
+    looked_up: int = 0
 
     def snapshot(self) -> RouterStats:
         return copy.deepcopy(self)
@@ -112,16 +119,22 @@ def run_router(
     """Route until ``stop`` is set, then drain, commit and release the consumer.
 
     Startup fails with ConfigurationError if a trigger table's replica identity contradicts the
-    definition, and with Retryable if the database or broker cannot be reached. ``progress``
-    (readiness) is told each assigned partition's position and high watermark as the loop runs.
+    definition or a lookup or query fails with no ids, and with Retryable if the database or
+    broker cannot be reached. ``progress`` (readiness) is told each assigned partition's
+    position and high watermark as the loop runs.
     """
     check_replica_identity(definition)
-    ensure_topics(definition)
-    router = _Router(definition, on_stats, progress)
+    lookups = LookupDatabase(definition.source.database)
     try:
-        router.run(stop)
+        check_queries(definition, lookups)
+        ensure_topics(definition)
+        router = _Router(definition, lookups, on_stats, progress)
+        try:
+            router.run(stop)
+        finally:
+            router.close()
     finally:
-        router.close()
+        lookups.close()
     return router.stats
 
 
@@ -129,12 +142,17 @@ class _Router:
     def __init__(
         self,
         definition: SyncDefinition,
+        lookups: LookupDatabase,
         on_stats: Callable[[RouterStats], None] | None,
         progress: ProgressTracker | None = None,
     ) -> None:
         kafka = definition.source.kafka
         self.stats = RouterStats()
         self._definition = definition
+        self._lookups = lookups
+        self._lookup_sql = {
+            key: trigger.lookup or "" for key, trigger in lookup_triggers(definition).items()
+        }
         self._on_stats = on_stats
         self._progress = progress
         self._index = TriggerIndex.from_definition(definition)
@@ -203,9 +221,15 @@ class _Router:
         An entity triggered several times in one batch gets one dirty key (its first cause,
         a few later ones, and the count): the batch is committed as a whole, so the merged key
         stands for every event behind it, and the syncer would coalesce them anyway.
+
+        Lookup inputs are gathered over the whole batch, each with the cause of its first
+        event, and looked up once per trigger before anything is produced: a failed lookup
+        raises Retryable with nothing of the batch sent, and the batch is routed again.
         """
         pending: dict[tuple[str, EntityId], _Merged] = {}
         next_offsets: dict[_PartitionKey, int] = {}
+        inputs: dict[_LookupKey, dict[str, Cause]] = {}
+        unusable: list[tuple[Message, Exception]] = []
         for message in batch:
             if _consume_error(message):
                 continue
@@ -219,9 +243,9 @@ class _Router:
                     self.stats.ignored[event.reason] += 1
                     continue
                 self.stats.changes += 1
-                entities = plan_dirty(event, self._index)
+                entities, lookup_inputs = plan_change(event, self._index)
             except (DecodeError, BadRecord) as exc:
-                self._dead_letter(message, exc)
+                unusable.append((message, exc))
                 continue
             self.stats.triggers += len(entities)
             cause: Cause | None = None  # built only if kept: a hot entity's 9th cause is not
@@ -235,6 +259,23 @@ class _Router:
                     pending[(entity.resource, entity.id)] = _Merged(cause)
                 else:
                     merged.add(cause)
+            for looked in lookup_inputs:
+                causes = inputs.setdefault((looked.resource, looked.trigger), {})
+                if looked.value not in causes:
+                    cause = cause or cause_of(message, topic, partition, offset, event)
+                    causes[looked.value] = cause
+        self._look_up(inputs, pending)
+        self._emit(pending, unusable)
+        return next_offsets
+
+    def _emit(
+        self,
+        pending: dict[tuple[str, EntityId], _Merged],
+        unusable: list[tuple[Message, Exception]],
+    ) -> None:
+        """Produce the batch's dead letters, then its dirty keys."""
+        for message, error in unusable:
+            self._dead_letter(message, error)
         enqueued_ms = int(time.time() * 1000)
         for (resource, entity_id), merged in pending.items():
             key = merged.dirty_key(resource, entity_id, enqueued_ms)
@@ -242,7 +283,33 @@ class _Router:
                 self._dirty_topic, dirty_message_key(resource, entity_id), encode_dirty(key)
             )
         self.stats.dirty_keys += len(pending)
-        return next_offsets
+
+    def _look_up(
+        self,
+        inputs: dict[_LookupKey, dict[str, Cause]],
+        pending: dict[tuple[str, EntityId], _Merged],
+    ) -> None:
+        """Run each lookup once for the batch's inputs and merge what it finds into ``pending``.
+
+        A found entity carries the cause of the input it came from when the lookup returns that
+        input as its second column, else the cause of the trigger's first input in the batch:
+        a lookup needs only say which entities, and the cause is still a real source event.
+        """
+        for (resource, position), causes in inputs.items():
+            self.stats.lookups += 1
+            found = self._lookups.look_up(
+                resource, position, self._lookup_sql[(resource, position)], list(causes)
+            )
+            self.stats.looked_up += len(found)
+            self.stats.triggers += len(found)
+            first = next(iter(causes.values()))
+            for entity in found:
+                cause = first if entity.input is None else causes.get(entity.input, first)
+                merged = pending.get((resource, entity.entity_id))
+                if merged is None:
+                    pending[(resource, entity.entity_id)] = _Merged(cause)
+                else:
+                    merged.add(cause if merged.has_room() else None)
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
         letter = DeadLetterEvent.from_message(message, error)
@@ -291,7 +358,11 @@ class _Router:
             raise Retryable(f"{len(failures)} deliveries failed, first: {failures[0].str()}")
 
     def _rewind(self, batch: list[Message], error: Retryable, stop: threading.Event) -> None:
-        """Seek each partition back to the batch's first event and back off before retrying."""
+        """Seek each partition back to the batch's first event and back off before retrying.
+
+        The stats are reported here too, so that a router stuck on a failing lookup or delivery
+        shows its growing ``retries`` rather than the stats of its last good batch.
+        """
         self.stats.retries += 1
         self._failures_in_a_row += 1
         delay = retry_delay(
@@ -306,6 +377,7 @@ class _Router:
             first.setdefault((topic, partition), offset)
         for (topic, partition), offset in first.items():
             self._consumer.seek(TopicPartition(topic, partition, offset))
+        self._report()
         stop.wait(delay)
 
     def _mark_done(self, next_offsets: dict[_PartitionKey, int]) -> None:

@@ -11,6 +11,10 @@ entities whose state may have changed. Where an id comes from decides whether it
   none, so they are never read.
 
 Null foreign keys make nothing dirty. The result is deduplicated, in definition order.
+
+A trigger with a ``lookup`` (fan-out) reads its column the same way, but the values are inputs
+to its lookup query rather than entity ids: ``plan_change`` returns them apart, as
+``LookupInput``, for the router to look up once per batch (router/lookups.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from consumer.errors import BadRecord
 from consumer.router.debezium import Change
 from consumer.router.dirty import EntityId
 
-__all__ = ["DirtyEntity", "TriggerIndex", "UnknownTable", "UnusableId", "plan_dirty"]
+__all__ = [
+    "DirtyEntity",
+    "LookupInput",
+    "Planned",
+    "TriggerIndex",
+    "UnknownTable",
+    "UnusableId",
+    "plan_change",
+    "plan_dirty",
+]
 
 # Ops whose after image is the row as it now is; ops whose before image is the row as it was.
 _AFTER_OPS = frozenset({"c", "u", "r"})
@@ -53,10 +66,31 @@ class DirtyEntity(NamedTuple):
         return f"{self.resource}/{self.id}"
 
 
+class LookupInput(NamedTuple):
+    """One value of a lookup trigger's ``id`` column: an input of the lookup, not an entity id.
+
+    ``trigger`` is the trigger's position in the resource's ``triggers``, which names the
+    lookup; ``value`` is the id as text, as the lookup receives it in ``%(ids)s``.
+    """
+
+    resource: str
+    trigger: int
+    value: str
+
+
+class Planned(NamedTuple):
+    """What one change makes dirty directly, and what it asks lookups to map to entities."""
+
+    entities: list[DirtyEntity]
+    lookups: list[LookupInput]
+
+
 class _Rule(NamedTuple):
     resource: str
     column: str
     full: bool
+    # The trigger's position in its resource when it has a lookup; None: ``column`` is the id.
+    lookup: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +103,9 @@ class TriggerIndex:
     def from_definition(cls, definition: SyncDefinition) -> TriggerIndex:
         by_table: dict[str, list[_Rule]] = {}
         for name, resource in definition.resources.items():
-            for trigger in resource.triggers:
-                rule = _Rule(name, trigger.id, trigger.replica_identity == "full")
+            for position, trigger in enumerate(resource.triggers):
+                lookup = None if trigger.lookup is None else position
+                rule = _Rule(name, trigger.id, trigger.replica_identity == "full", lookup)
                 by_table.setdefault(trigger.table, []).append(rule)
         return cls({table: tuple(rules) for table, rules in by_table.items()})
 
@@ -79,17 +114,29 @@ class TriggerIndex:
 
 
 def plan_dirty(change: Change, index: TriggerIndex) -> list[DirtyEntity]:
-    """The entities ``change`` makes dirty; raise UnknownTable if no trigger names its table."""
+    """The entities ``change`` makes dirty directly (lookup triggers' inputs left out); raise
+    UnknownTable if no trigger names its table."""
+    return plan_change(change, index).entities
+
+
+def plan_change(change: Change, index: TriggerIndex) -> Planned:
+    """The entities ``change`` makes dirty, and the inputs of its lookup triggers, each
+    deduplicated in definition order; raise UnknownTable if no trigger names its table."""
     rules = index.by_table.get(change.table)
     if rules is None:
         raise UnknownTable(f"no trigger on table {change.table}")
-    planned: dict[DirtyEntity, None] = {}  # an ordered set
+    planned: dict[DirtyEntity, None] = {}  # ordered sets
+    inputs: dict[LookupInput, None] = {}
     for rule in rules:
         for value in _id_values(change, rule):
-            if value is not None:
-                entity_id = _entity_id(value, change.table, rule.column)
+            if value is None:
+                continue
+            entity_id = _entity_id(value, change.table, rule.column)
+            if rule.lookup is None:
                 planned[DirtyEntity(rule.resource, entity_id)] = None
-    return list(planned)
+            else:
+                inputs[LookupInput(rule.resource, rule.lookup, str(entity_id))] = None
+    return Planned(list(planned), list(inputs))
 
 
 def _id_values(change: Change, rule: _Rule) -> tuple[Any, ...]:

@@ -75,6 +75,9 @@ class StackOptions:
     seed_customers: int = 200
     seed_transactions: int = 600
     topic_prefix: str = "shop"
+    # Debezium's snapshot.mode: "initial" streams every seeded row first; "no_data" streams
+    # changes only, for history that must come from `reach-sync backfill`.
+    snapshot_mode: str = "initial"
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,7 @@ class LocalStack:
             tables=SHOP_TABLES,
             state_dir=state,
             schemas=self.options.debezium_schemas,
+            snapshot_mode=self.options.snapshot_mode,
         )
         spec = ProcessSpec(
             name="debezium",

@@ -197,6 +197,25 @@ class Sandbox:
         )["versions"]
         return versions
 
+    def versions_after(self, seq: int, schema: str | None = None) -> list[Version]:
+        """Every version after ``seq`` (of one schema, by name), oldest first."""
+        ids = {s["id"] for s in self._get("/_admin/schemas", {})["schemas"] if s["name"] == schema}
+        versions: list[Version] = []
+        while page := self._get("/_admin/history", {"afterSeq": seq, "limit": 10000})["versions"]:
+            versions += [v for v in page if schema is None or v["schemaId"] in ids]
+            seq = page[-1]["seq"]
+        return versions
+
+    def stored(self, tenant_id: str, schema: str) -> int:
+        """How many resources of ``schema`` (by name) the tenant (Reach's id) holds now."""
+        per_tenant: dict[str, dict[str, int]] = self._get("/_admin/counts", {})["resources"]
+        return per_tenant.get(tenant_id, {}).get(schema, 0)
+
+    def reset(self) -> None:
+        """Back to the configured start: no data, batches, requests or faults."""
+        with self._client() as http:
+            http.post("/_admin/reset").raise_for_status()
+
     def last_version_seq(self) -> int:
         """The newest ``seq`` of the whole history (0 when empty)."""
         seq = 0

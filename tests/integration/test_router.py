@@ -39,6 +39,7 @@ from consumer.errors import ConfigurationError
 from consumer.records.deadletter import dead_letter_record, produce_dead_letter
 from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey, decode_dirty
 from consumer.router.loop import RouterStats, run_router
+from tests.membership import apply_membership_schema, membership_definition
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
@@ -465,3 +466,150 @@ def test_a_second_router_takes_over_partitions_without_rerouting_anything(
     for p in produced:
         end[(p.topic, p.partition)] = max(end.get((p.topic, p.partition), 0), p.offset + 1)
     assert _committed(broker, f"{prefix}.router", [customers]) == end
+
+
+# --- lookup (fan-out) triggers ---------------------------------------------------------------
+
+MEMBERS = 20
+# Like the definition's, plus the input as a second column: each subscription's dirty key then
+# carries the cause of its own member's event rather than the batch's first.
+SUBSCRIPTIONS_WITH_INPUT = (
+    "SELECT id, member_id FROM subscriptions WHERE member_id = ANY(%(ids)s::bigint[])"
+)
+
+
+def _membership(
+    tmp_path: Path,
+    broker: str,
+    database: PostgresConfig,
+    prefix: str,
+    lookups: dict[str, str] | None = None,
+) -> SyncDefinition:
+    """tests/membership.py's schema, seeded (accounts 1-2; members 1-20 in account 1, each with
+    subscriptions 100+m and 200+m), its source topics, and its definition on them; ``lookups``
+    replaces lookups by resource."""
+    apply_membership_schema(database.dsn)
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts VALUES (1, 'acct-1'), (2, 'acct-2')")
+        conn.execute(
+            "INSERT INTO members SELECT m, 1, 'member ' || m FROM generate_series(1, %s) m",
+            (MEMBERS,),
+        )
+        conn.execute(
+            "INSERT INTO subscriptions SELECT s * 100 + m, m, 'basic'"
+            " FROM generate_series(1, %s) m, generate_series(1, 2) s",
+            (MEMBERS,),
+        )
+    _create_topics(broker, [f"{prefix}.public.{t}" for t in ("members", "invoices")])
+    data = membership_definition(rf"^{prefix}\.public\.(members|invoices)$")
+    for name, lookup in (lookups or {}).items():
+        resource = data["resources"][name]
+        resource["triggers"] = [
+            {**t, "lookup": lookup} if "lookup" in t else t for t in resource["triggers"]
+        ]
+    path = tmp_path / "membership.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {
+        **ENV,
+        "REACH_SYNC_BOOTSTRAP_SERVERS": broker,
+        "REACH_SYNC_DATABASE_URL": database.dsn,
+        "REACH_SYNC_GROUP_ID": prefix,
+        "REACH_SYNC_DIRTY_TOPIC": f"{prefix}.dirty",
+        "REACH_SYNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
+    }
+    return load_definition(path, env)
+
+
+def _member_moved(prefix: str, member: int) -> Event:
+    after = {"id": member, "account_id": 2, "name": f"member {member}"}
+    value = _envelope("members", "u", None, after)
+    return (f"{prefix}.public.members", member % SOURCE_PARTITIONS, b'{"id":%d}' % member, value)
+
+
+def _invoice_moved(prefix: str, invoice: int, old: int, new: int) -> Event:
+    value = _envelope(
+        "invoices",
+        "u",
+        {"id": invoice, "subscription_id": old, "total_cents": 100},
+        {"id": invoice, "subscription_id": new, "total_cents": 100},
+    )
+    return (f"{prefix}.public.invoices", 0, b'{"id":%d}' % invoice, value)
+
+
+def test_lookup_triggers_run_one_query_per_trigger_per_batch(
+    tmp_path: Path,
+    broker: str,
+    database: PostgresConfig,
+    prefix: str,
+    start_router: Callable[[SyncDefinition], RouterThread],
+) -> None:
+    definition = _membership(
+        tmp_path, broker, database, prefix, {"subscriptions": SUBSCRIPTIONS_WITH_INPUT}
+    )
+    # A backlog before the router starts, so that its batches are large: every member moves
+    # (its subscriptions, found through the lookup, change tenant), and invoices 1-5 move from
+    # subscription 200+k to 100+k (two hops: the member of both, k, gets a new total).
+    events = [_member_moved(prefix, m) for m in range(1, MEMBERS + 1)]
+    events += [_invoice_moved(prefix, k, 200 + k, 100 + k) for k in range(1, 6)]
+    produced = _produce(broker, events)
+    router = start_router(definition)
+    expected = MEMBERS + 2 * MEMBERS + 5  # direct members, their subscriptions, invoices' members
+    messages = _read(broker, definition.topics.dirty, 4, lambda m: _triggers(m) >= expected)
+    stats = router.stop()
+
+    dirty = dict(_dirty(messages))
+    subscriptions = {f"subscriptions/{s * 100 + m}" for m in range(1, MEMBERS + 1) for s in (1, 2)}
+    assert set(dirty) == {f"members/{m}" for m in range(1, MEMBERS + 1)} | subscriptions
+    # Each subscription's cause is its own member's event (the lookup's second column).
+    by_position = {(p.topic, p.partition, p.offset): p for p in produced}
+    for name in subscriptions:
+        cause = dirty[name].cause
+        assert (cause.table, cause.op) == ("public.members", "u")
+        source = by_position[(cause.topic or "", cause.partition or 0, cause.offset or 0)]
+        assert orjson.loads(source.key or b"")["id"] == int(name.split("/")[1]) % 100
+    # Members 1-5 were triggered by their own change and by an invoice, through the lookup
+    # (in one dirty key, or two when the events came in different batches).
+    tables: dict[str, set[str | None]] = {}
+    for key, value in _dirty(messages):
+        tables.setdefault(key, set()).update(c.table for c in value.causes())
+    for k in range(1, 6):
+        assert tables[f"members/{k}"] == {"public.members", "public.invoices"}
+    assert stats.triggers == expected and stats.dirty_keys >= len(dirty)
+    assert stats.looked_up == 2 * MEMBERS + 5 and stats.retries == 0
+    # One query per lookup trigger per batch that had inputs for it, never one per event.
+    assert 2 <= stats.lookups <= 2 * stats.batches
+    assert stats.lookups < len(events)
+
+
+def test_a_failing_lookup_holds_the_batch_back_until_it_succeeds(
+    tmp_path: Path,
+    broker: str,
+    database: PostgresConfig,
+    prefix: str,
+    start_router: Callable[[SyncDefinition], RouterThread],
+) -> None:
+    # Fails with division by zero for any row while lookup_switch is empty; with no ids (the
+    # startup check) no row is computed and it passes (``0 * id`` makes it per row).
+    failing = (
+        "SELECT member_id FROM subscriptions WHERE id = ANY(%(ids)s::bigint[])"
+        " AND 1 / ((SELECT count(*)::int FROM lookup_switch) + 0 * id) = 1"
+    )
+    definition = _membership(tmp_path, broker, database, prefix, {"members": failing})
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE lookup_switch (on_ bool)")
+    router = start_router(definition)
+    _produce(broker, [_invoice_moved(prefix, 1, 203, 107)])
+
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    while (router.latest is None or router.latest.retries < 2) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert router.latest is not None and router.latest.retries >= 2, router.latest
+    assert router.latest.dirty_keys == 0 and router.latest.batches == 0
+
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO lookup_switch VALUES (true)")
+    messages = _read(broker, definition.topics.dirty, 4, lambda m: len(m) >= 2)
+    stats = router.stop()
+    assert sorted(key for key, _ in _dirty(messages)) == ["members/3", "members/7"]
+    assert all(d.cause.table == "public.invoices" for _, d in _dirty(messages))
+    assert stats.retries >= 2 and stats.batches == 1 and stats.lookups == stats.retries + 1

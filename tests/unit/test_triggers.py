@@ -9,7 +9,7 @@ from typing import Any, Literal
 import orjson
 import pytest
 
-from consumer.cli.plan import describe_plan, plan_command
+from consumer.cli.plan import Plan, describe_plan, plan_command
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
 from consumer.errors import BadRecord
@@ -180,19 +180,17 @@ def test_plan_a_moved_transaction_from_the_command_line() -> None:
 
 def test_plan_a_delete_reads_the_row_as_the_before_image() -> None:
     row = {"id": 9, "customer_id": 0}
-    assert [str(e) for e in plan_command(_shop("default"), "public.transactions", row, "d")] == [
-        "transactions/9"
-    ]
+    planned = plan_command(_shop("default"), "public.transactions", row, "d")
+    assert [str(e) for e in planned.entities] == ["transactions/9"]
     row = {"id": 9, "customer_id": 3}
-    assert [str(e) for e in plan_command(_shop("full"), "public.transactions", row, "d")] == [
-        "customers/3",
-        "transactions/9",
-    ]
+    planned = plan_command(_shop("full"), "public.transactions", row, "d")
+    assert [str(e) for e in planned.entities] == ["customers/3", "transactions/9"]
 
 
 def test_plan_says_when_nothing_is_dirty_and_refuses_what_it_cannot_plan() -> None:
     assert (
-        describe_plan("public.customers", "u", []) == "u on public.customers: makes nothing dirty"
+        describe_plan("public.customers", "u", Plan([]))
+        == "u on public.customers: makes nothing dirty"
     )
     with pytest.raises(ValueError, match="op must be one of c, u, d, r, not 'x'"):
         plan_command(_shop(), "public.customers", {"id": 1}, op="x")
