@@ -35,6 +35,7 @@ from consumer.records.dlq_read import (
     table_lines,
 )
 from consumer.records.dlq_replay import ReplayPlan, enqueue, plan_replay
+from consumer.router.lookups import LookupDatabase, lookup_triggers
 from consumer.router.topics import ensure_topics
 
 __all__ = ["add_audit_commands", "add_dlq_commands"]
@@ -165,7 +166,15 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     definition, read = result
     now_ms = int(time.time() * 1000)
     try:
-        plan = plan_replay(read.entries, definition, now_ms)
+        lookups = (
+            LookupDatabase(definition.source.database) if lookup_triggers(definition) else None
+        )
+        try:
+            look_up = None if lookups is None else lookups.look_up
+            plan = plan_replay(read.entries, definition, now_ms, look_up)
+        finally:
+            if lookups is not None:
+                lookups.close()
         if plan.keys and not args.dry_run:
             ensure_topics(definition)  # as `run` would: the dirty topic with its partitions
             progress = Progress("dlq replay: re-enqueued", len(plan.keys), "entities")

@@ -1,19 +1,19 @@
 """Replaying dead letters: plan the dirty keys they stand for, then enqueue them.
 
 The writing half of ``reach-sync dlq`` (reading is records/dlq_read.py), kept apart because it
-is the only part that produces anything: planning is pure (no broker, no database) and tested on
-its own; only ``enqueue`` talks to Kafka. A replay never re-sends what a dead letter holds: it
-makes the entities dirty again with the router's encoder and key (router/dirty.py), so the
-syncer recomputes them and a replay can never deliver a stale state. Ids are kept as the dead
-letters hold them (the query casts them). Nothing is deleted from the dead-letter topic, and
-replaying twice is harmless. Why: docs/design.md, "Reading the topics back".
+is the only part that produces anything: planning is pure (no broker; a lookup trigger's query is
+passed in as ``look_up``) and tested on its own; only ``enqueue`` talks to Kafka. A replay never
+re-sends what a dead letter holds: it makes the entities dirty again with the router's encoder and
+key (router/dirty.py), so the syncer recomputes them and a replay can never deliver a stale state.
+Ids are kept as the dead letters hold them (the query casts them). Nothing is deleted from the
+dead-letter topic, and replaying twice is harmless. Why: docs/design.md, "Reading the topics back".
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -34,7 +34,11 @@ from consumer.router.dirty import (
     dirty_message_key,
     encode_dirty,
 )
-from consumer.router.triggers import TriggerIndex, plan_dirty
+from consumer.router.lookups import Found, lookup_triggers
+from consumer.router.triggers import LookupInput, TriggerIndex, plan_change
+
+# A lookup trigger's query, as router/lookups.py's LookupDatabase.look_up runs it.
+LookUp = Callable[[str, int, str, Sequence[str]], list[Found]]
 
 __all__ = ["ReplayFailure", "ReplayPlan", "enqueue", "plan_replay"]
 
@@ -74,49 +78,93 @@ class ReplayPlan:
         return Counter(key.resource for key in self.keys.values())
 
 
-def plan_replay(entries: Iterable[Entry], definition: SyncDefinition, now_ms: int) -> ReplayPlan:
+def plan_replay(
+    entries: Iterable[Entry],
+    definition: SyncDefinition,
+    now_ms: int,
+    look_up: LookUp | None = None,
+) -> ReplayPlan:
     """Turn dead letters into dirty keys, oldest first; an entity's first dead letter is its
-    cause. Nothing is produced here, so a failure part-way leaves nothing half done."""
+    cause. Events of lookup triggers are mapped to their entities as the router does, one
+    ``look_up`` per trigger for all of them (Retryable when it fails; required when such an
+    event is replayed). Nothing is produced here, so a failure part-way leaves nothing half
+    done."""
     index = TriggerIndex.from_definition(definition)
     plan = ReplayPlan()
+    inputs: dict[tuple[str, int], dict[str, Cause]] = {}
     for entry in entries:
         try:
-            targets = _targets(entry, definition, index)
+            targets, lookups, origin = _targets(entry, definition, index)
         except ReplayFailure as exc:
             plan.failures.append((entry, str(exc)))
             continue
         if isinstance(targets, Ignored):
             plan.ignored[targets.reason] += 1
             continue
-        if not targets:  # e.g. a null foreign key: a change that names no entity
+        if not targets and not lookups:  # e.g. a null foreign key: names no entity
             plan.ignored["no entity"] += 1
             continue
         plan.replayed += 1
         for target in targets:
-            cause = Cause(
-                kind="replay",
-                table=target.table,
-                op=target.op,
-                topic=entry.at.topic,
-                partition=entry.at.partition,
-                offset=entry.at.offset,
-            )
             plan.keys.setdefault(
                 (target.resource, str(target.id)),
-                DirtyKey(resource=target.resource, id=target.id, cause=cause, enqueued_ms=now_ms),
+                DirtyKey(target.resource, target.id, _cause(entry, target), now_ms),
             )
+        for wanted in lookups:
+            cause = _cause(entry, _Target(wanted.resource, wanted.value, *origin))
+            inputs.setdefault((wanted.resource, wanted.trigger), {}).setdefault(wanted.value, cause)
+    if inputs:
+        _looked_up(definition, inputs, look_up, plan, now_ms)
     return plan
+
+
+def _looked_up(
+    definition: SyncDefinition,
+    inputs: dict[tuple[str, int], dict[str, Cause]],
+    look_up: LookUp | None,
+    plan: ReplayPlan,
+    now_ms: int,
+) -> None:
+    if look_up is None:
+        raise Retryable("replaying events of lookup triggers needs the source database")
+    triggers = lookup_triggers(definition)
+    for (resource, position), causes in inputs.items():
+        lookup = triggers[(resource, position)].lookup
+        assert lookup is not None  # lookup_triggers holds only triggers with one
+        first = next(iter(causes.values()))
+        for found in look_up(resource, position, lookup, list(causes)):
+            cause = causes.get(found.input, first) if found.input is not None else first
+            plan.keys.setdefault(
+                (resource, str(found.entity_id)),
+                DirtyKey(resource, found.entity_id, cause, now_ms),
+            )
+
+
+def _cause(entry: Entry, target: _Target) -> Cause:
+    return Cause(
+        kind="replay",
+        table=target.table,
+        op=target.op,
+        topic=entry.at.topic,
+        partition=entry.at.partition,
+        offset=entry.at.offset,
+    )
+
+
+_Origin = tuple[str | None, str | None]  # the table and op of the change, for the cause
+_NO_ORIGIN: _Origin = (None, None)
 
 
 def _targets(
     entry: Entry, definition: SyncDefinition, index: TriggerIndex
-) -> list[_Target] | Ignored:
+) -> tuple[list[_Target] | Ignored, list[LookupInput], _Origin]:
     if entry.kind == "record" and entry.record is not None:
         record = entry.record
         _known_resource(definition, record.resource)
-        return [_Target(record.resource, record.id, record.cause.table, record.cause.op)]
+        target = _Target(record.resource, record.id, record.cause.table, record.cause.op)
+        return [target], [], _NO_ORIGIN
     if entry.kind == "event" and entry.stage == "syncer":
-        return [_dirty_key_target(entry, definition)]
+        return [_dirty_key_target(entry, definition)], [], _NO_ORIGIN
     if entry.kind == "event":
         return _routed_targets(entry, index)
     raise ReplayFailure(entry.reason)
@@ -132,16 +180,19 @@ def _dirty_key_target(entry: Entry, definition: SyncDefinition) -> _Target:
     return _Target(dirty.resource, dirty.id, dirty.cause.table, dirty.cause.op)
 
 
-def _routed_targets(entry: Entry, index: TriggerIndex) -> list[_Target] | Ignored:
+def _routed_targets(
+    entry: Entry, index: TriggerIndex
+) -> tuple[list[_Target] | Ignored, list[LookupInput], _Origin]:
     """The router's own decode and trigger planning, with the current definition."""
     try:
         change = decode_event(entry.key, entry.value)
         if isinstance(change, Ignored):
-            return change
-        entities = plan_dirty(change, index)
+            return change, [], _NO_ORIGIN
+        planned = plan_change(change, index)
     except (DecodeError, BadRecord) as exc:
         raise ReplayFailure(f"{error_class(exc)}: {exc}") from exc
-    return [_Target(e.resource, e.id, change.table, change.op) for e in entities]
+    targets = [_Target(e.resource, e.id, change.table, change.op) for e in planned.entities]
+    return targets, planned.lookups, (change.table, change.op)
 
 
 def _known_resource(definition: SyncDefinition, resource: str) -> None:

@@ -7,13 +7,17 @@ and confluent-kafka's ``Message``, so what is decoded here is byte for byte what
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
-from consumer.errors import BadRecord
+from consumer.config import SyncDefinition
+from consumer.config_file import load_definition
+from consumer.errors import BadRecord, Retryable
 from consumer.records.deadletter import (
     DeadLetterEvent,
     DeadLetterRecord,
@@ -32,8 +36,10 @@ from consumer.records.dlq_read import (
 from consumer.records.dlq_replay import plan_replay
 from consumer.router.debezium import DecodeError
 from consumer.router.dirty import Cause, DirtyKey, decode_dirty, encode_dirty
+from consumer.router.lookups import Found
 from consumer.router.triggers import UnknownTable
-from tests.shop_definition import shop_definition
+from tests.membership import write_membership_definition
+from tests.shop_definition import OFFLINE_ENV, shop_definition
 from tests.unit.test_dirty import SCHEMA as DIRTY_SCHEMA
 from tests.unit.test_dirty import schema_problems
 
@@ -406,3 +412,45 @@ def test_what_cannot_be_replayed_says_why() -> None:
         "still not a dirty key: Expected `object`, got `array`",
         "not a dead letter: no reach-sync-dlq-kind header",
     ]
+
+
+# --- replaying events of lookup triggers ---------------------------------------------------------
+
+
+def _membership(tmp_path: Path) -> SyncDefinition:
+    path = write_membership_definition(tmp_path / "membership.yaml", "club\\..*")
+    env = {**OFFLINE_ENV, "REACH_SYNC_GROUP_ID": "club", "REACH_SYNC_DIRTY_TOPIC": "club.dirty"}
+    return load_definition(path, {**env, "REACH_SYNC_DEAD_LETTER_TOPIC": "club.dlq"})
+
+
+def test_a_replayed_event_of_a_lookup_trigger_makes_the_looked_up_entities_dirty(
+    tmp_path: Path,
+) -> None:
+    asked: list[tuple[str, int, list[str]]] = []
+
+    def look_up(resource: str, position: int, lookup: str, ids: Sequence[str]) -> list[Found]:
+        asked.append((resource, position, list(ids)))
+        return [Found(10), Found(11)]
+
+    member_changed = _event(
+        _envelope("members", {"id": 4, "account_id": 2, "name": "Ada"}),
+        Retryable("the broker was away"),
+        key=b'{"id":4}',
+    )
+    plan = plan_replay(_entries(member_changed), _membership(tmp_path), T0, look_up)
+
+    # The member itself (a direct trigger), and its subscriptions through one lookup.
+    assert sorted(plan.keys) == [("members", "4"), ("subscriptions", "10"), ("subscriptions", "11")]
+    assert asked == [("subscriptions", 1, ["4"])]
+    cause = plan.keys[("subscriptions", "10")].cause
+    assert (cause.kind, cause.table, cause.op) == ("replay", "public.members", "u")
+
+
+def test_replaying_an_event_of_a_lookup_trigger_without_the_database_is_retryable(
+    tmp_path: Path,
+) -> None:
+    member_changed = _event(
+        _envelope("members", {"id": 4, "account_id": 2}), Retryable("away"), key=b'{"id":4}'
+    )
+    with pytest.raises(Retryable, match="needs the source database"):
+        plan_replay(_entries(member_changed), _membership(tmp_path), T0)
