@@ -13,8 +13,10 @@ again every ``CHECK_INTERVAL_S``, so a process that dies mid-resync is taken ove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,49 +80,91 @@ class Resyncer:
             (change.resource,),
             fingerprints=((change.resource, change.fingerprint),),
         )
-        lock = self._lock_key(change.resource)
-        try:
-            taken = await self.redis.set(lock, scope.id, nx=True, px=LOCK_TTL_MS)
-        except (RedisError, OSError) as exc:
-            raise Retryable(f"resync lock unavailable (Redis): {exc}") from exc
-        if not taken:
+        lock = _Lock(self.redis, self._lock_key(change.resource))
+        if not await lock.take():
             log.info("another process is re-syncing %s", change.resource)
             return None
+        # Not a TaskGroup: it would wrap the walk's own errors in an ExceptionGroup.
+        renewing = asyncio.create_task(lock.keep())
         try:
-            parts = Parts(
-                CheckpointStore(self.redis, self.definition.redis.key_prefix),
-                self.writer,
-                self.position,
-                before_page=self._before_page(change, lock),
-            )
-            report = await run_backfill(self.definition, scope, parts, options, stop, observer)
-            if not report.stopped:
-                await FingerprintStore(self.redis, self.definition.redis.key_prefix).store(
-                    change.resource, change.new
-                )
-                log.info(
-                    "re-synced %s: %d entities made dirty; fingerprint %s stored",
-                    change.resource,
-                    report.checkpoint.keys,
-                    change.fingerprint,
-                )
-            return report
+            return await self._walk(change, scope, stop, options, observer)
         finally:
-            try:
-                await self.redis.delete(lock)
-            except (RedisError, OSError):
-                log.warning("resync lock of %s not released; it expires", change.resource)
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await lock.release()
 
-    def _before_page(self, change: Change, lock: str) -> BeforePage:
+    async def _walk(
+        self,
+        change: Change,
+        scope: BackfillScope,
+        stop: threading.Event,
+        options: BackfillOptions,
+        observer: Observer | None,
+    ) -> BackfillReport:
+        parts = Parts(
+            CheckpointStore(self.redis, self.definition.redis.key_prefix),
+            self.writer,
+            self.position,
+            before_page=self._before_page(change),
+        )
+        report = await run_backfill(self.definition, scope, parts, options, stop, observer)
+        if not report.stopped:
+            await FingerprintStore(self.redis, self.definition.redis.key_prefix).store(
+                change.resource, change.new
+            )
+            log.info(
+                "re-synced %s: %d entities made dirty; fingerprint %s stored",
+                change.resource,
+                report.checkpoint.keys,
+                change.fingerprint,
+            )
+        return report
+
+    def _before_page(self, change: Change) -> BeforePage | None:
+        """With a new Reach schema, each page is put in doubt before it is made dirty, so dedup
+        sends unchanged payloads to the new schema too."""
+        if not change.moves_schema:
+            return None
+
         async def before(resource: str, ids: Sequence[EntityId]) -> None:
-            try:
-                await self.redis.pexpire(lock, LOCK_TTL_MS)
-            except (RedisError, OSError) as exc:
-                raise Retryable(f"resync lock not renewed (Redis): {exc}") from exc
-            if change.moves_schema:
-                await self.last_sent.put_in_doubt(resource, ids)
+            await self.last_sent.put_in_doubt(resource, ids)
 
         return before
+
+
+# Deletes the lock only while it is still this holder's (it may have expired and been taken).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+
+class _Lock:
+    """One process re-syncs a resource at a time; held while it walks, renewed every third of
+    its lifetime, and given up on expiry if the holder dies."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self._key = key
+        self._token = uuid.uuid4().hex
+
+    async def take(self) -> bool:
+        try:
+            return bool(await self._redis.set(self._key, self._token, nx=True, px=LOCK_TTL_MS))
+        except (RedisError, OSError) as exc:
+            raise Retryable(f"resync lock unavailable (Redis): {exc}") from exc
+
+    async def keep(self) -> None:
+        while True:
+            await asyncio.sleep(LOCK_TTL_MS / 3000)
+            try:
+                await self._redis.pexpire(self._key, LOCK_TTL_MS)
+            except (RedisError, OSError) as exc:
+                log.warning("resync lock not renewed (Redis): %s", exc)
+
+    async def release(self) -> None:
+        try:
+            await self._redis.eval(_RELEASE, 1, self._key, self._token)
+        except (RedisError, OSError):
+            log.warning("resync lock %s not released; it expires", self._key)
 
 
 async def run_resyncs(definition: SyncDefinition, stop: threading.Event) -> None:
