@@ -96,7 +96,7 @@ def _count(
                 dead.add((letter.resource, str(letter.id)))
     finally:
         consumer.close()
-    return Outcomes(keys, len(sent), len(deleted), len(dead - sent))
+    return Outcomes(keys, len(sent), len(deleted), len(dead - sent - deleted))
 
 
 def _values(consumer: Consumer, topic: str, starts: dict[int, int]) -> Iterable[bytes]:

@@ -72,7 +72,7 @@ class BackfillReport:
 class Observer(Protocol):
     """Where progress goes (a terminal line, metrics); every call is cheap and optional."""
 
-    def walking(self, resource: str, walked: int, total: int, keys: int) -> None: ...
+    def walking(self, resource: str, walked: int, total: int | None, keys: int) -> None: ...
 
     def lag(self, keys: int, waiting: bool) -> None: ...
 
@@ -80,7 +80,7 @@ class Observer(Protocol):
 
 
 class _Silent:
-    def walking(self, resource: str, walked: int, total: int, keys: int) -> None:
+    def walking(self, resource: str, walked: int, total: int | None, keys: int) -> None:
         return None
 
     def lag(self, keys: int, waiting: bool) -> None:
@@ -199,7 +199,7 @@ async def _walk(
         state.done = page.last is None
         await parts.checkpoints.save(checkpoint)
         if state.done:
-            watch.walking(name, total, total, state.keys)
+            watch.walking(name, walked if total is None else total, total, state.keys)
             break
         await pace.after(len(page.ids), stop)
     return written

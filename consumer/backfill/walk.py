@@ -113,10 +113,15 @@ class IdWalker:
         if self._filter is not None:
             await self._run(self._filter, {**self._params, "ids": []}, "--where/--tenant/--since")
 
-    async def total(self) -> int:
-        """How many ids the walk reads in all (before filters): the progress total."""
+    async def total(self) -> int | None:
+        """How many ids the walk reads in all (before filters): the progress total. None when
+        counting them runs over the statement timeout (a big table): the walk goes on without
+        an ETA rather than never starting."""
         counted = sql.SQL("SELECT count(*) FROM ({page}) AS walked").format(page=self._page_query)
-        rows = await self._run(counted, {"after": None, "limit": None}, "backfill.ids_query")
+        try:
+            rows = await self._run(counted, {"after": None, "limit": None}, "backfill.ids_query")
+        except _TooSlow:
+            return None
         return int(rows[0][0])
 
     async def page(self, after: EntityId | None, limit: int) -> Page:
@@ -194,10 +199,16 @@ async def _execute(
     error naming ``what`` with the database's message."""
     try:
         return await conn.execute(query, params)
+    except psycopg.errors.QueryCanceled as exc:
+        raise _TooSlow(f"{what}: the query ran over statement_timeout_ms: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise Retryable(f"{what}: source database unavailable: {exc}") from exc
     except psycopg.Error as exc:
         raise ConfigurationError(f"{what}: {exc}".strip()) from exc
+
+
+class _TooSlow(Retryable):
+    """A query cancelled by the statement timeout: the database answers, slowly."""
 
 
 def _entity_id(value: Any) -> EntityId:

@@ -134,7 +134,7 @@ class _Watch:
         self._line = ""
         self._shown = False
 
-    def walking(self, resource: str, walked: int, total: int, keys: int) -> None:
+    def walking(self, resource: str, walked: int, total: int | None, keys: int) -> None:
         self._metrics.walking(resource, walked, total, keys)
         elapsed = time.monotonic() - self._started
         self._say(progress_line(f"backfill {resource}", walked, total, elapsed, "ids"))

@@ -52,9 +52,10 @@ class BackfillMetrics:
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
-    def walking(self, resource: str, walked: int, total: int, keys: int) -> None:
+    def walking(self, resource: str, walked: int, total: int | None, keys: int) -> None:
         self._walked.labels(resource).set(walked)
-        self._total.labels(resource).set(total)
+        if total is not None:  # unknown when counting ran over the statement timeout
+            self._total.labels(resource).set(total)
         self._keys.labels(resource).set(keys)
 
     def lag(self, keys: int, waiting: bool) -> None:
