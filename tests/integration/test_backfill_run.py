@@ -21,13 +21,16 @@ from typing import Any, Literal
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from reach_devstack.postgres import PostgresConfig
 from redis.asyncio import Redis
 
 from consumer.backfill.checkpoint import CheckpointStore, ResourceState
 from consumer.backfill.emit import DirtyWriter
+from consumer.backfill.fingerprint import Change, FingerprintStore, parts_of
 from consumer.backfill.outcomes import Outcomes
+from consumer.backfill.resync import Resyncer
 from consumer.backfill.run import BackfillOptions, BackfillReport, BeforePage, Parts, run_backfill
 from consumer.backfill.scope import BackfillScope
 from consumer.backfill.syncer_position import SyncerPosition, syncer_group
@@ -38,6 +41,7 @@ from consumer.records.audit import AuditRecord, audit_key, encode_audit
 from consumer.records.deadletter import dead_letter_message, dead_letter_record
 from consumer.router.dirty import Cause, DirtyKey, EntityId, decode_dirty, dirty_message_key
 from consumer.router.topics import ensure_topics
+from consumer.sink.dedup import LastSent, LastSentStore
 
 DEFINITION = """
 version: 1
@@ -607,3 +611,83 @@ def _produce_outcomes(
 def _partitions(stack: Stack, topic: str) -> int:
     admin = AdminClient({"bootstrap.servers": stack.broker})
     return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+
+
+# --- resync --------------------------------------------------------------------------------------
+
+
+async def _resync(stack: Stack, parts: tuple[str, ...]) -> BackfillReport | None:
+    definition = stack.definition
+    last_sent = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
+    try:
+        resyncer = Resyncer(definition, stack.redis, last_sent, stack.writer, stack.position)
+        change = Change("items", parts, parts_of(definition.resources["items"]))
+        options = BackfillOptions(page_size=PAGE, max_lag=NO_LAG_LIMIT, wait=False)
+        return await resyncer.resync(change, threading.Event(), options)
+    finally:
+        await last_sent.close()
+
+
+async def _last_sent(stack: Stack) -> dict[str, LastSent] | None:
+    definition = stack.definition
+    store = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
+    try:
+        return await store.get_many("items", sorted(ITEMS))
+    finally:
+        await store.close()
+
+
+async def _remember_all_sent(stack: Stack) -> None:
+    definition = stack.definition
+    store = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
+    try:
+        await store.record_sent(
+            "items", [(i, LastSent(tenant, f"hash-{i}")) for i, tenant in ITEMS.items()]
+        )
+    finally:
+        await store.close()
+
+
+async def test_a_resync_to_a_new_reach_schema_puts_every_entity_in_doubt_so_it_is_sent_again(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    await _remember_all_sent(stack)
+
+    report = await _resync(stack, ("reach_schema",))
+
+    assert report is not None and report.checkpoint.keys == len(ITEMS)
+    held = await _last_sent(stack)
+    assert held is not None
+    # Every hash emptied, every tenant kept (a delete still needs it).
+    assert {i: (e.tenant, e.hash) for i, e in held.items()} == {
+        str(i): (tenant, "") for i, tenant in ITEMS.items()
+    }
+    stored = await FingerprintStore(stack.redis, stack.definition.redis.key_prefix).held(["items"])
+    assert stored["items"] == parts_of(stack.definition.resources["items"])
+
+
+async def test_a_resync_of_a_new_mapping_keeps_the_last_sent_hashes_for_dedup(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    await _remember_all_sent(stack)
+
+    report = await _resync(stack, ("mapping",))
+
+    assert report is not None and report.checkpoint.keys == len(ITEMS)
+    held = await _last_sent(stack)
+    assert held is not None and {e.hash for e in held.values()} == {f"hash-{i}" for i in ITEMS}
+
+
+async def test_a_resync_another_process_holds_is_left_to_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    prefix = stack.definition.redis.key_prefix
+    await stack.redis.set(f"{prefix}:resync-lock:items", "someone-else", px=60_000)
+
+    assert await _resync(stack, ("mapping",)) is None
+    assert await stack.checkpoints.load(BackfillScope.of(stack.definition, "backfill").id) is None
+    # The other holder's lock is not released by the process that did not take it.
+    assert await stack.redis.get(f"{prefix}:resync-lock:items") == b"someone-else"
