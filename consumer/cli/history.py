@@ -108,8 +108,24 @@ def _walk_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_LAG,
         help=f"pause while more dirty keys than this wait for the syncer ({DEFAULT_MAX_LAG})",
     )
-    parser.add_argument("--rate", type=float, help="dirty keys per second at most")
-    parser.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    parser.add_argument("--rate", type=_rate, help="dirty keys per second at most")
+    parser.add_argument("--metrics-port", type=_port, help="serve /metrics on 127.0.0.1:PORT")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate from 0 to 1,000,000 keys/s")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
 
 
 def _options(args: argparse.Namespace) -> BackfillOptions:
@@ -131,26 +147,25 @@ class _Watch:
         self._tty = tty
         self._started = time.monotonic()
         self._next = 0.0
-        self._line = ""
+        self._walking = ""  # the last walking line, which a wait for the syncer extends
         self._shown = False
 
     def walking(self, resource: str, walked: int, total: int | None, keys: int) -> None:
         self._metrics.walking(resource, walked, total, keys)
         elapsed = time.monotonic() - self._started
-        self._say(progress_line(f"backfill {resource}", walked, total, elapsed, "ids"))
+        self._walking = progress_line(f"backfill {resource}", walked, total, elapsed, "ids")
+        self._say(self._walking)
 
     def lag(self, keys: int, waiting: bool) -> None:
         self._metrics.lag(keys, waiting)
         if waiting:
-            self._say(f"{self._line.split('  (')[0]}  (waiting: syncer lag {keys:,})", keep=False)
+            self._say(f"{self._walking}  (waiting: syncer lag {keys:,})")
 
     def awaiting(self, partitions_behind: int, partitions: int) -> None:
         self._metrics.awaiting(partitions_behind, partitions)
         self._say(f"waiting for outcomes: {partitions_behind} of {partitions} partitions to go")
 
-    def _say(self, line: str, keep: bool = True) -> None:
-        if keep:
-            self._line = line
+    def _say(self, line: str) -> None:
         now = time.monotonic()
         if now < self._next:
             return

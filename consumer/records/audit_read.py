@@ -200,6 +200,8 @@ def describe_cause(cause: Cause) -> str:
         text += f", lsn {cause.lsn}"
     if cause.source_ts_ms is not None:
         text += f", source ts {_iso(cause.source_ts_ms)}"
+    if cause.run is not None:  # a backfill's or resync's run, as `reach-sync backfill` prints it
+        text += f", run {cause.run}"
     return text
 
 

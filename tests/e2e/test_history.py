@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from reach_devstack.stack import DEV_TENANTS, LocalStack, StackEndpoints, StackOptions
 from redis.asyncio import Redis
@@ -195,6 +196,11 @@ def test_a_tenant_backfill_sends_only_that_tenant_and_marks_it_complete_after_th
     name = unique("onboard")
     env = _env(history_stack, name)
     definition = load_definition(EXAMPLE, env)
+    dry = _finish(_cli(env, "backfill", "--tenant", "merchant-2", "--dry-run"))
+    customers, sales = _counted(history_stack.postgres_dsn, "merchant-2")
+    assert f"customers: {customers:,} entities" in dry and f"merchant-2: {customers:,}" in dry
+    assert f"transactions: {sales:,} entities" in dry and f"merchant-2: {sales:,}" in dry
+    assert "merchant-1" not in dry, dry
     # The syncer alone: the other tests' changes, still in the source topics, are not routed,
     # so everything sent here is the backfill's.
     with _running(definition, role="syncer"):
@@ -221,6 +227,20 @@ def test_a_tenant_backfill_sends_only_that_tenant_and_marks_it_complete_after_th
     tenants = _partner_tenants(history_stack)
     assert tenants["merchant-2"] is not None
     assert tenants["merchant-1"] is None and tenants["merchant-3"] is None
+
+
+def _counted(dsn: str, tenant: str) -> tuple[int, int]:
+    """The tenant's customers and sales, counted in the database."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM customers c JOIN merchants m ON m.id = c.merchant_id"
+            "         WHERE m.external_id = %(t)s),"
+            "       (SELECT count(*) FROM transactions t JOIN merchants m ON m.id = t.merchant_id"
+            "         WHERE m.external_id = %(t)s)",
+            {"t": tenant},
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
 
 
 def _partner_tenants(endpoints: StackEndpoints) -> dict[str, str | None]:

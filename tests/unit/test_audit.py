@@ -467,6 +467,12 @@ def test_a_cause_reads_table_op_position_lsn_and_source_time() -> None:
     assert describe_cause(Cause(kind="resync")) == "resync"
 
 
+def test_a_backfill_cause_names_its_run_as_the_backfill_printed_it() -> None:
+    assert (
+        describe_cause(Cause(kind="backfill", run="6e6a8cfef288")) == "backfill, run 6e6a8cfef288"
+    )
+
+
 def test_history_lines_show_time_kind_outcome_hash_tenant_batch_fields_and_causes() -> None:
     projected = _customer()
     record = upsert_record(
