@@ -192,15 +192,33 @@ class Groups(_Strict):
 
 
 class Delivery(_Strict):
-    """Real time: single synchronous writes, short windows. Batch: the batch endpoint."""
+    """Real time: single synchronous writes, short windows. Batch: the batch endpoint.
+
+    ``new: realtime`` is the onboarding guide's hybrid "real-time API for new records, batch
+    API for updates": an entity Reach does not have yet (no last-sent state) goes out at once
+    through the single-record endpoint, the others as ``mode`` says. ``updates`` is another
+    name for ``mode``, so the hybrid reads as the guide writes it:
+    ``{new: realtime, updates: batch}``.
+    """
 
     mode: Literal["realtime", "batch"]
+    new: Literal["realtime"] | None = None
     window_ms: int = Field(250, ge=10, le=600_000)
     max_keys: int = Field(REACH_MAX_BATCH, ge=1, le=100_000)
     # Real time: a tenant's share of one window larger than this (a burst, a backlog) goes
     # through the batch endpoint: one request and a poll or two cost less than that many single
     # writes, in Reach's capacity and in ours (bench/pipeline.py, latency at 1000 changes/s).
     batch_over: int = Field(8, ge=1, le=100_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _updates_names_the_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "updates" in data:
+            if "mode" in data:
+                raise ValueError("set mode or updates, not both (updates is another name for mode)")
+            data = {**data, "mode": data["updates"]}
+            del data["updates"]
+        return data
 
 
 class Backfill(_Strict):

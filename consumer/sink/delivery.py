@@ -288,9 +288,13 @@ async def deliver_resource(
     # tenants), so they go at once; the first failure is raised after both finished.
     deleted: dict[str, set[str]] = defaultdict(set)  # tenant -> ids Reach deleted there
     work = {"reach_sync.records": len(to_send), "reach_sync.gone": len(recomputed.gone)}
+    # Entities Reach has no state of (none remembered): with `new: realtime`, sent one by one.
+    fresh = (
+        set() if known is None else {i.external_id for i in to_send if i.external_id not in known}
+    )
     with stage_span("deliver", name, work) as span:
         outcomes = await asyncio.gather(
-            _upserts(ctx, to_send),
+            _upserts(ctx, to_send, fresh),
             _deletes(ctx, recomputed.gone, known, moved, tenants, deleted),
             return_exceptions=True,
         )
@@ -357,9 +361,10 @@ async def _per_tenant(
     _raise_first(outcomes)  # a returned SyncError is raised like one raised
 
 
-async def _upserts(ctx: _Context, to_send: list[Projected]) -> None:
+async def _upserts(ctx: _Context, to_send: list[Projected], fresh: set[str]) -> None:
     """Send per tenant, tenants at once; report and remember what Reach accepted even when a
-    part fails, then raise the first failure (after every tenant finished)."""
+    part fails, then raise the first failure (after every tenant finished). ``fresh``: the
+    entities Reach has no state of, sent one by one under ``delivery.new: realtime``."""
     by_tenant: dict[str, dict[str, Projected]] = defaultdict(dict)
     for item in to_send:
         by_tenant[item.tenant][item.external_id] = item
@@ -367,10 +372,24 @@ async def _upserts(ctx: _Context, to_send: list[Projected]) -> None:
     async def send(tenant: str, keys: list[str]) -> Attempt:
         chosen = [by_tenant[tenant][k] for k in keys]
         delivery = ctx.resource.delivery
-        if delivery.mode == "realtime" and len(chosen) <= delivery.batch_over:
+        new = [i for i in chosen if i.external_id in fresh] if delivery.new == "realtime" else []
+
+        async def by_mode(items: Sequence[Projected]) -> tuple[list[Sent], Attempt]:
+            if delivery.mode == "realtime" and len(items) <= delivery.batch_over:
+                return await _send_realtime(ctx, items)
+            return await _send_batch(ctx, tenant, items)
+
+        if new and len(new) < len(chosen):
+            # New and known entities are different entities: both requests go at once.
+            known = [i for i in chosen if i.external_id not in fresh]
+            (one, one_attempt), (rest, rest_attempt) = await asyncio.gather(
+                _send_realtime(ctx, new), by_mode(known)
+            )
+            taken, attempt = [*one, *rest], _both(one_attempt, rest_attempt)
+        elif new:
             taken, attempt = await _send_realtime(ctx, chosen)
         else:
-            taken, attempt = await _send_batch(ctx, tenant, chosen)
+            taken, attempt = await by_mode(chosen)
         unreported = await _report(ctx.on_accepted, taken, ())
         if unreported is not None:  # not durable: not remembered, the window retries
             return Attempt(unreported, attempt.unsettled)
@@ -383,6 +402,11 @@ async def _upserts(ctx: _Context, to_send: list[Projected]) -> None:
         return attempt
 
     await _per_tenant(ctx, {t: list(items) for t, items in by_tenant.items()}, send)
+
+
+def _both(first: Attempt, second: Attempt) -> Attempt:
+    """Two requests of one tenant's attempt, as one: the first error, every unsettled key."""
+    return Attempt(first.error or second.error, [*first.unsettled, *second.unsettled])
 
 
 async def _report(

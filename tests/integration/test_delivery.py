@@ -103,6 +103,62 @@ async def test_real_time_sends_singles_and_a_backlog_through_the_batch_endpoint(
         await last_sent.close()
 
 
+async def test_new_entities_go_one_by_one_and_known_ones_in_a_batch_with_new_realtime(
+    sandbox: SandboxServer, redis_url: str, unique: Callable[[str], str]
+) -> None:
+    """The guide's hybrid "real-time API for new records, batch API for updates"."""
+    tenant = sandbox.new_tenant()
+    auth = {"mode": "jwt", "partner_id": PARTNER_ID, "secret": SecretStr(PARTNER_SECRET)}
+    destination = Destination.model_validate({"base_url": sandbox.base_url, "auth": auth})
+    hybrid = _resource(batch_over=8).model_copy(
+        update={
+            "delivery": _resource(8).delivery.model_validate(
+                {"new": "realtime", "updates": "batch", "window_ms": 100}
+            )
+        }
+    )
+    assert (hybrid.delivery.mode, hybrid.delivery.new) == ("batch", "realtime")
+    last_sent = LastSentStore(redis_url, unique("hybrid"))
+    try:
+        # Reach has 0-2 already (an older state of each); 3-5 are new to it.
+        await last_sent.record_sent("customers", [(n, LastSent(tenant, "old")) for n in range(3)])
+        async with ReachClient(destination) as client:
+            result = await deliver_resource(
+                "customers",
+                hybrid,
+                _rows(tenant, 6),
+                client=client,
+                last_sent=last_sent,
+                tenants=_NoTenants(),
+            )
+        assert (result.sent, result.skipped, result.dead) == (6, 0, [])
+        writes = _writes(sandbox, tenant)
+        assert sorted(writes) == ["/api/resources/customers"] * 3 + [
+            "/api/resources/customers/batch"
+        ]
+        for n in range(6):
+            (latest, *_) = reversed(sandbox.history(tenant, "customers", str(n)))
+            assert latest["data"]["email"] == f"c{n}@example.com"
+        # Now every one is known: a second round of changes goes as one batch.
+        changed = Recomputed(
+            rows={str(n): {**_row(tenant, n), "email": f"new{n}@example.com"} for n in range(6)},
+            gone=[],
+        )
+        async with ReachClient(destination) as client:
+            again = await deliver_resource(
+                "customers",
+                hybrid,
+                changed,
+                client=client,
+                last_sent=last_sent,
+                tenants=_NoTenants(),
+            )
+        assert again.sent == 6
+        assert _writes(sandbox, tenant)[len(writes) :] == ["/api/resources/customers/batch"]
+    finally:
+        await last_sent.close()
+
+
 async def test_gone_entities_are_deleted_from_the_tenant_that_has_them(
     sandbox: SandboxServer, redis_url: str, unique: Callable[[str], str]
 ) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 from confluent_kafka import Consumer, KafkaException
+from pydantic import ValidationError
 
-from consumer.config import KafkaSource
+from consumer.config import Delivery, KafkaSource
 from consumer.config_file import load_definition
 from consumer.errors import ConfigurationError, DefinitionError, SyncError
 from consumer.kafka import consumer_settings
@@ -347,3 +348,12 @@ def test_a_missing_field_is_placed_at_its_parent(tmp_path: Path) -> None:
     assert problem.startswith("destination.base_url: ")
     destination = path.read_text().splitlines().index("destination:") + 1
     assert caught.value.lines == [destination]
+
+
+def test_the_new_vs_updates_hybrid_reads_as_the_guide_writes_it() -> None:
+    delivery = Delivery.model_validate({"new": "realtime", "updates": "batch"})
+    assert (delivery.mode, delivery.new) == ("batch", "realtime")
+    with pytest.raises(ValidationError, match="set mode or updates, not both"):
+        Delivery.model_validate({"mode": "batch", "updates": "realtime"})
+    with pytest.raises(ValidationError):
+        Delivery.model_validate({"mode": "batch", "new": "batch"})
