@@ -373,6 +373,8 @@ async def _upserts(ctx: _Context, to_send: list[Projected], fresh: set[str]) -> 
         chosen = [by_tenant[tenant][k] for k in keys]
         delivery = ctx.resource.delivery
         new = [i for i in chosen if i.external_id in fresh] if delivery.new == "realtime" else []
+        if len(new) > delivery.batch_over:  # a burst of new ones (a backfill): a batch is cheaper
+            new = []
 
         async def by_mode(items: Sequence[Projected]) -> tuple[list[Sent], Attempt]:
             if delivery.mode == "realtime" and len(items) <= delivery.batch_over:
