@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -43,6 +45,7 @@ __all__ = [
     "TenantProbe",
     "Topics",
     "Trigger",
+    "every_seconds",
 ]
 
 # Reach accepts at most 1000 records per batch request (docs/reach-api.md §1).
@@ -191,8 +194,30 @@ class Groups(_Strict):
         return rules
 
 
+# ``every``: a whole number and a unit, nothing else ("15m", "1h", "1d"; seconds for tests).
+_EVERY = re.compile(r"^([1-9][0-9]*)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+# A schedule longer than a week would keep keys past the broker's default retention (7 days).
+_EVERY_MAX_S = 7 * 86_400
+
+
+def every_seconds(every: str) -> int:
+    """``15m`` → 900; a ValueError for anything else (strict: no spaces, no fractions)."""
+    found = _EVERY.match(every)
+    if found is None:
+        raise ValueError(
+            f"{every!r} is not a period: write a whole number and s, m, h or d, e.g. 15m, 1h, 1d"
+        )
+    seconds = int(found.group(1)) * _UNIT_S[found.group(2)]
+    if seconds > _EVERY_MAX_S:
+        raise ValueError(f"{every!r} is longer than 7d (the dirty keys would outlive retention)")
+    return seconds
+
+
 class Delivery(_Strict):
     """Real time: single synchronous writes, short windows. Batch: the batch endpoint.
+    Scheduled: the batch endpoint, once per tick of ``every`` or ``cron`` (docs/design.md,
+    "Scheduled delivery").
 
     ``new: realtime`` is the onboarding guide's hybrid "real-time API for new records, batch
     API for updates": an entity Reach does not have yet (no last-sent state) goes out at once
@@ -201,7 +226,7 @@ class Delivery(_Strict):
     ``{new: realtime, updates: batch}``.
     """
 
-    mode: Literal["realtime", "batch"]
+    mode: Literal["realtime", "batch", "scheduled"]
     new: Literal["realtime"] | None = None
     window_ms: int = Field(250, ge=10, le=600_000)
     max_keys: int = Field(REACH_MAX_BATCH, ge=1, le=100_000)
@@ -209,6 +234,11 @@ class Delivery(_Strict):
     # through the batch endpoint: one request and a poll or two cost less than that many single
     # writes, in Reach's capacity and in ours (bench/pipeline.py, latency at 1000 changes/s).
     batch_over: int = Field(8, ge=1, le=100_000)
+    # Scheduled only, exactly one of them: a period counted from the Unix epoch (UTC), or a
+    # cron expression read in ``timezone``.
+    every: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -219,6 +249,59 @@ class Delivery(_Strict):
             data = {**data, "mode": data["updates"]}
             del data["updates"]
         return data
+
+    @field_validator("every")
+    @classmethod
+    def _a_period(cls, every: str | None) -> str | None:
+        if every is not None:
+            every_seconds(every)
+        return every
+
+    @field_validator("cron")
+    @classmethod
+    def _a_cron_expression(cls, cron: str | None) -> str | None:
+        if cron is not None and not croniter.is_valid(cron):
+            raise ValueError(f"{cron!r} is not a cron expression (minute hour day month weekday)")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _a_time_zone(cls, timezone: str | None) -> str | None:
+        if timezone is not None:
+            try:
+                ZoneInfo(timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"{timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)"
+                ) from None
+        return timezone
+
+    @model_validator(mode="after")
+    def _a_schedule_for_scheduled_alone(self) -> Self:
+        timed = {k for k in ("every", "cron", "timezone") if getattr(self, k) is not None}
+        if self.mode != "scheduled":
+            if timed:
+                raise ValueError(f"{', '.join(sorted(timed))} needs mode: scheduled")
+            return self
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("mode scheduled needs exactly one of every or cron")
+        if self.every is not None and self.timezone is not None:
+            raise ValueError(
+                "timezone applies to cron; every counts from the Unix epoch (for a wall-clock "
+                "time, write cron, e.g. '0 0 * * *' with timezone)"
+            )
+        if self.new == "realtime":
+            # The syncer would send a new entity while the scheduler sends it too: two owners.
+            raise ValueError("new: realtime cannot be combined with mode: scheduled (yet)")
+        return self
+
+    @property
+    def scheduled(self) -> bool:
+        return self.mode == "scheduled"
+
+    @property
+    def zone(self) -> str:
+        return self.timezone or "UTC"
 
 
 class Backfill(_Strict):
@@ -403,25 +486,36 @@ _TOPIC = r"^[A-Za-z0-9._-]+$"
 class Topics(_Strict):
     """Topics reach-sync writes. ``audit`` (the record of every send and delete) defaults to the
     dirty topic's name with its ``.dirty`` suffix replaced by ``.audit`` (``<dirty>.audit`` when
-    it has none); set it explicitly, since changing it later starts a new history."""
+    it has none); set it explicitly, since changing it later starts a new history. ``scheduled``
+    (the dirty keys of ``mode: scheduled`` resources, waiting for their run) defaults the same
+    way, to ``.scheduled``; it has ``dirty_partitions`` partitions too."""
 
     dirty: str = Field(pattern=_TOPIC)
     dirty_partitions: int = Field(12, ge=1, le=1024)
     dead_letter: str = Field(pattern=_TOPIC)
     audit: str = Field(pattern=_TOPIC)
+    scheduled: str = Field(pattern=_TOPIC)
 
     @model_validator(mode="before")
     @classmethod
     def _default_audit(cls, data: Any) -> Any:
         dirty = data.get("dirty") if isinstance(data, dict) else None
-        if isinstance(dirty, str) and data.get("audit") is None:
-            return {**data, "audit": f"{dirty.removesuffix('.dirty')}.audit"}
+        if not isinstance(dirty, str):
+            return data
+        base = dirty.removesuffix(".dirty")
+        for name in ("audit", "scheduled"):
+            if data.get(name) is None:
+                data = {**data, name: f"{base}.{name}"}
         return data
 
     @model_validator(mode="after")
     def _audit_is_its_own_topic(self) -> Self:
         if self.audit in (self.dirty, self.dead_letter):
             raise ValueError("audit must be a topic of its own, not the dirty or dead-letter topic")
+        if self.scheduled in (self.dirty, self.dead_letter, self.audit):
+            raise ValueError(
+                "scheduled must be a topic of its own, not the dirty, dead-letter or audit topic"
+            )
         return self
 
 
@@ -477,3 +571,16 @@ class SyncDefinition(_Strict):
 
     def trigger_tables(self) -> set[str]:
         return {t.table for r in self.resources.values() for t in r.triggers}
+
+    def scheduled_resources(self) -> list[str]:
+        """The resources sent at scheduled runs (``delivery.mode: scheduled``), in order."""
+        return [name for name, r in self.resources.items() if r.delivery.scheduled]
+
+    def dirty_topic_of(self, resource: str) -> str:
+        """Where a dirty key of ``resource`` goes: the scheduled topic for a scheduled resource,
+        else the dirty topic. The router, backfill and ``dlq replay`` all ask here, so an entity
+        has one topic and so one owner (docs/design.md, "Scheduled delivery")."""
+        found = self.resources.get(resource)
+        if found is not None and found.delivery.scheduled:
+            return self.topics.scheduled
+        return self.topics.dirty

@@ -1,8 +1,10 @@
 """The service: both stages in one process by default, or either alone (``--role``).
 
 Stage 1 (router) is synchronous confluent-kafka work and runs in its own thread; stage 2
-(syncer) runs on the event loop with the async Reach, database and Redis clients. A stop flag,
-set by SIGTERM or SIGINT, ends both: each drains, commits and leaves within a bounded time.
+(syncer) runs on the event loop with the async Reach, database and Redis clients, and so does
+the scheduler (scheduled resources' runs, schedule/scheduler.py) wherever the syncer runs,
+sharing its clients. A stop flag, set by SIGTERM or SIGINT, ends them all: each drains, commits
+and leaves within a bounded time.
 
 With ``health`` in the definition, ``/healthz`` and ``/readyz`` (observe/health.py) answer for
 the whole life of the service, from what each stage's loop records and a probe of Redis and the
@@ -12,15 +14,18 @@ source database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Literal
 
 import httpx
 from confluent_kafka import Producer
+from redis.asyncio import Redis
 
 from consumer.backfill.resync import run_resyncs
 from consumer.config import Destination, SyncDefinition
@@ -35,6 +40,8 @@ from consumer.records.audit import AuditWriter, ensure_audit_topic
 from consumer.router.loop import STOP_BOUND_S as ROUTER_STOP_BOUND_S
 from consumer.router.loop import RouterStats, run_router
 from consumer.router.topics import ensure_topics
+from consumer.schedule.scheduler import DRAIN_BOUND_S as SCHEDULER_DRAIN_S
+from consumer.schedule.scheduler import Scheduler
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.recompute import SourceDatabase
 from consumer.sink.tenant_gate import TenantBlocks
@@ -56,6 +63,8 @@ RESYNC_STOP_BOUND_S = 90.0
 class ServiceStats:
     router: RouterStats | None = None
     syncer: SyncerStats = field(default_factory=SyncerStats)
+    # What the scheduled runs' windows did (the scheduler's own window sink).
+    scheduled: SyncerStats = field(default_factory=SyncerStats)
     router_error: BaseException | None = None
     # Where /healthz and /readyz answer (``health`` in the definition), once listening.
     health_port: int | None = None
@@ -135,7 +144,9 @@ def _run_stages(
         )
         resync_thread.start()
     if role in ("all", "syncer"):
-        asyncio.run(_run_syncer(definition, stop, stats.syncer, readiness, instruments))
+        asyncio.run(
+            _run_syncer(definition, stop, stats.syncer, readiness, instruments, stats.scheduled)
+        )
     else:
         stop.wait()
     if resync_thread is not None:
@@ -161,17 +172,46 @@ def _resync(definition: SyncDefinition, stop: threading.Event) -> None:
         log.exception("the resync stopped; it is tried again at the next start")
 
 
+@dataclass(frozen=True)
+class _SinkParts:
+    """What every window sink of a process shares: one Reach client (one connection pool, one
+    rate limiter, one circuit), the source database's pool, the last-sent store, the dead-letter
+    producer and the tenant gate."""
+
+    client: ReachClient
+    db: SourceDatabase
+    last_sent: LastSentStore
+    producer: Producer
+    gate: TenantBlocks
+    instruments: Instruments
+
+    def window_sink(self, definition: SyncDefinition, stats: SyncerStats) -> WindowSink:
+        """A sink with its own audit writer and stats: the audit writer's flushes are counted
+        per sink (window_sink.py), and a scheduled run's counts are its sink's."""
+        return WindowSink(
+            definition,
+            client=self.client,
+            db=self.db,
+            last_sent=self.last_sent,
+            producer=self.producer,
+            audit=AuditWriter(definition),
+            gate=self.gate,
+            stats=stats,
+            instruments=self.instruments,
+        )
+
+
 async def _run_syncer(
     definition: SyncDefinition,
     stop: threading.Event,
     stats: SyncerStats,
     readiness: ServiceReadiness | None = None,
     instruments: Instruments = NO_INSTRUMENTS,
+    scheduled_stats: SyncerStats | None = None,
 ) -> SyncerStats:
     db = SourceDatabase(definition.source.database)
     last_sent = LastSentStore(definition.redis.url.get_secret_value(), definition.redis.key_prefix)
     producer = Producer(producer_settings(definition.source.kafka))
-    audit = AuditWriter(definition)
     circuit = Circuit(definition.destination.circuit_breaker)
     await db.open()
     try:
@@ -185,17 +225,8 @@ async def _run_syncer(
             ) as client,
         ):
             blocks = TenantBlocks(definition.destination.tenant_probe)
-            sink = WindowSink(
-                definition,
-                client=client,
-                db=db,
-                last_sent=last_sent,
-                producer=producer,
-                audit=audit,
-                gate=blocks,
-                stats=stats,
-                instruments=instruments,
-            )
+            parts = _SinkParts(client, db, last_sent, producer, blocks, instruments)
+            sink = parts.window_sink(definition, stats)
             syncer = Syncer(
                 definition,
                 sink,
@@ -207,10 +238,38 @@ async def _run_syncer(
             )
             if readiness is not None:
                 readiness.syncer = syncer
-            return await syncer.run(stop)
+            if not definition.scheduled_resources():
+                return await syncer.run(stop)
+            scheduled = parts.window_sink(definition, scheduled_stats or SyncerStats())
+            async with _scheduler(definition, scheduled, producer, stop):
+                return await syncer.run(stop)
     finally:
         await last_sent.close()
         await db.close()
+
+
+@contextlib.asynccontextmanager
+async def _scheduler(
+    definition: SyncDefinition, sink: WindowSink, producer: Producer, stop: threading.Event
+) -> AsyncIterator[None]:
+    """The scheduler runs beside the block on the same loop and ends with it: on ``stop`` it
+    finishes its window (bounded), and it is cancelled if the block ends otherwise."""
+    redis: Redis = Redis.from_url(definition.redis.url.get_secret_value())
+    scheduler = Scheduler(definition, sink, redis, producer)
+    task = asyncio.create_task(scheduler.run(stop), name="scheduler")
+    try:
+        yield
+    finally:
+        if not stop.is_set():
+            task.cancel()
+        done, _ = await asyncio.wait([task], timeout=SCHEDULER_DRAIN_S + 5)
+        if not done:
+            task.cancel()
+            log.error("the scheduler did not stop within %.0f s", SCHEDULER_DRAIN_S + 5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sink.close()
+        await redis.aclose()
 
 
 def _reach_transport(

@@ -4,8 +4,11 @@ A backfill never writes to Reach itself: it makes entities dirty and the running
 rest, exactly as for a change. So there is one writer per entity (its dirty partition's owner)
 and no ordering hazard between history and live changes (docs/design.md, "History").
 ``write`` returns once the broker acknowledged every key, with the offset after the last one
-written to each partition: the checkpoint keeps those, and "every entity of the backfill has an
-outcome" is the syncer's committed offsets passing them.
+written to each partition of the dirty topic: the checkpoint keeps those, and "every entity of
+the backfill has an outcome" is the syncer's committed offsets passing them. A scheduled
+resource's keys go to the scheduled topic instead (``dirty_topic_of``) and return no offsets:
+they are sent at the resource's next run, which a backfill does not wait for (run.py refuses
+to wait on one; docs/design.md, "Scheduled delivery").
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ QUEUE_FULL_POLL_S = 0.1
 
 class DirtyWriter:
     def __init__(self, definition: SyncDefinition) -> None:
+        self._definition = definition
         self._topic = definition.topics.dirty
         self._offsets: dict[int, int] = {}
         self._failures: list[KafkaError] = []
@@ -43,9 +47,10 @@ class DirtyWriter:
     def _write(self, resource: str, ids: Sequence[EntityId], cause: Cause) -> dict[int, int]:
         self._offsets, self._failures = {}, []
         enqueued_ms = int(time.time() * 1000)
+        topic = self._definition.dirty_topic_of(resource)
         for entity_id in ids:
             value = encode_dirty(DirtyKey(resource, entity_id, cause, enqueued_ms))
-            self._produce(dirty_message_key(resource, entity_id), value)
+            self._produce(topic, dirty_message_key(resource, entity_id), value)
         deadline = time.monotonic() + ACK_TIMEOUT_S
         while (outstanding := self._producer.flush(1.0)) > 0:
             if time.monotonic() > deadline:
@@ -57,10 +62,10 @@ class DirtyWriter:
             raise Retryable(f"dirty keys not written: {self._failures[0].str()}")
         return dict(self._offsets)
 
-    def _produce(self, key: bytes, value: bytes) -> None:
+    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
         while True:
             try:
-                self._producer.produce(self._topic, value, key)
+                self._producer.produce(topic, value, key)
                 return
             except BufferError:
                 self._producer.poll(QUEUE_FULL_POLL_S)
@@ -70,6 +75,8 @@ class DirtyWriter:
             self._failures.append(error)
             return
         partition, offset = message.partition(), message.offset()
+        if message.topic() != self._topic:
+            return  # the scheduled topic: nothing for the syncer's commits to pass
         if partition is not None and offset is not None and offset >= 0:
             self._offsets[partition] = max(offset + 1, self._offsets.get(partition, 0))
 

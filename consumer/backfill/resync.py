@@ -13,15 +13,12 @@ again every ``CHECK_INTERVAL_S``, so a process that dies mid-resync is taken ove
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from consumer.backfill.checkpoint import CheckpointStore
 from consumer.backfill.emit import DirtyWriter
@@ -37,7 +34,8 @@ from consumer.backfill.run import (
 from consumer.backfill.scope import BackfillScope
 from consumer.backfill.syncer_position import SyncerPosition
 from consumer.config import SyncDefinition
-from consumer.errors import Retryable, SyncError
+from consumer.errors import SyncError
+from consumer.redis_lock import RedisLock
 from consumer.router.dirty import EntityId
 from consumer.router.topics import ensure_topics
 from consumer.sink.dedup import LastSentStore
@@ -80,19 +78,12 @@ class Resyncer:
             (change.resource,),
             fingerprints=((change.resource, change.fingerprint),),
         )
-        lock = _Lock(self.redis, self._lock_key(change.resource))
+        lock = RedisLock(self.redis, self._lock_key(change.resource), LOCK_TTL_MS, "resync lock")
         if not await lock.take():
             log.info("another process is re-syncing %s", change.resource)
             return None
-        # Not a TaskGroup: it would wrap the walk's own errors in an ExceptionGroup.
-        renewing = asyncio.create_task(lock.keep())
-        try:
+        async with lock.renewed():
             return await self._walk(change, scope, stop, options, observer)
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            await lock.release()
 
     async def _walk(
         self,
@@ -131,40 +122,6 @@ class Resyncer:
             await self.last_sent.put_in_doubt(resource, ids)
 
         return before
-
-
-# Deletes the lock only while it is still this holder's (it may have expired and been taken).
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
-
-
-class _Lock:
-    """One process re-syncs a resource at a time; held while it walks, renewed every third of
-    its lifetime, and given up on expiry if the holder dies."""
-
-    def __init__(self, redis: Redis, key: str) -> None:
-        self._redis = redis
-        self._key = key
-        self._token = uuid.uuid4().hex
-
-    async def take(self) -> bool:
-        try:
-            return bool(await self._redis.set(self._key, self._token, nx=True, px=LOCK_TTL_MS))
-        except (RedisError, OSError) as exc:
-            raise Retryable(f"resync lock unavailable (Redis): {exc}") from exc
-
-    async def keep(self) -> None:
-        while True:
-            await asyncio.sleep(LOCK_TTL_MS / 3000)
-            try:
-                await self._redis.pexpire(self._key, LOCK_TTL_MS)
-            except (RedisError, OSError) as exc:
-                log.warning("resync lock not renewed (Redis): %s", exc)
-
-    async def release(self) -> None:
-        try:
-            await self._redis.eval(_RELEASE, 1, self._key, self._token)
-        except (RedisError, OSError):
-            log.warning("resync lock %s not released; it expires", self._key)
 
 
 async def run_resyncs(definition: SyncDefinition, stop: threading.Event) -> None:

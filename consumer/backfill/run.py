@@ -28,6 +28,7 @@ from consumer.backfill.scope import BackfillScope
 from consumer.backfill.syncer_position import SyncerPosition
 from consumer.backfill.walk import IdWalker, connect, ids_query
 from consumer.config import SyncDefinition
+from consumer.errors import ConfigurationError
 from consumer.router.dirty import Cause, EntityId
 from consumer.router.topics import ensure_topics
 
@@ -117,11 +118,20 @@ async def run_backfill(
 ) -> BackfillReport:
     watch = observer or _Silent()
     run = run or uuid.uuid4().hex[:12]
+    scheduled = [n for n in scope.resources if definition.resources[n].delivery.scheduled]
+    if options.wait and scheduled:
+        # Their keys are sent at their next run: waiting would be for a tick, and outcomes
+        # counted before it would be empty (docs/design.md, "Scheduled delivery").
+        raise ConfigurationError(
+            f"{', '.join(scheduled)}: scheduled, so sent at the next run, which a backfill does "
+            "not wait for; run it with --no-wait (and --mark-complete only after that run)"
+        )
     conn = await connect(definition.source.database)
     try:
         walkers = {}
         for name in scope.resources:  # 1. every check before any write
             resource = definition.resources[name]
+
             walker = IdWalker(
                 conn,
                 name,

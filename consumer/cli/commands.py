@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
 
 import orjson
 
@@ -24,6 +23,7 @@ from consumer.cli.common import (
     definition_path,
     load,
 )
+from consumer.cli.masking import masked
 from consumer.cli.plan import describe_plan, plan_command
 from consumer.cli.records import add_audit_commands, add_dlq_commands
 from consumer.cli.run_report import ProgressLog, final_stats
@@ -160,16 +160,6 @@ def _entity_id(text: str) -> EntityId:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _masked(definition: SyncDefinition, resource: str, record: dict[str, Any]) -> dict[str, Any]:
-    mapping = definition.resources[resource].mapping
-    return {
-        name: "<pii>"
-        if name in mapping and mapping[name].pii != "none" and value is not None
-        else value
-        for name, value in record.items()
-    }
-
-
 def _preview(args: argparse.Namespace) -> int:
     definition = load(definition_path(args))
     if definition is None:
@@ -210,7 +200,7 @@ async def _preview_one(
         print(f"{name} {entity_id}: no row in the source database; {sent}")
         return 0
     projected = project(resource, next(iter(recomputed.rows.values())))
-    record = projected.record if show_pii else _masked(definition, name, projected.record)
+    record = projected.record if show_pii else masked(definition, name, projected.record)
     print(f"{name} {entity_id} → tenant {projected.tenant}, schema {resource.reach_schema}")
     print(orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
     if known is None:

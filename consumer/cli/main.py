@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from consumer import __version__
+from consumer.cli.access import add_access_commands
 from consumer.cli.commands import add_sync_commands
+from consumer.cli.export import add_export_commands
 from consumer.cli.history import add_history_commands
 from consumer.observe.logs import configure_logging
 
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_sync_commands(sub)
     add_history_commands(sub)
+    add_export_commands(sub)
+    add_access_commands(sub)
     local_stack = "the local stack"
     _optional(sub, "dev", local_stack, "reach-devstack", lambda: _dev(sub))
     _optional(sub, "sandbox", "the local Reach sandbox", "reach-sandbox", lambda: _sandbox(sub))

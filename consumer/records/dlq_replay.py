@@ -210,7 +210,7 @@ def enqueue(
 
     ``progress`` is told how many were acknowledged so far, as they are (consumer/cli/progress.py
     decides what to show): acknowledged, not produced, because produce only queues."""
-    topic = definition.topics.dirty
+    topics: set[str] = set()
     failures: list[KafkaError] = []
     acknowledged = 0
 
@@ -229,7 +229,9 @@ def enqueue(
         message_key, value = dirty_message_key(key.resource, key.id), encode_dirty(key)
         while True:
             try:
+                topic = definition.dirty_topic_of(key.resource)  # scheduled ones wait for a run
                 producer.produce(topic, value, message_key, on_delivery=on_delivery)
+                topics.add(topic)
                 break
             except BufferError:
                 producer.poll(QUEUE_FULL_POLL_S)
@@ -240,8 +242,9 @@ def enqueue(
     left = _flush(producer, ACK_TIMEOUT_S, lambda: progress(acknowledged) if progress else None)
     if left or failures:
         first = failures[0].str() if failures else "no answer in time"
+        where = ", ".join(sorted(topics)) or definition.topics.dirty
         raise Retryable(
-            f"{left + len(failures)} of {produced} dirty keys were not acknowledged by {topic} "
+            f"{left + len(failures)} of {produced} dirty keys were not acknowledged by {where} "
             f"({first}); replaying again is harmless"
         )
     return produced

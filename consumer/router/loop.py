@@ -156,7 +156,8 @@ class _Router:
         self._on_stats = on_stats
         self._progress = progress
         self._index = TriggerIndex.from_definition(definition)
-        self._dirty_topic = definition.topics.dirty
+        # Per resource: the dirty topic, or the scheduled topic for a scheduled resource.
+        self._topic_of = {name: definition.dirty_topic_of(name) for name in definition.resources}
         self._dead_letter_topic = definition.topics.dead_letter
         self._failures: list[KafkaError] = []
         self._done: dict[_PartitionKey, int] = {}  # next offset to commit, acknowledged
@@ -280,7 +281,7 @@ class _Router:
         for (resource, entity_id), merged in pending.items():
             key = merged.dirty_key(resource, entity_id, enqueued_ms)
             self._produce(
-                self._dirty_topic, dirty_message_key(resource, entity_id), encode_dirty(key)
+                self._topic_of[resource], dirty_message_key(resource, entity_id), encode_dirty(key)
             )
         self.stats.dirty_keys += len(pending)
 

@@ -7,8 +7,9 @@ Both checks turn a silent, slow failure into a loud one at startup:
   miss the entity a row moved away from. That is a ``ConfigurationError`` naming the table and
   the fix. The reverse (FULL in the database, ``default`` in the definition) is safe, only less
   complete, and logged as a warning.
-- The dirty and dead-letter topics are created if missing, so the first produce never waits on
-  broker auto-creation (or fails where it is off) with default partition counts.
+- The dirty and dead-letter topics (and the scheduled topic, when a resource is scheduled) are
+  created if missing, so the first produce never waits on broker auto-creation (or fails where
+  it is off) with default partition counts.
 """
 
 from __future__ import annotations
@@ -111,13 +112,16 @@ def _replica_identities(definition: SyncDefinition, tables: list[str]) -> Mappin
 
 
 def ensure_topics(definition: SyncDefinition) -> None:
-    """Create the dirty and dead-letter topics if missing; an existing topic is kept as it is."""
+    """Create the dirty and dead-letter topics if missing, and the scheduled topic when a resource
+    is scheduled (as many partitions as the dirty topic); an existing topic is kept as it is."""
     kafka, topics = definition.source.kafka, definition.topics
     admin = AdminClient({**kafka.client_settings, "bootstrap.servers": kafka.bootstrap_servers})
     wanted = {
         topics.dirty: topics.dirty_partitions,
         topics.dead_letter: DEAD_LETTER_PARTITIONS,
     }
+    if definition.scheduled_resources():
+        wanted[topics.scheduled] = topics.dirty_partitions
     futures = admin.create_topics(
         [NewTopic(name, count, BROKER_DEFAULT_REPLICATION) for name, count in wanted.items()],
         request_timeout=ADMIN_TIMEOUT_S,
@@ -125,6 +129,8 @@ def ensure_topics(definition: SyncDefinition) -> None:
     for name, future in futures.items():
         _created_or_exists(name, future)
     _warn_on_partition_count(admin, topics.dirty, topics.dirty_partitions)
+    if topics.scheduled in wanted:
+        _warn_on_partition_count(admin, topics.scheduled, topics.dirty_partitions)
 
 
 def _created_or_exists(name: str, future: concurrent.futures.Future[None]) -> None:

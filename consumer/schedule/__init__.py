@@ -1,0 +1,2 @@
+"""Scheduled delivery: resources sent once per tick, through the batch endpoint (design.md,
+"Scheduled delivery")."""
