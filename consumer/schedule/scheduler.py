@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -140,7 +141,7 @@ class Scheduler:
         lock_key = f"{self.definition.redis.key_prefix}:scheduled-lock:{name}"
         lock = RedisLock(self.redis, lock_key, LOCK_TTL_MS, "scheduled run lock")
         if not await lock.take():
-            log.info("%s: another process runs the tick of %d", name, due)
+            log.info("%s: another process runs the tick of %s", name, _iso(due))
             return now + int(RECHECK_S * 1000)
         async with lock.renewed():
             record = await self.runs.read(name)  # it may have been served since we looked
@@ -159,10 +160,10 @@ class Scheduler:
             upcoming = schedule.next_after(finished)
             await self.runs.finished(name, due, finished, summary, upcoming)
             log.info(
-                "%s: run of tick %d done in %.1f s: %d keys, %d entities, sent %d, skipped %d, "
+                "%s: run of tick %s done in %.1f s: %d keys, %d entities, sent %d, skipped %d, "
                 "held %d",
                 name,
-                due,
+                _iso(due),
                 (finished - now) / 1000,
                 summary.keys,
                 summary.entities,
@@ -387,6 +388,11 @@ class _Run:
             raise _Stopped("stopped")
         if self.lock.lost:
             raise _Stopped("the run lock was lost")
+
+
+def _iso(ms: int) -> str:
+    """A tick as people read it in a log line (UTC)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # What _Run._read answers for a message the run neither takes nor commits.
