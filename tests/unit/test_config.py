@@ -357,3 +357,13 @@ def test_the_new_vs_updates_hybrid_reads_as_the_guide_writes_it() -> None:
         Delivery.model_validate({"mode": "batch", "updates": "realtime"})
     with pytest.raises(ValidationError):
         Delivery.model_validate({"mode": "batch", "new": "batch"})
+
+
+def test_the_every_method_example_loads_with_its_methods() -> None:
+    definition = load_definition(EXAMPLE.with_name("shop-methods.yaml"), ENV)
+    customers = definition.resources["customers"].delivery
+    transactions = definition.resources["transactions"].delivery
+    assert (customers.mode, customers.every) == ("scheduled", "1h")
+    assert (transactions.mode, transactions.new) == ("batch", "realtime")
+    assert definition.dirty_topic_of("customers") == definition.topics.scheduled
+    assert definition.dirty_topic_of("transactions") == definition.topics.dirty
