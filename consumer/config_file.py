@@ -136,7 +136,10 @@ def load_definition(path: Path, env: Mapping[str, str] | None = None) -> SyncDef
         # A field whose ${VAR} is not set is reported as that; what the model then says of the
         # placeholder left in its place ("should match pattern ...") is noise.
         unset = {problem.split(": ", 1)[0] for problem in problems}
-        found = [(_error_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        # A validator's own message reads as written, without pydantic's "Value error, ".
+        found = [
+            (_error_path(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()
+        ]
         problems += [f"{where}: {msg}" for where, msg in found if where not in unset]
         raise DefinitionError(source, problems, _lines(tree, problems)) from exc
     if problems:

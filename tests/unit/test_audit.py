@@ -337,7 +337,7 @@ def test_the_audit_topic_is_set_in_the_example_and_must_be_its_own(tmp_path: Pat
     with pytest.raises(DefinitionError) as caught:
         load_definition(_topics(tmp_path, dirty="a", dead_letter="b", audit="a"), OFFLINE_ENV)
     assert caught.value.problems == [
-        "topics: Value error, audit must be a topic of its own, not the dirty or dead-letter topic"
+        "topics: audit must be a topic of its own, not the dirty or dead-letter topic"
     ]
     with pytest.raises(DefinitionError) as caught:
         load_definition(_topics(tmp_path, dirty="a", dead_letter="b", audit="a b"), OFFLINE_ENV)

@@ -123,17 +123,17 @@ def test_a_rate_limit_section_loads(tmp_path: Path) -> None:
         ),
         (
             {},
-            "destination.rate_limit: Value error, sets no limit: set requests_per_s, "
+            "destination.rate_limit: sets no limit: set requests_per_s, "
             "per_tenant_requests_per_s or group_requests_per_s, or remove rate_limit",
         ),
         (
             {"per_tenant_requests_per_s": 2, "burst": 4},
-            "destination.rate_limit: Value error, burst needs requests_per_s or "
+            "destination.rate_limit: burst needs requests_per_s or "
             "group_requests_per_s",
         ),
         (
             {"requests_per_s": 2, "per_tenant_burst": 4},
-            "destination.rate_limit: Value error, per_tenant_burst needs per_tenant_requests_per_s",
+            "destination.rate_limit: per_tenant_burst needs per_tenant_requests_per_s",
         ),
         (
             {"requests_per_s": 2, "burts": 4},
