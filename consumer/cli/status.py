@@ -1,5 +1,5 @@
-"""``reach-sync status``: readiness, lag, rates and dead letters of a running reach-sync, once or
-watched (status_report.py reads, status_view.py renders)."""
+"""``reach-sync status``: readiness, lag, rates, scheduled runs and dead letters of a running
+reach-sync, once or watched (status_report.py reads, status_view.py renders)."""
 
 from __future__ import annotations
 
@@ -35,11 +35,13 @@ __all__ = ["add_status_command"]
 def add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = sub.add_parser(
         "status",
-        help="a one-screen summary of a running deployment: readiness, lag, rates, dead letters",
+        help="a one-screen summary of a running deployment: readiness, lag, rates, scheduled "
+        "runs, dead letters",
         description="Ask the service's /readyz, and read from Kafka both consumer groups' "
         "committed offsets against the high watermarks (without joining the groups or "
         "committing) and the dead-letter topic's size. Rates come from two samples of the "
-        "committed offsets.",
+        "committed offsets. Each scheduled resource: its last run and next tick (the run record "
+        "in Redis) and the dirty keys waiting on the scheduled topic past its group's commits.",
         epilog="exit codes: 0 done, whatever the service's state (no answer from its health port "
         "included); 1 broker unavailable; 2 bad definition or a topic does not exist",
     )

@@ -6,12 +6,17 @@ whichever process owns a partition. Offsets are read by consumers that carry the
 never subscribe: no rebalance of the running service, no commit. Lag and the dead-letter count
 are watermark arithmetic: exact on Kafka, possibly short on the local broker (Tansu).
 
+Scheduled resources add their run record in Redis (schedule/runs.py) and what waits for their
+next run: the scheduled topic's end minus the resource's own group's committed offsets
+(``<group_id>.scheduled.<resource>``), read the same way.
+
 Gathering is one function per source into frozen dataclasses; cli/status_view.py turns a
 ``StatusReport`` into lines, purely. Details: docs/design.md, "Reading the topics back".
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -22,10 +27,14 @@ from typing import Any, Literal
 
 import httpx
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from redis.asyncio import Redis
 
 from consumer.config import SyncDefinition
 from consumer.errors import ConfigurationError, Retryable
 from consumer.kafka import consumer_settings
+from consumer.schedule.runs import RunRecord, RunStore
+from consumer.schedule.scheduler import scheduled_group
+from consumer.schedule.when import Schedule
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
@@ -36,6 +45,7 @@ __all__ = [
     "PartitionHealth",
     "PartitionOffsets",
     "Sample",
+    "ScheduledRun",
     "ServiceHealth",
     "StageHealth",
     "StatusReader",
@@ -44,10 +54,12 @@ __all__ = [
     "health_urls",
     "parse_readyz",
     "readyz_url",
+    "scheduled_runs",
     "service_health",
 ]
 
-Stage = Literal["router", "syncer"]
+# "scheduled": one group per scheduled resource, on the scheduled topic.
+Stage = Literal["router", "syncer", "scheduled"]
 
 # Between the two samples rates come from, and between --watch refreshes.
 DEFAULT_INTERVAL_S = 2.0
@@ -55,6 +67,8 @@ DEFAULT_INTERVAL_S = 2.0
 # is reported unavailable (a status command must answer quickly).
 BROKER_TIMEOUT_S = 10.0
 HEALTH_TIMEOUT_S = 2.0
+# The run records are one HGETALL each; Redis slower than this is said, not waited for.
+REDIS_TIMEOUT_S = 2.0
 # A service listening on every interface is asked on loopback.
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
 
@@ -100,7 +114,8 @@ class PartitionOffsets:
 
 @dataclass(frozen=True, slots=True)
 class GroupOffsets:
-    """A consumer group's committed offsets over its topics, as of ``at`` (monotonic)."""
+    """A consumer group's committed offsets over its topics, as of ``at`` (monotonic). For a
+    scheduled resource's group, ``lag`` is what waits for its next run."""
 
     stage: Stage
     group: str
@@ -122,10 +137,37 @@ class DeadLetters:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """What Kafka says at one moment."""
+    """What Kafka says at one moment. ``scheduled``: each scheduled resource's group on the
+    scheduled topic, in the definition's order (none without scheduled resources)."""
 
     groups: tuple[GroupOffsets, ...]
     dead_letters: DeadLetters
+    scheduled: tuple[GroupOffsets, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRun:
+    """A scheduled resource's runs: its record in Redis (None, with ``error`` saying why, when
+    it could not be read; an empty record before the first run) and its ticks around the
+    report's time: ``due_tick_ms`` the latest at or before it, ``next_tick_ms`` the first after.
+    The ticks come from the definition, not from the record: a stopped service writes none."""
+
+    resource: str
+    schedule: str
+    group: str
+    due_tick_ms: int
+    next_tick_ms: int
+    record: RunRecord | None
+    error: str | None = None
+
+    @property
+    def overdue(self) -> bool:
+        """The due tick has no finished run and none is running: it runs when a process looks
+        (at once when one starts)."""
+        record = self.record
+        if record is None or record.running():
+            return False
+        return record.served_tick_ms is None or record.served_tick_ms < self.due_tick_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +219,7 @@ class StatusReport:
     now: Sample
     earlier: Sample | None
     services: tuple[ServiceHealth, ...] = field(default_factory=tuple)
+    runs: tuple[ScheduledRun, ...] = ()
 
 
 # --- Kafka ---------------------------------------------------------------------------------------
@@ -184,11 +227,13 @@ class StatusReport:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """The partitions each group reads, and the dead-letter topic's, as the broker has them."""
+    """The partitions each group reads, and the dead-letter topic's, as the broker has them;
+    ``scheduled``: the scheduled topic's (empty without scheduled resources)."""
 
     router: tuple[tuple[str, int], ...]
     syncer: tuple[tuple[str, int], ...]
     dead_letter: tuple[tuple[str, int], ...]
+    scheduled: tuple[tuple[str, int], ...] = ()
 
 
 def find_layout(consumer: Consumer, definition: SyncDefinition) -> Layout:
@@ -214,7 +259,10 @@ def find_layout(consumer: Consumer, definition: SyncDefinition) -> Layout:
             for t in sources
             if t not in partitions
         ]
-    for name, what in ((topics.dirty, "dirty"), (topics.dead_letter, "dead-letter")):
+    ours = [(topics.dirty, "dirty"), (topics.dead_letter, "dead-letter")]
+    if definition.scheduled_resources():
+        ours.append((topics.scheduled, "scheduled"))
+    for name, what in ours:
         if name not in partitions:
             problems.append(
                 f"the {what} topic {name} does not exist (topics.{what.replace('-', '_')}; "
@@ -226,7 +274,8 @@ def find_layout(consumer: Consumer, definition: SyncDefinition) -> Layout:
     def of(names: Iterable[str]) -> tuple[tuple[str, int], ...]:
         return tuple((t, p) for t in names for p in partitions[t])
 
-    return Layout(of(sources), of([topics.dirty]), of([topics.dead_letter]))
+    scheduled = of([topics.scheduled]) if definition.scheduled_resources() else ()
+    return Layout(of(sources), of([topics.dirty]), of([topics.dead_letter]), scheduled)
 
 
 Marks = dict[tuple[str, int], tuple[int, int]]
@@ -306,6 +355,11 @@ class StatusReader:
             stage: Consumer(consumer_settings(kafka, group, **settings))
             for stage, group in self._groups.items()
         }
+        # One per scheduled resource: committed() answers for the consumer's own group.
+        self._scheduled = {
+            name: Consumer(consumer_settings(kafka, scheduled_group(definition, name), **settings))
+            for name in definition.scheduled_resources()
+        }
 
     def __enter__(self) -> StatusReader:
         return self
@@ -314,7 +368,7 @@ class StatusReader:
         self.close()
 
     def close(self) -> None:
-        for consumer in self._consumers.values():
+        for consumer in (*self._consumers.values(), *self._scheduled.values()):
             consumer.close()  # never joined a group: closing sends no LeaveGroup
 
     def sample(self) -> Sample:
@@ -322,7 +376,9 @@ class StatusReader:
         partitions may have been added, and a pattern may match new topics."""
         any_consumer = self._consumers["router"]
         layout = find_layout(any_consumer, self._definition)
-        marks = watermarks(any_consumer, (*layout.router, *layout.syncer, *layout.dead_letter))
+        marks = watermarks(
+            any_consumer, (*layout.router, *layout.syncer, *layout.dead_letter, *layout.scheduled)
+        )
         stages: tuple[tuple[Stage, tuple[tuple[str, int], ...]], ...] = (
             ("router", layout.router),
             ("syncer", layout.syncer),
@@ -331,7 +387,21 @@ class StatusReader:
             group_offsets(self._consumers[stage], stage, self._groups[stage], partitions, marks)
             for stage, partitions in stages
         )
-        return Sample(groups, dead_letters(self._definition.topics.dead_letter, marks))
+        scheduled = tuple(
+            group_offsets(
+                consumer,
+                "scheduled",
+                scheduled_group(self._definition, name),
+                layout.scheduled,
+                marks,
+            )
+            for name, consumer in self._scheduled.items()
+        )
+        return Sample(groups, dead_letters(self._definition.topics.dead_letter, marks), scheduled)
+
+    def runs(self, now_ms: int) -> tuple[ScheduledRun, ...]:
+        """Each scheduled resource's run record and ticks (``scheduled_runs``)."""
+        return scheduled_runs(self._definition, now_ms)
 
 
 def gather(
@@ -343,8 +413,9 @@ def gather(
     sleep: Callable[[float], None] = time.sleep,
 ) -> StatusReport:
     """A report: with no ``earlier`` sample, one is taken ``interval_s`` before the last, so
-    that there are rates; the service(s) are asked last, next to the last sample. ``urls`` is
-    the ``/readyz`` of each process to ask, or why there is none (``health_urls``)."""
+    that there are rates; the service(s) and the scheduled run records are asked last, next to
+    the last sample. ``urls`` is the ``/readyz`` of each process to ask, or why there is none
+    (``health_urls``)."""
     if earlier is None:
         earlier = reader.sample()
         sleep(interval_s)
@@ -353,7 +424,58 @@ def gather(
         services: tuple[ServiceHealth, ...] = (ServiceHealth(None, error=urls),)
     else:
         services = tuple(service_health(url) for url in urls)
-    return StatusReport(name, int(time.time() * 1000), now, earlier, services)
+    taken_at_ms = int(time.time() * 1000)
+    return StatusReport(name, taken_at_ms, now, earlier, services, reader.runs(taken_at_ms))
+
+
+# --- scheduled runs (Redis) ----------------------------------------------------------------------
+
+
+def scheduled_runs(definition: SyncDefinition, now_ms: int) -> tuple[ScheduledRun, ...]:
+    """Each scheduled resource's record (RunStore.read) and its ticks around ``now_ms``. Redis
+    not answering is each resource's ``error``, never an exception: the Kafka figures, and the
+    ticks, are worth showing without it."""
+    names = definition.scheduled_resources()
+    if not names:
+        return ()
+    records = asyncio.run(_read_records(definition, names))
+    runs = []
+    for name in names:
+        schedule = Schedule.of(definition.resources[name].delivery)
+        record, error = records[name]
+        runs.append(
+            ScheduledRun(
+                resource=name,
+                schedule=schedule.describe(),
+                group=scheduled_group(definition, name),
+                due_tick_ms=schedule.last_at_or_before(now_ms),
+                next_tick_ms=schedule.next_after(now_ms),
+                record=record,
+                error=error,
+            )
+        )
+    return tuple(runs)
+
+
+async def _read_records(
+    definition: SyncDefinition, names: Sequence[str]
+) -> dict[str, tuple[RunRecord | None, str | None]]:
+    redis: Redis = Redis.from_url(
+        definition.redis.url.get_secret_value(),
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+    )
+    store = RunStore(redis, definition.redis.key_prefix)
+    found: dict[str, tuple[RunRecord | None, str | None]] = {}
+    try:
+        for name in names:
+            try:
+                found[name] = (await store.read(name), None)
+            except Retryable as exc:
+                found[name] = (None, str(exc))
+    finally:
+        await redis.aclose()
+    return found
 
 
 # --- the service's /readyz -----------------------------------------------------------------------

@@ -17,9 +17,11 @@ from consumer.cli.status_report import (
     GroupOffsets,
     PartitionOffsets,
     Sample,
+    ScheduledRun,
     ServiceHealth,
     StatusReport,
 )
+from consumer.schedule.runs import RunRecord, RunSummary
 
 __all__ = ["catch_up", "group_rate", "partition_rate", "render"]
 
@@ -27,7 +29,9 @@ __all__ = ["catch_up", "group_rate", "partition_rate", "render"]
 # so that the whole report fits one screen.
 MAX_PARTITION_ROWS = 12
 
-_UNITS: dict[str, str] = {"router": "events", "syncer": "dirty keys"}
+_UNITS: dict[str, str] = {"router": "events", "syncer": "dirty keys", "scheduled": "dirty keys"}
+# The column the scheduled section's labels are padded to.
+_LABEL = 10
 
 
 def partition_rate(
@@ -82,9 +86,21 @@ def render(report: StatusReport, max_rows: int = MAX_PARTITION_ROWS) -> list[str
     for group in report.now.groups:
         lines.append("")
         lines += _group_lines(group, before.get(group.stage), report.services, max_rows)
+    scheduled_before = {g.group: g for g in earlier.scheduled} if earlier is not None else {}
+    pending = {g.group: g for g in report.now.scheduled}
+    for run in report.runs:
+        lines.append("")
+        lines += _scheduled_lines(
+            run,
+            pending.get(run.group),
+            scheduled_before.get(run.group),
+            report.taken_at_ms,
+            shared=len(report.runs) > 1,
+        )
     lines.append("")
     lines.append(_dead_letter_line(report.now.dead_letters, earlier))
-    if any(p.ahead for g in report.now.groups for p in g.partitions):
+    every_group = (*report.now.groups, *report.now.scheduled)
+    if any(p.ahead for g in every_group for p in g.partitions):
         lines.append(
             "note: * committed past the high watermark: this broker's watermark trails its last "
             "record batch (the local Tansu), so lag there may be understated"
@@ -201,6 +217,105 @@ def _seen_by(stage: str, part: PartitionOffsets, services: Sequence[ServiceHealt
                     )
                     return f"{where}assigned, lag {h.lag:,}{stuck}"
     return "-"
+
+
+def _scheduled_lines(
+    run: ScheduledRun,
+    pending: GroupOffsets | None,
+    earlier: GroupOffsets | None,
+    taken_at_ms: int,
+    *,
+    shared: bool,
+) -> list[str]:
+    """One scheduled resource: its last run (or the one running), its next tick, and the dirty
+    keys waiting on the scheduled topic past its group's commits."""
+    lines = [f"scheduled  {run.resource}  {run.schedule}  group {run.group}"]
+    record = run.record
+    if record is None:
+        lines.append(_label("last run", f"unknown: {run.error}"))
+    elif record.started_ms is None:
+        lines.append(_label("last run", "none yet"))
+    elif record.running():
+        since = format_duration(max(0, taken_at_ms - record.started_ms) / 1000)
+        lines.append(
+            _label(
+                "running",
+                f"tick {_clock(record.tick_ms, taken_at_ms)}, started "
+                f"{_clock(record.started_ms, taken_at_ms)} ({since} ago)" + _missed(record),
+            )
+        )
+        if record.served_tick_ms is not None:
+            served = _clock(record.served_tick_ms, taken_at_ms)
+            lines.append(_label("previous", f"tick {served}: {_outcomes(record.last)}"))
+    else:
+        took = (
+            ""
+            if record.finished_ms is None
+            else f" (took {format_duration((record.finished_ms - record.started_ms) / 1000)})"
+        )
+        lines.append(
+            _label(
+                "last run",
+                f"tick {_clock(record.tick_ms, taken_at_ms)}, started "
+                f"{_clock(record.started_ms, taken_at_ms)}, finished "
+                f"{_clock(record.finished_ms, taken_at_ms)}{took}",
+            )
+        )
+        lines.append(_label("", _outcomes(record.last) + _missed(record)))
+    until = format_duration(max(0, run.next_tick_ms - taken_at_ms) / 1000)
+    lines.append(_label("next tick", f"{_clock(run.next_tick_ms, taken_at_ms)} (in {until})"))
+    if run.overdue:
+        lines.append(
+            _label(
+                "overdue",
+                f"the tick of {_clock(run.due_tick_ms, taken_at_ms)} has no finished run: a "
+                "running process takes it within seconds, a starting one at once",
+            )
+        )
+    lines.append(_pending_line(pending, earlier, shared))
+    return lines
+
+
+def _pending_line(pending: GroupOffsets | None, earlier: GroupOffsets | None, shared: bool) -> str:
+    if pending is None:
+        return _label("pending", "- (the scheduled topic was not read)")
+    topics = sorted({p.topic for p in pending.partitions})
+    where = f" on {', '.join(topics)}" if topics else ""
+    mark = "*" if any(p.ahead for p in pending.partitions) else ""
+    rate = format_rate(group_rate(earlier, pending), "dirty keys")
+    text = f"{pending.lag:,}{mark} dirty keys{where}, {rate} committed"
+    if shared:
+        text += " (every scheduled resource's keys past this group's commits)"
+    return _label("pending", text)
+
+
+def _outcomes(summary: RunSummary) -> str:
+    """``1,234 keys, 900 sent, 100 skipped``; the rarer outcomes only when there are some."""
+    parts = [f"{summary.keys:,} keys", f"{summary.sent:,} sent", f"{summary.skipped:,} skipped"]
+    rarer = (
+        ("deleted", summary.deleted),
+        ("dead-lettered", summary.dead_lettered),
+        ("held for the next run", summary.held),
+    )
+    parts += [f"{n:,} {what}" for what, n in rarer if n]
+    return ", ".join(parts)
+
+
+def _missed(record: RunRecord) -> str:
+    return f"; {_count(record.missed_ticks, 'missed tick')}"
+
+
+def _label(label: str, text: str) -> str:
+    return f"  {label:<{_LABEL}} {text}"
+
+
+def _clock(ms: int | None, taken_at_ms: int) -> str:
+    """``02:13:20Z`` on the report's day (UTC), with the date on any other."""
+    if ms is None:
+        return "?"
+    at = datetime.fromtimestamp(ms / 1000, UTC)
+    same_day = at.date() == datetime.fromtimestamp(taken_at_ms / 1000, UTC).date()
+    return at.strftime("%H:%M:%SZ" if same_day else "%Y-%m-%d %H:%M:%SZ")
 
 
 def _dead_letter_line(now: DeadLetters, earlier: Sample | None) -> str:

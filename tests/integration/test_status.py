@@ -9,10 +9,12 @@ subscribe, as a running service's commits would land. Nothing here needs a datab
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from reach_devstack.process import free_port
+from redis.asyncio import Redis
 
 from consumer.cli import status_report
 from consumer.cli.main import main
@@ -31,6 +34,7 @@ from consumer.cli.status_view import group_rate, render
 from consumer.config_file import load_definition
 from consumer.observe.health import HealthServer, Snapshot
 from consumer.observe.progress import PartitionState, StageProgress
+from consumer.schedule.runs import RunStore, RunSummary
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
@@ -58,9 +62,18 @@ class Deployment:
 
 
 def _write_definition(
-    tmp_path: Path, broker: str, prefix: str, health_port: int | None = None, **topics: str
+    tmp_path: Path,
+    broker: str,
+    prefix: str,
+    health_port: int | None = None,
+    scheduled: dict[str, str] | None = None,
+    **topics: str,
 ) -> Path:
+    """examples/shop.yaml on this test's topics; ``scheduled``: customers' delivery becomes
+    ``{mode: scheduled, **scheduled}``."""
     data = yaml.safe_load(EXAMPLE.read_text())
+    if scheduled is not None:
+        data["resources"]["customers"]["delivery"] = {"mode": "scheduled", **scheduled}
     kafka = data["source"]["kafka"]
     kafka["bootstrap_servers"] = broker
     kafka["group_id"] = prefix
@@ -323,3 +336,109 @@ def test_a_reader_that_went_away_ends_status_quietly(deployment: Deployment, wat
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+# --- scheduled resources -------------------------------------------------------------------------
+
+
+async def _record_a_finished_run(redis_url: str, prefix: str, tick_ms: int) -> None:
+    """What a scheduler writes when a run of customers ends (schedule/runs.py)."""
+    redis: Redis = Redis.from_url(redis_url)
+    try:
+        runs = RunStore(redis, prefix)
+        await runs.started("customers", tick_ms, tick_ms + 200, 3)
+        summary = RunSummary(keys=9, entities=7, sent=6, skipped=1)
+        await runs.finished("customers", tick_ms, tick_ms + 2_200, summary, tick_ms + 10_000)
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+def scheduled_deployment(deployment: Deployment, tmp_path: Path) -> tuple[Deployment, str]:
+    """The deployment with customers scheduled every 10 s, and its scheduled topic of 3
+    partitions: 4 keys in partition 0, 2 in partition 1, nothing in partition 2."""
+    d = deployment
+    scheduled = f"{d.prefix}.scheduled"
+    config = _write_definition(tmp_path, d.broker, d.prefix, scheduled={"every": "10s"})
+    admin = AdminClient({"bootstrap.servers": d.broker})
+    admin.create_topics([NewTopic(scheduled, 3, 1)])[scheduled].result(timeout=10)
+    _produce_one_batch_each(d.broker, {(scheduled, 0): 4, (scheduled, 1): 2})
+    return Deployment(**{**vars(d), "config": config}), scheduled
+
+
+async def test_status_reads_a_scheduled_resources_run_record_and_what_waits_for_its_next_run(
+    scheduled_deployment: tuple[Deployment, str],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d, scheduled = scheduled_deployment
+    monkeypatch.setenv("REACH_SYNC_REDIS_URL", redis_url)
+    definition = load_definition(d.config)
+    group = f"{d.prefix}.scheduled.customers"
+    # A run committed 3 of partition 0's 4 keys; partition 1 was never committed.
+    _commit(d.broker, group, {(scheduled, 0): 3})
+    tick_ms = int(time.time() * 1000) // 10_000 * 10_000
+    await _record_a_finished_run(redis_url, definition.redis.key_prefix, tick_ms)
+
+    def meanwhile(_seconds: float) -> None:
+        """Between the two samples the run commits the last key of partition 0."""
+        _commit(d.broker, group, {(scheduled, 0): 4})
+
+    with StatusReader(definition) as reader:
+        report = await asyncio.to_thread(gather, reader, "x", [], 0.0, sleep=meanwhile)
+
+    assert report.earlier is not None
+    (before,) = report.earlier.scheduled
+    (pending,) = report.now.scheduled
+    assert (pending.stage, pending.group) == ("scheduled", group)
+    assert [(p.partition, p.committed, p.end, p.lag) for p in pending.partitions] == [
+        (0, 4, 4, 0),
+        (1, None, 2, 2),  # never committed: all of it waits
+        (2, None, 0, 0),
+    ]
+    assert (before.lag, pending.lag) == (3, 2)
+    (run,) = report.runs
+    assert (run.resource, run.schedule, run.group) == ("customers", "every 10 s", group)
+    assert run.record is not None and run.error is None
+    assert (run.record.served_tick_ms, run.record.missed_ticks) == (tick_ms, 3)
+    assert (run.record.last.keys, run.record.last.sent, run.record.last.skipped) == (9, 6, 1)
+    assert run.next_tick_ms == (report.taken_at_ms // 10_000 + 1) * 10_000
+    # The router's and syncer's groups are what they were; the scheduled group was only read.
+    assert [g.stage for g in report.now.groups] == ["router", "syncer"]
+    assert _committed(d.broker, group, [(scheduled, 1)]) == [-1001]
+
+    lines = render(report)
+    assert f"scheduled  customers  every 10 s  group {group}" in lines
+    assert "             9 keys, 6 sent, 1 skipped; 3 missed ticks" in lines
+    assert any(line.startswith(f"  pending    2 dirty keys on {scheduled}, ") for line in lines)
+
+
+def test_the_command_shows_a_scheduled_resource_when_redis_does_not_answer(
+    scheduled_deployment: tuple[Deployment, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ENV's Redis is a closed port: the run record is unknown, the ticks and the pending keys
+    are shown anyway, and the command still succeeds."""
+    d, scheduled = scheduled_deployment
+    code, out, err = _run(capsys, "status", "--config", str(d.config), "--interval", "0.1")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    section = lines[
+        lines.index(f"scheduled  customers  every 10 s  group {d.prefix}.scheduled.customers") :
+    ]
+    assert section[1].startswith("  last run   unknown: scheduled run record unavailable (Redis)")
+    assert section[2].startswith("  next tick  ")
+    assert section[3].startswith(f"  pending    6 dirty keys on {scheduled}, ")
+
+
+def test_a_missing_scheduled_topic_is_one_line_and_exit_2_and_is_not_created(
+    deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = deployment
+    config = _write_definition(tmp_path, d.broker, d.prefix, scheduled={"every": "1h"})
+    code, out, err = _run(capsys, "status", "--config", str(config), "--interval", "0.1")
+    assert (code, out) == (EXIT_CONFIG, "")
+    assert err == (
+        f"status: the scheduled topic {d.prefix}.scheduled does not exist (topics.scheduled; "
+        "reach-sync run creates it)\n"
+    )
+    assert f"{d.prefix}.scheduled" not in _topics(d.broker)

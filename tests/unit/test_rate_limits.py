@@ -128,8 +128,7 @@ def test_a_rate_limit_section_loads(tmp_path: Path) -> None:
         ),
         (
             {"per_tenant_requests_per_s": 2, "burst": 4},
-            "destination.rate_limit: burst needs requests_per_s or "
-            "group_requests_per_s",
+            "destination.rate_limit: burst needs requests_per_s or group_requests_per_s",
         ),
         (
             {"requests_per_s": 2, "per_tenant_burst": 4},

@@ -7,6 +7,7 @@ from consumer.cli.status_report import (
     GroupOffsets,
     PartitionOffsets,
     Sample,
+    ScheduledRun,
     ServiceHealth,
     StatusReport,
     health_urls,
@@ -15,6 +16,7 @@ from consumer.cli.status_report import (
 )
 from consumer.cli.status_view import catch_up, group_rate, partition_rate, render
 from consumer.config import HealthSettings, SyncDefinition
+from consumer.schedule.runs import RunRecord, RunSummary
 from tests.shop_definition import shop_definition
 
 T0 = 100.0
@@ -230,3 +232,166 @@ def test_a_group_with_many_partitions_shows_those_that_lag_most() -> None:
     assert lines[0] == "reach-sync status · x · 2026-11-23 02:13:20Z"
     assert [line.split()[1] for line in lines[5:8]] == ["17", "18", "19"]
     assert lines[8] == f"  ... and 17 more partitions, lag {sum(range(17))} together"
+
+
+# --- scheduled resources -------------------------------------------------------------------------
+
+TICK_MS = TAKEN_AT_MS - 20_000  # 02:13:00Z, the latest tick of "every 60 s" before the report
+NEXT_MS = TAKEN_AT_MS + 40_000  # 02:14:00Z
+
+
+def _pending(at: float, *committed_high: tuple[int | None, int]) -> GroupOffsets:
+    parts = tuple(
+        PartitionOffsets("shop.scheduled", n, 0, high, committed)
+        for n, (committed, high) in enumerate(committed_high)
+    )
+    return GroupOffsets("scheduled", "g.scheduled.customers", parts, at)
+
+
+def _run(record: RunRecord | None, error: str | None = None) -> ScheduledRun:
+    return ScheduledRun(
+        "customers", "every 60 s", "g.scheduled.customers", TICK_MS, NEXT_MS, record, error
+    )
+
+
+def _scheduled_report(
+    run: ScheduledRun, now: GroupOffsets, earlier: GroupOffsets | None = None
+) -> list[str]:
+    """The scheduled section of a report, from its title to the line before dead letters."""
+    syncer = _group(T0 + 2, _part(0, 5, 5))
+    report = StatusReport(
+        "shop.yaml",
+        TAKEN_AT_MS,
+        Sample((syncer,), DeadLetters("shop.dlq", 0), (now,)),
+        None if earlier is None else Sample((syncer,), DeadLetters("shop.dlq", 0), (earlier,)),
+        runs=(run,),
+    )
+    lines = render(report)
+    start = lines.index("scheduled  customers  every 60 s  group g.scheduled.customers")
+    return lines[start : lines.index("", start)]
+
+
+def test_a_finished_run_is_shown_with_its_counts_the_next_tick_and_what_waits() -> None:
+    finished = RunRecord(
+        tick_ms=TICK_MS,
+        started_ms=TICK_MS + 100,
+        finished_ms=TICK_MS + 4_300,
+        served_tick_ms=TICK_MS,
+        next_tick_ms=NEXT_MS,
+        missed_ticks=2,
+        last=RunSummary(keys=1_234, entities=1_000, sent=900, skipped=100),
+    )
+    lines = _scheduled_report(_run(finished), _pending(T0 + 2, (10, 25), (None, 7)))
+    assert lines == [
+        "scheduled  customers  every 60 s  group g.scheduled.customers",
+        "  last run   tick 02:13:00Z, started 02:13:00Z, finished 02:13:04Z (took 4 s)",
+        "             1,234 keys, 900 sent, 100 skipped; 2 missed ticks",
+        "  next tick  02:14:00Z (in 40 s)",
+        "  pending    22 dirty keys on shop.scheduled, - dirty keys/s committed",
+    ]
+
+
+def test_rarer_outcomes_appear_only_when_a_run_had_some() -> None:
+    record = RunRecord(
+        tick_ms=TICK_MS,
+        started_ms=TICK_MS,
+        finished_ms=TICK_MS + 1_000,
+        served_tick_ms=TICK_MS,
+        last=RunSummary(keys=5, sent=1, skipped=0, deleted=1, dead_lettered=2, held=1),
+    )
+    lines = _scheduled_report(_run(record), _pending(T0, (5, 5)))
+    assert lines[2] == (
+        "             5 keys, 1 sent, 0 skipped, 1 deleted, 2 dead-lettered, "
+        "1 held for the next run; 0 missed ticks"
+    )
+
+
+def test_a_run_in_progress_shows_since_when_what_the_previous_one_did_and_its_pace() -> None:
+    running = RunRecord(
+        tick_ms=TICK_MS,
+        started_ms=TICK_MS + 5_000,
+        finished_ms=None,
+        served_tick_ms=TICK_MS - 60_000,
+        missed_ticks=1,
+        last=RunSummary(keys=40, entities=30, sent=30),
+    )
+    earlier = _pending(T0, (1_000, 5_000))
+    now = _pending(T0 + 2, (3_000, 5_000))  # 2,000 committed in 2 s
+    lines = _scheduled_report(_run(running), now, earlier)
+    assert lines[1:] == [
+        "  running    tick 02:13:00Z, started 02:13:05Z (15 s ago); 1 missed tick",
+        "  previous   tick 02:12:00Z: 40 keys, 30 sent, 0 skipped",
+        "  next tick  02:14:00Z (in 40 s)",
+        "  pending    2,000 dirty keys on shop.scheduled, 1,000 dirty keys/s committed",
+    ]
+
+
+def test_a_due_tick_without_a_finished_run_is_called_overdue() -> None:
+    # The service was down over the tick: the last one served is an hour back.
+    stale = RunRecord(
+        tick_ms=TICK_MS - 3_600_000,
+        started_ms=TICK_MS - 3_600_000,
+        finished_ms=TICK_MS - 3_590_000,
+        served_tick_ms=TICK_MS - 3_600_000,
+    )
+    lines = _scheduled_report(_run(stale), _pending(T0, (0, 3)))
+    assert lines[3:5] == [
+        "  next tick  02:14:00Z (in 40 s)",
+        "  overdue    the tick of 02:13:00Z has no finished run: a running process takes it "
+        "within seconds, a starting one at once",
+    ]
+    served = RunRecord(
+        tick_ms=TICK_MS, started_ms=TICK_MS, finished_ms=TICK_MS + 1, served_tick_ms=TICK_MS
+    )
+    assert not any("overdue" in line for line in _scheduled_report(_run(served), _pending(T0)))
+
+
+def test_no_run_yet_and_an_unreadable_record_still_show_the_ticks_and_the_pending_keys() -> None:
+    first = _scheduled_report(_run(RunRecord()), _pending(T0, (None, 12)))
+    assert first[1] == "  last run   none yet"
+    assert first[3].startswith("  overdue    the tick of 02:13:00Z has no finished run")
+    assert first[-1].startswith("  pending    12 dirty keys")
+
+    error = "scheduled run record unavailable (Redis): Connection refused"
+    unknown = _scheduled_report(_run(None, error), _pending(T0, (None, 12)))
+    assert unknown[1:] == [
+        f"  last run   unknown: {error}",
+        "  next tick  02:14:00Z (in 40 s)",
+        "  pending    12 dirty keys on shop.scheduled, - dirty keys/s committed",
+    ]
+
+
+def test_a_tick_on_another_day_carries_its_date() -> None:
+    yesterday = TICK_MS - 86_400_000
+    record = RunRecord(
+        tick_ms=yesterday,
+        started_ms=yesterday,
+        finished_ms=yesterday + 1_000,
+        served_tick_ms=yesterday,
+    )
+    lines = _scheduled_report(_run(record), _pending(T0, (3, 3)))
+    assert lines[1].startswith("  last run   tick 2026-11-22 02:13:00Z, started 2026-11-22")
+
+
+def test_without_scheduled_resources_there_is_no_scheduled_section() -> None:
+    lines = render(_report((ServiceHealth(None, error="none"),)))
+    assert not any(line.startswith("scheduled") for line in lines)
+
+
+def test_with_several_scheduled_resources_pending_says_the_topic_is_shared() -> None:
+    customers = _pending(T0, (0, 4))
+    orders = GroupOffsets("scheduled", "g.scheduled.orders", customers.partitions, T0)
+    other = ScheduledRun("orders", "every 60 s", "g.scheduled.orders", TICK_MS, NEXT_MS, None, "x")
+    report = StatusReport(
+        "shop.yaml",
+        TAKEN_AT_MS,
+        Sample((), DeadLetters("shop.dlq", 0), (customers, orders)),
+        None,
+        runs=(_run(RunRecord()), other),
+    )
+    pending = [line for line in render(report) if line.startswith("  pending")]
+    shared = " (every scheduled resource's keys past this group's commits)"
+    assert (
+        pending
+        == [f"  pending    4 dirty keys on shop.scheduled, - dirty keys/s committed{shared}"] * 2
+    )
