@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 import orjson
 
@@ -29,6 +30,7 @@ from consumer.cli.records import add_audit_commands, add_dlq_commands
 from consumer.cli.run_report import ProgressLog, final_stats
 from consumer.cli.status import add_status_command
 from consumer.config import SyncDefinition
+from consumer.definition_diff import diff_definitions
 from consumer.errors import ConfigurationError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import definition_secrets
@@ -81,9 +83,29 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     preview.add_argument("--show-pii", action="store_true", help="print PII fields' values")
     preview.set_defaults(handler=_preview)
 
+    diff = sub.add_parser(
+        "diff", help="what changes between two definitions: re-syncs, triggers, delivery, state"
+    )
+    diff.add_argument("old", type=Path, metavar="OLD", help="the definition as it is")
+    diff.add_argument("new", type=Path, metavar="NEW", help="the definition as it will be")
+    diff.set_defaults(handler=_diff)
+
     add_dlq_commands(sub)
     add_audit_commands(sub)
     add_status_command(sub)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """Exit 0: the same; 1: they differ (as diff(1)); 2: a definition does not load."""
+    old, new = load(args.old), load(args.new)
+    if old is None or new is None:
+        return EXIT_CONFIG
+    differences = diff_definitions(old, new)
+    for difference in differences:
+        print(difference.line())
+    if not differences:
+        print(f"{args.old} and {args.new}: no difference that changes what reach-sync does")
+    return 1 if differences else 0
 
 
 def _validate(args: argparse.Namespace) -> int:
