@@ -147,6 +147,16 @@ def load_definition(path: Path, env: Mapping[str, str] | None = None) -> SyncDef
     return definition
 
 
+def located(path: Path, problems: list[str]) -> DefinitionError:
+    """Problems found after loading (checks against the database), placed in the file like
+    the loader's own: ``file:line: path: reason``."""
+    try:
+        tree = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        tree = None
+    return DefinitionError(str(path), problems, _lines(tree, problems))
+
+
 def _lines(tree: yaml.Node | None, problems: list[str]) -> list[int | None]:
     """The line of the file each problem's field path is on (of its nearest existing parent
     when the field itself is missing); None where no line can be told."""

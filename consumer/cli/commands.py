@@ -22,6 +22,7 @@ from consumer.cli.common import (
     EXIT_CONFIG,
     add_definition,
     definition_path,
+    failed,
     load,
 )
 from consumer.cli.masking import masked
@@ -31,13 +32,14 @@ from consumer.cli.run_report import ProgressLog, final_stats
 from consumer.cli.status import add_status_command
 from consumer.config import SyncDefinition
 from consumer.definition_diff import diff_definitions
-from consumer.errors import ConfigurationError, SyncError
+from consumer.errors import ConfigurationError, DefinitionError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import definition_secrets
 from consumer.router.dirty import EntityId
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.projection import project
 from consumer.sink.recompute import SourceDatabase
+from consumer.source_check import check_source
 
 __all__ = ["add_sync_commands"]
 
@@ -63,6 +65,11 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     validate = sub.add_parser("validate", help="check a sync definition and exit")
     add_definition(validate)
+    validate.add_argument(
+        "--source",
+        action="store_true",
+        help="also check it against the source database: tables, columns, types, queries",
+    )
     validate.set_defaults(handler=_validate)
 
     plan = sub.add_parser("plan", help="which entities a change to one row makes dirty")
@@ -117,8 +124,22 @@ def _validate(args: argparse.Namespace) -> int:
         f"{name} ({r.reach_schema}, {r.delivery.mode})" for name, r in definition.resources.items()
     )
     tables = ", ".join(sorted(definition.trigger_tables()))
-    print(f"{path}: valid. resources: {resources}; triggered by: {tables}")
+    if args.source:
+        try:
+            check_source(definition, path)
+        except DefinitionError as exc:
+            return _told(exc)
+        except SyncError as exc:
+            return failed("validate", exc)
+    checked = " (and against the source database)" if args.source else ""
+    print(f"{path}: valid{checked}. resources: {resources}; triggered by: {tables}")
     return 0
+
+
+def _told(error: DefinitionError) -> int:
+    """Every problem, one ``file:line: path: reason`` line each."""
+    print(str(error), file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -130,6 +151,13 @@ def _run(args: argparse.Namespace) -> int:
     definition = load(definition_path(args), level)
     if definition is None:
         return EXIT_CONFIG
+    try:
+        # A column that is not there would fail silently for hours: refuse to start instead.
+        check_source(definition, definition_path(args))
+    except DefinitionError as exc:
+        return _told(exc)
+    except SyncError as exc:
+        return failed("run", exc)
     stop = threading.Event()
     install_stop_signals(stop)
     stats = ServiceStats()

@@ -115,6 +115,8 @@ def fake_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any
     monkeypatch.setattr(consumer.service, "run_service", run_service)
     monkeypatch.setattr(consumer.service, "install_stop_signals", lambda stop: None)
     monkeypatch.setattr(commands, "abandoned_consumers", lambda: 0)
+    # No source database here: the startup check against it is tested in tests/integration.
+    monkeypatch.setattr(commands, "check_source", lambda definition, path: None)
     level = logging.getLogger().level
     try:
         yield calls
