@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from reach_devstack import broker as broker_component
 from reach_devstack.process import ManagedProcess, free_port, wait_until
@@ -75,6 +75,20 @@ def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
     return sum(max(tp.offset, 0) for tp in offsets)
 
 
+def _ends(bootstrap: str, topic: str, partitions: int) -> int:
+    """The sum of ``topic``'s high watermarks (0 while it does not exist yet)."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    try:
+        return sum(
+            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
+    except KafkaException:
+        return 0
+    finally:
+        reader.close()
+
+
 def test_sigterm_after_the_broker_died_stops_within_the_bound(
     shop_stack: StackEndpoints, unique: Callable[[str], str], tmp_path: Path
 ) -> None:
@@ -91,11 +105,18 @@ def test_sigterm_after_the_broker_died_stops_within_the_bound(
         topics = process.definition.topics
         group = f"{process.definition.source.kafka.group_id}.syncer"
         process.start()
-        # Both stages did their work and committed: the final commit has offsets to send.
+        # Both stages did all their work and committed it: the final commit has offsets to send,
+        # and no window is left in flight. One still in flight at SIGTERM would wait for the
+        # frozen broker (its audit flush) long enough for librdkafka to give the coordinator up,
+        # and the final commit would then fail at once (_WAIT_COORD) instead of hanging.
         wait_for(
-            lambda: _committed(bootstrap, group, topics.dirty, topics.dirty_partitions) > 0,
+            lambda: (
+                _committed(bootstrap, group, topics.dirty, topics.dirty_partitions)
+                >= _ends(bootstrap, topics.dirty, topics.dirty_partitions)
+                > 0
+            ),
             90,
-            "the syncer to commit the copied events",
+            "the syncer to commit every dirty key",
             guard=process.check_alive,
         )
 
