@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from consumer.backfill.scope import BackfillScope
-from consumer.backfill.walk import IdWalker, connect, ids_query
+from consumer.backfill.walk import checked_walkers, connect
 from consumer.config import SyncDefinition
 from consumer.router.dirty import EntityId
 
@@ -41,18 +41,7 @@ async def dry_run(definition: SyncDefinition, scope: BackfillScope, page_size: i
     result = DryRun()
     conn = await connect(definition.source.database)
     try:
-        for name in scope.resources:
-            resource = definition.resources[name]
-            walker = IdWalker(
-                conn,
-                name,
-                resource,
-                await ids_query(conn, name, resource),
-                tenants=scope.tenants,
-                where=scope.where,
-                since_ms=scope.since_ms,
-            )
-            await walker.check()
+        for name, walker in (await checked_walkers(conn, definition, scope)).items():
             counts, first = (
                 result.counts.setdefault(name, Counter()),
                 result.first.setdefault(name, []),

@@ -26,7 +26,7 @@ from consumer.backfill.emit import DirtyWriter
 from consumer.backfill.outcomes import Outcomes, count_outcomes, topic_ends
 from consumer.backfill.scope import BackfillScope
 from consumer.backfill.syncer_position import SyncerPosition
-from consumer.backfill.walk import IdWalker, connect, ids_query
+from consumer.backfill.walk import IdWalker, checked_walkers, connect
 from consumer.config import SyncDefinition
 from consumer.errors import ConfigurationError
 from consumer.router.dirty import Cause, EntityId
@@ -128,21 +128,7 @@ async def run_backfill(
         )
     conn = await connect(definition.source.database)
     try:
-        walkers = {}
-        for name in scope.resources:  # 1. every check before any write
-            resource = definition.resources[name]
-
-            walker = IdWalker(
-                conn,
-                name,
-                resource,
-                await ids_query(conn, name, resource),
-                tenants=scope.tenants,
-                where=scope.where,
-                since_ms=scope.since_ms,
-            )
-            await walker.check()
-            walkers[name] = walker
+        walkers = await checked_walkers(conn, definition, scope)  # 1. before any write
         checkpoint = await parts.checkpoints.start(scope.id, run, options.restart)
         already = checkpoint.completed_ms is not None
         written = 0

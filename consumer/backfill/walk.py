@@ -17,11 +17,12 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
-from consumer.config import DatabaseSource, Resource
+from consumer.backfill.scope import BackfillScope
+from consumer.config import DatabaseSource, Resource, SyncDefinition
 from consumer.errors import ConfigurationError, Retryable
 from consumer.router.dirty import EntityId
 
-__all__ = ["IdWalker", "Page", "connect", "ids_query"]
+__all__ = ["IdWalker", "Page", "checked_walkers", "connect", "ids_query"]
 
 CONNECT_TIMEOUT_S = 10
 
@@ -83,6 +84,28 @@ async def ids_query(
         "backfill.ids_query",
         scope=f"resources.{name}.backfill",
     )
+
+
+async def checked_walkers(
+    conn: psycopg.AsyncConnection[Any], definition: SyncDefinition, scope: BackfillScope
+) -> dict[str, IdWalker]:
+    """A walker per resource of ``scope``, each checked (``check``) before any is used, so a
+    broken query fails before anything is written."""
+    walkers = {}
+    for name in scope.resources:
+        resource = definition.resources[name]
+        walker = IdWalker(
+            conn,
+            name,
+            resource,
+            await ids_query(conn, name, resource),
+            tenants=scope.tenants,
+            where=scope.where,
+            since_ms=scope.since_ms,
+        )
+        await walker.check()
+        walkers[name] = walker
+    return walkers
 
 
 class IdWalker:
