@@ -116,8 +116,11 @@ def _run_stages(
     readiness: ServiceReadiness | None,
     instruments: Instruments,
 ) -> ServiceStats:
-    if role == "syncer":
-        ensure_topics(definition)  # the router creates them itself when it runs
+    if role in ("all", "syncer"):
+        # Before the syncer subscribes: a consumer subscribed to a topic that does not exist
+        # yet finds it only at its next metadata refresh, minutes later (the router creates
+        # them too, but races the syncer's subscription when both start at once).
+        ensure_topics(definition)
     if role in ("all", "syncer"):
         ensure_audit_topic(definition)  # only the syncer writes it
     router_thread = None
