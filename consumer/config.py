@@ -165,9 +165,9 @@ class FieldMapping(_Strict):
     """
 
     column: Column
-    format: Literal["raw", "string", "integer", "decimal_cents", "boolean", "datetime", "date"] = (
-        "raw"
-    )
+    format: Literal[
+        "raw", "string", "integer", "decimal", "decimal_cents", "boolean", "datetime", "date"
+    ] = "raw"
     pii: Literal["none", "send", "hash"] = "none"
 
 

@@ -26,9 +26,9 @@ PYTHON_WHITESPACE = (
 )
 # The same as an SQL literal with visible escapes (needs a UTF8 database, as any non-ASCII does).
 _WHITESPACE_SQL = sql.SQL("E'" + "".join(f"\\u{ord(c):04x}" for c in PYTHON_WHITESPACE) + "'")
-# projection.py's datetime: ISO-8601 in UTC, milliseconds (truncated, as Python's isoformat and
-# to_char's MS both do), Z.
-ISO_MS = 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
+# projection.py's datetime: ISO-8601 in UTC, microseconds, Z; cut to milliseconds where the last
+# three digits are zeros (_datetime).
+ISO_US = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 ISO_DATE = "YYYY-MM-DD"
 # projection.py's _TRUE and _FALSE.
 TRUE_TEXTS = ("true", "t", "yes", "y", "1")
@@ -39,6 +39,8 @@ FALSE_TEXTS = ("false", "f", "no", "n", "0")
 _TEXT = frozenset({"text", "varchar", "name", "citext", "xml"})
 _INTEGERS = frozenset({"int2", "int4", "int8", "oid"})
 _TIMES = frozenset({"timestamptz", "timestamp", "date"})
+# Types whose text in the view is the digits the API's decimal sends.
+_EXACT_NUMBERS = _INTEGERS | {"numeric"}
 # raw: types whose value psycopg loads and projection.py sends unchanged, and the view returns
 # as they are (arrays of these too).
 _AS_IS = _TEXT | _INTEGERS | {"bool", "bpchar", "uuid", "json", "jsonb"}
@@ -109,8 +111,21 @@ def _integer(v: sql.Composable, t: ColumnType) -> Expression:
 
 
 def _decimal_cents(v: sql.Composable, t: ColumnType) -> Expression:
-    # Exactly two decimals; the API's JSON number is the same amount below 2**53 cents.
+    # Exactly two decimals; the API's JSON number is the same amount.
     return Expression(_q("round({v}::bigint::numeric / 100, 2)", v=v))
+
+
+def _decimal(v: sql.Composable, t: ColumnType) -> Expression:
+    if t.name == "numeric":  # the same digits, the same scale
+        return Expression(v)
+    if t.name in _INTEGERS:
+        return Expression(_q("{v}::numeric", v=v))
+    if t.name == "float8":
+        return Expression(v)
+    if t.name == "float4":
+        note = "float4: equal as the session prints it with extra_float_digits >= 1 (the default)"
+        return Expression(_q("{v}::text::float8", v=v), note)
+    return Expression(_q("{v}::numeric", v=v), _not_exact("the decimal", t))
 
 
 def _boolean(v: sql.Composable, t: ColumnType) -> Expression:
@@ -131,17 +146,22 @@ def _boolean(v: sql.Composable, t: ColumnType) -> Expression:
     return Expression(_q("{v}::boolean", v=v), _not_exact("the boolean", t))
 
 
+def _iso(moment: sql.Composable) -> sql.Composed:
+    """projection.py's text of a timestamp: microseconds, or milliseconds when the last three
+    digits are zeros."""
+    return _q("regexp_replace(to_char({m}, {f}), '000Z$', 'Z')", m=moment, f=_lit(ISO_US))
+
+
 def _datetime(v: sql.Composable, t: ColumnType) -> Expression:
-    iso = _lit(ISO_MS)
     if t.name == "timestamptz":
-        return Expression(_q("to_char({v} AT TIME ZONE 'UTC', {f})", v=v, f=iso))
+        return Expression(_iso(_q("{v} AT TIME ZONE 'UTC'", v=v)))
     if t.name in ("timestamp", "date"):  # a timestamp without zone is UTC, a date midnight UTC
-        return Expression(_q("to_char({v}::timestamp, {f})", v=v, f=iso))
+        return Expression(_iso(_q("{v}::timestamp", v=v)))
     note = (
         f"not exact: a {t.name} column is parsed as a datetime by the database in the view "
         "(no zone: the session's TimeZone), by Python in the API (no zone: UTC)"
     )
-    return Expression(_q("to_char({v}::timestamptz AT TIME ZONE 'UTC', {f})", v=v, f=iso), note)
+    return Expression(_iso(_q("{v}::timestamptz AT TIME ZONE 'UTC'", v=v)), note)
 
 
 def _date(v: sql.Composable, t: ColumnType) -> Expression:
@@ -160,8 +180,8 @@ def _date(v: sql.Composable, t: ColumnType) -> Expression:
 def _raw(v: sql.Composable, t: ColumnType) -> Expression:
     if t.name in _TIMES:
         return _datetime(v, t)
-    if t.name in ("numeric", "float8"):
-        return Expression(_q("{v}::float8", v=v))
+    if t.name in ("numeric", "float8"):  # the API's number has the numeric's value
+        return Expression(v)
     if t.name == "float4":
         note = "float4: equal as the session prints it with extra_float_digits >= 1 (the default)"
         return Expression(_q("{v}::text::float8", v=v), note)
@@ -177,6 +197,7 @@ _FORMATS = {
     "string": _string,
     "integer": _integer,
     "decimal_cents": _decimal_cents,
+    "decimal": _decimal,
     "boolean": _boolean,
     "datetime": _datetime,
     "date": _date,
@@ -189,6 +210,9 @@ def _python_text(mapping: FieldMapping, formatted: sql.Composable, t: ColumnType
         return Expression(formatted)
     if mapping.format in ("integer", "boolean"):  # str(True) is lower-cased before hashing
         return Expression(_q("{f}::text", f=formatted))
+    if mapping.format == "decimal":  # the digits sent
+        note = None if t.name in _EXACT_NUMBERS else _not_exact("the hashed decimal", t)
+        return Expression(_q("{f}::text", f=formatted), note)
     if mapping.format == "decimal_cents":  # str() of a float: 12.0, 12.5, 12.34
         return Expression(
             _q(

@@ -16,6 +16,7 @@ import functools
 import threading
 import zlib
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from consumer.kafka import producer_settings
 from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
 from consumer.router.topics import ADMIN_TIMEOUT_S, BROKER_DEFAULT_REPLICATION, _created_or_exists
 from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.projection import msgspec_hook
 
 __all__ = [
     "AUDIT_VERSION",
@@ -88,8 +90,10 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Outcome
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AuditRecord)
+# Values hold what projection.py sends: an exact number is a Fragment, written as its digits and
+# read back as a Decimal (a float would round it).
+_encoder = msgspec.json.Encoder(enc_hook=msgspec_hook)
+_decoder = msgspec.json.Decoder(AuditRecord, float_hook=Decimal)
 
 
 def encode_audit(record: AuditRecord) -> bytes:

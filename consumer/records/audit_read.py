@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
+import orjson
 from confluent_kafka import Consumer
 
 from consumer.config import SyncDefinition
@@ -214,7 +216,22 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
         "at": _iso(entry.record.at_ms, "T"),
     }
     out.update(msgspec.to_builtins(entry.record))
+    out["values"] = {name: _as_json(value) for name, value in entry.record.values.items()}
     return out
+
+
+def _as_json(value: Any) -> Any:
+    """A value as the audit record holds it, for orjson: its exact numbers as their digits (the
+    decoder reads them as Decimals, and integers of any size)."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(format(value, "f"))
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    if isinstance(value, list):
+        return [_as_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    return value
 
 
 def _iso(ms: int, sep: str = " ") -> str:

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from consumer.errors import BadRecord
 from consumer.router.dirty import Cause, EntityId, dirty_message_key
+from consumer.sink.projection import msgspec_hook
 
 __all__ = [
     "HEADER_ERROR_CLASS",
@@ -180,7 +181,7 @@ def dead_letter_record(
     )
 
 
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(enc_hook=msgspec_hook)  # a payload's exact numbers
 
 
 def dead_letter_message(letter: DeadLetterEvent | DeadLetterRecord) -> DeadLetterMessage:

@@ -6,28 +6,45 @@ deletes a field only on ``null`` (docs/reach-api.md §3.1). Only mapped fields l
 system; ``pii: hash`` fields leave as a SHA-256. The hash is over the canonical JSON of exactly
 what is sent, so any change that matters to Reach changes it and nothing else does.
 
+Numbers go out exactly: a decimal whose shortest float text is not its own value goes as its
+own digits (an ``orjson.Fragment``, pre-serialised JSON), so every encoder of records must carry
+a Fragment as the JSON it holds (``json_text``; msgspec through ``msgspec_hook``). Fragments do
+not compare equal: compare records by their JSON.
+
 A value no format can send is its entity's BadRecord (dead-lettered alone), whatever fails:
 NaN and infinite numbers (JSON has none, and orjson would quietly send ``null``, which deletes
-the field in Reach), bytes that are not UTF-8 text, anything the format or JSON rejects. The
-reason names the field and never the value (it may be PII).
+the field in Reach), numbers beyond a double's range, bytes that are not UTF-8 text, anything
+the format or JSON rejects. The reason names the field and never the value (it may be PII).
+Values the driver cannot load at all (``infinity`` and BC timestamps and dates, years after
+9999) fail in recompute.py, naming the field as well.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 
 from consumer.config import FieldMapping, Resource
 from consumer.errors import BadRecord
 
-__all__ = ["GROUP_COLUMN_PREFIX", "WITHHELD", "Projected", "payload_hash", "project"]
+__all__ = [
+    "GROUP_COLUMN_PREFIX",
+    "WITHHELD",
+    "Projected",
+    "json_text",
+    "msgspec_hook",
+    "payload_hash",
+    "project",
+]
 
 # Recompute adds one boolean column per group rule, named with this prefix (recompute.py).
 GROUP_COLUMN_PREFIX = "__group_"
@@ -36,6 +53,11 @@ _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
 # What a reason says instead of a value it would quote (reasons never hold values).
 WITHHELD = "<value>"
+# The most decimals an exact number is sent with: a numeric's own limit, so every numeric goes;
+# only a text read by ``decimal`` could ask for more (``1e-999999999`` would be that many digits).
+MAX_DECIMALS = 16383
+# A decimal number as text (``decimal`` reads these from a text column); ASCII digits only.
+_DECIMAL_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +77,43 @@ def _finite(value: Any) -> None:
         finite = not isinstance(value, float) or math.isfinite(value)
     if not finite:
         raise ValueError("not a finite number (NaN or infinite)")
+
+
+def json_text(value: orjson.Fragment) -> str:
+    """The JSON a Fragment holds (a Fragment shows nothing of it otherwise)."""
+    return orjson.dumps(value).decode()
+
+
+def msgspec_hook(value: Any) -> Any:
+    """``enc_hook`` for a msgspec encoder of records: a Fragment as the JSON it holds."""
+    if isinstance(value, orjson.Fragment):
+        return msgspec.Raw(orjson.dumps(value))
+    raise NotImplementedError(f"Encoding objects of type {type(value).__name__} is unsupported")
+
+
+def _exact(value: Decimal) -> orjson.Fragment:
+    """A finite decimal as the JSON number of its own digits, never in exponent form (``1E-7``
+    is ``0.0000001``), its scale kept (``1.50``)."""
+    _finite(value)
+    if math.isinf(float(value)):
+        # JSON could carry it, but a parser that reads numbers as doubles (JavaScript's, Python's
+        # json) makes it infinite, which JSON cannot send back.
+        raise ValueError("a number beyond a double's range")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_DECIMALS:
+        raise ValueError(f"a number with more than {MAX_DECIMALS} decimals")
+    return orjson.Fragment(format(value, "f"))
+
+
+def _number(value: Decimal) -> float | orjson.Fragment:
+    """A finite decimal as a JSON number of the same value, as its float where the float's
+    shortest text is that value (the bytes these values were always sent as), else its own
+    digits (``_exact``)."""
+    _finite(value)
+    number = float(value)
+    if math.isfinite(number) and Decimal(repr(number)) == value:
+        return number
+    return _exact(value)
 
 
 def _text(value: bytes | bytearray | memoryview) -> str:
@@ -86,9 +145,26 @@ def _as_integer(value: Any) -> int:
     raise ValueError(f"not an integer: {type(value).__name__}")
 
 
-def _as_decimal_cents(value: Any) -> float:
-    # A JSON number; exact for every amount below 2**53 cents, which is what Reach parses anyway.
-    return float(Decimal(_as_integer(value)) / 100)
+def _as_decimal_cents(value: Any) -> float | orjson.Fragment:
+    # Exact: the float (as always) wherever it is (below 10**15 cents), the digits beyond.
+    return _number(Decimal(f"{_as_integer(value)}e-2"))
+
+
+def _as_decimal(value: Any) -> float | orjson.Fragment:
+    """A number exactly as the database holds it (a numeric's own digits and scale); a float
+    (real, double precision) is a float already and goes as its shortest text."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL_TEXT.fullmatch(text):
+            raise ValueError("text that is not a decimal number")
+        return _exact(Decimal(text))
+    if isinstance(value, int | Decimal):
+        return _exact(Decimal(value))
+    raise ValueError(f"not a number: {type(value).__name__}")
 
 
 def _as_boolean(value: Any) -> bool:
@@ -102,11 +178,13 @@ def _as_boolean(value: Any) -> bool:
 
 
 def _as_datetime(value: Any) -> str:
-    """ISO-8601 in UTC with a Z. A timestamp without zone is taken as UTC (document it)."""
+    """ISO-8601 in UTC with a Z. A timestamp without zone is taken as UTC (document it).
+    Milliseconds, or microseconds when the value has any below the millisecond: nothing is
+    lost, and a value that never had any is sent as it always was."""
     if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-        return text.replace("+00:00", "Z")
+        moment = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        digits = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
+        return moment.isoformat(timespec=digits).replace("+00:00", "Z")
     if isinstance(value, date):
         return f"{value.isoformat()}T00:00:00.000Z"
     if isinstance(value, str):
@@ -130,10 +208,13 @@ def _as_raw(value: Any) -> Any:
     """As JSON can carry it, arrays and objects (json, jsonb) included."""
     if isinstance(value, datetime | date):
         return _as_datetime(value)
-    if isinstance(value, Decimal | float):
-        number = float(value)
-        _finite(number)  # a Decimal beyond float's range becomes infinite here
-        return number
+    if isinstance(value, Decimal):
+        return _number(value)
+    if isinstance(value, float):
+        _finite(value)
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return _exact(Decimal(value))  # beyond what orjson writes as an integer (from jsonb)
     if isinstance(value, bytes | bytearray | memoryview):
         return _text(value)
     if isinstance(value, list | tuple):
@@ -148,6 +229,7 @@ _FORMATTERS: dict[str, Callable[[Any], Any]] = {
     "string": _as_string,
     "integer": _as_integer,
     "decimal_cents": _as_decimal_cents,
+    "decimal": _as_decimal,
     "boolean": _as_boolean,
     "datetime": _as_datetime,
     "date": _as_date,
@@ -155,17 +237,19 @@ _FORMATTERS: dict[str, Callable[[Any], Any]] = {
 
 
 def _hash_pii(value: Any) -> str:
-    return hashlib.sha256(str(value).strip().lower().encode()).hexdigest()
+    text = json_text(value) if isinstance(value, orjson.Fragment) else str(value)
+    return hashlib.sha256(text.strip().lower().encode()).hexdigest()
 
 
 def _without(value: Any, message: str) -> str:
-    """``message`` with the value's text withheld (a parser's message may quote it)."""
+    """``message`` with the value's text withheld (a parser's message may quote it). Only where
+    it stands alone: the text of a float infinity, ``inf``, is no part of ``infinite``."""
     try:
         texts = {repr(value), repr(str(value))}
     except Exception:  # a value with no text: none of it can be quoted
         return message
     for text in texts:
-        message = message.replace(text, WITHHELD)
+        message = re.sub(rf"(?<!\w){re.escape(text)}(?!\w)", WITHHELD, message)
     return message
 
 

@@ -40,6 +40,9 @@ POOL_TIMEOUT_S = 10.0
 
 # Server errors that may belong to some rows only (module docstring).
 _ROW_ERRORS = (psycopg.DataError, errors.CardinalityViolation)
+# What the driver's message quotes (psycopg's loaders quote the text they could not load), not
+# an apostrophe ("can't parse").
+_DRIVER_QUOTE = re.compile(r"(?<!\w)'([^']+)'(?!\w)")
 # The input a server message quotes ('invalid input syntax for type bigint: "..."'); an
 # encoding's name is quoted too and kept.
 _QUOTED_INPUT = re.compile(r'(?<!encoding )"[^"]*"')
@@ -123,6 +126,15 @@ def _where(resource: Resource, column: str) -> str:
     return f"field {', '.join(fields)} (column {column!r})" if fields else f"column {column!r}"
 
 
+def _withheld(message: str, text: str) -> str:
+    """The driver's ``message`` with every quote of the ``text`` it could not load withheld."""
+
+    def quoted(quote: re.Match[str]) -> str:
+        return WITHHELD if quote[1] in text else quote[0]
+
+    return _DRIVER_QUOTE.sub(quoted, message.replace(repr(text), WITHHELD))
+
+
 def _unloadable(
     cur: psycopg.AsyncCursor[dict[str, Any]],
     resource: Resource,
@@ -146,9 +158,9 @@ def _unloadable(
         try:
             values.setdefault(column.name, loader.load(raw))
         except Exception as exc:
-            # The driver quotes the text it could not load; withhold it.
-            text = repr(bytes(raw).decode(errors="replace"))
-            message = _message(exc).replace(text, WITHHELD)
+            # The driver quotes the text it could not load, or the part of it an array's
+            # element begins with ('10000-01-01}'); withhold every quote of it.
+            message = _withheld(_message(exc), bytes(raw).decode(errors="replace"))
             reasons.append(f"{_where(resource, column.name)}: {message}")
     reason = "; ".join(reasons) or _message(row_error)
     key = values.get(resource.key)

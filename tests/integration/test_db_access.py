@@ -25,7 +25,7 @@ from reach_devstack.shop import seed
 from consumer.cli.access import add_access_commands
 from consumer.config import Resource, SyncDefinition
 from consumer.config_file import load_definition
-from consumer.sink.projection import project
+from consumer.sink.projection import json_text, project
 from consumer.sink.recompute import SourceDatabase
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV, shop_definition
 
@@ -66,6 +66,13 @@ resources:
       joinedOn: {column: joined, format: date}
       joinedRaw: {column: joined}
       score: {column: score}
+      scoreExact: {column: score, format: decimal}
+      scoreHash: {column: score, format: decimal, pii: hash}
+      pi: {column: pi, format: decimal}
+      piRaw: {column: pi}
+      piHash: {column: pi, format: decimal, pii: hash}
+      vipExact: {column: vip, format: decimal}
+      ratioExact: {column: ratio, format: decimal}
       ratio: {column: ratio}
       data: {column: data}
       tags: {column: tags}
@@ -108,28 +115,29 @@ CREATE TABLE people (
     id bigint PRIMARY KEY, tenant text NOT NULL, email text, code char(6), opt_in text,
     vip int, spent_cents numeric(14, 0), visits text, born date, seen timestamp,
     joined timestamptz, score numeric(10, 3), ratio float8, data jsonb, tags text[], uid uuid,
-    active boolean, name text
+    active boolean, name text, pi numeric
 )
 """
 # Values every format must carry exactly: whitespace Python strips and btrim does not,
-# non-ASCII capitals, microseconds that milliseconds truncate, a zone other than UTC, amounts
-# whose float text is 0.0, 0.05, 1.0 and 1234.5.
+# non-ASCII capitals, microseconds (and milliseconds only), a zone other than UTC, amounts
+# whose float text is 0.0, 0.05, 1.0 and 1234.5, numerics no float holds.
 PEOPLE_ROWS: list[tuple[Any, ...]] = [
     (1, "acme", "  Ada@Example.COM\n", "ab", " YES ", 1, 123456, " 42 ", "2024-02-29",
      "2024-03-01 23:59:59.123999", "2024-03-01 23:30:00.5-05", "1.500", 0.1,
      '{"a": [1, 2.5, "x"], "b": null}', ["x", "y"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", True,
-     "\u3000JOSÉ ΣΑΣ\u00a0"),
+     "\u3000JOSÉ ΣΑΣ\u00a0", "3.14159265358979323846"),
     (2, "acme", "bob@example.com", "c", "f", 0, 0, "-3", "1999-12-31", "1999-12-31 00:00:00",
-     "1999-12-31 19:00:00-05", "0.001", 0.75, "[]", ["y"], None, False, "Émile"),
+     "1999-12-31 19:00:00-05", "0.001", 0.75, "[]", ["y"], None, False, "Émile", "0.0000001"),
     (3, "Globex Corp", None, None, None, None, None, None, None, None, None, None, None, None,
-     None, None, None, None),
+     None, None, None, None, None),
     (4, "Globex Corp", "Zoë@Example.com", "xyz123", "t", 1, 5, "7", "2025-01-01",
      "2025-06-30 12:00:00.000001", "2025-06-30 12:00:00+02", "-2.250", 1e-7, '{"k": "v"}',
-     ["x"], "00000000-0000-0000-0000-000000000000", None, "İstanbul"),
+     ["x"], "00000000-0000-0000-0000-000000000000", None, "İstanbul",
+     "-12345678901234567890.123456789"),
     (5, "acme", "c@d.e", "      ", "no", 1, 100, "0", "0999-01-01", "2024-01-01 00:00:00.999",
-     "2024-01-01 00:00:00.9991+00", "0", 1e16, '{"n": 1.0}', [], None, True, "plain"),
+     "2024-01-01 00:00:00.9991+00", "0", 1e16, '{"n": 1.0}', [], None, True, "plain", "1E+20"),
     (6, "acme", "e@f.g", "q", "1", 0, 123450, "12", "2024-01-01", "2024-01-01 00:00:00",
-     "2024-01-01 00:00:00+00", "3", 2.0, "null", ["x", "z"], None, False, "ΣΑΣ"),
+     "2024-01-01 00:00:00+00", "3", 2.0, "null", ["x", "z"], None, False, "ΣΑΣ", "12.30"),
 ]  # fmt: skip
 
 
@@ -195,7 +203,7 @@ def people(
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO people VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s, %s, %s)",
+                " %s, %s, %s, %s, %s, %s)",
                 PEOPLE_ROWS,
             )
     path = tmp_path / "people.yaml"
@@ -231,17 +239,42 @@ def _expected(
 
 
 def _canonical(resource: Resource, records: list[dict[str, Any]]) -> list[str]:
-    """Records as JSON, sorted: what a JSON body carries. A decimal_cents column is numeric in
-    the view (exact) and a float in the API, which is the same JSON number."""
-    cents = {f for f, m in resource.mapping.items() if m.format == "decimal_cents"}
+    """Records as JSON, sorted: what a JSON body carries. A decimal field's number by its digits
+    (the view's numeric is the API's text exactly); any other number by its value (a numeric
+    1.500 in the view is the API's 1.5)."""
+    digits = {f for f, m in resource.mapping.items() if m.format == "decimal" and m.pii == "none"}
 
     def json(record: dict[str, Any]) -> str:
-        as_sent = {
-            k: float(v) if k in cents and isinstance(v, Decimal) else v for k, v in record.items()
-        }
+        as_sent = {k: _digits(v) if k in digits else _value(v) for k, v in record.items()}
         return orjson.dumps(as_sent, option=orjson.OPT_SORT_KEYS).decode()
 
     return sorted(json(r) for r in records)
+
+
+def _digits(value: Any) -> Any:
+    """A view's numeric as the JSON of its digits (what the API's Fragment holds)."""
+    return orjson.Fragment(format(value, "f")) if isinstance(value, Decimal) else value
+
+
+def _value(value: Any) -> Any:
+    """Every number (a view's Decimal, the API's float or Fragment) as the JSON of its value."""
+    if isinstance(value, bool) or not isinstance(
+        value, int | float | Decimal | orjson.Fragment | list | dict
+    ):
+        return value
+    if isinstance(value, list):
+        return [_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _value(v) for k, v in value.items()}
+    if isinstance(value, orjson.Fragment):
+        number = Decimal(json_text(value))
+    elif isinstance(value, float):
+        number = Decimal(repr(value))
+    else:
+        number = Decimal(value)
+    text = format(number, "f")
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    return orjson.Fragment("0" if text == "-0" else text)
 
 
 def _views_equal_the_api(

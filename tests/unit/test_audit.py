@@ -8,9 +8,12 @@ import json
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
 import yaml
 
@@ -32,7 +35,13 @@ from consumer.records.audit import (
     encode_audit,
     upsert_record,
 )
-from consumer.records.audit_read import AuditEntry, Query, describe_cause, history_lines
+from consumer.records.audit_read import (
+    AuditEntry,
+    Query,
+    describe_cause,
+    entry_json,
+    history_lines,
+)
 from consumer.records.dlq_read import Position
 from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
 from consumer.sink.outcomes import Removed, Sent
@@ -261,7 +270,31 @@ def _examples() -> list[AuditRecord]:
 def test_encoded_records_follow_the_schema_and_round_trip(record: AuditRecord) -> None:
     raw = encode_audit(record)
     assert schema_problems(json.loads(raw), SCHEMA) == []
-    assert decode_audit(raw) == record
+    # Numbers come back as the exact decimals they were written as.
+    values = json.loads(orjson.dumps(record.values), parse_float=Decimal)
+    assert decode_audit(raw) == msgspec.structs.replace(record, values=values)
+
+
+def test_exact_numbers_are_audited_and_read_back_as_their_digits() -> None:
+    pi = "3.14159265358979323846"
+    resource = CUSTOMERS.model_copy(
+        update={
+            "mapping": {
+                **CUSTOMERS.mapping,
+                "exact": FieldMapping(column="exact", format="decimal"),
+                "big": FieldMapping(column="big", format="decimal"),
+            }
+        }
+    )
+    projected = project(resource, _customer_row(exact=Decimal(pi), big=2**70))
+    record = upsert_record("customers", resource, DESTINATION, Sent(projected, AT_MS))
+    raw = encode_audit(record)
+    assert f'"exact":{pi}'.encode() in raw and b'"big":1180591620717411303424' in raw
+    decoded = decode_audit(raw)
+    assert decoded.values["exact"] == Decimal(pi)
+    entry = AuditEntry(Position("audit", 0, 7), decoded)
+    printed = orjson.dumps(entry_json(entry))  # what `audit why --json` prints
+    assert f'"exact":{pi}'.encode() in printed and b'"big":1180591620717411303424' in printed
 
 
 def test_every_field_is_encoded_with_explicit_nulls() -> None:

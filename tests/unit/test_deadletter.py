@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 
 from consumer.errors import BadRecord
@@ -196,3 +197,20 @@ def test_the_schema_refuses_a_bad_status() -> None:
 
 def test_error_class_is_qualified() -> None:
     assert error_class(DecodeError("x")) == "consumer.router.debezium.DecodeError"
+
+
+def test_a_payloads_exact_numbers_keep_their_digits() -> None:
+    record = dead_letter_record(
+        resource="transactions",
+        entity_id=3,
+        tenant="merchant-1",
+        cause=CAUSE,
+        error=BadRecord("invalid", status=400),
+        attempts=1,
+        first_attempt_ms=5,
+        last_attempt_ms=5,
+        payload={"total": orjson.Fragment(b"3.14159265358979323846")},
+    )
+    value = dead_letter_message(record).value or b""
+    assert b'"payload":{"total":3.14159265358979323846}' in value
+    assert schema_problems(json.loads(value), SCHEMA) == []

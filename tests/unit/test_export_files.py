@@ -11,6 +11,7 @@ import io
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 from consumer.export.csv_files import ExportError, TenantFiles, cell, file_name
@@ -106,6 +107,8 @@ def test_a_tenant_becomes_a_file_name_inside_its_folder(tenant: str, name: str) 
         ({"k": "ö", "n": [True]}, '{"k":"ö","n":[true]}'),
         ([], "[]"),
         (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        # an exact number of projection.py (decimal, raw): its digits
+        (orjson.Fragment(b"3.14159265358979323846"), "3.14159265358979323846"),
     ],
 )
 def test_a_value_becomes_its_documented_cell(value: object, text: str) -> None:

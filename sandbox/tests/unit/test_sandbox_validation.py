@@ -59,6 +59,12 @@ def _errors(
             "2024-01-31T23:59:59",
             "must be a valid date-time",
         ),
+        (  # reach-sync's datetime with microseconds (RFC 3339 allows any number of digits)
+            {"type": "string", "format": "date-time"},
+            "2024-01-31T23:59:59.123456Z",
+            "2024-01-31T23:59:59.Z",
+            "must be a valid date-time",
+        ),
         ({"type": "string", "format": "date"}, "2024-02-29", "2024-13-01", "must be a valid date"),
         ({"type": "string", "format": "email"}, "a@b.co", "a@b", "must be a valid email"),
         ({"type": "string", "format": "uri"}, "https://x.io/a", "x.io", "must be a valid uri"),
