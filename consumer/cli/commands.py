@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -24,6 +26,7 @@ from consumer.cli.common import (
     definition_path,
     failed,
     load,
+    non_negative,
 )
 from consumer.cli.masking import masked
 from consumer.cli.plan import describe_plan, plan_command
@@ -31,15 +34,17 @@ from consumer.cli.records import add_audit_commands, add_dlq_commands
 from consumer.cli.run_report import ProgressLog, final_stats
 from consumer.cli.status import add_status_command
 from consumer.config import SyncDefinition
+from consumer.config_file import located
 from consumer.definition_diff import diff_definitions
 from consumer.errors import ConfigurationError, DefinitionError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import definition_secrets
+from consumer.reach_check import check_reach
 from consumer.router.dirty import EntityId
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.projection import project
 from consumer.sink.recompute import SourceDatabase
-from consumer.source_check import check_source
+from consumer.source_check import SAMPLE_IDS, check_source
 
 __all__ = ["add_sync_commands"]
 
@@ -69,6 +74,20 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--source",
         action="store_true",
         help="also check it against the source database: tables, columns, types, queries",
+    )
+    validate.add_argument(
+        "--sample",
+        type=non_negative,
+        default=SAMPLE_IDS,
+        metavar="N",
+        help=f"with --source, run each resource's query with up to N of its ids from the "
+        f"database (default {SAMPLE_IDS}; 0: none)",
+    )
+    validate.add_argument(
+        "--reach",
+        action="store_true",
+        help="also check it against the destination's Reach schemas: schemas, required and "
+        "unknown fields, formats against types, groups, $ref targets",
     )
     validate.set_defaults(handler=_validate)
 
@@ -124,16 +143,35 @@ def _validate(args: argparse.Namespace) -> int:
         f"{name} ({r.reach_schema}, {r.delivery.mode})" for name, r in definition.resources.items()
     )
     tables = ", ".join(sorted(definition.trigger_tables()))
+    checks: dict[str, Callable[[SyncDefinition, Path], DefinitionError | None]] = {}
     if args.source:
+        checks["the source database"] = partial(check_source, sample=args.sample)
+    if args.reach:
+        checks["Reach's schemas"] = check_reach
+    # Every check runs, and every problem of all of them is told at once.
+    problems: list[str] = []
+    code = 0
+    for check in checks.values():
         try:
-            check_source(definition, path)
+            _noted(check(definition, path))
         except DefinitionError as exc:
-            return _told(exc)
+            problems += exc.problems
         except SyncError as exc:
-            return failed("validate", exc)
-    checked = " (and against the source database)" if args.source else ""
+            code = max(code, failed("validate", exc))
+    if problems:
+        return max(code, _told(located(path, problems)))
+    if code:
+        return code
+    checked = f" (and against {' and '.join(checks)})" if checks else ""
     print(f"{path}: valid{checked}. resources: {resources}; triggered by: {tables}")
     return 0
+
+
+def _noted(notes: DefinitionError | None) -> None:
+    """What a check found that does not stop ``run`` (some rows' data): told, one
+    ``file:line: path: reason`` line each, and not refused."""
+    if notes is not None:
+        print(str(notes), file=sys.stderr)
 
 
 def _told(error: DefinitionError) -> int:
@@ -148,16 +186,29 @@ def _run(args: argparse.Namespace) -> int:
 
     # A service logs what it does at INFO (its partitions, progress, health port); -v: DEBUG.
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
-    definition = load(definition_path(args), level)
+    path = definition_path(args)
+    definition = load(path, level)
     if definition is None:
         return EXIT_CONFIG
+    problems: list[str] = []
     try:
         # A column that is not there would fail silently for hours: refuse to start instead.
-        check_source(definition, definition_path(args))
+        _noted(check_source(definition, path))
     except DefinitionError as exc:
-        return _told(exc)
+        problems += exc.problems
     except SyncError as exc:
         return failed("run", exc)
+    if args.role != "router":  # the router never talks to Reach
+        try:
+            # So would a field Reach refuses in every record. But Reach being down (or refusing
+            # to list its schemas) is the pipeline's to ride out: it does not stop a start.
+            check_reach(definition, path)
+        except DefinitionError as exc:
+            problems += exc.problems
+        except SyncError as exc:
+            log.warning("not checked against Reach's schemas (%s); starting anyway", exc)
+    if problems:
+        return _told(located(path, problems))
     stop = threading.Event()
     install_stop_signals(stop)
     stats = ServiceStats()

@@ -46,6 +46,12 @@ from consumer.reach.batching import (
     plan_chunks,
 )
 from consumer.reach.classify import Call, classify, read_json
+from consumer.reach.schemas import (
+    SCHEMAS_PATH,
+    SchemaDefinition,
+    parse_schema_definitions,
+    schemas_refused,
+)
 from consumer.reach.status import (
     BatchProgress,
     BatchState,
@@ -68,6 +74,7 @@ __all__ = [
     "RecordFailure",
     "RejectedRecord",
     "RequestInfo",
+    "SchemaDefinition",
     "SubmittedBatch",
     "TenantInfo",
     "default_transport",
@@ -90,6 +97,9 @@ DELETE_BATCH_TYPE = "PARTNER_RESOURCE_BATCH_DELETE"
 # (docs/reach-api.md §3.4, [OPEN]). That batch was created moments ago, so it is among them
 # unless the tenant created more than this many batches of the type since.
 _RECENT_BATCHES = 100
+# What RequestInfo.tenant says for a partner call about no tenant (the schema definitions): the
+# limiter then counts it as a tenant of its own, never as one of the partner's.
+PARTNER_SCOPE = "(partner)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +108,14 @@ class RequestInfo:
 
     tenant: str
     operation: (
-        Literal["upsert_one", "upsert_batch", "delete_batch", "batch_status", "list_batches"]
+        Literal[
+            "upsert_one",
+            "upsert_batch",
+            "delete_batch",
+            "batch_status",
+            "list_batches",
+            "schema_definitions",
+        ]
         | TenantCall
     )
     records: int
@@ -342,6 +359,17 @@ class ReachClient:
         """Tell Reach the tenant's historical data is in (``dataIntegrationCompletedAt`` = ``at``,
         §6 "Tenant flags"); a tenant Reach does not have is a ``ConfigurationError``."""
         return await self._tenants(tenant).mark_data_integration_complete(at)
+
+    async def schema_definitions(self) -> list[SchemaDefinition]:
+        """Every active schema definition of the partner (``GET /partner/schema-definitions``,
+        §3.8), for checking a sync definition against them; raises the classified error."""
+        response = await self._send(
+            RequestInfo(PARTNER_SCOPE, "schema_definitions", 0), "GET", SCHEMAS_PATH, partner=True
+        )
+        if not response.is_success:
+            error = self._error(response, Call.SINGLE)
+            raise schemas_refused(response, error, static=self._destination.auth.mode == "static")
+        return parse_schema_definitions(response)
 
     # --- plumbing --------------------------------------------------------------------------------
 

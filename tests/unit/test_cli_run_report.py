@@ -117,6 +117,8 @@ def fake_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any
     monkeypatch.setattr(commands, "abandoned_consumers", lambda: 0)
     # No source database here: the startup check against it is tested in tests/integration.
     monkeypatch.setattr(commands, "check_source", lambda definition, path: None)
+    # Nor Reach: the startup check against its schemas is tested in tests/integration.
+    monkeypatch.setattr(commands, "check_reach", lambda definition, path: None)
     level = logging.getLogger().level
     try:
         yield calls
