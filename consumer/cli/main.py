@@ -61,6 +61,14 @@ def _demo(sub: Subparsers) -> None:
     add_demo_command(sub)
 
 
+def _test(sub: Subparsers) -> None:
+    import reach_devstack  # noqa: F401  # the throwaway servers come from the local stack
+
+    from consumer.cli.casework import add_test_command
+
+    add_test_command(sub)
+
+
 def _sandbox(sub: Subparsers) -> None:
     from reach_sandbox.cli import add_arguments, run
 
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optional(sub, "dev", local_stack, "reach-devstack", lambda: _dev(sub))
     _optional(sub, "sandbox", "the local Reach sandbox", "reach-sandbox", lambda: _sandbox(sub))
     _optional(sub, "demo", "the demo on the local stack", "reach-devstack", lambda: _demo(sub))
+    _optional(sub, "test", "the definition's test cases", "reach-devstack", lambda: _test(sub))
     return parser
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "StackEndpoints",
     "StackOptions",
     "stack_env",
+    "with_reach_schemas",
     "with_shop_schemas",
 ]
 
@@ -78,6 +79,17 @@ class StackOptions:
     # Debezium's snapshot.mode: "initial" streams every seeded row first; "no_data" streams
     # changes only, for history that must come from `reach-sync backfill`.
     snapshot_mode: str = "initial"
+    # Without the broker (and so without Debezium): Postgres, Redis and the sandbox only, as
+    # `reach-sync test` runs a definition's cases without Kafka.
+    with_broker: bool = True
+    # Create and seed the sample shop's tables; off, the database starts empty.
+    seed_shop: bool = True
+    # The Reach schemas the sandbox holds besides Reach's defaults (a YAML list of schema
+    # definitions), and the tenants it knows: (Reach id, external id) pairs.
+    reach_schemas: Path | None = SHOP_REACH_SCHEMAS
+    tenants: tuple[tuple[str, str], ...] = DEV_TENANTS
+    # The tables Debezium captures.
+    debezium_tables: tuple[str, ...] = SHOP_TABLES
 
 
 @dataclass(frozen=True)
@@ -175,11 +187,13 @@ class LocalStack:
         for component in COMPONENT_DIRS:
             shutil.rmtree(self.state_dir / component, ignore_errors=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        broker_port = _port(opts.broker_port, broker.NAME, "--broker-port")
+        broker_port = (
+            _port(opts.broker_port, broker.NAME, "--broker-port") if opts.with_broker else 0
+        )
         redis_port = _port(opts.redis_port, redis.NAME, "--redis-port")
         pg_port = _port(opts.postgres_port, postgres.NAME, "--postgres-port")
         sandbox_port = _port(opts.sandbox_port, "sandbox", "--sandbox-port")
-        bootstrap = f"127.0.0.1:{broker_port}"
+        bootstrap = f"127.0.0.1:{broker_port}" if opts.with_broker else ""
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         pg = postgres.PostgresConfig(
             bin_dir=postgres.find_postgres_bin(),
@@ -193,7 +207,11 @@ class LocalStack:
         run_as = unprivileged_user()
 
         # Independent servers first, all at once; initdb overlaps with their start-up.
-        broker_proc = self._launch(broker.broker_spec(broker_port, self.logs_dir))
+        broker_proc = (
+            self._launch(broker.broker_spec(broker_port, self.logs_dir))
+            if opts.with_broker
+            else None
+        )
         redis_proc = self._launch(
             redis.redis_spec(redis_port, self.state_dir / "redis", self.logs_dir)
         )
@@ -202,14 +220,16 @@ class LocalStack:
         pg_proc = self._launch(postgres.postgres_spec(pg, run_as, self.logs_dir))
 
         sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-        self._wait(broker_proc, lambda: broker.broker_ready(bootstrap))
+        if broker_proc is not None:
+            self._wait(broker_proc, lambda: broker.broker_ready(bootstrap))
         self._wait(redis_proc, lambda: redis.redis_ready(redis_url))
         self._wait(sandbox_proc, lambda: _sandbox_ready(sandbox_url))
         self._wait(pg_proc, lambda: postgres.postgres_ready(pg))
         postgres.create_database(pg)
-        self._seed(pg.dsn)
+        if opts.seed_shop:
+            self._seed(pg.dsn)
 
-        if opts.with_debezium:
+        if opts.with_debezium and opts.with_broker:
             self._start_debezium(pg, bootstrap)
 
         return StackEndpoints(
@@ -223,9 +243,9 @@ class LocalStack:
             reach_partner_id=PARTNER_ID,
             reach_jwt_secret=credentials.partner_secret,
             reach_static_key=credentials.static_key,
-            tenants=[{"id": tid, "external_id": ext} for tid, ext in DEV_TENANTS],
+            tenants=[{"id": tid, "external_id": ext} for tid, ext in opts.tenants],
             topic_prefix=opts.topic_prefix,
-            debezium_tables=list(SHOP_TABLES) if opts.with_debezium else [],
+            debezium_tables=list(opts.debezium_tables) if opts.with_debezium else [],
             debezium_schemas=opts.debezium_schemas,
             pids={name: p.pid for name, p in self.processes.items() if p.pid is not None},
         )
@@ -241,13 +261,14 @@ class LocalStack:
 
         config_path = self.state_dir / "sandbox" / "sandbox.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        config = with_shop_schemas(
+        config = with_reach_schemas(
             dev_config(
                 partner_secret=credentials.partner_secret,
                 admin_token=credentials.admin_token,
                 static_key=credentials.static_key,
-                tenants=list(DEV_TENANTS),
-            )
+                tenants=list(self.options.tenants),
+            ),
+            self.options.reach_schemas,
         )
         write_sandbox_config(config, config_path)
         return ProcessSpec(
@@ -281,7 +302,7 @@ class LocalStack:
             pg_password_file=password_file,
             pg_database=pg.database,
             topic_prefix=self.options.topic_prefix,
-            tables=SHOP_TABLES,
+            tables=self.options.debezium_tables,
             state_dir=state,
             schemas=self.options.debezium_schemas,
             snapshot_mode=self.options.snapshot_mode,
@@ -333,9 +354,16 @@ class _SandboxCredentials:
 
 def with_shop_schemas(config: SandboxConfig) -> SandboxConfig:
     """The sandbox config plus the shop's Reach schemas (shop_reach_schemas.yaml)."""
+    return with_reach_schemas(config, SHOP_REACH_SCHEMAS)
+
+
+def with_reach_schemas(config: SandboxConfig, path: Path | None) -> SandboxConfig:
+    """The sandbox config plus the Reach schemas listed in ``path`` (none: unchanged)."""
     from reach_sandbox.config import SchemaConfig
 
-    entries = yaml.safe_load(SHOP_REACH_SCHEMAS.read_text())
+    if path is None:
+        return config
+    entries = yaml.safe_load(path.read_text()) or []
     schemas = tuple(SchemaConfig.model_validate(entry) for entry in entries)
     return config.model_copy(update={"schemas": (*config.schemas, *schemas)})
 

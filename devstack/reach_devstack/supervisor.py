@@ -35,12 +35,18 @@ class _StopRequested(Exception):
 def options_to_json(options: StackOptions) -> str:
     data = asdict(options)
     data["state_dir"] = str(options.state_dir)
+    data["reach_schemas"] = None if options.reach_schemas is None else str(options.reach_schemas)
     return json.dumps(data)
 
 
 def options_from_json(text: str) -> StackOptions:
+    """The options as ``options_to_json`` wrote them (JSON has no tuples and no paths)."""
     data = json.loads(text)
     data["state_dir"] = Path(data["state_dir"])
+    if data.get("reach_schemas") is not None:
+        data["reach_schemas"] = Path(data["reach_schemas"])
+    data["tenants"] = tuple(tuple(pair) for pair in data.get("tenants", ()))
+    data["debezium_tables"] = tuple(data.get("debezium_tables", ()))
     return StackOptions(**data)
 
 
