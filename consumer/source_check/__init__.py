@@ -78,7 +78,7 @@ def source_findings(
                 needed.add(f"resources.{name}.backfill.ids_query")
             broken = any(f.stops_run and f.where in needed for f in found)
             if sample > 0 and described is not None and not broken:
-                findings += sample_findings(conn, name, resource, sample)
+                findings += sample_findings(conn, name, resource, sample, described)
     except psycopg.OperationalError as exc:
         raise Retryable(f"source database unavailable for the definition check: {exc}") from exc
     return findings

@@ -27,9 +27,10 @@ from psycopg import errors, sql
 
 from consumer.config import Resource
 from consumer.sink.projection import WITHHELD
-from consumer.source_check.catalog import primary_key, reason
+from consumer.source_check.catalog import Described, primary_key, reason
 from consumer.source_check.findings import Finding
 from consumer.source_check.queries import base_query
+from consumer.source_check.values import unsendable_findings
 
 __all__ = ["SAMPLE_IDS", "sample_findings", "sampled"]
 
@@ -51,9 +52,14 @@ class _IdSource:
 
 
 def sample_findings(
-    conn: psycopg.Connection[Any], name: str, resource: Resource, size: int
+    conn: psycopg.Connection[Any],
+    name: str,
+    resource: Resource,
+    size: int,
+    described: Described | None = None,
 ) -> list[Finding]:
-    """What running the query with up to ``size`` real ids shows (nothing for an empty table)."""
+    """What running the query with up to ``size`` real ids shows (nothing for an empty table);
+    with the query's ``described`` columns, also the mapped values Reach cannot be sent."""
     where = f"resources.{name}"
     source = _id_source(conn, resource, size)
     if source is None:
@@ -96,7 +102,10 @@ def sample_findings(
                 f"{_withheld(reason(exc))}",
             )
         ]
-    return sampled(where, resource, source.what, asked, rows, failed)
+    findings = sampled(where, resource, source.what, asked, rows, failed)
+    if described is not None and not failed:
+        findings += unsendable_findings(conn, where, resource, described, asked, source.what)
+    return findings
 
 
 def sampled(

@@ -426,6 +426,43 @@ def test_a_query_failing_for_some_ids_is_told_and_does_not_stop_run(
     ]
 
 
+def test_values_reach_cannot_be_sent_are_named_by_field_and_do_not_stop_run(
+    source: PostgresConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Timestamps allow infinity and BC dates, numerics NaN: the rows are wrong, not the
+    # definition, and at run time each such record is dead-lettered naming its field.
+    with psycopg.connect(source.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE customers SET created_at = 'infinity' WHERE id = 5000000001")
+        conn.execute("UPDATE customers SET created_at = '0044-03-15 BC' WHERE id = 5000000003")
+        conn.execute("UPDATE customers SET balance = 'NaN' WHERE id = 5000000002")
+    text = GOOD.replace(
+        "      vip: {column: vip, format: boolean}\n",
+        "      vip: {column: vip, format: boolean}\n      balance: {column: balance, format: decimal}\n",
+    )
+    path = tmp_path / "values.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path), "--source"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{path}:{_line_of(text, '      createdAt:')}: resources.customers.mapping.createdAt.column: "
+        "created_at (timestamp with time zone) holds a value Reach cannot be sent (infinity, a "
+        "date before year 1 or after 9999, NaN or Infinity) for id 5000000001 (and 1 more of 3 "
+        "sampled from backfill.ids_query): those records are dead-lettered, naming the field; fix "
+        "the rows, or map such values in the query (this does not stop run)",
+        f"{path}:{_line_of(text, '      balance:')}: resources.customers.mapping.balance.column: "
+        "balance (numeric(12,2)) holds a value Reach cannot be sent (infinity, a date before "
+        "year 1 or after 9999, NaN or Infinity) for id 5000000002 (of 3 sampled from "
+        "backfill.ids_query): those records are dead-lettered, naming the field; fix the rows, "
+        "or map such values in the query (this does not stop run)",
+    ]
+    started = _fake_service(monkeypatch)
+    assert main(["run", str(path), "--role", "router"]) == 0
+    assert len(started) == 1
+
+
 def test_empty_tables_sample_nothing_and_pass(
     source: PostgresConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
