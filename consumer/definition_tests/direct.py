@@ -117,8 +117,8 @@ class DirectRun:
         if not ids:
             return {}
         recomputed = await self._db.recompute(resource, list(ids))
-        tenants = {str(row[resource.tenant]) for row in recomputed.rows.values()}
-        await self._ensure_tenants(sorted(t for t in tenants if t != "None"))
+        tenants = {row[resource.tenant] for row in recomputed.rows.values()}
+        await self._ensure_tenants(sorted(str(t) for t in tenants if t is not None))
         observed: dict[str, Observed] = {}
 
         async def accepted(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:

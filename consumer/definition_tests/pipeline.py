@@ -116,6 +116,8 @@ class PipelineCase:
         kafka = definition.source.kafka
         self._reader = Consumer(reader_settings(kafka))
         self._source_topics = [f"{case}.{t}" for t in sorted(definition.trigger_tables())]
+        # What stopped the service, if it stopped: the step waiting on it fails with it.
+        self._failure: list[BaseException] = []
 
     @contextmanager
     def _logging_to_file(self) -> Iterator[None]:
@@ -162,8 +164,7 @@ class PipelineCase:
             ProcessSpec("debezium", debezium_command(settings), self._state_dir / "debezium.log")
         )
         stop = threading.Event()
-        failure: list[BaseException] = []
-        self._failure = failure
+        failure = self._failure
 
         def serve() -> None:
             try:

@@ -115,3 +115,30 @@ def test_junit_xml_counts_failures_and_errors_and_carries_the_diff(tmp_path: Pat
     failure = root.find("testcase[@name='fails']/failure")
     assert failure is not None and "expected sent" in (failure.text or "")
     assert root.find("testcase[@name='passes']/failure") is None
+
+
+def test_a_definition_loads_for_a_test_without_the_production_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from consumer.definition_tests.target import Endpoints, aimed, load_for_test
+
+    for name in [n for n in os.environ if n.startswith("REACH_SYNC_")]:
+        monkeypatch.delenv(name)
+    definition = load_for_test(Path(__file__).parents[2] / "examples" / "shop.yaml")
+    assert definition.source.kafka.group_id == "reach-sync-shop"  # ${VAR:-default} kept
+    endpoints = Endpoints(
+        database_dsn="postgresql://case@127.0.0.1:5/case_1",
+        redis_url="redis://127.0.0.1:6/0",
+        reach_url="http://127.0.0.1:7",
+        partner_id="sandbox-partner",
+        partner_secret="a-secret-of-the-sandbox-long-enough",
+        key_prefix="reach-sync-test:case-1",
+    )
+    pointed = aimed(definition, endpoints)
+    assert pointed.source.database.dsn.get_secret_value() == endpoints.database_dsn
+    assert pointed.destination.base_url == "http://127.0.0.1:7"
+    assert pointed.destination.auth.partner_id == "sandbox-partner"
+    assert pointed.redis.key_prefix == "reach-sync-test:case-1"
+    assert pointed.resources == definition.resources
