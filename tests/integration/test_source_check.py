@@ -438,17 +438,16 @@ def test_values_reach_cannot_be_sent_are_named_by_field_and_do_not_stop_run(
         conn.execute("UPDATE customers SET created_at = 'infinity' WHERE id = 5000000001")
         conn.execute("UPDATE customers SET created_at = '0044-03-15 BC' WHERE id = 5000000003")
         conn.execute("UPDATE customers SET balance = 'NaN' WHERE id = 5000000002")
-    text = GOOD.replace(
-        "      vip: {column: vip, format: boolean}\n",
-        "      vip: {column: vip, format: boolean}\n      balance: {column: balance, format: decimal}\n",
-    )
+    vip = "      vip: {column: vip, format: boolean}\n"
+    text = GOOD.replace(vip, vip + "      balance: {column: balance, format: decimal}\n")
     path = tmp_path / "values.yaml"
     path.write_text(text)
     assert main(["validate", str(path), "--source"]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"{path}:{_line_of(text, '      createdAt:')}: resources.customers.mapping.createdAt.column: "
-        "created_at (timestamp with time zone) holds a value Reach cannot be sent (infinity, a "
+        f"{path}:{_line_of(text, '      createdAt:')}: "
+        "resources.customers.mapping.createdAt.column: created_at (timestamp with time zone) "
+        "holds a value Reach cannot be sent (infinity, a "
         "date before year 1 or after 9999, NaN or Infinity) for id 5000000001 (and 1 more of 3 "
         "sampled from backfill.ids_query): those records are dead-lettered, naming the field; fix "
         "the rows, or map such values in the query (this does not stop run)",
