@@ -52,6 +52,11 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # librdkafka waits fetch.queue.backoff.ms (1000 by default) before refilling a full
     # prefetch queue; a consumer that drains its queue quickly then idles (docs/local-stack.md).
     "fetch.queue.backoff.ms": 10,
+    # How long a broker may hold a fetch that finds nothing new (librdkafka's default: 500 ms).
+    # Kafka answers as soon as data arrives, so on Kafka this only paces an idle consumer's
+    # requests; a broker that holds the fetch for the whole wait (the local one) adds it to every
+    # hop of a change (docs/benchmarks.md, "Latency"). The local stack sets 10 ms.
+    "fetch.wait.max.ms": 100,
     # Prefetch bounds. librdkafka's defaults (64 MiB queued, 100,000 messages, 50 MiB fetches)
     # let each consumer hold 150 MiB of a backlog; these held a bench's router at full speed
     # with ~60 MiB (bench/pipeline.py, peak RSS). A definition may raise them.

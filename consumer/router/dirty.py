@@ -38,6 +38,9 @@ class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
     offset: int | None = None
     source_ts_ms: int | None = None
     lsn: int | None = None
+    # The source event's Kafka timestamp (epoch ms; its producer's time unless the topic keeps
+    # the broker's, LogAppendTime): where reach-sync's own share of the latency starts.
+    appended_ms: int | None = None
     # The W3C ``traceparent`` Kafka header of the source event, when its producer set one: the
     # syncer's window span links to it (spans.py). Omitted when None, as every default is.
     traceparent: str | None = None

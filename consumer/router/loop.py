@@ -21,7 +21,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from consumer.config import SyncDefinition
 from consumer.errors import BadRecord, Retryable
@@ -518,8 +526,14 @@ def cause_of(
         offset=offset,
         source_ts_ms=change.source_ts_ms,
         lsn=change.lsn,
+        appended_ms=_timestamp_ms(message),
         traceparent=traceparent_of(message.headers()),
     )
+
+
+def _timestamp_ms(message: Message) -> int | None:
+    kind, value = message.timestamp()
+    return value if kind != TIMESTAMP_NOT_AVAILABLE and value > 0 else None
 
 
 def _consume_error(message: Message) -> bool:

@@ -357,8 +357,12 @@ class Syncer:
                 part.running = None
 
     def _record_latency(self, window: Window) -> None:
-        latencies = window.latencies_ms(int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        latencies, own = window.latencies_ms(now_ms)
         self.stats.latencies_ms.extend(latencies)
+        self.stats.own_latencies_ms.extend(own)
+        if latencies and window.first_enqueued_ms:
+            self.stats.window_latencies_ms.append(max(0, now_ms - window.first_enqueued_ms))
         self.instruments.window_finished(window, latencies)  # once per window (metrics.py: cost)
 
     def _schedule_retry(self, part: Partition, window: Window, error: SyncError) -> None:

@@ -44,6 +44,11 @@ class SyncerStats:
     in_flight: int = 0
     in_flight_bytes: int = 0
     latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    # The same, from the source event's append to its topic: reach-sync's own share.
+    own_latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    # Per window of changes: its oldest dirty key produced → the window done (the syncer's
+    # share: the dirty topic's hop, the window's wait, recompute and delivery).
+    window_latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def add(self, result: DeliveryResult) -> None:
         self.sent += result.sent

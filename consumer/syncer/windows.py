@@ -47,6 +47,9 @@ class Window:
     offsets: dict[Entity, int] = field(default_factory=dict)
     # Set by processing: the entities Reach refused for now, with the tenants that refused them.
     held: dict[Entity, set[str]] = field(default_factory=dict)
+    # When the router produced the window's oldest key (epoch ms; 0: none known): where the
+    # syncer's share of a change's latency starts.
+    first_enqueued_ms: int = 0
 
     def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
         entity = (key.resource, str(key.id))
@@ -63,6 +66,10 @@ class Window:
         self.end_offset = max(self.end_offset, offset)
         self.received += key.triggers
         self.due_after_s = min(self.due_after_s, window_s)
+        if key.enqueued_ms and (
+            not self.first_enqueued_ms or key.enqueued_ms < self.first_enqueued_ms
+        ):
+            self.first_enqueued_ms = key.enqueued_ms
 
     def readd(
         self, entity: Entity, entity_id: EntityId, causes: list[Cause], offset: int, window_s: float
@@ -105,6 +112,10 @@ class Window:
         self.end_offset = max(self.end_offset, later.end_offset)
         self.received += later.received
         self.size += later.size
+        if later.first_enqueued_ms and (
+            not self.first_enqueued_ms or later.first_enqueued_ms < self.first_enqueued_ms
+        ):
+            self.first_enqueued_ms = later.first_enqueued_ms
         self.due_after_s = min(self.due_after_s, later.due_after_s)
 
     def by_resource(self) -> dict[str, list[EntityId]]:
@@ -117,14 +128,19 @@ class Window:
         causes = self.causes.get((resource, entity_id))
         return causes[0] if causes else Cause(kind="unknown")
 
-    def latencies_ms(self, now_ms: int) -> list[int]:
-        """Source commit → now, per entity accepted (held ones are not yet); snapshot reads
-        carry the snapshot's time, not a commit's, so they are no latency."""
+    def latencies_ms(self, now_ms: int) -> tuple[list[int], list[int]]:
+        """Per entity accepted (held ones are not yet): source commit → now, and source event
+        appended to its topic → now (reach-sync's own share). Snapshot reads carry the
+        snapshot's time, not a commit's, so they are no latency."""
         latencies: list[int] = []
+        own: list[int] = []
         for entity, causes in self.causes.items():
             if entity in self.held:
                 continue
-            committed = [c.source_ts_ms for c in causes if c.source_ts_ms and c.op != "r"]
-            if committed:
-                latencies.append(max(0, now_ms - min(committed)))
-        return latencies
+            changes = [c for c in causes if c.source_ts_ms and c.op != "r"]
+            if changes:
+                latencies.append(max(0, now_ms - min(c.source_ts_ms or 0 for c in changes)))
+                appended = [c.appended_ms for c in changes if c.appended_ms]
+                if appended:
+                    own.append(max(0, now_ms - min(appended)))
+        return latencies, own

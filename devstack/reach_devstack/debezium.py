@@ -67,9 +67,9 @@ HEARTBEAT_TOPIC_PREFIX = "__debezium-heartbeat"
 # Offsets are flushed this often (Connect's default is 60 s): a crash then replays at most about
 # a second of changes, and the replication slot's confirmed LSN keeps up.
 OFFSET_FLUSH_INTERVAL_MS = 1000
-# Debezium waits this long for new changes when its queue is empty (default 500 ms); lower keeps
-# the local pipeline's latency well under a second.
-POLL_INTERVAL_MS = 100
+# Debezium waits this long for new changes when its queue is empty (default 500 ms): up to
+# this much of every change's latency; polling an empty queue more often costs the JVM little.
+POLL_INTERVAL_MS = 10
 # A record the broker has not acknowledged within this time fails the batch and stops the engine
 # (Connect retries for ever; a local run should rather fail loudly and be restarted).
 DELIVERY_TIMEOUT_S = 60.0

@@ -59,6 +59,7 @@ SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
 COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium")
 # Joins on the local broker take about half the session timeout (docs/local-stack.md).
 LOCAL_SESSION_TIMEOUT_MS = 6000
+LOCAL_FETCH_WAIT_MS = 10
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ def stack_env(endpoints: StackEndpoints) -> dict[str, str]:
         "REACH_SYNC_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
         "REACH_SYNC_SESSION_TIMEOUT_MS": str(LOCAL_SESSION_TIMEOUT_MS),
         "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
+        # The local broker holds an empty fetch for its whole wait rather than answering when
+        # data arrives: each consumer hop would add up to the wait (docs/benchmarks.md).
+        "REACH_SYNC_FETCH_WAIT_MS": str(LOCAL_FETCH_WAIT_MS),
         "REACH_SYNC_DATABASE_URL": endpoints.postgres_dsn,
         "REACH_SYNC_REACH_URL": endpoints.sandbox_url,
         "REACH_SYNC_PARTNER_ID": endpoints.reach_partner_id,

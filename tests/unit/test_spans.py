@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -284,6 +285,9 @@ class _Message:
         self.reads += 1
         return self._headers
 
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, 1_700_000_000_123
+
 
 @pytest.mark.parametrize(
     ("headers", "expected"), [(None, None), ([("traceparent", TRACEPARENT.encode())], TRACEPARENT)]
@@ -296,6 +300,7 @@ def test_the_router_puts_the_producers_trace_context_on_the_cause(
     message_arg: Any = message
     cause = router.cause_of(message_arg, "shop.public.customers", 1, 30, change)
     assert (cause.traceparent, message.reads) == (expected, 1)
+    assert cause.appended_ms == 1_700_000_000_123  # where reach-sync's own latency share starts
     encoded = encode_dirty(DirtyKey("customers", 7, cause))
     assert (b"traceparent" in encoded) is (expected is not None)  # omitted when there is none
     assert decode_dirty(encoded).cause == cause

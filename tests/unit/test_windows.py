@@ -99,3 +99,38 @@ def test_size_estimates_memory_per_entity_and_per_cause_kept() -> None:
     later.add(_key("customers", 2, 40), 40, 1.0)
     window.absorb(later)
     assert window.size == 2 * ENTITY_BYTES + (MAX_CAUSES + 1) * CAUSE_BYTES
+
+
+def test_latency_runs_from_the_oldest_change_and_reach_syncs_share_from_its_append() -> None:
+    window = Window(opened_at=0.0, due_after_s=600)
+
+    def change(entity_id: int, committed: int, appended: int | None, op: str = "u") -> DirtyKey:
+        cause = Cause(kind="cdc", op=op, source_ts_ms=committed, appended_ms=appended)
+        return DirtyKey("customers", entity_id, cause)
+
+    window.add(change(1, 1_000, 1_300), 0, window_s=0.1)
+    window.add(change(1, 1_100, 1_350), 1, window_s=0.1)  # later change of the same entity
+    window.add(change(2, 1_200, None), 2, window_s=0.1)  # no timestamp on the source event
+    window.add(change(3, 500, 600, op="r"), 3, window_s=0.1)  # a snapshot read: no latency
+    window.hold("customers", ["4"], "merchant-1")
+    window.add(change(4, 1_000, 1_100), 4, window_s=0.1)  # held: not accepted yet
+
+    latencies, own = window.latencies_ms(2_000)
+
+    assert sorted(latencies) == [800, 1_000]
+    assert own == [700]
+
+
+def test_a_window_remembers_when_its_oldest_key_was_routed_across_a_merge() -> None:
+    def routed(entity_id: int, enqueued_ms: int) -> DirtyKey:
+        return DirtyKey("customers", entity_id, Cause(kind="cdc", op="u"), enqueued_ms)
+
+    window = Window(opened_at=0.0, due_after_s=600)
+    window.add(routed(1, 500), 0, window_s=0.1)
+    window.add(routed(2, 300), 1, window_s=0.1)
+    window.add(routed(3, 0), 2, window_s=0.1)  # not known: ignored
+    assert window.first_enqueued_ms == 300
+    later = Window(opened_at=1.0, due_after_s=600)
+    later.add(routed(4, 200), 3, window_s=0.1)
+    window.absorb(later)
+    assert window.first_enqueued_ms == 200
