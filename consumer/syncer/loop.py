@@ -100,6 +100,8 @@ class Syncer:
     consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer
     _partitions: dict[int, Partition] = field(default_factory=dict)
     _consumer: Consumer = field(init=False)
+    # Offsets finished windows may commit: handed to the poll thread with the next poll.
+    _to_commit: dict[int, tuple[Partition, int]] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     # The task group the windows run in, while run() polls.
     _windows: asyncio.TaskGroup | None = None
@@ -158,7 +160,11 @@ class Syncer:
                 self._windows = windows
                 while not stop.is_set():
                     messages = await loop.run_in_executor(
-                        poller, consume_batch, self._consumer, self._poll_room(), POLL_TIMEOUT_S
+                        poller,
+                        self._commit_then_poll,
+                        self.take_commits(),
+                        self._poll_room(),
+                        self._poll_timeout_s(),
                     )
                     self._add(messages)
                     self._bring_back_held()
@@ -388,7 +394,7 @@ class Syncer:
         part.retry_at = time.monotonic() + delay
 
     def _commit(self, part: Partition, window: Window) -> None:
-        """Commit after a finished window, without blocking the loop:
+        """Commit after a finished window, without blocking the loop (on the poll thread):
 
         1. the window's end is done (a window of held entities only ends nowhere new);
         2. what it held is kept, with its offset, and what it settled is let go;
@@ -403,13 +409,54 @@ class Syncer:
         offset = part.commit_offset()
         if offset is None:
             return
-        offsets = [TopicPartition(part.topic, part.partition, offset)]
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:
-            log.warning("commit of partition %d failed: %s", part.partition, exc)
-            return
+        self._to_commit[id(part)] = (part, offset)  # the latest offset of each partition
         self.stats.commits += 1
+
+    def take_commits(self) -> list[tuple[Partition, int]]:
+        """On the loop: what finished windows may commit since the last time, for the poll
+        thread to commit (commit_pending)."""
+        offsets, self._to_commit = self._to_commit, {}
+        return list(offsets.values())
+
+    def _commit_then_poll(
+        self, offsets: list[tuple[Partition, int]], room: int, timeout_s: float
+    ) -> list[Message]:
+        """On the poll thread: commit what finished windows handed over, then poll."""
+        self.commit_pending(offsets)
+        return consume_batch(self._consumer, room, timeout_s)
+
+    def _poll_timeout_s(self) -> float:
+        """How long the next poll may wait: POLL_TIMEOUT_S, but no longer than until the first
+        open window is due or the first failed one may be retried, so that a window closes on
+        time when no key arrives to end the poll."""
+        now = time.monotonic()
+        due = [POLL_TIMEOUT_S]
+        for part in self._partitions.values():
+            if part.running is not None or part.revoked:
+                continue
+            if part.failed is not None:
+                due.append(part.retry_at - now)
+            elif part.open is not None and len(part.open):
+                due.append(part.open.opened_at + part.open.due_after_s - now)
+        return max(0.0, min(due))
+
+    def commit_pending(self, offsets: list[tuple[Partition, int]]) -> None:
+        """Commit ``offsets`` (asynchronously), but none of a revoked partition. On the poll
+        thread: confluent-kafka lets one thread into a consumer at a time, so a commit from the
+        loop waited for the running poll (up to POLL_TIMEOUT_S), and the loop with it. Revokes
+        run on this thread too, so a partition's final commit is never followed by an older
+        one from here (a partition assigned again is a new Partition)."""
+        owned = [
+            TopicPartition(part.topic, part.partition, offset)
+            for part, offset in offsets
+            if not part.revoked
+        ]
+        if not owned:
+            return
+        try:
+            self._consumer.commit(offsets=owned, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("commit of partitions %s failed: %s", [tp.partition for tp in owned], exc)
 
     def _commit_done(self, parts: list[Partition]) -> None:
         """Synchronously commit what is done; only from the poll thread (revoke, shutdown)."""
