@@ -770,9 +770,9 @@ def measure_latency(
         definition = _realtime(base, window_ms, args.latency_batch_over)
         if fetch_wait_ms:
             kafka = definition.source.kafka
-            settings = {**kafka.client_settings, "fetch.wait.max.ms": fetch_wait_ms}
+            settings = {**kafka.consumer_settings, "fetch.wait.max.ms": fetch_wait_ms}
             source = definition.source.model_copy(
-                update={"kafka": kafka.model_copy(update={"client_settings": settings})}
+                update={"kafka": kafka.model_copy(update={"consumer_settings": settings})}
             )
             definition = definition.model_copy(update={"source": source})
         stats, stop = ServiceStats(), threading.Event()

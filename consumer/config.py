@@ -86,8 +86,11 @@ class KafkaSource(_Strict):
     # Checked here as `run` checks them (kafka_settings.py): none that reach-sync sets itself,
     # auto-commit stays off, and librdkafka must accept them.
     client_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # The same, for reach-sync's consumers only (after client_settings): consumer properties
+    # such as fetch.wait.max.ms, which producers and admin clients would warn about.
+    consumer_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
-    @field_validator("client_settings")
+    @field_validator("client_settings", "consumer_settings")
     @classmethod
     def _settings_run_accepts(
         cls, settings: dict[str, str | int | float | bool]

@@ -70,6 +70,7 @@ def consumer_settings(kafka: KafkaSource, group_id: str, **overrides: Any) -> di
         "group.id": group_id,
         "session.timeout.ms": kafka.session_timeout_ms,
         **_checked(dict(kafka.client_settings)),
+        **_checked(dict(kafka.consumer_settings)),
         **overrides,
         **CORRECTNESS_SETTINGS,
     }

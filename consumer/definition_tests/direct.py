@@ -17,6 +17,7 @@ import httpx
 import orjson
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from consumer.backfill.scope import BackfillScope
 from consumer.backfill.walk import checked_walkers, connect
@@ -60,10 +61,9 @@ async def apply_step(
 
 
 def _param(value: Any) -> Any:
-    """A YAML mapping or list goes to a json/jsonb column as JSON."""
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value) if isinstance(value, dict | list) else value
+    """A YAML mapping goes to a json/jsonb column as JSON; a list to an array column (a JSON
+    array is written as its text)."""
+    return Jsonb(value) if isinstance(value, dict) else value
 
 
 def reason_of(error: Exception) -> str:

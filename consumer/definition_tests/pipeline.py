@@ -86,21 +86,18 @@ def _ends(consumer: Consumer, topic: str) -> dict[int, int]:
         return {}
 
 
-def _lag(consumer: Consumer, group: str, topics: list[str], kafka: Any) -> int:
-    """Messages of ``topics`` that ``group`` has not committed yet."""
-    reader = Consumer(consumer_settings(kafka, group, **{"allow.auto.create.topics": False}))
-    try:
-        total = 0
-        for topic in topics:
-            ends = _ends(consumer, topic)
-            if not ends:
-                continue
-            committed = reader.committed([TopicPartition(topic, p) for p in ends], timeout=10)
-            for tp in committed:
-                total += max(0, ends[tp.partition] - max(tp.offset, 0))
-        return total
-    finally:
-        reader.close()
+def _lag(ends_from: Consumer, group: Consumer, topics: list[str]) -> int:
+    """Messages of ``topics`` that ``group`` (a consumer of that group that never joins it)
+    has not committed yet."""
+    total = 0
+    for topic in topics:
+        ends = _ends(ends_from, topic)
+        if not ends:
+            continue
+        committed = group.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+        for tp in committed:
+            total += max(0, ends[tp.partition] - max(tp.offset, 0))
+    return total
 
 
 class PipelineCase:
@@ -115,6 +112,11 @@ class PipelineCase:
         self._admin = admin
         kafka = definition.source.kafka
         self._reader = Consumer(reader_settings(kafka))
+        # The stages' committed offsets, read by consumers of their groups that never join.
+        self._router_group, self._syncer_group = (
+            Consumer(consumer_settings(kafka, group, **{"allow.auto.create.topics": False}))
+            for group in (f"{kafka.group_id}.router", f"{kafka.group_id}.syncer")
+        )
         self._source_topics = [f"{case}.{t}" for t in sorted(definition.trigger_tables())]
         # What stopped the service, if it stopped: the step waiting on it fails with it.
         self._failure: list[BaseException] = []
@@ -174,7 +176,8 @@ class PipelineCase:
 
         service = threading.Thread(target=serve, name=f"reach-sync {self._case}")
         with ExitStack() as stack:
-            stack.callback(self._reader.close)
+            for reader in (self._reader, self._router_group, self._syncer_group):
+                stack.callback(reader.close)
             debezium.start()  # its runner creates the topics it writes before it is ready
             stack.callback(debezium.stop)
             wait_until(debezium, lambda: is_ready(state), DEBEZIUM_READY_S)
@@ -192,7 +195,6 @@ class PipelineCase:
         """Until the step's changes went all the way through (module docstring)."""
         deadline = time.monotonic() + STEP_TIMEOUT_S
         captured_by = time.monotonic() + CAPTURE_WAIT_S
-        kafka = self.definition.source.kafka
         while time.monotonic() < captured_by:
             now = self.positions()
             if any(now.get(t, {}) != before.get(t, {}) for t in self._source_topics):
@@ -207,10 +209,8 @@ class PipelineCase:
                     f"the step did not settle within {STEP_TIMEOUT_S:.0f} s (see the logs in "
                     f"{self._state_dir})"
                 )
-            lag = _lag(self._reader, f"{kafka.group_id}.router", self._source_topics, kafka)
-            lag += _lag(
-                self._reader, f"{kafka.group_id}.syncer", [self.definition.topics.dirty], kafka
-            )
+            lag = _lag(self._reader, self._router_group, self._source_topics)
+            lag += _lag(self._reader, self._syncer_group, [self.definition.topics.dirty])
             now = self.positions()
             if lag or now != last:
                 quiet_since, last = time.monotonic(), now

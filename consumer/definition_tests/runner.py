@@ -24,7 +24,7 @@ from consumer.definition_tests.pipeline import PipelineCase, for_pipeline, settl
 from consumer.definition_tests.servers import Servers
 from consumer.definition_tests.target import Endpoints, aimed
 from consumer.definition_tests.verdict import differences
-from consumer.errors import SyncError
+from consumer.errors import ConfigurationError, SyncError
 from consumer.reach.auth import credential_for
 from consumer.reach.client import ReachClient
 from consumer.sink.dedup import LastSentStore
@@ -161,7 +161,14 @@ class CaseRunner:
         )
         try:
             for index, step in enumerate(case.steps):
-                await apply_step(conn, step, before_commit)
+                try:
+                    await apply_step(conn, step, before_commit)
+                except psycopg.Error as exc:
+                    # The case's own SQL or rows: its error, not the definition's.
+                    reason = (exc.diag.message_primary or str(exc)).strip()
+                    raise ConfigurationError(
+                        f"step {index + 1}: the database refuses its changes: {reason}"
+                    ) from exc
                 observed: Observations = await observe()
                 problems = differences(definition, step, observed, e2e=self.e2e)
                 if problems:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -61,7 +62,7 @@ RETRY_CAP_S = 30.0
 # How long a revoke may wait for in-flight windows before giving the partitions up uncommitted:
 # this share of max.poll.interval.ms (librdkafka's default 300 s: 60 s), so that the wait, the
 # final commit (FINAL_COMMIT_BOUND_S) and the next poll stay well inside it. An operator who
-# lowers max.poll.interval.ms in client_settings lowers this bound with it.
+# lowers max.poll.interval.ms in client_settings (or consumer_settings) lowers this bound with it.
 REVOKE_SHARE = 0.2
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 # How long shutdown waits for in-flight windows, then for the producer to flush.
@@ -100,6 +101,9 @@ class Syncer:
     consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer
     _partitions: dict[int, Partition] = field(default_factory=dict)
     _consumer: Consumer = field(init=False)
+    # Calls into the consumer the loop wants made (pause, resume, progress reads): made on the
+    # poll thread before the next poll, as confluent-kafka lets one thread in at a time.
+    _chores: list[Callable[[], object]] = field(default_factory=list)
     # Offsets finished windows may commit: handed to the poll thread with the next poll.
     _to_commit: dict[int, tuple[Partition, int]] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +117,7 @@ class Syncer:
 
     def __post_init__(self) -> None:
         kafka = self.definition.source.kafka
-        self.revoke_bound_s = revoke_bound_s(kafka.client_settings)
+        self.revoke_bound_s = revoke_bound_s({**kafka.client_settings, **kafka.consumer_settings})
         self._consumer = self.consumer_factory(consumer_settings(kafka, f"{kafka.group_id}.syncer"))
         self._in_flight = InFlight(self.definition.in_flight)
         self._release_chunk = min(r.delivery.max_keys for r in self.definition.resources.values())
@@ -159,9 +163,11 @@ class Syncer:
             async with asyncio.TaskGroup() as windows:
                 self._windows = windows
                 while not stop.is_set():
+                    chores, self._chores = self._chores, []
                     messages = await loop.run_in_executor(
                         poller,
                         self._commit_then_poll,
+                        chores,
                         self.take_commits(),
                         self._poll_room(),
                         self._poll_timeout_s(),
@@ -284,11 +290,12 @@ class Syncer:
             max_keys = self._max_keys(part.open) if part.open is not None else 0
             stop = part.should_pause(max_keys) or saturated
             tp = [TopicPartition(part.topic, part.partition)]
+            # On the poll thread, before the next poll (_commit_then_poll).
             if stop and not part.paused:
-                self._consumer.pause(tp)
+                self._chores.append(partial(self._consumer.pause, tp))
                 part.paused = True
             elif part.paused and not stop:
-                self._consumer.resume(tp)
+                self._chores.append(partial(self._consumer.resume, tp))
                 part.paused = False
 
     def _poll_room(self) -> int:
@@ -323,15 +330,19 @@ class Syncer:
     def _observe_progress(self) -> None:
         """For readiness, at most once a second: where each partition's finished windows end
         (held entities do not hold it back) and its high watermark, a local read of librdkafka's
-        state from this loop, which already uses the consumer (pause, resume, commit)."""
+        state made on the poll thread."""
         now = time.monotonic()
         if self.progress is None or not self.progress.due(now):
             return
-        consumer = self._consumer
+        consumer, progress = self._consumer, self.progress
         parts = [p for p in list(self._partitions.values()) if not p.revoked]
-        self.progress.observe(
-            [p.progress(high_watermark(consumer, p.topic, p.partition)) for p in parts], now
-        )
+
+        def observe() -> None:  # on the poll thread, before the next poll
+            progress.observe(
+                [p.progress(high_watermark(consumer, p.topic, p.partition)) for p in parts], now
+            )
+
+        self._chores.append(observe)
 
     def _count_held(self) -> None:
         self.stats.blocked_tenants = len(self.blocks.snapshot())
@@ -419,9 +430,19 @@ class Syncer:
         return list(offsets.values())
 
     def _commit_then_poll(
-        self, offsets: list[tuple[Partition, int]], room: int, timeout_s: float
+        self,
+        chores: list[Callable[[], object]],
+        offsets: list[tuple[Partition, int]],
+        room: int,
+        timeout_s: float,
     ) -> list[Message]:
-        """On the poll thread: commit what finished windows handed over, then poll."""
+        """On the poll thread: what the loop asked of the consumer (pause, resume, progress),
+        the commits finished windows handed over, then the poll."""
+        for chore in chores:
+            try:
+                chore()
+            except KafkaException as exc:  # e.g. a partition revoked meanwhile
+                log.debug("a consumer call from the loop failed: %s", exc)
         self.commit_pending(offsets)
         return consume_batch(self._consumer, room, timeout_s)
 

@@ -121,3 +121,19 @@ def test_a_wrong_case_file_stops_the_run_before_any_server_starts(
         f"{cases / 'zz_wrong.yaml'}:5: expect.customers.1.outcom: Extra inputs are not permitted"
         in err
     )
+
+
+def test_a_case_whose_own_sql_fails_is_an_error_and_the_others_still_run(
+    state_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = _shop_cases(tmp_path)
+    (cases / "zz_bad_sql.yaml").write_text(
+        "name: a typo in the case\nsql: INSERT INTO nowhere VALUES (1)\nexpect: {customers: {}}\n"
+    )
+    state = _state(state_root, "cases-bad-sql")
+    code = main(["test", str(SHOP), "--cases", str(cases), "--state-dir", str(state)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ERROR  a typo in the case" in out
+    assert 'step 1: the database refuses its changes: relation "nowhere" does not exist' in out
+    assert "7 passed, 1 failed" in out

@@ -367,3 +367,23 @@ def test_the_every_method_example_loads_with_its_methods() -> None:
     assert (transactions.mode, transactions.new) == ("batch", "realtime")
     assert definition.dirty_topic_of("customers") == definition.topics.scheduled
     assert definition.dirty_topic_of("transactions") == definition.topics.dirty
+
+
+def test_consumer_settings_reach_the_consumers_alone_under_the_same_rules(tmp_path: Path) -> None:
+    from consumer.kafka import producer_settings
+
+    def with_consumer_settings(settings: dict[str, object]) -> Path:
+        return _write(
+            tmp_path,
+            lambda d: d["source"]["kafka"].update({"consumer_settings": settings}),
+        )
+
+    kafka = load_definition(with_consumer_settings({"fetch.wait.max.ms": 10}), ENV).source.kafka
+    assert consumer_settings(kafka, "g.syncer")["fetch.wait.max.ms"] == 10
+    # A producer would warn that it ignores a consumer property: it never sees them.
+    assert "fetch.wait.max.ms" not in producer_settings(kafka)
+    problems = _problems(with_consumer_settings({"enable.auto.commit": True}))
+    assert any(
+        p.startswith("source.kafka.consumer_settings: enable.auto.commit must stay false")
+        for p in problems
+    ), problems
