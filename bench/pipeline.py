@@ -136,6 +136,8 @@ CATCH_UP_TIMEOUT_S = 300.0
 TARGET_ROUTER_TO_DECODE = 0.5
 TARGET_PIPELINE_TO_RAW = 0.10
 TARGET_P99_MS = 250.0
+# The knee of the latency curve: the highest rate whose commit -> accepted p99 stays within this.
+KNEE_P99_MS = 1000.0
 # reach-sync's own share (source event appended -> accepted): p99 <= the window + this.
 OWN_SHARE_MARGIN_MS = 100.0
 TARGET_RSS_MIB = 256.0
@@ -641,6 +643,8 @@ def _reap(child: subprocess.Popen[bytes], hwm_kib: int) -> tuple[int | None, int
 
 @dataclass
 class LatencyRun:
+    # --latency-curve: per rate, the load achieved and commit -> accepted percentiles.
+    curve: list[dict[str, Any]]
     latencies_ms: list[int]
     routed_ms: list[int]
     # Source event appended to its topic -> accepted: reach-sync's own share.
@@ -816,12 +820,14 @@ def measure_latency(
                 latencies = list(stats.syncer.latencies_ms)
                 own = list(stats.syncer.own_latencies_ms)
                 windows = list(stats.syncer.window_latencies_ms)
+                curve = _curve(args, endpoints.postgres_dsn, stats, queries)
             finally:
                 stop.set()
                 pipeline.join(PIPELINE_STOP_S)
         if stats.router_error is not None:
             raise SystemExit(f"latency: the router stopped: {stats.router_error}")
     return LatencyRun(
+        curve=curve,
         latencies_ms=latencies,
         routed_ms=lag.samples,
         own_ms=own,
@@ -845,17 +851,40 @@ def _syncer_counts(stats: SyncerStats) -> dict[str, int]:
     return {k: v for k, v in vars(stats).items() if isinstance(v, int)}
 
 
-def _run_load(args: argparse.Namespace, dsn: str) -> LoadStats:
-    """The workload generator in its own process, so it does not share this one's GIL."""
+def _curve(
+    args: argparse.Namespace, dsn: str, stats: ServiceStats, queries: Any
+) -> list[dict[str, Any]]:
+    """The same load at each rate of --latency-curve, one after another on the same stack,
+    each after the pipeline went quiet: commit -> accepted percentiles per rate."""
+    points = []
+    for rate in args.latency_curve:
+        stats.syncer.latencies_ms.clear()
+        load = _run_load(args, dsn, rate)
+        caught_up = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S) is not None
+        points.append(
+            {
+                "target_ops_per_s": rate,
+                "achieved_ops_per_s": round(load.rate, 1),
+                "commit_to_accepted_ms": _percentiles(list(stats.syncer.latencies_ms)),
+                "caught_up": caught_up,
+            }
+        )
+    return points
+
+
+def _run_load(args: argparse.Namespace, dsn: str, rate: float = 0.0) -> LoadStats:
+    """The workload generator in its own process, so it does not share this one's GIL; at
+    ``rate`` operations/s (0: --latency-rate)."""
+    rate = rate or args.latency_rate
     _log(
-        f"latency: load at {args.latency_rate:g} ops/s for {args.latency_seconds:g} s "
+        f"latency: load at {rate:g} ops/s for {args.latency_seconds:g} s "
         f"(load average {_load()[0]:.2f})"
     )
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         return pool.submit(
             run_load,
             dsn,
-            args.latency_rate,
+            rate,
             args.latency_seconds,
             0,
             concurrency=args.latency_concurrency,
@@ -913,6 +942,13 @@ def main(argv: list[str] | None = None) -> int:
         help="how long the slow-Reach RSS run lasts (it does not drain the backlog)",
     )
     parser.add_argument("--no-latency", dest="latency", action="store_false")
+    parser.add_argument(
+        "--latency-curve",
+        type=lambda text: [float(r) for r in text.split(",") if r],
+        default=[],
+        metavar="RATES",
+        help="also measure at each of these rates (ops/s, comma-separated), and report the knee",
+    )
     parser.add_argument(
         "--latency-baseline-fetch-wait-ms",
         type=int,
@@ -1146,6 +1182,16 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
         summary["latency"] = {
             "commit_to_routed_ms": _percentiles(latency.routed_ms),
             "appended_to_accepted_ms": _percentiles(latency.own_ms),
+            "curve": latency.curve,
+            # The highest rate measured whose p99 stayed within 1 s (None: none did, or no curve).
+            "knee_ops_per_s": max(
+                (
+                    p["target_ops_per_s"]
+                    for p in latency.curve
+                    if p["caught_up"] and p["commit_to_accepted_ms"].get("p99", 1e9) <= KNEE_P99_MS
+                ),
+                default=None,
+            ),
             "stages_ms": {k: _percentiles(v) for k, v in latency.stages_ms.items()},
             "customers_window_ms": latency.window_ms,
             "batch_over": latency.batch_over,
@@ -1272,6 +1318,15 @@ def _print_latency(summary: dict[str, Any]) -> None:
     )
     for stage, figures in latency["stages_ms"].items():
         print(f"      {stage}: {_format_percentiles(figures)}")
+    for point in latency["curve"]:
+        print(
+            f"    at {point['target_ops_per_s']:g} ops/s "
+            f"({point['achieved_ops_per_s']:g} achieved): commit -> accepted "
+            f"{_format_percentiles(point['commit_to_accepted_ms'])}"
+            + ("" if point["caught_up"] else " (not caught up: lower bounds)")
+        )
+    if latency["curve"]:
+        print(f"    knee (highest rate with p99 <= 1 s): {latency['knee_ops_per_s']} ops/s")
     print(
         f"    load: {latency['achieved_ops_per_s']:,} ops/s achieved of "
         f"{latency['target_ops_per_s']:g} ({latency['commits_per_s']:,} commits/s, "
