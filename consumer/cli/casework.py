@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from consumer.cli.common import EXIT_CONFIG, add_definition, definition_path, failed
-from consumer.definition_tests.target import Endpoints
 from consumer.errors import ConfigurationError, DefinitionError, SyncError
 
 if TYPE_CHECKING:
     from consumer.config import SyncDefinition
     from consumer.definition_tests.cases import Case, Suite
     from consumer.definition_tests.junit import CaseResult
-    from consumer.definition_tests.servers import Servers
 
 __all__ = ["add_test_command"]
 
@@ -92,17 +90,6 @@ def _test(args: argparse.Namespace) -> int:
     return 0 if passed == len(results) else 1
 
 
-def _check_endpoints(servers: Servers) -> Endpoints:
-    return Endpoints(
-        database_dsn=servers.template_dsn,
-        redis_url=servers.redis_url,
-        reach_url=servers.reach_url,
-        partner_id=servers.partner_id,
-        partner_secret=servers.partner_secret,
-        key_prefix="reach-sync-test:check",
-    )
-
-
 def _checked(path: Path, definition: SyncDefinition) -> None:
     """Raise DefinitionError with every problem both checks find; tell what does not stop a
     run (an empty schema has no rows to sample, so that is rare here)."""
@@ -152,7 +139,10 @@ def _run(
         with throwaway_servers(suite, root, broker=e2e) as servers:
             # The definition against the partner's schema and Reach schemas first, as
             # `validate --source --reach` would: a misspelt column fails here, by its line.
-            _checked(path, aimed(definition, _check_endpoints(servers)))
+            _checked(
+                path,
+                aimed(definition, servers.endpoints(servers.template_dsn, "reach-sync-test:check")),
+            )
             runner = CaseRunner(
                 definition,
                 servers,

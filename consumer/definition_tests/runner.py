@@ -22,7 +22,7 @@ from consumer.definition_tests.junit import CaseResult
 from consumer.definition_tests.observed import Observations
 from consumer.definition_tests.pipeline import PipelineCase, for_pipeline, settle
 from consumer.definition_tests.servers import Servers
-from consumer.definition_tests.target import Endpoints, aimed
+from consumer.definition_tests.target import aimed
 from consumer.definition_tests.verdict import differences
 from consumer.errors import ConfigurationError, SyncError
 from consumer.reach.auth import credential_for
@@ -66,18 +66,9 @@ class CaseRunner:
         return results
 
     def _aimed(self, number: int) -> SyncDefinition:
-        definition = aimed(
-            self.definition,
-            Endpoints(
-                database_dsn=self.servers.new_database(f"case_{number}"),
-                redis_url=self.servers.redis_url,
-                reach_url=self.servers.reach_url,
-                partner_id=self.servers.partner_id,
-                partner_secret=self.servers.partner_secret,
-                key_prefix=f"reach-sync-test:case-{number}",
-                bootstrap_servers=self.servers.bootstrap_servers,
-            ),
-        )
+        database = self.servers.new_database(f"case_{number}")
+        endpoints = self.servers.endpoints(database, f"reach-sync-test:case-{number}")
+        definition = aimed(self.definition, endpoints)
         return for_pipeline(definition, f"case{number}") if self.e2e else definition
 
     async def _case(self, number: int, case: Case) -> list[str]:

@@ -13,6 +13,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from consumer.definition_tests.cases import Suite
+from consumer.definition_tests.target import Endpoints
 from consumer.errors import ConfigurationError
 
 __all__ = ["Servers", "throwaway_servers"]
@@ -30,6 +31,19 @@ class Servers:
     partner_id: str
     partner_secret: str
     bootstrap_servers: str
+
+    def endpoints(self, database_dsn: str, key_prefix: str) -> Endpoints:
+        """These servers as a definition needs them, on ``database_dsn`` and under a Redis key
+        prefix of its own."""
+        return Endpoints(
+            database_dsn=database_dsn,
+            redis_url=self.redis_url,
+            reach_url=self.reach_url,
+            partner_id=self.partner_id,
+            partner_secret=self.partner_secret,
+            key_prefix=key_prefix,
+            bootstrap_servers=self.bootstrap_servers,
+        )
 
     def new_database(self, name: str) -> str:
         """A database copied from the schema's, for one case; its DSN."""
