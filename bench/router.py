@@ -7,7 +7,9 @@ events over 50,000 keys per table drawn from a Zipf distribution, with the schem
 times each:
 
 - raw: confluent-kafka ``consume(1000)``, touching key and value;
-- decode: the same plus ``decode_event`` (the typed decoding ceiling);
+- decode: the same plus the router's own decoder (``EventDecoder`` for the definition's
+  triggers: only op, table, key and trigger columns, the schema block skipped once known), the
+  typed decoding ceiling;
 - router: ``run_router`` on the shop definition, events/s through to acknowledged dirty keys
   and committed offsets (group join excluded: timed from its first committed batch).
 
@@ -45,8 +47,9 @@ from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
-from consumer.router.debezium import decode_event
+from consumer.router.debezium import EventDecoder
 from consumer.router.loop import RouterStats, run_router
+from consumer.router.triggers import TriggerIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
@@ -221,9 +224,7 @@ def _rate(events: int, first_batch: int, started: float, ended: float) -> float:
     return (events - first_batch) / (ended - started)
 
 
-def measure_consume(
-    bootstrap: str, topic: str, events: int, work: Callable[[bytes | None, bytes | None], object]
-) -> float:
+def measure_consume(bootstrap: str, topic: str, events: int, work: Work) -> float:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -239,7 +240,7 @@ def measure_consume(
         while seen < events and time.monotonic() < deadline:
             batch = consumer.consume(CONSUME_BATCH, 1.0)
             for message in batch:
-                work(message.key(), message.value())
+                work(message.key(), message.value(), message.topic())
             seen += len(batch)
             if batch and not first:
                 first, started = len(batch), time.perf_counter()
@@ -251,12 +252,16 @@ def measure_consume(
     return _rate(events, first, started, ended)
 
 
-def _touch(key: bytes | None, value: bytes | None) -> int:
+Work = Callable[[bytes | None, bytes | None, str | None], object]
+
+
+def _touch(key: bytes | None, value: bytes | None, topic: str | None) -> int:
     return len(key or b"") + len(value or b"")
 
 
-def _decode(key: bytes | None, value: bytes | None) -> object:
-    return decode_event(key, value)
+def routing_decode(definition: SyncDefinition) -> Work:
+    """The typed-decode ceiling: a fresh router decoder for the definition's triggers."""
+    return EventDecoder(TriggerIndex.from_definition(definition).image_columns()).decode
 
 
 def _definition(state: Path, bootstrap: str, dsn: str, topic: str) -> SyncDefinition:
@@ -331,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             stats: RouterStats | None = None
             for run in range(args.repeat):
                 raw.append(measure_consume(bootstrap, topic, args.events, _touch))
-                decode.append(measure_consume(bootstrap, topic, args.events, _decode))
                 definition = _definition(state, bootstrap, dsn, topic)
+                decode.append(
+                    measure_consume(bootstrap, topic, args.events, routing_decode(definition))
+                )
                 rate, stats = measure_router(definition, args.events)
                 routed.append(rate)
                 print(
@@ -361,7 +368,7 @@ def _report(
     )
     for name, label in (
         ("raw", "raw consume (consume(1000), touch)"),
-        ("decode", "typed decode (consume + decode_event)"),
+        ("decode", "typed decode (consume + router decoder)"),
         ("router", "router (to acked dirty keys + commits)"),
     ):
         print(

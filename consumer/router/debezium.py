@@ -7,10 +7,14 @@ the schema block is about three quarters of every message (docs/local-stack.md).
 
 Kafka Connect's JsonConverter writes ``{"schema": ..., "payload": <envelope>}`` with schemas and
 the bare envelope without; one Struct with both shapes' fields decodes either in a single pass.
+The router's ``EventDecoder`` goes further (docs/benchmarks.md, "Decoding only what routing
+needs"): it skips a topic's schema block without scanning it, and keeps of the images only the
+columns its triggers read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,7 +22,7 @@ import msgspec
 
 from consumer.errors import BadRecord
 
-__all__ = ["Change", "DecodeError", "Ignored", "decode_event", "decode_key"]
+__all__ = ["Change", "DecodeError", "EventDecoder", "Ignored", "decode_event", "decode_key"]
 
 Op = Literal["c", "u", "d", "r"]
 _ROW_OPS: dict[str, Op] = {"c": "c", "u": "u", "d": "d", "r": "r"}
@@ -28,9 +32,13 @@ class DecodeError(BadRecord):
     """The event cannot be understood; it goes to the dead-letter topic with this reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A row changed: ``table`` is ``schema.table`` as the source database names it."""
+class Change(msgspec.Struct, frozen=True, gc=False):
+    """A row changed: ``table`` is ``schema.table`` as the source database names it.
+
+    A Struct: one is built per event on the router's hot path, where a frozen dataclass's
+    construction cost several times more. Without garbage-collector tracking, as it holds only
+    decoded JSON, which cannot form a cycle.
+    """
 
     table: str
     op: Op
@@ -48,6 +56,9 @@ class Ignored:
     reason: Literal["tombstone", "transaction-metadata", "heartbeat", "truncate", "message"]
 
 
+_NULL = msgspec.Raw(b"null")
+
+
 class _Source(msgspec.Struct):
     schema: str | None = None
     table: str | None = None
@@ -56,10 +67,14 @@ class _Source(msgspec.Struct):
 
 
 class _Envelope(msgspec.Struct):
-    """The change envelope; every field optional so the same type reads metadata events too."""
+    """The change envelope; every field optional so the same type reads metadata events too.
 
-    before: dict[str, Any] | None = None
-    after: dict[str, Any] | None = None
+    The images stay undecoded (a slice of the message) until the table says which columns of
+    them matter.
+    """
+
+    before: msgspec.Raw = _NULL
+    after: msgspec.Raw = _NULL
     op: str | None = None
     source: _Source | None = None
     ts_ms: int | None = None
@@ -67,30 +82,194 @@ class _Envelope(msgspec.Struct):
 
 
 class _Value(_Envelope):
-    """Either shape: ``payload`` (with schemas) or the envelope's own fields (without)."""
+    """Either shape: ``payload`` (with schemas) or the envelope's own fields (without). The
+    schema block is kept as a slice, never built: the decoder learns the topic's prefix from it."""
 
     payload: _Envelope | None = None
+    schema: msgspec.Raw = msgspec.Raw()
 
 
 class _WrappedKey(msgspec.Struct):
-    """Connect's key with its schema block: the block is skipped, never built."""
+    """Connect's key with its schema block: the block is kept as a slice, never built."""
 
     payload: dict[str, Any]
+    schema: msgspec.Raw = msgspec.Raw()
 
 
 _value_decoder = msgspec.json.Decoder(_Value)
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_image_decoder = msgspec.json.Decoder(dict[str, Any])
 _key_decoder = msgspec.json.Decoder(dict[str, Any])
 _wrapped_key_decoder = msgspec.json.Decoder(_WrappedKey)
 _SCHEMA_FIRST = b'{"schema":'
+_PAYLOAD_NEXT = b',"payload":'
+# Topics whose schema prefixes are remembered; past this the memory starts over (a pattern
+# subscription can match many topics, and a prefix is a few KB).
+_MAX_TOPICS = 1024
+# Schema prefixes remembered per topic: a topic can carry several tables (a routing SMT merges
+# shards) or two versions of one table's schema while it changes.
+_PREFIXES_PER_TOPIC = 4
 
 
 def decode_key(raw: bytes | None) -> dict[str, Any]:
     """The key columns of the row. Connect's key is ``{"schema", "payload"}`` or bare columns."""
+    return _decode_key(raw)[0]
+
+
+def decode_event(key: bytes | None, value: bytes | None) -> Change | Ignored:
+    """Decode one Kafka record of a Debezium topic, whole images included; raise DecodeError
+    for anything malformed."""
+    return _GENERIC.decode(key, value)
+
+
+class EventDecoder:
+    """Decodes one router's events, taking from each only what routing needs.
+
+    ``columns`` maps a table (``schema.table``) to the image columns its triggers read; a
+    change of such a table carries only those in ``before`` and ``after`` (a missing column
+    reads as None, as a null one does). Other tables' images are decoded whole.
+
+    The schema block of a topic's events is the same until its table changes. Once a full
+    decode of an event of ``topic`` learned it, an event that starts with exactly that block
+    and ``,"payload":`` is decoded from its payload on: a comparison of bytes instead of
+    scanning some 3 KB of JSON (a few blocks are remembered per topic). Anything else takes
+    the full path, so the result is the same. Not thread-safe: one per consumer loop.
+    """
+
+    def __init__(self, columns: Mapping[str, Iterable[str]] | None = None) -> None:
+        self._images: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._columns: dict[str, tuple[tuple[str, str], ...]] = {}
+        for table, names in (columns or {}).items():
+            ordered = tuple(dict.fromkeys(names))
+            fields = [(f"c{n}", Any, None) for n in range(len(ordered))]
+            rename = {f"c{n}": name for n, name in enumerate(ordered)}
+            image = msgspec.defstruct("Image", fields, rename=rename, gc=False)
+            self._images[table] = msgspec.json.Decoder(image)
+            self._columns[table] = tuple(zip(ordered, rename, strict=True))
+        # Events whose schema block was known, decoded from their payload on.
+        self.shortcuts = 0
+        # Never holds None: without a topic, nothing is remembered.
+        self._value_prefixes: dict[str | None, list[bytes]] = {}
+        self._key_prefixes: dict[str | None, list[bytes]] = {}
+
+    def decode(
+        self, key: bytes | None, value: bytes | None, topic: str | None = None
+    ) -> Change | Ignored:
+        """Decode one Kafka record of ``topic``; raise DecodeError for anything malformed."""
+        if value is None:
+            return Ignored("tombstone")
+        envelope = self._envelope(value, topic)
+        op = envelope.op
+        if op is None:
+            return _without_op(envelope)
+        if op == "t":
+            return Ignored("truncate")
+        if op == "m":
+            return Ignored("message")
+        row_op = _ROW_OPS.get(op)
+        if row_op is None:
+            raise DecodeError(f"unknown op {op!r}")
+        source = envelope.source
+        if source is None or not source.schema or not source.table:
+            raise DecodeError("the envelope has no source schema and table")
+        table = f"{source.schema}.{source.table}"
+        before, after = envelope.before, envelope.after
+        if (before if row_op == "d" else after) == _NULL:
+            raise DecodeError(
+                f"op {op!r} without its {'before' if row_op == 'd' else 'after'} image"
+            )
+        return Change(
+            table,
+            row_op,
+            self._key(key, topic),
+            None if before == _NULL else self._image(before, table, "before"),
+            None if after == _NULL else self._image(after, table, "after"),
+            source.ts_ms,
+            source.lsn,
+        )
+
+    def _envelope(self, value: bytes, topic: str | None) -> _Envelope:
+        payload = _payload(value, self._value_prefixes.get(topic))
+        if payload is not None:
+            try:
+                envelope = _envelope_decoder.decode(payload)
+                self.shortcuts += 1
+                return envelope
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass  # not that shape after all: the full path decodes it, or says why not
+        try:
+            decoded = _value_decoder.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise DecodeError(f"the value is not a Debezium envelope: {exc}") from exc
+        if decoded.payload is None:
+            return decoded
+        self._learn(self._value_prefixes, topic, value, decoded.schema)
+        return decoded.payload
+
+    def _key(self, raw: bytes | None, topic: str | None) -> dict[str, Any]:
+        payload = _payload(raw, self._key_prefixes.get(topic))
+        if payload is not None:
+            try:
+                columns: dict[str, Any] = _key_decoder.decode(payload)
+                return columns
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass  # not an object after all: the full path says why
+        key, schema = _decode_key(raw)
+        if raw is not None:
+            self._learn(self._key_prefixes, topic, raw, schema)
+        return key
+
+    def _image(self, raw: msgspec.Raw, table: str, name: str) -> dict[str, Any]:
+        decoder = self._images.get(table)
+        try:
+            if decoder is None:
+                image: dict[str, Any] = _image_decoder.decode(raw)
+                return image
+            projected = decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise DecodeError(f"the {name} image is not an object: {exc}") from exc
+        return {column: getattr(projected, attr) for column, attr in self._columns[table]}
+
+    @staticmethod
+    def _learn(
+        prefixes: dict[str | None, list[bytes]], topic: str | None, raw: bytes, schema: msgspec.Raw
+    ) -> None:
+        """Remember the topic's prefix, if the message starts with it as Connect writes it.
+        Without a topic nothing is remembered: ``decode_event`` stays a pure function."""
+        if not topic or not len(schema):
+            return
+        prefix = _SCHEMA_FIRST + bytes(schema) + _PAYLOAD_NEXT
+        if not raw.startswith(prefix):
+            return
+        if len(prefixes) >= _MAX_TOPICS and topic not in prefixes:
+            prefixes.clear()
+        known = prefixes.setdefault(topic, [])
+        if prefix not in known:
+            known.insert(0, prefix)
+            del known[_PREFIXES_PER_TOPIC:]
+
+
+_GENERIC = EventDecoder()
+
+
+def _payload(raw: bytes | None, prefixes: list[bytes] | None) -> memoryview | None:
+    """The payload's bytes of a message that starts with one of the topic's schema prefixes."""
+    if prefixes is None or raw is None or not raw.endswith(b"}"):
+        return None
+    for prefix in prefixes:
+        if raw.startswith(prefix):
+            return memoryview(raw)[len(prefix) : -1]
+    return None
+
+
+def _decode_key(raw: bytes | None) -> tuple[dict[str, Any], msgspec.Raw]:
+    """The key columns, and the schema block (empty when the key has none)."""
     if raw is None:
         raise DecodeError("the event has no key (a table without a primary key?)")
     if raw.startswith(_SCHEMA_FIRST):  # the usual shape, as Connect writes it
         try:
-            return _wrapped_key_decoder.decode(raw).payload
+            wrapped = _wrapped_key_decoder.decode(raw)
+            return wrapped.payload, wrapped.schema
         except (msgspec.DecodeError, msgspec.ValidationError):
             pass  # not that shape after all: decoded generically below, with its error
     try:
@@ -101,50 +280,14 @@ def decode_key(raw: bytes | None) -> dict[str, Any]:
         payload = key["payload"]
         if not isinstance(payload, dict):
             raise DecodeError("the key's payload is not an object")
-        return payload
-    return key
-
-
-def decode_event(key: bytes | None, value: bytes | None) -> Change | Ignored:
-    """Decode one Kafka record of a Debezium topic; raise DecodeError for anything malformed."""
-    if value is None:
-        return Ignored("tombstone")
-    try:
-        decoded = _value_decoder.decode(value)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError(f"the value is not a Debezium envelope: {exc}") from exc
-    envelope: _Envelope = decoded.payload if decoded.payload is not None else decoded
-    op = envelope.op
-    if op is None:
-        return _without_op(envelope)
-    if op == "t":
-        return Ignored("truncate")
-    if op == "m":
-        return Ignored("message")
-    row_op = _ROW_OPS.get(op)
-    if row_op is None:
-        raise DecodeError(f"unknown op {op!r}")
-    source = envelope.source
-    if source is None or not source.schema or not source.table:
-        raise DecodeError("the envelope has no source schema and table")
-    image = envelope.after if row_op != "d" else envelope.before
-    if image is None:
-        raise DecodeError(f"op {op!r} without its {'before' if row_op == 'd' else 'after'} image")
-    return Change(
-        table=f"{source.schema}.{source.table}",
-        op=row_op,
-        key=decode_key(key),
-        before=envelope.before,
-        after=envelope.after,
-        source_ts_ms=source.ts_ms,
-        lsn=source.lsn,
-    )
+        return payload, msgspec.Raw()
+    return key, msgspec.Raw()
 
 
 def _without_op(envelope: _Envelope) -> Ignored:
     if envelope.status in ("BEGIN", "END"):
         return Ignored("transaction-metadata")
-    if envelope.before is None and envelope.after is None and envelope.source is None:
+    if envelope.before == _NULL and envelope.after == _NULL and envelope.source is None:
         # Debezium's heartbeat value is {"ts_ms": ...}.
         return Ignored("heartbeat")
     raise DecodeError("the envelope has no op")

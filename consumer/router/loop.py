@@ -45,7 +45,7 @@ from consumer.observe.progress import PartitionProgress, ProgressTracker, high_w
 from consumer.observe.spans import traceparent_of
 from consumer.records.deadletter import DeadLetterEvent, Headers, dead_letter_message
 from consumer.retry_policy import retry_delay
-from consumer.router.debezium import Change, DecodeError, Ignored, decode_event
+from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored
 from consumer.router.dirty import (
     MAX_CAUSES,
     Cause,
@@ -56,7 +56,7 @@ from consumer.router.dirty import (
 )
 from consumer.router.lookups import LookupDatabase, check_queries, lookup_triggers
 from consumer.router.topics import check_replica_identity, ensure_topics, subscription
-from consumer.router.triggers import TriggerIndex, plan_change
+from consumer.router.triggers import DirtyEntity, TriggerIndex, plan_change
 
 __all__ = ["RouterStats", "cause_of", "run_router"]
 
@@ -164,6 +164,7 @@ class _Router:
         self._on_stats = on_stats
         self._progress = progress
         self._index = TriggerIndex.from_definition(definition)
+        self._decoder = EventDecoder(self._index.image_columns())
         # Per resource: the dirty topic, or the scheduled topic for a scheduled resource.
         self._topic_of = {name: definition.dirty_topic_of(name) for name in definition.resources}
         self._dead_letter_topic = definition.topics.dead_letter
@@ -235,37 +236,38 @@ class _Router:
         event, and looked up once per trigger before anything is produced: a failed lookup
         raises Retryable with nothing of the batch sent, and the batch is routed again.
         """
-        pending: dict[tuple[str, EntityId], _Merged] = {}
+        pending: dict[DirtyEntity, _Merged] = {}
         next_offsets: dict[_PartitionKey, int] = {}
         inputs: dict[_LookupKey, dict[str, Cause]] = {}
         unusable: list[tuple[Message, Exception]] = []
+        decode, index, stats = self._decoder.decode, self._index, self.stats
         for message in batch:
-            if _consume_error(message):
+            if message.error() is not None and _consume_error(message):
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is not None and partition is not None and offset is not None:
                 next_offsets[(topic, partition)] = offset + 1
-            self.stats.events += 1
+            stats.events += 1
             try:
-                event = decode_event(message.key(), message.value())
+                event = decode(message.key(), message.value(), topic)
                 if isinstance(event, Ignored):
-                    self.stats.ignored[event.reason] += 1
+                    stats.ignored[event.reason] += 1
                     continue
-                self.stats.changes += 1
-                entities, lookup_inputs = plan_change(event, self._index)
+                stats.changes += 1
+                entities, lookup_inputs = plan_change(event, index)
             except (DecodeError, BadRecord) as exc:
                 unusable.append((message, exc))
                 continue
-            self.stats.triggers += len(entities)
+            stats.triggers += len(entities)
             cause: Cause | None = None  # built only if kept: a hot entity's 9th cause is not
             for entity in entities:
-                merged = pending.get((entity.resource, entity.id))
+                merged = pending.get(entity)
                 if merged is not None and not merged.has_room():
                     merged.add(None)
                     continue
                 cause = cause or cause_of(message, topic, partition, offset, event)
                 if merged is None:
-                    pending[(entity.resource, entity.id)] = _Merged(cause)
+                    pending[entity] = _Merged(cause)
                 else:
                     merged.add(cause)
             for looked in lookup_inputs:
@@ -279,7 +281,7 @@ class _Router:
 
     def _emit(
         self,
-        pending: dict[tuple[str, EntityId], _Merged],
+        pending: dict[DirtyEntity, _Merged],
         unusable: list[tuple[Message, Exception]],
     ) -> None:
         """Produce the batch's dead letters, then its dirty keys."""
@@ -296,7 +298,7 @@ class _Router:
     def _look_up(
         self,
         inputs: dict[_LookupKey, dict[str, Cause]],
-        pending: dict[tuple[str, EntityId], _Merged],
+        pending: dict[DirtyEntity, _Merged],
     ) -> None:
         """Run each lookup once for the batch's inputs and merge what it finds into ``pending``.
 
@@ -314,9 +316,10 @@ class _Router:
             first = next(iter(causes.values()))
             for entity in found:
                 cause = first if entity.input is None else causes.get(entity.input, first)
-                merged = pending.get((resource, entity.entity_id))
+                dirty = DirtyEntity(resource, entity.entity_id)
+                merged = pending.get(dirty)
                 if merged is None:
-                    pending[(resource, entity.entity_id)] = _Merged(cause)
+                    pending[dirty] = _Merged(cause)
                 else:
                     merged.add(cause if merged.has_room() else None)
 

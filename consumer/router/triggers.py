@@ -112,6 +112,13 @@ class TriggerIndex:
     def tables(self) -> list[str]:
         return sorted(self.by_table)
 
+    def image_columns(self) -> dict[str, tuple[str, ...]]:
+        """Per table, the columns the triggers read: all an EventDecoder keeps of its images."""
+        return {
+            table: tuple(dict.fromkeys(rule.column for rule in rules))
+            for table, rules in self.by_table.items()
+        }
+
 
 def plan_dirty(change: Change, index: TriggerIndex) -> list[DirtyEntity]:
     """The entities ``change`` makes dirty directly (lookup triggers' inputs left out); raise
@@ -121,29 +128,37 @@ def plan_dirty(change: Change, index: TriggerIndex) -> list[DirtyEntity]:
 
 def plan_change(change: Change, index: TriggerIndex) -> Planned:
     """The entities ``change`` makes dirty, and the inputs of its lookup triggers, each
-    deduplicated in definition order; raise UnknownTable if no trigger names its table."""
+    deduplicated in definition order; raise UnknownTable if no trigger names its table.
+
+    Called once per event on the router's hot path: the lists are a few items long, so a
+    membership test on them is cheaper than an ordered set.
+    """
     rules = index.by_table.get(change.table)
     if rules is None:
         raise UnknownTable(f"no trigger on table {change.table}")
-    planned: dict[DirtyEntity, None] = {}  # ordered sets
-    inputs: dict[LookupInput, None] = {}
+    planned: list[DirtyEntity] = []
+    inputs: list[LookupInput] = []
+    key = change.key
     for rule in rules:
-        for value in _id_values(change, rule):
+        column = rule.column
+        values = (key[column],) if column in key else _image_values(change, rule)
+        for value in values:
             if value is None:
                 continue
-            entity_id = _entity_id(value, change.table, rule.column)
+            entity_id = value if type(value) is int else _entity_id(value, change.table, column)
             if rule.lookup is None:
-                planned[DirtyEntity(rule.resource, entity_id)] = None
+                entity = DirtyEntity(rule.resource, entity_id)
+                if entity not in planned:
+                    planned.append(entity)
             else:
-                inputs[LookupInput(rule.resource, rule.lookup, str(entity_id))] = None
-    return Planned(list(planned), list(inputs))
+                looked = LookupInput(rule.resource, rule.lookup, str(entity_id))
+                if looked not in inputs:
+                    inputs.append(looked)
+    return Planned(planned, inputs)
 
 
-def _id_values(change: Change, rule: _Rule) -> tuple[Any, ...]:
-    """The rule's column in the images that can be trusted for it (None where absent)."""
-    key = change.key
-    if rule.column in key:
-        return (key[rule.column],)
+def _image_values(change: Change, rule: _Rule) -> tuple[Any, ...]:
+    """A non-key column in the images that can be trusted for it (None where absent)."""
     op = change.op
     after = change.after.get(rule.column) if op in _AFTER_OPS and change.after else None
     if rule.full and op in _BEFORE_OPS and change.before:

@@ -9,7 +9,14 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.router.debezium import Change, DecodeError, Ignored, decode_event, decode_key
+from consumer.router.debezium import (
+    Change,
+    DecodeError,
+    EventDecoder,
+    Ignored,
+    decode_event,
+    decode_key,
+)
 
 FIXTURE = Path(__file__).parents[1] / "fixtures/debezium/postgres-json-with-schemas.jsonl"
 
@@ -114,3 +121,96 @@ def test_a_key_that_only_looks_wrapped_is_read_as_columns_or_refused() -> None:
         decode_key(b'{"schema":{"type":"struct"},"payload":null}')
     with pytest.raises(DecodeError, match="not JSON"):
         decode_key(b'{"schema":{"type":')
+
+
+# --- the router's decoder: the schema block skipped by its prefix, images cut to what it reads --
+
+
+def _wire(record: dict[str, Any]) -> tuple[bytes | None, bytes | None, str]:
+    return _bytes(record["key"]), _bytes(record["value"]), record["topic"]
+
+
+def test_the_router_decoder_reads_every_fixture_event_as_decode_event_does_twice_over() -> None:
+    decoder = EventDecoder()
+    records = _records()
+    for _ in range(2):  # the second time, every topic's schema prefix is known
+        for record in records:
+            key, value, topic = _wire(record)
+            assert decoder.decode(key, value, topic) == decode_event(key, value)
+    schemaful = sum(1 for r in records if r["value"] and r["value"].get("schema"))
+    assert schemaful > 20
+    # All but the first of each topic's and schema's events took the shortcut.
+    assert decoder.shortcuts >= 2 * schemaful - len({r["topic"] for r in records}) * 2
+
+
+def test_the_router_decoder_keeps_only_the_columns_its_triggers_read() -> None:
+    decoder = EventDecoder({"public.transactions": ("customer_id", "not_a_column")})
+    changes = []
+    for record in _records():
+        change = decoder.decode(*_wire(record))
+        if isinstance(change, Change) and change.table == "public.transactions":
+            changes.append(change)
+    assert changes
+    for change in changes:
+        for image in (change.before, change.after):
+            assert image is None or image.keys() == {"customer_id", "not_a_column"}
+            assert image is None or image["not_a_column"] is None
+        assert "id" in change.key  # the key is whole
+    update = next(c for c in changes if c.op == "u" and c.after is not None)
+    whole = decode_event(*_wire(next(r for r in _records() if _key_id(r) == update.key["id"]))[:2])
+    assert isinstance(whole, Change) and whole.after is not None
+    assert update.after == {"customer_id": whole.after["customer_id"], "not_a_column": None}
+
+
+def _key_id(record: dict[str, Any]) -> Any:
+    key = record["key"]
+    return key["payload"]["id"] if key and "payload" in key else None
+
+
+def _first_change(table: str) -> dict[str, Any]:
+    return next(
+        r
+        for r in _records()
+        if r["value"] and r["value"]["payload"].get("op") and table in r["topic"]
+    )
+
+
+def test_a_new_schema_block_on_a_known_topic_is_decoded_whole_and_then_remembered() -> None:
+    record = _first_change("customers")
+    decoder = EventDecoder()
+    key, value, topic = _wire(record)
+    decoder.decode(key, value, topic)
+    changed = json.loads(json.dumps(record))
+    changed["value"]["schema"]["name"] = "shop.public.customers.Envelope.v2"
+    changed["value"]["payload"]["after"]["email"] = "new@example.com"
+    new_key, new_value, _ = _wire(changed)
+    shortcuts = []
+    for _ in range(2):
+        decoded = decoder.decode(new_key, new_value, topic)
+        shortcuts.append(decoder.shortcuts)
+        assert decoded == decode_event(new_key, new_value)
+        assert isinstance(decoded, Change) and decoded.after is not None
+        assert decoded.after["email"] == "new@example.com"
+    assert shortcuts == [0, 1]  # decoded whole, then known
+    assert decoder.decode(key, value, topic) == decode_event(key, value)
+    assert decoder.shortcuts == 2  # the first block is still known too
+
+
+def test_a_message_that_only_starts_like_a_known_prefix_is_judged_whole() -> None:
+    record = _first_change("customers")
+    decoder = EventDecoder()
+    key, value, topic = _wire(record)
+    decoder.decode(key, value, topic)
+    assert value is not None
+    payload_at = value.index(b',"payload":') + len(b',"payload":')
+    prefix = value[:payload_at]
+    # Two payloads: the slice after the prefix is not one JSON value, so the whole message is
+    # decoded, and the last payload wins, as it does without the prefix.
+    twice = prefix + value[payload_at:-1] + b',"payload":{"ts_ms":1}}'
+    assert decoder.decode(key, twice, topic) == decode_event(key, twice) == Ignored("heartbeat")
+    with pytest.raises(DecodeError, match="not a Debezium envelope"):
+        decoder.decode(key, prefix + b'{"op":}', topic)
+    assert key is not None
+    key_at = key.index(b',"payload":') + len(b',"payload":')
+    with pytest.raises(DecodeError, match="payload is not an object"):
+        decoder.decode(key[:key_at] + b"null}", value, topic)
