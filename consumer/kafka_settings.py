@@ -58,12 +58,17 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # hop of a change (docs/benchmarks.md, "Latency"). The local stack sets 10 ms.
     "fetch.wait.max.ms": 100,
     # Prefetch bounds. librdkafka's defaults (64 MiB queued, 100,000 messages, 50 MiB fetches)
-    # let each consumer hold 150 MiB of a backlog; these held a bench's router at full speed
-    # with ~60 MiB (bench/pipeline.py, peak RSS). A definition may raise them.
-    "queued.max.messages.kbytes": 4096,
-    "queued.min.messages": 10_000,
-    "fetch.max.bytes": 2 * 1024 * 1024,
-    "max.partition.fetch.bytes": 256 * 1024,
+    # let each consumer hold 150 MiB of a backlog. A stage takes at most 2,000 messages a batch
+    # (the router; the syncer 1,000), so a prefetch of 512 KiB per consumer (~1,000 messages
+    # per partition) and 1 MiB fetch responses keep it fed: on a 300,000-event backlog of
+    # ~3.5 KB events these lowered `reach-sync run`'s peak RSS from ~270 to ~220 MiB with no
+    # loss of events/s (4 MiB, 10,000, 2 MiB and 256 KiB before; bench/pipeline.py, peak RSS).
+    # fetch.max.bytes must stay >= message.max.bytes (1,000,000 by default). A definition may
+    # raise them all.
+    "queued.max.messages.kbytes": 512,
+    "queued.min.messages": 1000,
+    "fetch.max.bytes": 1024 * 1024,
+    "max.partition.fetch.bytes": 128 * 1024,
 }
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
