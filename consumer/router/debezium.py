@@ -252,13 +252,17 @@ class EventDecoder:
 _GENERIC = EventDecoder()
 
 
-def _payload(raw: bytes | None, prefixes: list[bytes] | None) -> memoryview | None:
-    """The payload's bytes of a message that starts with one of the topic's schema prefixes."""
+def _payload(raw: bytes | None, prefixes: list[bytes] | None) -> bytes | None:
+    """The payload's bytes of a message that starts with one of the topic's schema prefixes.
+
+    A copy rather than a memoryview: cheaper to make for a payload this size, and the images
+    the envelope keeps as slices then hold the payload alive, not the whole message.
+    """
     if prefixes is None or raw is None or not raw.endswith(b"}"):
         return None
     for prefix in prefixes:
         if raw.startswith(prefix):
-            return memoryview(raw)[len(prefix) : -1]
+            return raw[len(prefix) : -1]
     return None
 
 

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import msgspec
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -492,12 +493,12 @@ class _Router:
             self._done.pop(key, None)
 
 
-@dataclass(slots=True)
-class _Merged:
-    """The triggers of one entity within one batch."""
+class _Merged(msgspec.Struct, gc=False):
+    """The triggers of one entity within one batch. A Struct: one is built per dirty key, where
+    a dataclass's construction cost more than twice as much."""
 
     first: Cause
-    later: list[Cause] = field(default_factory=list)
+    later: list[Cause] = []
     triggers: int = 1
 
     def has_room(self) -> bool:
