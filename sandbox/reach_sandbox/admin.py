@@ -23,7 +23,7 @@ from reach_sandbox.batch_rows import batch_doc, find_batch, list_batches
 from reach_sandbox.config import BatchOrderConfig, RateLimitsConfig
 from reach_sandbox.context import render_stored
 from reach_sandbox.fault_specs import fault_adapter
-from reach_sandbox.http import ApiError, JsonResponse, invalid, query_int, read_body
+from reach_sandbox.http import ApiError, JsonResponse, invalid, parse_json, query_int, read_body
 from reach_sandbox.pending import PendingStore
 from reach_sandbox.reads import (
     counts,
@@ -284,6 +284,20 @@ async def batch_order(request: Request, sb: Sandbox) -> Response:
     return _json(sb.batches.order.model_dump(mode="json"))
 
 
+async def sink(request: Request, sb: Sandbox) -> Response:
+    """Sink mode, for throughput benchmarks only (README "Sink mode"): ``{"enabled": bool}``."""
+    if request.method == "PUT":
+        body = parse_json(await read_body(request, sb.config.limits.max_body_bytes))
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"enabled"}
+            or type(body["enabled"]) is not bool
+        ):
+            raise ApiError(400, 'body must be {"enabled": true} or {"enabled": false}')
+        sb.batches.sink = body["enabled"]
+    return _json({"enabled": sb.batches.sink})
+
+
 async def wait_idle(request: Request, sb: Sandbox) -> Response:
     """Block until every accepted batch is processed (parked records aside), or the timeout."""
     timeout = query_int(request, "timeoutSeconds", 30, 0, 600)
@@ -324,6 +338,7 @@ def admin_routes() -> list[Route]:
         Route("/_admin/faults/{faultId}", a(remove_fault), methods=["DELETE"]),
         Route("/_admin/rate-limits", a(rate_limits), methods=["GET", "PUT"]),
         Route("/_admin/batch-order", a(batch_order), methods=["GET", "PUT"]),
+        Route("/_admin/sink", a(sink), methods=["GET", "PUT"]),
         Route("/_admin/wait-idle", a(wait_idle), methods=["POST"]),
         Route("/_admin/reset", a(reset), methods=["POST"]),
     ]

@@ -3,6 +3,10 @@
 A request is checked as a whole before its 202: body shape, the per-request limit and, in
 ``sync`` validation mode, every record; any failure refuses it with nothing queued. Everything
 that depends on existing state is decided later by the worker and reported in the batch status.
+
+In sink mode (``PUT /_admin/sink``, README "Sink mode") an upload or patch keeps the same
+request checks except the records' schema validation (each record must still be an object with
+its external id), and its batch is a success of every record at once, nothing applied.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ async def _accept_records(request: Request, batch_type: BatchType) -> Response:
         top = config.limits.max_dependency_wait_seconds
         wait = query_int(request, "dependencyWaitTimeout", 0, 0, top)
     kind: OpKind = "upsert" if batch_type == BatchType.INGEST else "patch"
-    validate = config.validation.mode == "sync"
+    sink = ctx.sandbox.batches.sink
+    validate = config.validation.mode == "sync" and not sink
     ops, errors = records_to_ops(records, ctx.schema, kind, ignore_unknown, validate)
     if errors:
         bad = len({e.index for e in errors})
@@ -86,7 +91,7 @@ async def _accept_records(request: Request, batch_type: BatchType) -> Response:
         ctx.request_id,
         ops,
     )
-    return await _submit(request, ctx, job, raw, len(ops))
+    return await _submit(request, ctx, job, raw, len(ops), sink)
 
 
 async def delete_batch(request: Request) -> Response:
@@ -117,11 +122,19 @@ async def delete_batch(request: Request) -> Response:
 
 
 async def _submit(
-    request: Request, ctx: ApiContext, job: BatchJob, payload: bytes, total: int
+    request: Request,
+    ctx: ApiContext,
+    job: BatchJob,
+    payload: bytes,
+    total: int,
+    sink: bool = False,
 ) -> Response:
     sb = ctx.sandbox
     key = request.headers.get("idempotency-key") if sb.config.batches.idempotency_keys else None
-    batch_id = await sb.batches.submit(job, payload, total, key)
+    if sink:
+        batch_id = await sb.batches.submit_unapplied(job, total, key)
+    else:
+        batch_id = await sb.batches.submit(job, payload, total, key)
     data = {
         "batchId": batch_id,
         "message": "Batch queued for processing",

@@ -27,6 +27,7 @@ __all__ = [
     "BatchJob",
     "BatchOptions",
     "batch_doc",
+    "complete_unapplied",
     "fail_batch",
     "find_batch",
     "insert_batch",
@@ -48,6 +49,8 @@ _KIND_OF_TYPE: dict[str, OpKind] = {
 _LOST = "BATCH_LOST_ON_RESTART"
 # Recovery re-reads stored bodies without limits: they were checked when accepted.
 _NO_LIMIT = 1 << 30
+# What the Ledger stores for a batch without failures.
+_NO_ERRORS = orjson.dumps({"summary": {}, "details": {}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,15 @@ def start_batch(conn: sqlite3.Connection, batch_id: str, now: float) -> None:
     conn.execute(
         "UPDATE batches SET status = ?, started_at = ? WHERE id = ? AND status = ?",
         (BatchStatus.PROCESSING, now, batch_id, BatchStatus.PENDING),
+    )
+
+
+def complete_unapplied(conn: sqlite3.Connection, batch_id: str, now: float) -> None:
+    """Sink mode: a pending batch becomes a success of all its records, none of them applied."""
+    conn.execute(
+        "UPDATE batches SET status = ?, processed = total, successful = total, failed = 0, "
+        "pending = 0, errors = ?, started_at = ?, completed_at = ? WHERE id = ? AND status = ?",
+        (BatchStatus.SUCCESS, _NO_ERRORS, now, now, batch_id, BatchStatus.PENDING),
     )
 
 

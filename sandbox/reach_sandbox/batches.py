@@ -13,6 +13,11 @@ reorder nothing, so before each pick it waits until the oldest queued batch has 
 client's quick resend) is queued with it. That costs a lone batch at most ``gather_seconds`` and
 a backlog nothing. A shuffled worker lets each batch finish before the next pick, so history
 ``seq`` stays the real apply order.
+
+Sink mode (``PUT /_admin/sink``, off at start and after a reset; for throughput benchmarks only,
+README "Sink mode"): an upload or patch batch that passed the request checks is stored as a
+batch row that is already a success of all its records, and nothing else happens: no body kept,
+no worker, no record applied.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class BatchService:
         self._order: BatchOrderConfig
         self._rngs: dict[str, random.Random] = {}
         self.set_order(config.batches.order)
+        self.sink = False
 
     @property
     def queued(self) -> int:
@@ -84,6 +90,12 @@ class BatchService:
             return earlier
         self.enqueue(job)
         return job.id
+
+    async def submit_unapplied(self, job: BatchJob, total: int, key: str | None) -> str:
+        """Sink mode: record the batch as succeeded without applying it; returns its id (an
+        earlier one's for a reused key)."""
+        earlier = await self._db.run(self._store.accept_unapplied, job, total, key, time.time())
+        return earlier if earlier is not None else job.id
 
     def enqueue(self, job: BatchJob) -> None:
         queue = self._queues.get(job.tenant_id)
@@ -133,8 +145,10 @@ class BatchService:
                     _log.exception("pending sweep failed")
 
     def reset(self) -> None:
-        """Drop queued jobs; those already handed to the database thread skip themselves."""
+        """Drop queued jobs (those already handed to the database thread skip themselves) and
+        leave sink mode."""
         self._epoch += 1
+        self.sink = False
         for queue in self._queues.values():
             while queue.jobs:
                 queue.jobs.popleft()

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from reach_sandbox.batch_rows import (
     BatchJob,
+    complete_unapplied,
     fail_batch,
     insert_batch,
     start_batch,
@@ -149,6 +150,17 @@ class Store:
             raise
         if earlier is not None:
             self.payloads.drop(job.id)
+        return earlier
+
+    def accept_unapplied(
+        self, conn: sqlite3.Connection, job: BatchJob, total: int, key: str | None, now: float
+    ) -> str | None:
+        """Sink mode: keep the batch row only, already a success of all ``total`` records (no
+        body kept, nothing applied); an earlier batch's id for a reused key."""
+        with transaction(conn):
+            earlier = insert_batch(conn, job, total, key)
+            if earlier is None:
+                complete_unapplied(conn, job.id, now)
         return earlier
 
     def start(self, conn: sqlite3.Connection, batch_id: str, now: float) -> None:
