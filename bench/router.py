@@ -7,6 +7,8 @@ events over 50,000 keys per table drawn from a Zipf distribution, with the schem
 times each:
 
 - raw: confluent-kafka ``consume(1000)``, touching key and value;
+- whole decode: the same plus ``decode_event`` (every column of the images, the schema block
+  scanned on every event), the baseline of the next;
 - decode: the same plus the router's own decoder (``EventDecoder`` for the definition's
   triggers: only op, table, key and trigger columns, the schema block skipped once known), the
   typed decoding ceiling;
@@ -47,7 +49,7 @@ from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
-from consumer.router.debezium import EventDecoder
+from consumer.router.debezium import EventDecoder, decode_event
 from consumer.router.loop import RouterStats, run_router
 from consumer.router.triggers import TriggerIndex
 
@@ -259,6 +261,10 @@ def _touch(key: bytes | None, value: bytes | None, topic: str | None) -> int:
     return len(key or b"") + len(value or b"")
 
 
+def _whole_decode(key: bytes | None, value: bytes | None, topic: str | None) -> object:
+    return decode_event(key, value)
+
+
 def routing_decode(definition: SyncDefinition) -> Work:
     """The typed-decode ceiling: a fresh router decoder for the definition's triggers."""
     return EventDecoder(TriggerIndex.from_definition(definition).image_columns()).decode
@@ -332,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"in {time.perf_counter() - started:.1f} s",
                 file=sys.stderr,
             )
-            raw, decode, routed = [], [], []
+            raw, whole, decode, routed = [], [], [], []
             stats: RouterStats | None = None
             for run in range(args.repeat):
                 raw.append(measure_consume(bootstrap, topic, args.events, _touch))
+                whole.append(measure_consume(bootstrap, topic, args.events, _whole_decode))
                 definition = _definition(state, bootstrap, dsn, topic)
                 decode.append(
                     measure_consume(bootstrap, topic, args.events, routing_decode(definition))
@@ -343,23 +350,23 @@ def main(argv: list[str] | None = None) -> int:
                 rate, stats = measure_router(definition, args.events)
                 routed.append(rate)
                 print(
-                    f"run {run + 1}: raw {raw[-1]:,.0f}/s, decode {decode[-1]:,.0f}/s, "
+                    f"run {run + 1}: raw {raw[-1]:,.0f}/s, whole decode {whole[-1]:,.0f}/s, "
+                    f"decode {decode[-1]:,.0f}/s, "
                     f"router {rate:,.0f}/s",
                     file=sys.stderr,
                 )
     assert stats is not None
-    return _report(args, value_size, raw, decode, routed, stats)
+    return _report(args, value_size, {"raw": raw, "whole": whole, "decode": decode}, routed, stats)
 
 
 def _report(
     args: argparse.Namespace,
     value_size: int,
-    raw: list[float],
-    decode: list[float],
+    consumed: dict[str, list[float]],
     routed: list[float],
     stats: RouterStats,
 ) -> int:
-    medians = {name: statistics.median(v) for name, v in (("raw", raw), ("decode", decode))}
+    medians = {name: statistics.median(v) for name, v in consumed.items()}
     medians["router"] = statistics.median(routed)
     print(
         f"{args.events:,} events, {'with' if args.schemas else 'without'} schema block "
@@ -368,6 +375,7 @@ def _report(
     )
     for name, label in (
         ("raw", "raw consume (consume(1000), touch)"),
+        ("whole", "whole decode (consume + decode_event)"),
         ("decode", "typed decode (consume + router decoder)"),
         ("router", "router (to acked dirty keys + commits)"),
     ):
@@ -387,6 +395,8 @@ def _report(
         "repeat": args.repeat,
         "events_per_s": {k: round(v) for k, v in medians.items()},
         "ratio_to_raw": {k: round(v / medians["raw"], 3) for k, v in medians.items()},
+        "decode_to_whole_decode": round(medians["decode"] / medians["whole"], 3),
+        "router_to_decode": round(medians["router"] / medians["decode"], 3),
         "router_dirty_keys": stats.dirty_keys,
         "router_batches": stats.batches,
         "router_commits": stats.commits,

@@ -241,41 +241,45 @@ class _Router:
         next_offsets: dict[_PartitionKey, int] = {}
         inputs: dict[_LookupKey, dict[str, Cause]] = {}
         unusable: list[tuple[Message, Exception]] = []
-        decode, index, stats = self._decoder.decode, self._index, self.stats
+        decode, index, ignored = self._decoder.decode, self._index, self.stats.ignored
+        changes = triggers = 0  # counted here, added once: this loop runs once per event
         for message in batch:
             if message.error() is not None and _consume_error(message):
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is not None and partition is not None and offset is not None:
                 next_offsets[(topic, partition)] = offset + 1
-            stats.events += 1
             try:
                 event = decode(message.key(), message.value(), topic)
                 if isinstance(event, Ignored):
-                    stats.ignored[event.reason] += 1
+                    ignored[event.reason] += 1
                     continue
-                stats.changes += 1
+                changes += 1
                 entities, lookup_inputs = plan_change(event, index)
             except (DecodeError, BadRecord) as exc:
                 unusable.append((message, exc))
                 continue
-            stats.triggers += len(entities)
+            triggers += len(entities)
             cause: Cause | None = None  # built only if kept: a hot entity's 9th cause is not
             for entity in entities:
                 merged = pending.get(entity)
-                if merged is not None and not merged.has_room():
-                    merged.add(None)
-                    continue
-                cause = cause or cause_of(message, topic, partition, offset, event)
                 if merged is None:
+                    cause = cause or cause_of(message, topic, partition, offset, event)
                     pending[entity] = _Merged(cause)
-                else:
-                    merged.add(cause)
+                    continue
+                merged.triggers += 1
+                if len(merged.later) < _MAX_LATER:
+                    cause = cause or cause_of(message, topic, partition, offset, event)
+                    merged.later.append(cause)
             for looked in lookup_inputs:
                 causes = inputs.setdefault((looked.resource, looked.trigger), {})
                 if looked.value not in causes:
                     cause = cause or cause_of(message, topic, partition, offset, event)
                     causes[looked.value] = cause
+        stats = self.stats
+        stats.events += sum(1 for message in batch if message.error() is None)
+        stats.changes += changes
+        stats.triggers += triggers
         self._look_up(inputs, pending)
         self._emit(pending, unusable)
         return next_offsets
@@ -289,11 +293,15 @@ class _Router:
         for message, error in unusable:
             self._dead_letter(message, error)
         enqueued_ms = int(time.time() * 1000)
+        produce, topic_of = self._producer.produce, self._topic_of
         for (resource, entity_id), merged in pending.items():
             key = merged.dirty_key(resource, entity_id, enqueued_ms)
-            self._produce(
-                self._topic_of[resource], dirty_message_key(resource, entity_id), encode_dirty(key)
-            )
+            topic, value = topic_of[resource], encode_dirty(key)
+            message_key = dirty_message_key(resource, entity_id)
+            try:  # the common case without _produce's call: once per dirty key
+                produce(topic, value, message_key)
+            except BufferError:
+                self._produce(topic, message_key, value)
         self.stats.dirty_keys += len(pending)
 
     def _look_up(
@@ -493,6 +501,10 @@ class _Router:
             self._done.pop(key, None)
 
 
+# Causes a merged dirty key keeps besides its first.
+_MAX_LATER = MAX_CAUSES - 1
+
+
 class _Merged(msgspec.Struct, gc=False):
     """The triggers of one entity within one batch. A Struct: one is built per dirty key, where
     a dataclass's construction cost more than twice as much."""
@@ -502,7 +514,7 @@ class _Merged(msgspec.Struct, gc=False):
     triggers: int = 1
 
     def has_room(self) -> bool:
-        return len(self.later) < MAX_CAUSES - 1
+        return len(self.later) < _MAX_LATER
 
     def add(self, cause: Cause | None) -> None:
         """Count a trigger; keep its cause while there is room (``None`` only when full)."""
