@@ -18,7 +18,7 @@ the same run, over that same backlog:
   last-sent prefix: both stages down to the sandbox, the example's delivery modes (customers in
   batches, transactions real time). Timed from the router's first committed batch to the last
   window the syncer finished, once it had every dirty key the router produced and nothing moved
-  for ``QUIET_S``. Source queries are counted per window: ``consumer.service`` builds its
+  for ``QUIET_S``. Source queries are counted per window: ``consumer.syncer.process`` builds its
   WindowSink and SourceDatabase from subclasses here that only count (recompute calls per
   resource per window attempt); nothing else changes;
 - peak RSS: ``python -m consumer.cli.main run --config examples/shop.yaml`` as a child process (the
@@ -119,7 +119,6 @@ from router import (  # type: ignore[import-not-found]
     routing_decode,
 )
 
-from consumer import service
 from consumer.config import Resource, SyncDefinition
 from consumer.config_file import load_definition
 from consumer.kafka import abandoned_consumers
@@ -127,6 +126,7 @@ from consumer.router.dirty import EntityId, decode_dirty
 from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats, run_service
 from consumer.sink.recompute import Recomputed, SourceDatabase
+from consumer.syncer import process as syncer_process
 from consumer.syncer.stats import SyncerStats
 from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
@@ -367,12 +367,13 @@ class _CountingSink(WindowSink):
 def _counting_queries() -> Iterator[QueryLog]:
     global _queries
     _queries = QueryLog()
-    saved = service.WindowSink, service.SourceDatabase
-    service.WindowSink, service.SourceDatabase = _CountingSink, _CountingDatabase
+    # Where run_service's syncer looks them up (consumer/syncer/process.py).
+    saved = syncer_process.WindowSink, syncer_process.SourceDatabase
+    syncer_process.WindowSink, syncer_process.SourceDatabase = _CountingSink, _CountingDatabase
     try:
         yield _queries
     finally:
-        service.WindowSink, service.SourceDatabase = saved
+        syncer_process.WindowSink, syncer_process.SourceDatabase = saved
 
 
 @dataclass

@@ -39,7 +39,6 @@ from consumer.definition_diff import diff_definitions
 from consumer.errors import ConfigurationError, DefinitionError, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import definition_secrets
-from consumer.reach_check import check_reach
 from consumer.router.dirty import EntityId
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.projection import project
@@ -119,6 +118,14 @@ def add_sync_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_dlq_commands(sub)
     add_audit_commands(sub)
     add_status_command(sub)
+
+
+def check_reach(definition: SyncDefinition, path: Path) -> None:
+    """consumer/reach_check.py's check, imported when called: it brings the Reach client (httpx,
+    aiohttp), which `run --role router` never uses."""
+    from consumer.reach_check import check_reach as check
+
+    check(definition, path)
 
 
 def _diff(args: argparse.Namespace) -> int:

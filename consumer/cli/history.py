@@ -46,7 +46,6 @@ from consumer.cli.progress import progress_line
 from consumer.config import SyncDefinition
 from consumer.errors import ConfigurationError, SyncError
 from consumer.observe.backfill_metrics import BackfillMetrics
-from consumer.reach.client import ReachClient
 from consumer.service import install_stop_signals
 from consumer.sink.dedup import LastSentStore
 
@@ -332,6 +331,10 @@ def _report(report: BackfillReport) -> int:
 
 
 async def _tenants_exist(definition: SyncDefinition, tenants: tuple[str, ...]) -> None:
+    # The Reach client (httpx, aiohttp) is imported when asked for, not with the CLI's parser:
+    # `run --role router` never uses it.
+    from consumer.reach.client import ReachClient
+
     async with ReachClient(definition.destination) as client:
         missing = [t for t in tenants if await client.find_tenant(t) is None]
     if missing:
@@ -339,6 +342,8 @@ async def _tenants_exist(definition: SyncDefinition, tenants: tuple[str, ...]) -
 
 
 async def _mark_complete(definition: SyncDefinition, tenants: tuple[str, ...]) -> None:
+    from consumer.reach.client import ReachClient  # as in _tenants_exist
+
     now = datetime.now(UTC)
     async with ReachClient(definition.destination) as client:
         for tenant in tenants:

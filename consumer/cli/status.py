@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from consumer.cli.common import (
     EXIT_CONFIG,
@@ -15,18 +16,15 @@ from consumer.cli.common import (
     load,
     seconds,
 )
-from consumer.cli.status_report import (
-    DEFAULT_INTERVAL_S,
-    Sample,
-    StatusReader,
-    gather,
-    health_urls,
-    readyz_url,
-)
-from consumer.cli.status_view import render
 from consumer.errors import Retryable, SyncError
 
+if TYPE_CHECKING:
+    from consumer.cli.status_report import Sample, StatusReader
+
 __all__ = ["add_status_command"]
+
+# Between the two samples rates come from, and between --watch refreshes.
+DEFAULT_INTERVAL_S = 2.0
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -72,6 +70,11 @@ def add_status_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _status(args: argparse.Namespace) -> int:
+    # Imported when the command runs, not when the parser is built: status_report brings httpx
+    # and the scheduler (its window sink, the Reach client), which `run --role router` never uses.
+    from consumer.cli.status_report import StatusReader, gather, health_urls, readyz_url
+    from consumer.cli.status_view import render
+
     path = definition_path(args)
     definition = load(path)
     if definition is None:
@@ -90,6 +93,9 @@ def _status(args: argparse.Namespace) -> int:
 def _watch(reader: StatusReader, name: str, urls: list[str] | str, every_s: float) -> int:
     """Redraw the report every ``every_s`` (rates over the time between refreshes) until Ctrl-C.
     A broker that stops answering is shown and retried; a missing topic ends it (exit 2)."""
+    from consumer.cli.status_report import gather  # as in _status
+    from consumer.cli.status_view import render
+
     tty = sys.stdout.isatty()
     earlier: Sample | None = None
     try:

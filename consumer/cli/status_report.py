@@ -37,7 +37,6 @@ from consumer.schedule.scheduler import scheduled_group
 from consumer.schedule.when import Schedule
 
 __all__ = [
-    "DEFAULT_INTERVAL_S",
     "DeadLetters",
     "GroupOffsets",
     "Layout",
@@ -61,8 +60,6 @@ __all__ = [
 # "scheduled": one group per scheduled resource, on the scheduled topic.
 Stage = Literal["router", "syncer", "scheduled"]
 
-# Between the two samples rates come from, and between --watch refreshes.
-DEFAULT_INTERVAL_S = 2.0
 # Metadata, watermarks and committed offsets are single round trips; a broker slower than this
 # is reported unavailable (a status command must answer quickly).
 BROKER_TIMEOUT_S = 10.0

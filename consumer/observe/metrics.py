@@ -17,10 +17,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-import httpx
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 
 if TYPE_CHECKING:
+    import httpx
+
     from consumer.sink.delivery import DeliveryResult
     from consumer.syncer.windows import Window
 
@@ -249,31 +250,14 @@ NO_INSTRUMENTS = Instruments(NoOpMeterProvider().get_meter(METER_NAME), enabled=
 # --- the Reach transport and the stages' own counts ---------------------------------------------
 
 
-class _MeteredTransport(httpx.AsyncBaseTransport):
-    """Counts each request and its answer, and what is in flight, around the real transport
-    (inside the circuit breaker: a request the open circuit refuses never reaches here)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, traffic: ReachTraffic) -> None:
-        self._inner = inner
-        self._traffic = traffic
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        size = int(request.headers.get("content-length") or 0)
-        self._traffic.started(size)
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException as exc:
-            self._traffic.finished(size, request.method, None, type(exc).__name__)
-            raise
-        self._traffic.finished(size, request.method, response.status_code, None)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 def metered_transport(
     inner: httpx.AsyncBaseTransport, instruments: Instruments
 ) -> httpx.AsyncBaseTransport:
     """``inner``, counted into ``instruments``; ``inner`` itself when they are off."""
-    return _MeteredTransport(inner, instruments.reach) if instruments.enabled else inner
+    if not instruments.enabled:
+        return inner
+    # Imported here: the transport is an httpx one, which only a process that talks to Reach
+    # loads (not a router-only one, which imports this module for its own counts).
+    from consumer.observe.metered_transport import MeteredTransport
+
+    return MeteredTransport(inner, instruments.reach)

@@ -14,9 +14,8 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from opentelemetry import trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
@@ -33,6 +32,9 @@ from opentelemetry.util.types import Attributes, AttributeValue
 from consumer import __version__
 from consumer.errors import ConfigurationError
 from consumer.observe.logs import Redactor
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Tracing",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from consumer.sink.delivery import DeliveryResult
+if TYPE_CHECKING:  # a router process reads these stats too, and must not load the sink's clients
+    from consumer.sink.delivery import DeliveryResult
 
 __all__ = ["LATENCY_SAMPLES", "SyncerStats"]
 
