@@ -1024,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also measure latency with the consumers' fetch.wait.max.ms at this (0: skip)",
     )
-    parser.add_argument("--latency-rate", type=float, default=1000.0, help="operations/s")
+    parser.add_argument("--latency-rate", type=float, default=100.0, help="operations/s")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--latency-concurrency", type=int, default=8, help="load workers")
     parser.add_argument("--latency-customers", type=int, default=200, help="seeded (x3 sales)")

@@ -149,24 +149,37 @@ def upsert_record(name: str, resource: Resource, destination: str, accepted: Sen
     return _upsert(name, resource, destination, accepted, audited_fields(resource))
 
 
+@functools.lru_cache(maxsize=256)
+def _audited(allowed: AuditedFields, keys: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """For a record with these keys: the field names to audit, and the names whose values to
+    audit, both sorted. Every record of a resource has the same keys: worked out once."""
+    ordered = sorted(keys)
+    return tuple(k for k in ordered if k in allowed.names), [
+        k for k in ordered if k in allowed.values
+    ]
+
+
 def _upsert(
     name: str, resource: Resource, destination: str, accepted: Sent, allowed: AuditedFields
 ) -> AuditRecord:
-    record = accepted.projected.record
+    projected = accepted.projected
+    record = projected.record
+    fields, valued = _audited(allowed, tuple(record))
+    batch_id = accepted.batch_id
     return AuditRecord(
         kind="upsert",
-        tenant=accepted.projected.tenant,
+        tenant=projected.tenant,
         resource=name,
         reach_schema=resource.reach_schema,
-        id=accepted.projected.external_id,
+        id=projected.external_id,
         destination=destination,
         at_ms=accepted.at_ms,
-        payload_sha256=accepted.projected.hash,
-        fields=tuple(sorted(k for k in record if k in allowed.names)),
-        values={k: v for k, v in sorted(record.items()) if k in allowed.values},
+        payload_sha256=projected.hash,
+        fields=fields,
+        values={k: record[k] for k in valued},
         causes=tuple(accepted.causes[:MAX_CAUSES]),
-        mode="batch" if accepted.batch_id is not None or accepted.in_batch else "realtime",
-        batch_id=accepted.batch_id,
+        mode="batch" if batch_id is not None or accepted.in_batch else "realtime",
+        batch_id=batch_id,
         outcome=_upsert_outcome(accepted),
     )
 
@@ -226,11 +239,21 @@ class AuditMessage(NamedTuple):
     timestamp_ms: int
 
 
+# The headers of the current version's records, made once (audit_message, per record).
+_HEADERS: dict[tuple[int, str], tuple[tuple[str, bytes], tuple[str, bytes]]] = {
+    (AUDIT_VERSION, kind): (
+        (HEADER_VERSION, str(AUDIT_VERSION).encode()),
+        (HEADER_KIND, kind.encode()),
+    )
+    for kind in ("upsert", "delete")
+}
+
+
 def audit_message(record: AuditRecord) -> AuditMessage:
-    headers: Headers = [
-        (HEADER_VERSION, str(record.version).encode()),
-        (HEADER_KIND, record.kind.encode()),
-    ]
+    made = _HEADERS.get((record.version, record.kind))
+    if made is None:
+        made = ((HEADER_VERSION, str(record.version).encode()), (HEADER_KIND, record.kind.encode()))
+    headers: Headers = [*made]
     return AuditMessage(
         audit_key(record.resource, record.id), encode_audit(record), headers, record.at_ms
     )
@@ -280,8 +303,9 @@ class AuditWriter:
         return len(records)
 
     def write(self, records: Iterable[AuditRecord]) -> None:
+        produce = self._produce
         for record in records:
-            self._produce(audit_message(record))
+            produce(audit_message(record))
         self._producer.poll(0)  # serve delivery callbacks of earlier records
 
     @property

@@ -29,7 +29,7 @@ from consumer.router.dirty import EntityId
 from consumer.sink.dedup import LastSent, LastSentStore
 from consumer.sink.follow import Outstanding
 from consumer.sink.outcomes import Removed, Sent
-from consumer.sink.projection import Projected, project
+from consumer.sink.projection import Projected, projector
 from consumer.sink.recompute import Recomputed
 from consumer.sink.settlement import Refusal, Settlement, settle
 from consumer.sink.tenant_gate import (
@@ -119,9 +119,10 @@ def _project_all(
     name: str, resource: Resource, recomputed: Recomputed, result: DeliveryResult
 ) -> list[Projected]:
     projected = []
+    project = projector(resource)
     for entity_id, row in recomputed.rows.items():
         try:
-            projected.append(project(resource, row))
+            projected.append(project(row))
         except BadRecord as exc:
             result.dead.append(_dead(name, entity_id, None, exc))
     return projected

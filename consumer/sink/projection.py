@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -44,6 +45,7 @@ __all__ = [
     "msgspec_hook",
     "payload_hash",
     "project",
+    "projector",
 ]
 
 # Recompute adds one boolean column per group rule, named with this prefix (recompute.py).
@@ -278,7 +280,7 @@ def _identity(column: str, row: Mapping[str, Any]) -> str:
         raise BadRecord(f"column {column!r}: {exc}") from exc
 
 
-def _hash_of(resource: Resource, record: Mapping[str, Any]) -> str:
+def _hash_of(mapping: Mapping[str, FieldMapping], record: Mapping[str, Any]) -> str:
     """The payload hash; BadRecord naming the field when a raw value is no JSON at all."""
     try:
         return payload_hash(record)
@@ -287,7 +289,7 @@ def _hash_of(resource: Resource, record: Mapping[str, Any]) -> str:
             try:
                 orjson.dumps(value)
             except orjson.JSONEncodeError as field_exc:
-                column = resource.mapping[name].column if name in resource.mapping else name
+                column = mapping[name].column if name in mapping else name
                 raise BadRecord(f"field {name!r} (column {column!r}): {field_exc}") from exc
         raise BadRecord(f"the record is no JSON: {exc}") from exc
 
@@ -299,17 +301,174 @@ def payload_hash(record: Mapping[str, Any]) -> str:
 
 def project(resource: Resource, row: Mapping[str, Any]) -> Projected:
     """The full record for one recomputed row; BadRecord when a value cannot be formatted."""
-    missing = [c for c in (resource.key, resource.tenant) if row.get(c) is None]
-    if missing:
-        raise BadRecord(f"the query returned no value for {', '.join(missing)}")
-    record = {name: _field_value(name, m, row) for name, m in resource.mapping.items()}
-    if resource.groups is not None:
-        record[resource.groups.field] = sorted(
-            rule.name for rule in resource.groups.rules if row.get(GROUP_COLUMN_PREFIX + rule.name)
-        )
-    return Projected(
-        tenant=_identity(resource.tenant, row),
-        external_id=_identity(resource.key, row),
-        record=record,
-        hash=_hash_of(resource, record),
+    return projector(resource)(row)
+
+
+# --- the per-resource projector ------------------------------------------------------------------
+# A window projects thousands of rows of one resource: each field's converter is chosen once,
+# and the common types take a fast path giving exactly what the formatters above give; any
+# other value (or one the fast path is unsure of) goes through ``_field_value``, errors included.
+
+_SLOW: Any = object()  # a fast converter's "not mine": the general path decides
+# Cents below this go as ``cents / 100``: the correctly rounded float, whose shortest text is
+# that value (at most 15 significant digits round-trip through a double), as ``_number`` checks.
+_CENTS_FAST = 10**15
+_RAW_INT_MIN, _RAW_INT_END = -(2**63), 2**64
+_INT_TEXT_MAX = 10**4000  # below Python's int-to-text digit limit
+
+
+def _fast_raw(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is bool:
+        return value
+    if kind is int:
+        return value if _RAW_INT_MIN <= value < _RAW_INT_END else _SLOW
+    if kind is float:
+        return value if math.isfinite(value) else _SLOW
+    return _SLOW
+
+
+def _fast_string(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int and -_INT_TEXT_MAX < value < _INT_TEXT_MAX:
+        return str(value)
+    return _SLOW
+
+
+def _fast_integer(value: Any) -> Any:
+    return value if type(value) is int else _SLOW
+
+
+def _fast_decimal_cents(value: Any) -> Any:
+    kind = type(value)
+    if kind is int:
+        cents = value
+    elif kind is Decimal and value.is_finite() and value == (cents := int(value)):
+        pass
+    else:
+        return _SLOW
+    return cents / 100 if -_CENTS_FAST < cents < _CENTS_FAST else _SLOW
+
+
+def _fast_decimal(value: Any) -> Any:
+    return value if type(value) is float and math.isfinite(value) else _SLOW
+
+
+def _fast_boolean(value: Any) -> Any:
+    return value if type(value) is bool else _SLOW
+
+
+def _fast_datetime(value: Any) -> Any:
+    """``_as_datetime`` of a datetime; ``isoformat()`` shows microseconds when it has some."""
+    if type(value) is not datetime:
+        return _SLOW
+    zone = value.tzinfo
+    if zone is None:
+        moment, suffix = value, 0
+    elif zone is UTC or not value.utcoffset():  # already UTC's fields, shown with "+00:00"
+        moment, suffix = value, -6
+    else:
+        moment, suffix = value.astimezone(UTC), -6
+    if moment.microsecond % 1000:
+        text = moment.isoformat()
+    else:
+        text = moment.isoformat(timespec="milliseconds")
+    return (text[:suffix] if suffix else text) + "Z"
+
+
+def _fast_none(value: Any) -> Any:
+    return _SLOW
+
+
+_FAST: dict[str, Callable[[Any], Any]] = {
+    "raw": _fast_raw,
+    "string": _fast_string,
+    "integer": _fast_integer,
+    "decimal_cents": _fast_decimal_cents,
+    "decimal": _fast_decimal,
+    "boolean": _fast_boolean,
+    "datetime": _fast_datetime,
+    "date": _fast_none,
+}
+
+
+def _fast_identity(value: Any) -> Any:
+    """``_as_string`` of a key or tenant, for the common types."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int and -_INT_TEXT_MAX < value < _INT_TEXT_MAX:
+        return str(value)
+    return _SLOW
+
+
+Projector = Callable[[Mapping[str, Any]], Projected]
+
+
+def _compile(resource: Resource) -> Projector:
+    """``project`` for one resource, its choices made once."""
+    fields = tuple(
+        (name, m.column, _fast_none if m.pii == "hash" else _FAST[m.format], m)
+        for name, m in resource.mapping.items()
     )
+    # Nothing here holds the resource itself: the cache of projectors keeps it only weakly.
+    key, tenant, mappings = resource.key, resource.tenant, resource.mapping
+    groups = resource.groups
+    group_field = None if groups is None else groups.field
+    # Sorted by name up front: the members then come out sorted, as project sends them.
+    group_columns = (
+        ()
+        if groups is None
+        else tuple(
+            (GROUP_COLUMN_PREFIX + name, name) for name in sorted(r.name for r in groups.rules)
+        )
+    )
+
+    def projected(row: Mapping[str, Any]) -> Projected:
+        get = row.get
+        if get(key) is None or get(tenant) is None:
+            missing = [c for c in (key, tenant) if get(c) is None]
+            raise BadRecord(f"the query returned no value for {', '.join(missing)}")
+        record: dict[str, Any] = {}
+        for name, column, fast, mapping in fields:
+            value = get(column)
+            if value is not None:
+                try:
+                    formatted = fast(value)
+                except Exception:
+                    formatted = _SLOW
+                value = _field_value(name, mapping, row) if formatted is _SLOW else formatted
+            record[name] = value
+        if group_field is not None:
+            record[group_field] = [name for column, name in group_columns if get(column)]
+        tenant_text = _fast_identity(row[tenant])
+        if tenant_text is _SLOW:
+            tenant_text = _identity(tenant, row)
+        key_text = _fast_identity(row[key])
+        if key_text is _SLOW:
+            key_text = _identity(key, row)
+        return Projected(tenant_text, key_text, record, _hash_of(mappings, record))
+
+    return projected
+
+
+_projectors: dict[int, tuple[weakref.ref[Resource], Projector]] = {}
+
+
+def projector(resource: Resource) -> Projector:
+    """``project`` bound to one resource, compiled once per resource object (kept while it
+    lives): what delivery calls for every row of a window."""
+    entry = _projectors.get(id(resource))
+    if entry is not None and entry[0]() is resource:
+        return entry[1]
+    compiled = _compile(resource)
+    rid, projectors = id(resource), _projectors  # kept: module globals are gone at exit
+
+    def forget(ref: weakref.ref[Resource]) -> None:
+        if (kept := projectors.get(rid)) is not None and kept[0] is ref:
+            del projectors[rid]
+
+    projectors[rid] = (weakref.ref(resource, forget), compiled)
+    return compiled

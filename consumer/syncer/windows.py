@@ -52,24 +52,37 @@ class Window:
     first_enqueued_ms: int = 0
 
     def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
-        entity = (key.resource, str(key.id))
-        if entity not in self.ids:
-            self.ids[entity] = key.id
+        # Once per dirty key: written for speed (no tuple of causes unless there are later
+        # ones, no min/max calls), with the effect of the plain version.
+        resource = key.resource
+        entity = (resource, str(key.id))
+        ids = self.ids
+        if entity not in ids:
+            ids[entity] = key.id
             self.size += ENTITY_BYTES
-        self.offsets.setdefault(entity, offset)  # offsets only grow within a partition
-        self.resources.add(key.resource)
+        offsets = self.offsets
+        if entity not in offsets:
+            offsets[entity] = offset  # offsets only grow within a partition
+        self.resources.add(resource)
         causes = self.causes[entity]
-        if len(causes) < MAX_CAUSES:
-            kept = key.causes()[: MAX_CAUSES - len(causes)]
-            causes.extend(kept)
-            self.size += CAUSE_BYTES * len(kept)
-        self.end_offset = max(self.end_offset, offset)
+        room = MAX_CAUSES - len(causes)
+        if room > 0:
+            later = key.later_causes
+            if not later:
+                causes.append(key.cause)
+                self.size += CAUSE_BYTES
+            else:
+                kept = (key.cause, *later)[:room]
+                causes.extend(kept)
+                self.size += CAUSE_BYTES * len(kept)
+        if offset > self.end_offset:
+            self.end_offset = offset
         self.received += key.triggers
-        self.due_after_s = min(self.due_after_s, window_s)
-        if key.enqueued_ms and (
-            not self.first_enqueued_ms or key.enqueued_ms < self.first_enqueued_ms
-        ):
-            self.first_enqueued_ms = key.enqueued_ms
+        if window_s < self.due_after_s:
+            self.due_after_s = window_s
+        enqueued = key.enqueued_ms
+        if enqueued and (not self.first_enqueued_ms or enqueued < self.first_enqueued_ms):
+            self.first_enqueued_ms = enqueued
 
     def readd(
         self, entity: Entity, entity_id: EntityId, causes: list[Cause], offset: int, window_s: float
@@ -134,13 +147,22 @@ class Window:
         snapshot's time, not a commit's, so they are no latency."""
         latencies: list[int] = []
         own: list[int] = []
+        held = self.held
         for entity, causes in self.causes.items():
-            if entity in self.held:
+            if held and entity in held:
                 continue
-            changes = [c for c in causes if c.source_ts_ms and c.op != "r"]
-            if changes:
-                latencies.append(max(0, now_ms - min(c.source_ts_ms or 0 for c in changes)))
-                appended = [c.appended_ms for c in changes if c.appended_ms]
-                if appended:
-                    own.append(max(0, now_ms - min(appended)))
+            source: int | None = None  # the earliest change's commit, and its append
+            appended: int | None = None
+            for c in causes:
+                ts = c.source_ts_ms
+                if ts and c.op != "r":
+                    if source is None or ts < source:
+                        source = ts
+                    at = c.appended_ms
+                    if at and (appended is None or at < appended):
+                        appended = at
+            if source is not None:
+                latencies.append(max(0, now_ms - source))
+                if appended is not None:
+                    own.append(max(0, now_ms - appended))
         return latencies, own
