@@ -1,0 +1,120 @@
+"""Where the router's decoding time goes, per event, without a broker.
+
+Builds ``--events`` Debezium events in memory (bench/router.py's generator, with the schema
+block, one topic per table as Debezium names them) and times, on this thread's CPU clock (so
+other processes on the machine count less), the best of ``--repeat`` passes over them:
+
+- touch: reading key and value lengths, the loop's own cost;
+- decode_event: the whole decode (every column of the images, the schema block scanned);
+- EventDecoder: the router's decoder for examples/shop.yaml's triggers (what routing needs);
+- its parts alone, on the same events: the schema-prefix comparison, the payload's envelope
+  decode, the key's payload decode, one image decode.
+
+    .venv/bin/python bench/decode.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+# bench/router.py, next to this file (run as `python bench/decode.py`).
+from router import EventFactory  # type: ignore[import-not-found]
+
+from consumer.router.debezium import EventDecoder, decode_event
+
+Event = tuple[bytes, bytes, str]
+# The shop's triggers (examples/shop.yaml): what its router keeps of each table's images.
+SHOP_COLUMNS = {"public.customers": ("id",), "public.transactions": ("id", "customer_id")}
+_PAYLOAD = b',"payload":'
+
+
+class _Source(msgspec.Struct):
+    schema: str | None = None
+    table: str | None = None
+    ts_ms: int | None = None
+    lsn: int | None = None
+
+
+class _Envelope(msgspec.Struct):
+    """The shape the router's decoder reads a payload as (consumer/router/debezium.py)."""
+
+    before: msgspec.Raw = msgspec.Raw(b"null")
+    after: msgspec.Raw = msgspec.Raw(b"null")
+    op: str | None = None
+    source: _Source | None = None
+    ts_ms: int | None = None
+    status: str | None = None
+
+
+def _events(count: int) -> list[Event]:
+    factory = EventFactory(True, random.Random(7))
+    events = []
+    for _ in range(count):
+        key, value = factory.next()
+        table = "customers" if b'"table":"customers"' in value else "transactions"
+        events.append((key, value, f"shop.public.{table}"))
+    return events
+
+
+def _best_us(items: Sequence[Any], work: Callable[[Any], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.thread_time()
+        for item in items:
+            work(item)
+        best = min(best, time.thread_time() - started)
+    return best / len(items) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args(argv)
+    events = _events(args.events)
+    decoder = EventDecoder(SHOP_COLUMNS)
+    for key, value, topic in events[:10]:  # learn each topic's schema prefix
+        decoder.decode(key, value, topic)
+    prefix = {t: v[: v.index(_PAYLOAD) + len(_PAYLOAD)] for _, v, t in events[:1000]}
+    payloads = [
+        (k[k.index(_PAYLOAD) + len(_PAYLOAD) : -1], v[len(prefix[t]) : -1]) for k, v, t in events
+    ]
+    envelope = msgspec.json.Decoder(_Envelope)
+    key_decoder = msgspec.json.Decoder(dict[str, Any])
+    image = msgspec.json.Decoder(dict[str, Any] | None)
+    images = [msgspec.json.decode(p, type=dict[str, Any])["after"] or {} for _, p in payloads]
+    image_bytes = [msgspec.json.encode(i) for i in images]
+    figures = {
+        "touch": _best_us(events, lambda e: len(e[0]) + len(e[1]), args.repeat),
+        "decode_event": _best_us(events, lambda e: decode_event(e[0], e[1]), args.repeat),
+        "EventDecoder": _best_us(events, lambda e: decoder.decode(*e), args.repeat),
+        "schema prefix comparison": _best_us(
+            events, lambda e: e[1].startswith(prefix[e[2]]), args.repeat
+        ),
+        "envelope from the payload": _best_us(
+            payloads, lambda p: envelope.decode(p[1]), args.repeat
+        ),
+        "key from its payload": _best_us(payloads, lambda p: key_decoder.decode(p[0]), args.repeat),
+        "one whole image": _best_us(image_bytes, image.decode, args.repeat),
+    }
+    print(f"{args.events:,} events with the schema block, best of {args.repeat}, µs per event:")
+    for name, us in figures.items():
+        print(f"  {name:<28} {us:6.2f}")
+    print(
+        json.dumps(
+            {"events": args.events, "us_per_event": {k: round(v, 3) for k, v in figures.items()}}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
