@@ -122,6 +122,7 @@ from router import (  # type: ignore[import-not-found]
 from consumer.config import Resource, SyncDefinition
 from consumer.config_file import load_definition
 from consumer.kafka import abandoned_consumers
+from consumer.records.audit import FLUSH_TIMEOUT_S, AuditWriter
 from consumer.router.dirty import EntityId, decode_dirty
 from consumer.router.loop import RouterStats
 from consumer.service import ServiceStats, run_service
@@ -331,6 +332,12 @@ class QueryLog:
     max_per_resource: int = 0
     max_per_window: int = 0
     per_window: Counter[int] = field(default_factory=Counter)
+    # How long each window's processing took (recompute, send, audit: WindowSink.process), and
+    # each recompute query, in ms: the syncer's share of a window after it is due.
+    process_ms: list[int] = field(default_factory=list)
+    recompute_ms: list[int] = field(default_factory=list)
+    # Each audit flush: waiting for the broker to acknowledge a window's audit records.
+    audit_flush_ms: list[int] = field(default_factory=list)
 
     def record(self, counts: Counter[str]) -> None:
         self.attempts += 1
@@ -347,7 +354,20 @@ class _CountingDatabase(SourceDatabase):
         counts = _window_queries.get()
         if counts is not None:
             counts[resource.reach_schema] += 1
-        return await super().recompute(resource, ids)
+        started = time.perf_counter()
+        try:
+            return await super().recompute(resource, ids)
+        finally:
+            _queries.recompute_ms.append(round((time.perf_counter() - started) * 1000))
+
+
+class _TimedAudit(AuditWriter):
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        started = time.perf_counter()
+        try:
+            super().flush(timeout_s)
+        finally:
+            _queries.audit_flush_ms.append(round((time.perf_counter() - started) * 1000))
 
 
 class _CountingSink(WindowSink):
@@ -356,11 +376,13 @@ class _CountingSink(WindowSink):
         counts: Counter[str] = Counter()
         _window_queries.set(counts)
         _queries.in_flight += 1
+        started = time.perf_counter()
         try:
             await super().process(window)
         finally:
             _queries.in_flight -= 1
             _queries.record(counts)
+            _queries.process_ms.append(round((time.perf_counter() - started) * 1000))
 
 
 @contextmanager
@@ -368,12 +390,17 @@ def _counting_queries() -> Iterator[QueryLog]:
     global _queries
     _queries = QueryLog()
     # Where run_service's syncer looks them up (consumer/syncer/process.py).
-    saved = syncer_process.WindowSink, syncer_process.SourceDatabase
+    saved = syncer_process.WindowSink, syncer_process.SourceDatabase, syncer_process.AuditWriter
     syncer_process.WindowSink, syncer_process.SourceDatabase = _CountingSink, _CountingDatabase
+    syncer_process.AuditWriter = _TimedAudit
     try:
         yield _queries
     finally:
-        syncer_process.WindowSink, syncer_process.SourceDatabase = saved
+        (
+            syncer_process.WindowSink,
+            syncer_process.SourceDatabase,
+            syncer_process.AuditWriter,
+        ) = saved
 
 
 @dataclass
@@ -868,6 +895,10 @@ def measure_latency(
                 )
                 source_lag.start()
                 stats.syncer.window_latencies_ms.clear()
+                queries.process_ms.clear()
+                queries.recompute_ms.clear()
+                queries.audit_flush_ms.clear()
+                first_request = _sandbox_requests(endpoints, 0)[1]
                 with cpu_during(_meter(endpoints, load=True)) as cpu:
                     load = _run_load(args, endpoints.postgres_dsn)
                     quiet = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S)
@@ -882,6 +913,9 @@ def measure_latency(
                 latencies = list(stats.syncer.latencies_ms)
                 own = list(stats.syncer.own_latencies_ms)
                 windows = list(stats.syncer.window_latencies_ms)
+                processing, recomputes = list(queries.process_ms), list(queries.recompute_ms)
+                flushes = list(queries.audit_flush_ms)
+                handled = _sandbox_requests(endpoints, first_request)[0]
                 curve = _curve(args, endpoints.postgres_dsn, stats, queries)
             finally:
                 stop.set()
@@ -898,6 +932,10 @@ def measure_latency(
             "Debezium read -> source event produced": source_lag.produced_samples,
             "source event -> dirty key (router)": lag.router_samples,
             "dirty key -> accepted, per window (syncer)": windows,
+            "  of which processing the due window (recompute, send, audit)": processing,
+            "    recompute query, per resource": recomputes,
+            "    the sandbox handling a request (its own log)": handled,
+            "    audit flush (the broker acknowledging a window's audit records)": flushes,
         },
         load=load,
         window_ms=window_ms,
@@ -908,6 +946,22 @@ def measure_latency(
         caught_up=caught_up,
         cpu=cpu.usage,
     )
+
+
+def _sandbox_requests(endpoints: StackEndpoints, after_seq: int) -> tuple[list[int], int]:
+    """The sandbox's own handling time (ms) of each request it logged after ``after_seq``, and
+    the last sequence number it logged."""
+    headers = {"authorization": f"Bearer {endpoints.sandbox_admin_token}"}
+    durations: list[int] = []
+    with httpx.Client(base_url=endpoints.sandbox_url, headers=headers, timeout=30) as http:
+        while True:
+            params = {"afterSeq": after_seq, "limit": 1000, "pathPrefix": "/api/"}
+            answer = http.get("/_admin/requests", params=params)
+            rows = answer.raise_for_status().json()["requests"]
+            if not rows:
+                return durations, after_seq
+            durations += [round(row["durationMs"]) for row in rows]
+            after_seq = rows[-1]["seq"]
 
 
 def _syncer_counts(stats: SyncerStats) -> dict[str, int]:
