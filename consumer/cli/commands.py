@@ -190,7 +190,7 @@ def _told(error: DefinitionError) -> int:
 # glibc's malloc thresholds for `run` (mallopt's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD). By default
 # glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
 # fetch buffers, event values and request bodies come from the heap and fragment it: fixed at
-# 128 KiB, a 300,000-event backlog peaked ~20 MiB lower (bench/pipeline.py, peak RSS).
+# 128 KiB, a 300,000-event backlog peaked 10-20 MiB lower (bench/pipeline.py, peak RSS).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 _MALLOPT = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024}
 

@@ -98,8 +98,8 @@ class _WrappedKey(msgspec.Struct):
 
 _value_decoder = msgspec.json.Decoder(_Value)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
-_image_decoder = msgspec.json.Decoder(dict[str, Any])
-_key_decoder = msgspec.json.Decoder(dict[str, Any])
+# A bare key's columns, or a whole image.
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
 _wrapped_key_decoder = msgspec.json.Decoder(_WrappedKey)
 _SCHEMA_FIRST = b'{"schema":'
 _PAYLOAD_NEXT = b',"payload":'
@@ -210,7 +210,7 @@ class EventDecoder:
         payload = _payload(raw, self._key_prefixes.get(topic))
         if payload is not None:
             try:
-                columns: dict[str, Any] = _key_decoder.decode(payload)
+                columns: dict[str, Any] = _object_decoder.decode(payload)
                 return columns
             except (msgspec.DecodeError, msgspec.ValidationError):
                 pass  # not an object after all: the full path says why
@@ -223,7 +223,7 @@ class EventDecoder:
         decoder = self._images.get(table)
         try:
             if decoder is None:
-                image: dict[str, Any] = _image_decoder.decode(raw)
+                image: dict[str, Any] = _object_decoder.decode(raw)
                 return image
             projected = decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -277,7 +277,7 @@ def _decode_key(raw: bytes | None) -> tuple[dict[str, Any], msgspec.Raw]:
         except (msgspec.DecodeError, msgspec.ValidationError):
             pass  # not that shape after all: decoded generically below, with its error
     try:
-        key = _key_decoder.decode(raw)
+        key = _object_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise DecodeError(f"the key is not JSON: {exc}") from exc
     if key.keys() == {"schema", "payload"}:

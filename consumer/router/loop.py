@@ -242,10 +242,11 @@ class _Router:
         inputs: dict[_LookupKey, dict[str, Cause]] = {}
         unusable: list[tuple[Message, Exception]] = []
         decode, index, ignored = self._decoder.decode, self._index, self.stats.ignored
-        changes = triggers = 0  # counted here, added once: this loop runs once per event
+        events = changes = triggers = 0  # counted here, added once: this runs once per event
         for message in batch:
             if message.error() is not None and _consume_error(message):
                 continue
+            events += 1
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is not None and partition is not None and offset is not None:
                 next_offsets[(topic, partition)] = offset + 1
@@ -267,6 +268,7 @@ class _Router:
                     cause = cause or cause_of(message, topic, partition, offset, event)
                     pending[entity] = _Merged(cause)
                     continue
+                # _Merged.add, inline so the cause is built only when it is kept.
                 merged.triggers += 1
                 if len(merged.later) < _MAX_LATER:
                     cause = cause or cause_of(message, topic, partition, offset, event)
@@ -277,7 +279,7 @@ class _Router:
                     cause = cause or cause_of(message, topic, partition, offset, event)
                     causes[looked.value] = cause
         stats = self.stats
-        stats.events += sum(1 for message in batch if message.error() is None)
+        stats.events += events
         stats.changes += changes
         stats.triggers += triggers
         self._look_up(inputs, pending)
@@ -330,7 +332,7 @@ class _Router:
                 if merged is None:
                     pending[dirty] = _Merged(cause)
                 else:
-                    merged.add(cause if merged.has_room() else None)
+                    merged.add(cause)
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
         letter = DeadLetterEvent.from_message(message, error)
@@ -513,13 +515,10 @@ class _Merged(msgspec.Struct, gc=False):
     later: list[Cause] = []
     triggers: int = 1
 
-    def has_room(self) -> bool:
-        return len(self.later) < _MAX_LATER
-
-    def add(self, cause: Cause | None) -> None:
-        """Count a trigger; keep its cause while there is room (``None`` only when full)."""
+    def add(self, cause: Cause) -> None:
+        """Count a trigger; keep its cause while there is room."""
         self.triggers += 1
-        if cause is not None and self.has_room():
+        if len(self.later) < _MAX_LATER:
             self.later.append(cause)
 
     def dirty_key(self, resource: str, entity_id: EntityId, enqueued_ms: int) -> DirtyKey:

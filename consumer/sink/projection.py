@@ -329,6 +329,7 @@ def _fast_raw(value: Any) -> Any:
 
 
 def _fast_string(value: Any) -> Any:
+    """``_as_string`` for the common types: a string field's, a key's or a tenant's."""
     kind = type(value)
     if kind is str:
         return value
@@ -394,16 +395,6 @@ _FAST: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _fast_identity(value: Any) -> Any:
-    """``_as_string`` of a key or tenant, for the common types."""
-    kind = type(value)
-    if kind is str:
-        return value
-    if kind is int and -_INT_TEXT_MAX < value < _INT_TEXT_MAX:
-        return str(value)
-    return _SLOW
-
-
 Projector = Callable[[Mapping[str, Any]], Projected]
 
 
@@ -443,10 +434,10 @@ def _compile(resource: Resource) -> Projector:
             record[name] = value
         if group_field is not None:
             record[group_field] = [name for column, name in group_columns if get(column)]
-        tenant_text = _fast_identity(row[tenant])
+        tenant_text = _fast_string(row[tenant])
         if tenant_text is _SLOW:
             tenant_text = _identity(tenant, row)
-        key_text = _fast_identity(row[key])
+        key_text = _fast_string(row[key])
         if key_text is _SLOW:
             key_text = _identity(key, row)
         return Projected(tenant_text, key_text, record, _hash_of(mappings, record))
