@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from consumer.config import KafkaSource
 from consumer.kafka_settings import (
@@ -28,6 +28,8 @@ from consumer.kafka_settings import (
 __all__ = [
     "CORRECTNESS_SETTINGS",
     "abandoned_consumers",
+    "commit_in_rebalance",
+    "commit_reporter",
     "commit_within",
     "consume_batch",
     "consumer_settings",
@@ -135,6 +137,45 @@ def commit_within(
         consumer, lambda: consumer.commit(offsets=offsets, asynchronous=False), timeout_s
     )
     return result if done else None
+
+
+def commit_in_rebalance(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    """Commit the final offsets of revoked partitions from inside the revoke callback.
+
+    A synchronous commit made from another thread while the poll thread is inside a rebalance
+    callback is not answered until the callback returns: ``commit_within`` there waited its
+    whole bound each time, and the group's rebalance with it (tests/e2e/test_rebalance.py). A
+    synchronous commit on the poll thread itself would have no deadline at all. So the commit
+    is asynchronous, made on the callback's thread: librdkafka sends it to the coordinator
+    before the member rejoins, on the same connection, so it is handled before the partitions
+    can be handed to another member. Its outcome reaches the consumer's ``on_commit``; a failed
+    one means the next owner reads some events again, which every stage tolerates.
+    """
+    if offsets:
+        consumer.commit(offsets=offsets, asynchronous=True)
+
+
+def commit_reporter(
+    stage: str, failed: Callable[[], None]
+) -> Callable[[KafkaError | None, list[TopicPartition]], None]:
+    """An ``on_commit`` callback for a stage's consumer: librdkafka reports each asynchronous
+    commit's outcome through it (from ``poll``); a failed one is logged and counted (``failed``)
+    rather than lost. The offsets stay uncommitted until a later commit covers them."""
+
+    def report(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        refused = [tp for tp in partitions if tp.error is not None]
+        if error is None and not refused:
+            return
+        failed()
+        reason = error if error is not None else refused[0].error
+        log.warning(
+            "%s commit of %s failed: %s",
+            stage,
+            describe_partitions((tp.topic, tp.partition) for tp in refused or partitions),
+            reason,
+        )
+
+    return report
 
 
 def release_consumer(

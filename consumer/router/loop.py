@@ -35,6 +35,8 @@ from confluent_kafka import (
 from consumer.config import SyncDefinition
 from consumer.errors import BadRecord, Retryable
 from consumer.kafka import (
+    commit_in_rebalance,
+    commit_reporter,
     commit_within,
     consume_batch,
     consumer_settings,
@@ -184,7 +186,13 @@ class _Router:
                 },
             )
         )
-        self._consumer = Consumer(consumer_settings(kafka, f"{kafka.group_id}.router"))
+        self._consumer = Consumer(
+            consumer_settings(
+                kafka,
+                f"{kafka.group_id}.router",
+                on_commit=commit_reporter("router", self._commit_failed),
+            )
+        )
         self._assigned: set[_PartitionKey] = set()
         self._consumer.subscribe(
             subscription(kafka),
@@ -425,11 +433,11 @@ class _Router:
                 COMMIT_BOUND_S,
             )
         except KafkaException as exc:
-            self.stats.commit_failures += 1
+            self._commit_failed()
             log.warning("commit failed, kept for the next one: %s", exc.args[0])
             return
         if results is None:
-            self.stats.commit_failures += 1
+            self._commit_failed()
             log.warning("commit unanswered after %.0f s, kept for the next one", COMMIT_BOUND_S)
             return
         self.stats.commits += 1
@@ -488,7 +496,12 @@ class _Router:
             self._await_acknowledgements(DRAIN_TIMEOUT_S)
         except Retryable as exc:
             log.warning("revoked with unacknowledged output, not committing it: %s", exc)
-        self._commit(revoked)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._done.items() if (t, p) in revoked]
+        try:
+            commit_in_rebalance(self._consumer, offsets)
+        except KafkaException as exc:
+            self._commit_failed()
+            log.warning("final commit of revoked partitions failed: %s", exc)
         self._forget(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -496,6 +509,9 @@ class _Router:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         log.warning("partitions lost, not committing: %s", sorted(lost))
         self._forget(lost)
+
+    def _commit_failed(self) -> None:
+        self.stats.commit_failures += 1
 
     def _forget(self, partitions: set[_PartitionKey]) -> None:
         self._assigned.difference_update(partitions)

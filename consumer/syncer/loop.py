@@ -27,6 +27,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from consumer.config import REACH_MAX_BATCH, SyncDefinition
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.kafka import (
+    commit_in_rebalance,
+    commit_reporter,
     commit_within,
     consume_batch,
     consumer_settings,
@@ -60,15 +62,15 @@ POLL_TIMEOUT_S = 0.1
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
 # How long a revoke may wait for in-flight windows before giving the partitions up uncommitted:
-# this share of max.poll.interval.ms (librdkafka's default 300 s: 60 s), so that the wait, the
-# final commit (FINAL_COMMIT_BOUND_S) and the next poll stay well inside it. An operator who
+# this share of max.poll.interval.ms (librdkafka's default 300 s: 60 s), so that the wait and
+# the next poll stay well inside it (the final commit does not wait). An operator who
 # lowers max.poll.interval.ms in client_settings (or consumer_settings) lowers this bound with it.
 REVOKE_SHARE = 0.2
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 # How long shutdown waits for in-flight windows, then for the producer to flush.
 DRAIN_BOUND_S = 30.0
 PRODUCER_FLUSH_S = 30.0
-# The synchronous commit of a revoke or a shutdown gives up after this (kafka.commit_within).
+# The synchronous final commit of a shutdown gives up after this (kafka.commit_within).
 FINAL_COMMIT_BOUND_S = 15.0
 # Source-commit → accepted latencies kept for percentiles (the demo and the benchmark).
 LATENCY_SAMPLES = 20_000
@@ -118,7 +120,13 @@ class Syncer:
     def __post_init__(self) -> None:
         kafka = self.definition.source.kafka
         self.revoke_bound_s = revoke_bound_s({**kafka.client_settings, **kafka.consumer_settings})
-        self._consumer = self.consumer_factory(consumer_settings(kafka, f"{kafka.group_id}.syncer"))
+        self._consumer = self.consumer_factory(
+            consumer_settings(
+                kafka,
+                f"{kafka.group_id}.syncer",
+                on_commit=commit_reporter("syncer", self._commit_failed),
+            )
+        )
         self._in_flight = InFlight(self.definition.in_flight)
         self._release_chunk = min(r.delivery.max_keys for r in self.definition.resources.values())
 
@@ -412,8 +420,8 @@ class Syncer:
         3. commit up to the done end, but not past the lowest offset still held.
 
         A synchronous commit here could not finish while a rebalance callback waits on this
-        loop; the revoke handler and shutdown make the final, synchronous commit from the poll
-        thread (_commit_done)."""
+        loop; the revoke handler makes the final commit from its callback, shutdown from the
+        poll thread (_commit_done)."""
         if window.end_offset >= 0:
             part.done_offset = max(part.done_offset or 0, window.end_offset + 1)
         part.held.settle(window)
@@ -477,18 +485,29 @@ class Syncer:
         try:
             self._consumer.commit(offsets=owned, asynchronous=True)
         except KafkaException as exc:
+            self._commit_failed()
             log.warning("commit of partitions %s failed: %s", [tp.partition for tp in owned], exc)
 
-    def _commit_done(self, parts: list[Partition]) -> None:
-        """Synchronously commit what is done; only from the poll thread (revoke, shutdown)."""
+    def _commit_failed(self) -> None:
+        self.stats.commit_failures += 1
+
+    @staticmethod
+    def _final_offsets(parts: list[Partition]) -> list[TopicPartition]:
         done = [(p, p.commit_offset()) for p in parts]
-        offsets = [TopicPartition(p.topic, p.partition, o) for p, o in done if o is not None]
+        return [TopicPartition(p.topic, p.partition, o) for p, o in done if o is not None]
+
+    def _commit_done(self, parts: list[Partition]) -> None:
+        """Synchronously commit what is done, bounded; only from the poll thread at shutdown (a
+        revoke commits from inside its callback: kafka.commit_in_rebalance)."""
+        offsets = self._final_offsets(parts)
         if not offsets:
             return
         try:
             if commit_within(self._consumer, offsets, FINAL_COMMIT_BOUND_S) is None:
+                self._commit_failed()
                 log.error("final commit of %d partitions unanswered", len(offsets))
         except KafkaException as exc:
+            self._commit_failed()
             log.warning("final commit of %d partitions failed: %s", len(offsets), exc)
 
     # --- rebalance and shutdown ------------------------------------------------------------------
@@ -527,7 +546,11 @@ class Syncer:
             for part in parts:
                 if part.running is not None:
                     self._loop.call_soon_threadsafe(part.running.cancel)
-        self._commit_done(parts)
+        try:
+            commit_in_rebalance(self._consumer, self._final_offsets(parts))
+        except KafkaException as exc:
+            self._commit_failed()
+            log.warning("final commit of revoked partitions failed: %s", exc)
         for part in parts:
             self._partitions.pop(part.partition, None)
 

@@ -35,6 +35,8 @@ class SyncerStats:
     audited: int = 0
     retries: int = 0
     commits: int = 0
+    # Commits the broker refused or never answered; their offsets are committed by a later one.
+    commit_failures: int = 0
     # Now, not a count of events: tenants Reach refuses, and the entities held for them.
     blocked_tenants: int = 0
     held: int = 0
