@@ -1,4 +1,6 @@
-"""``reach-sync dev up|status|env|down|seed|load``: the local stack from the command line."""
+"""``reach-sync dev up|status|env|down|stop|start|restart|seed|load``: the local stack from the
+command line. ``stop``, ``start`` and ``restart`` act on one component of a running stack, through
+its supervisor (``control.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reach_devstack import control
 from reach_devstack.process import ComponentError, log_tail
 from reach_devstack.stack import StackEndpoints, StackOptions, stack_env
 from reach_devstack.supervisor import STATE_FILE, options_to_json, read_state, supervise
@@ -28,6 +31,14 @@ UP_TIMEOUT_S = 300.0
 # `dev down` waits this long for a clean stop before it kills the supervisor (its servers then
 # die with it through the parent-death signal).
 DOWN_TIMEOUT_S = 60.0
+# `dev stop|start|restart` waits this long for the supervisor's answer: Debezium's readiness
+# alone may take up to 180 s (stack.DEBEZIUM_READY_TIMEOUT_S), after a stop of up to 15 s.
+CONTROL_TIMEOUT_S = 240.0
+# The stack is up and its endpoints hold: "degraded" is a stack with a component stopped on
+# request (or ended), whose ports, credentials and other servers are the same; `dev env`, `seed`
+# and `load` keep working on it (a tool then meets the stopped server as it would in production).
+RUNNING = ("ready", "degraded")
+COMPONENT_HELP = "broker, postgres, redis, sandbox, debezium (s3 with --durable-broker)"
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -65,6 +76,12 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops all")
     up.add_argument("--no-debezium", action="store_true", help="skip change capture")
     up.add_argument("--no-schemas", action="store_true", help="Debezium JSON without schemas")
+    up.add_argument(
+        "--durable-broker",
+        action="store_true",
+        help="keep the broker's topics and offsets in a local S3 server (moto), so that "
+        "`dev restart broker` keeps them",
+    )
     for name in ("broker", "postgres", "redis", "sandbox"):
         up.add_argument(f"--{name}-port", type=int, default=0, help="0 picks a free port")
     up.set_defaults(handler=reporting(_up))
@@ -89,6 +106,22 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     down = dev_sub.add_parser("down", help="stop the local stack")
     _add_state_dir(down)
     down.set_defaults(handler=reporting(_down))
+
+    for action, help_text in (
+        ("stop", "stop one component of the running stack; it stays stopped"),
+        ("start", "start a stopped component again (same port, data and credentials)"),
+        ("restart", "stop and start one component of the running stack"),
+    ):
+        command = dev_sub.add_parser(
+            action,
+            help=help_text,
+            epilog="Postgres keeps its data, the sandbox its state, Debezium its offsets; Redis "
+            "comes back empty (no persistence, by design); the broker only with --durable-broker. "
+            "exit codes: 0 done; 1 refused, failed, or no running stack",
+        )
+        _add_state_dir(command)
+        command.add_argument("component", help=COMPONENT_HELP)
+        command.set_defaults(handler=reporting(_control))
 
     seed = dev_sub.add_parser("seed", help="(re)create and seed the sample shop database")
     _add_state_dir(seed)
@@ -148,6 +181,7 @@ def _options(args: argparse.Namespace) -> StackOptions:
         sandbox_port=args.sandbox_port,
         with_debezium=not args.no_debezium,
         debezium_schemas=not args.no_schemas,
+        durable_broker=args.durable_broker,
     )
 
 
@@ -218,9 +252,10 @@ def _print_endpoints(endpoints: dict[str, Any], seconds: dict[str, float], as_js
         ep.postgres_dsn.split("@")[-1],
     )
     tables = ", ".join(ep.debezium_tables) or "off"
+    storage = "durable" if ep.broker_storage.startswith("s3:") else "memory"
     lines = [
         f"local stack ready in {seconds.get('total', 0):.1f} s  (state: {ep.state_dir})",
-        f"  broker     {ep.bootstrap_servers}",
+        f"  broker     {ep.bootstrap_servers}  ({storage} storage)",
         f"  postgres   {db_where}  (user {db_user})",
         f"  redis      {ep.redis_url}",
         f"  sandbox    {ep.sandbox_url}  (partner {ep.reach_partner_id})",
@@ -243,8 +278,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps({**state, "status": status}))
         return 0 if alive and status == "ready" else 1
     print(f"stack in {state_dir}: {status}")
+    pids = (state.get("endpoints") or {}).get("pids") or {}
     for name, health in (state.get("components") or {}).items():
-        print(f"  {name:<10} {health if alive else 'not running'}")
+        pid = f"  (pid {pids[name]})" if alive and name in pids else ""
+        print(f"  {name:<10} {health if alive else 'not running'}{pid}")
     if state.get("error"):
         print(state["error"])
     return 0 if alive and status == "ready" else 1
@@ -270,9 +307,10 @@ def _down(args: argparse.Namespace) -> int:
 
 def _ready_endpoints(state_dir: Path) -> StackEndpoints | None:
     """The endpoints of the stack running in ``state_dir``; None if none is, or it is not
-    ready yet (starting, failed, or its supervisor is gone)."""
+    ready yet (starting, failed, or its supervisor is gone). A degraded stack counts (RUNNING):
+    a component stopped on request comes back on the same port with the same credentials."""
     state = read_state(state_dir.resolve())
-    if not state or state.get("status") != "ready" or not _supervisor_alive(state):
+    if not state or state.get("status") not in RUNNING or not _supervisor_alive(state):
         return None
     return StackEndpoints(**state["endpoints"])
 
@@ -289,6 +327,29 @@ def _running_endpoints(state_dir: Path) -> StackEndpoints:
     if endpoints is None:
         raise SystemExit(_no_stack(state_dir))
     return endpoints
+
+
+def _control(args: argparse.Namespace) -> int:
+    """Ask the stack's supervisor (which owns the servers) to act, and wait for its answer."""
+    state_dir: Path = args.state_dir.resolve()
+    state = read_state(state_dir)
+    if not state or state.get("status") not in RUNNING or not _supervisor_alive(state):
+        print(_no_stack(args.state_dir), file=sys.stderr)
+        return 1
+    action: str = args.dev_command
+    request_id = control.write_request(state_dir, action, args.component)
+    try:
+        result = control.wait_result(
+            state_dir, request_id, CONTROL_TIMEOUT_S, lambda: _supervisor_alive(state)
+        )
+    except KeyboardInterrupt:
+        print("dev: interrupted; the supervisor carries on with the request", file=sys.stderr)
+        return 130
+    if not result.get("ok"):
+        print(f"dev: {result.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    print(f"{control.PAST_TENSE[action]} {args.component} in {result.get('seconds', 0):.1f} s")
+    return 0
 
 
 def env_lines(endpoints: StackEndpoints) -> list[str]:

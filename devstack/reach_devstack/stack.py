@@ -3,6 +3,14 @@
 ``LocalStack`` owns the child processes. It is used in-process by the test fixtures and the demo,
 and by the detached supervisor behind ``reach-sync dev up``. The servers that do not depend on
 each other start at the same time; Debezium starts last because it needs the shop tables.
+
+One component can be stopped, started and restarted while the rest runs
+(``stop_component``...), from the spec and readiness probe it was launched with: same port,
+same data, same credentials. What survives is what the component keeps on disk: Postgres its
+data directory, the sandbox its SQLite state, Debezium its offsets; Redis has no persistence on
+purpose and comes back empty. The memory broker would come back empty too, with nothing for
+Debezium or a consumer to resume from, so it is only restarted when durable (its topics in the
+``s3`` component, which itself cannot be stopped alone: it holds them in its memory).
 """
 
 from __future__ import annotations
@@ -10,14 +18,15 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from reach_devstack import broker, postgres, redis
+from reach_devstack import broker, postgres, redis, s3
 from reach_devstack.process import (
     ComponentError,
     ManagedProcess,
@@ -91,6 +100,9 @@ class StackOptions:
     tenants: tuple[tuple[str, str], ...] = DEV_TENANTS
     # The tables Debezium captures.
     debezium_tables: tuple[str, ...] = SHOP_TABLES
+    # The broker's topics and offsets in S3 (a moto server, the "s3" component) rather than in
+    # its memory, so that the broker alone can be restarted without losing them.
+    durable_broker: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ class StackEndpoints:
     debezium_tables: list[str]
     debezium_schemas: bool
     pids: dict[str, int] = field(default_factory=dict)
+    # Tansu's storage URL: memory://, or s3:// for the durable broker.
+    broker_storage: str = broker.MEMORY_STORAGE
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +151,16 @@ def stack_env(endpoints: StackEndpoints) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class _Readiness:
+    """How a component is known to be up, kept from its launch so that a restart waits alike."""
+
+    probe: Callable[[], bool]
+    timeout_s: float
+    # Run before each start: removes what would let the probe pass before the new process is up.
+    before_start: Callable[[], None] | None = None
+
+
 def _port(requested: int, component: str, option: str) -> int:
     if requested == 0:
         return free_port()
@@ -154,6 +178,9 @@ class LocalStack:
         self.processes: dict[str, ManagedProcess] = {}
         self.startup_seconds: dict[str, float] = {}
         self.endpoints: StackEndpoints | None = None
+        self._readiness: dict[str, _Readiness] = {}
+        # Components stopped on request (health says "stopped", not how they exited).
+        self._stopped: set[str] = set()
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -178,7 +205,17 @@ class LocalStack:
         self.startup_seconds["total"] = time.monotonic() - started
         return self.endpoints
 
-    def _launch(self, spec: ProcessSpec) -> ManagedProcess:
+    def _launch(
+        self,
+        spec: ProcessSpec,
+        probe: Callable[[], bool],
+        timeout_s: float = SERVER_READY_TIMEOUT_S,
+        before_start: Callable[[], None] | None = None,
+    ) -> ManagedProcess:
+        """Start a component (``_wait`` for it later); its spec and probe serve its restarts."""
+        self._readiness[spec.name] = _Readiness(probe, timeout_s, before_start)
+        if before_start is not None:
+            before_start()
         process = ManagedProcess(spec)
         self.processes[spec.name] = process
         process.start()
@@ -194,6 +231,9 @@ class LocalStack:
         broker_port = (
             _port(opts.broker_port, broker.NAME, "--broker-port") if opts.with_broker else 0
         )
+        durable = opts.with_broker and opts.durable_broker
+        s3_port = free_port() if durable else 0
+        s3_url = f"http://127.0.0.1:{s3_port}"
         redis_port = _port(opts.redis_port, redis.NAME, "--redis-port")
         pg_port = _port(opts.postgres_port, postgres.NAME, "--postgres-port")
         sandbox_port = _port(opts.sandbox_port, "sandbox", "--sandbox-port")
@@ -210,25 +250,54 @@ class LocalStack:
         credentials = _SandboxCredentials.generate()
         run_as = unprivileged_user()
 
-        # Independent servers first, all at once; initdb overlaps with their start-up.
+        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        storage = s3.STORAGE_URL if durable else broker.MEMORY_STORAGE
+
+        # Independent servers first, all at once; initdb overlaps with their start-up. The
+        # durable broker needs its bucket, so it starts once the S3 server is up.
+        s3_proc = (
+            self._launch(
+                s3.s3_spec(s3_port, self.logs_dir),
+                lambda: s3.s3_ready(s3_url),
+            )
+            if durable
+            else None
+        )
         broker_proc = (
-            self._launch(broker.broker_spec(broker_port, self.logs_dir))
-            if opts.with_broker
+            self._launch(
+                broker.broker_spec(broker_port, self.logs_dir),
+                lambda: broker.broker_ready(bootstrap),
+            )
+            if opts.with_broker and not durable
             else None
         )
         redis_proc = self._launch(
-            redis.redis_spec(redis_port, self.state_dir / "redis", self.logs_dir)
+            redis.redis_spec(redis_port, self.state_dir / "redis", self.logs_dir),
+            lambda: redis.redis_ready(redis_url),
         )
-        sandbox_proc = self._launch(self._sandbox_spec(sandbox_port, credentials))
+        sandbox_proc = self._launch(
+            self._sandbox_spec(sandbox_port, credentials), lambda: _sandbox_ready(sandbox_url)
+        )
         postgres.init_cluster(pg, run_as, self.logs_dir / "postgres.log")
-        pg_proc = self._launch(postgres.postgres_spec(pg, run_as, self.logs_dir))
+        pg_proc = self._launch(
+            postgres.postgres_spec(pg, run_as, self.logs_dir),
+            lambda: postgres.postgres_ready(pg),
+        )
+        if s3_proc is not None:
+            self._wait(s3_proc)
+            s3.create_bucket(s3_url)
+            broker_proc = self._launch(
+                broker.broker_spec(
+                    broker_port, self.logs_dir, storage, s3.broker_storage_env(s3_url)
+                ),
+                lambda: broker.broker_ready(bootstrap),
+            )
 
-        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
         if broker_proc is not None:
-            self._wait(broker_proc, lambda: broker.broker_ready(bootstrap))
-        self._wait(redis_proc, lambda: redis.redis_ready(redis_url))
-        self._wait(sandbox_proc, lambda: _sandbox_ready(sandbox_url))
-        self._wait(pg_proc, lambda: postgres.postgres_ready(pg))
+            self._wait(broker_proc)
+        self._wait(redis_proc)
+        self._wait(sandbox_proc)
+        self._wait(pg_proc)
         postgres.create_database(pg)
         if opts.seed_shop:
             self._seed(pg.dsn)
@@ -251,13 +320,15 @@ class LocalStack:
             topic_prefix=opts.topic_prefix,
             debezium_tables=list(opts.debezium_tables) if opts.with_debezium else [],
             debezium_schemas=opts.debezium_schemas,
-            pids={name: p.pid for name, p in self.processes.items() if p.pid is not None},
+            pids=self.current_pids(),
+            broker_storage=storage if opts.with_broker else "",
         )
 
-    def _wait(
-        self, process: ManagedProcess, probe: Any, timeout_s: float = SERVER_READY_TIMEOUT_S
-    ) -> None:
-        self.startup_seconds[process.spec.name] = wait_until(process, probe, timeout_s)
+    def _wait(self, process: ManagedProcess) -> None:
+        readiness = self._readiness[process.spec.name]
+        self.startup_seconds[process.spec.name] = wait_until(
+            process, readiness.probe, readiness.timeout_s
+        )
 
     def _sandbox_spec(self, port: int, credentials: _SandboxCredentials) -> ProcessSpec:
         from reach_sandbox.cli import server_command
@@ -291,7 +362,12 @@ class LocalStack:
         )
 
     def _start_debezium(self, pg: postgres.PostgresConfig, bootstrap: str) -> None:
-        from reach_devstack.debezium import DebeziumSettings, debezium_command, is_ready
+        from reach_devstack.debezium import (
+            READY_MARKER,
+            DebeziumSettings,
+            debezium_command,
+            is_ready,
+        )
 
         state = self.state_dir / "debezium"
         state.mkdir(parents=True, exist_ok=True)
@@ -316,21 +392,115 @@ class LocalStack:
             argv=debezium_command(settings),
             log_path=self.logs_dir / "debezium.log",
         )
-        process = self._launch(spec)
-        self._wait(process, lambda: is_ready(state), DEBEZIUM_READY_TIMEOUT_S)
+        # The runner removes a stale marker itself, and is_ready checks the marker's pid is
+        # alive; removing it before each start as well keeps a restart's wait honest even if
+        # the old runner's pid were already reused.
+        process = self._launch(
+            spec,
+            lambda: is_ready(state),
+            DEBEZIUM_READY_TIMEOUT_S,
+            before_start=lambda: (state / READY_MARKER).unlink(missing_ok=True),
+        )
+        self._wait(process)
 
     def health(self) -> dict[str, str]:
-        """Per component: "running", or how it ended."""
+        """Per component: "running", "stopped" (on request), or how it ended."""
         report = {}
-        for name, process in self.processes.items():
+        for name, process in list(self.processes.items()):
             code = process.exit_code()
-            report[name] = "running" if code is None else f"exited with code {code}"
+            if name in self._stopped:
+                report[name] = "stopped"
+            else:
+                report[name] = "running" if code is None else f"exited with code {code}"
         return report
+
+    def current_pids(self) -> dict[str, int]:
+        """The pid of each running component (a restart changes it; a stopped one has none)."""
+        return {
+            name: process.pid
+            for name, process in list(self.processes.items())
+            if process.pid is not None and process.alive()
+        }
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component as ``stop()`` would; it stays stopped until ``start_component``."""
+        self._check_stoppable(name)
+        if name in self._stopped:
+            return  # its old pid may belong to another process by now: not signalled again
+        self._stopped.add(name)
+        try:
+            self.processes[name].stop()
+        finally:
+            self._refresh_pids()
+
+    def start_component(self, name: str) -> None:
+        """Start a stopped (or ended) component from its spec and wait as at stack start."""
+        self._check_component(name)
+        if self.processes[name].alive():
+            raise ComponentError(name, "already running; a restart stops and starts it")
+        if name == s3.NAME:
+            raise ComponentError(
+                name,
+                "ended, and the durable broker's data with it; start the stack again "
+                "(`reach-sync dev down`, then `dev up --durable-broker`)",
+            )
+        readiness = self._readiness[name]
+        if readiness.before_start is not None:
+            readiness.before_start()
+        process = ManagedProcess(self.processes[name].spec)
+        process.start()
+        # Only a started process replaces the old one: the health loop never sees a half one.
+        self.processes[name] = process
+        self._stopped.discard(name)
+        try:
+            wait_until(process, readiness.probe, readiness.timeout_s)
+        except ComponentError:
+            # Not left half up: it is stopped, and the error says why.
+            self._stopped.add(name)
+            process.stop()
+            raise
+        finally:
+            self._refresh_pids()
+
+    def restart_component(self, name: str) -> None:
+        """``stop_component`` then ``start_component``."""
+        self._check_stoppable(name)
+        self.stop_component(name)
+        self.start_component(name)
+
+    def _check_component(self, name: str) -> None:
+        if name not in self.processes:
+            valid = ", ".join(self.processes) or "none, the stack is not started"
+            raise ComponentError(name, f"no such component in this stack; it has: {valid}")
+
+    def _check_stoppable(self, name: str) -> None:
+        """Refuse to stop what would come back without the data the rest of the stack expects."""
+        self._check_component(name)
+        if name == broker.NAME and not self.options.durable_broker:
+            raise ComponentError(
+                name,
+                "memory storage: a broker restart loses every topic and offset, so it is not "
+                "stopped alone; start the stack with `reach-sync dev up --durable-broker` for a "
+                "broker that keeps them",
+            )
+        if name == s3.NAME:
+            raise ComponentError(
+                name,
+                "holds the durable broker's topics and offsets in its own memory; stopping it "
+                "would lose them all, so it is not stopped alone (`reach-sync dev down` stops "
+                "the whole stack)",
+            )
+
+    def _refresh_pids(self) -> None:
+        if self.endpoints is not None:
+            self.endpoints = replace(self.endpoints, pids=self.current_pids())
 
     def stop(self) -> None:
         """Stop in reverse order of start, so producers go before the broker they write to."""
         errors: list[str] = []
         for name, process in reversed(list(self.processes.items())):
+            if name in self._stopped and not process.alive():
+                continue  # already stopped on request; its old pid may belong to another now
             try:
                 process.stop()
             except Exception as exc:

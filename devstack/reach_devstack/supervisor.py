@@ -3,6 +3,8 @@
 The stack's servers are this process's children and die with it (parent-death signal), so
 ``dev down`` only has to stop this one process; even ``kill -9`` of it leaves nothing behind.
 Its state file is how ``dev up``, ``dev status`` and ``dev down`` (other processes) see the stack.
+It also carries out ``dev stop|start|restart COMPONENT``, asked through files (``control.py``),
+and after each rewrites the state: the components' health, their pids, "ready" or "degraded".
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reach_devstack import control
 from reach_devstack.process import ComponentError
-from reach_devstack.stack import LocalStack, StackOptions
+from reach_devstack.stack import LocalStack, StackEndpoints, StackOptions
 
 __all__ = ["STATE_FILE", "options_from_json", "options_to_json", "read_state", "supervise"]
 
 STATE_FILE = "stack.json"
-# How often the supervisor checks that its children are still running.
-HEALTH_INTERVAL_S = 1.0
+# How often the supervisor looks for control requests and checks that its children are still
+# running (a poll of each child and a directory listing: nothing for a 2-core machine).
+POLL_INTERVAL_S = 0.2
 
 
 class _StopRequested(Exception):
@@ -97,26 +101,20 @@ def supervise(options: StackOptions, on_ready: Any = None) -> int:
             _write_state(state_dir, status="stopped", **base)
             return 130
         starting = False
-        ready = {
-            "endpoints": endpoints.to_json(),
-            "startup_seconds": {k: round(v, 2) for k, v in stack.startup_seconds.items()},
-            **base,
-        }
-        _write_state(state_dir, status="ready", components=stack.health(), **ready)
+        startup = {k: round(v, 2) for k, v in stack.startup_seconds.items()}
+        last_health: dict[str, str] = {}
+
+        def write_running_state() -> None:
+            nonlocal last_health
+            last_health = _write_running_state(state_dir, stack, endpoints, startup, base)
+
+        write_running_state()
         if on_ready is not None:
             on_ready(endpoints, stack.startup_seconds)
-        last_health = stack.health()
-        while not stop.wait(HEALTH_INTERVAL_S):
-            health = stack.health()
-            if health != last_health:
-                degraded = any(v != "running" for v in health.values())
-                _write_state(
-                    state_dir,
-                    status="degraded" if degraded else "ready",
-                    components=health,
-                    **ready,
-                )
-                last_health = health
+        while not stop.wait(POLL_INTERVAL_S):
+            control.serve(state_dir, stack, before_answer=write_running_state)
+            if stack.health() != last_health:
+                write_running_state()
         stack.stop()
         _write_state(state_dir, status="stopped", **base)
         return 0
@@ -124,6 +122,27 @@ def supervise(options: StackOptions, on_ready: Any = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         stack.stop()
+
+
+def _write_running_state(
+    state_dir: Path,
+    stack: LocalStack,
+    endpoints: StackEndpoints,
+    startup: dict[str, float],
+    base: dict[str, Any],
+) -> dict[str, str]:
+    """The state of a started stack: "ready" when every component runs, else "degraded" (one
+    stopped on request, or ended); the pids as they are now. Returns the health it wrote."""
+    health = stack.health()
+    _write_state(
+        state_dir,
+        status="ready" if all(v == "running" for v in health.values()) else "degraded",
+        components=health,
+        endpoints={**endpoints.to_json(), "pids": stack.current_pids()},
+        startup_seconds=startup,
+        **base,
+    )
+    return health
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -156,3 +157,48 @@ def test_port_in_use_names_the_component_and_the_fix(state_root: Path) -> None:
     message = result.stderr.strip().splitlines()[0]
     assert message.startswith("dev: redis: port")
     assert "--redis-port" in message
+
+
+def _status_json(state_dir: Path) -> tuple[int, dict[str, Any]]:
+    result = _cli("dev", "status", "--state-dir", str(state_dir), "--json")
+    state: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, state
+
+
+def test_one_component_stopped_started_and_restarted_through_the_cli(state_root: Path) -> None:
+    state_dir = state_root / "dev-control"
+    endpoints = _up(state_dir, "--no-debezium")
+    where = ("--state-dir", str(state_dir))
+    try:
+        restarted = _cli("dev", "restart", "redis", *where)
+        assert restarted.returncode == 0, restarted.stderr
+        assert re.fullmatch(r"restarted redis in \d+\.\d s\n", restarted.stdout)
+        code, state = _status_json(state_dir)
+        assert (code, state["status"], state["components"]["redis"]) == (0, "ready", "running")
+        assert state["endpoints"]["pids"]["redis"] != endpoints["pids"]["redis"]
+        assert redis.Redis.from_url(endpoints["redis_url"]).ping()  # the same port
+
+        stopped = _cli("dev", "stop", "redis", *where)
+        assert (stopped.returncode, stopped.stderr) == (0, ""), stopped.stderr
+        assert stopped.stdout.startswith("stopped redis in ")
+        code, state = _status_json(state_dir)
+        assert (code, state["status"], state["components"]["redis"]) == (1, "degraded", "stopped")
+        assert "redis" not in state["endpoints"]["pids"]
+        assert "  redis      stopped\n" in _cli("dev", "status", *where).stdout
+        # The stack is still there for the tools that read its endpoints.
+        assert _cli("dev", "env", *where).returncode == 0
+
+        refused = _cli("dev", "restart", "broker", *where)
+        assert refused.returncode == 1
+        assert "memory storage" in refused.stderr and "--durable-broker" in refused.stderr
+
+        started = _cli("dev", "start", "redis", *where)
+        assert started.returncode == 0, started.stderr
+        code, state = _status_json(state_dir)
+        assert (code, state["status"], state["components"]["redis"]) == (0, "ready", "running")
+        assert not list((state_dir / "control").iterdir())  # every request answered and read
+    finally:
+        assert _cli("dev", "down", *where).returncode == 0
+    gone = _cli("dev", "restart", "redis", *where)
+    assert gone.returncode == 1
+    assert "no ready stack" in gone.stderr

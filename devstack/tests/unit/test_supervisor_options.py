@@ -18,6 +18,7 @@ def test_every_option_survives_the_trip_through_json(tmp_path: Path) -> None:
         tenants=(("t-1", "merchant-1"),),
         debezium_tables=("public.members",),
         snapshot_mode="no_data",
+        durable_broker=True,
     )
     assert options_from_json(options_to_json(options)) == options
 
