@@ -57,6 +57,9 @@ class Ignored:
 
 
 _NULL = msgspec.Raw(b"null")
+# What decoding a message can raise: msgspec's errors, and RecursionError for a value nested
+# deeper than msgspec follows (a poison message: let through, it stopped the router for good).
+_UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
 class _Source(msgspec.Struct):
@@ -195,11 +198,11 @@ class EventDecoder:
                 envelope = _envelope_decoder.decode(payload)
                 self.shortcuts += 1
                 return envelope
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except _UNDECODABLE:
                 pass  # not that shape after all: the full path decodes it, or says why not
         try:
             decoded = _value_decoder.decode(value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except _UNDECODABLE as exc:
             raise DecodeError(f"the value is not a Debezium envelope: {exc}") from exc
         if decoded.payload is None:
             return decoded
@@ -212,7 +215,7 @@ class EventDecoder:
             try:
                 columns: dict[str, Any] = _object_decoder.decode(payload)
                 return columns
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except _UNDECODABLE:
                 pass  # not an object after all: the full path says why
         key, schema = _decode_key(raw)
         if raw is not None:
@@ -226,7 +229,7 @@ class EventDecoder:
                 image: dict[str, Any] = _object_decoder.decode(raw)
                 return image
             projected = decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except _UNDECODABLE as exc:
             raise DecodeError(f"the {name} image is not an object: {exc}") from exc
         return {column: getattr(projected, attr) for column, attr in self._columns[table]}
 
@@ -274,11 +277,11 @@ def _decode_key(raw: bytes | None) -> tuple[dict[str, Any], msgspec.Raw]:
         try:
             wrapped = _wrapped_key_decoder.decode(raw)
             return wrapped.payload, wrapped.schema
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _UNDECODABLE:
             pass  # not that shape after all: decoded generically below, with its error
     try:
         key = _object_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except _UNDECODABLE as exc:
         raise DecodeError(f"the key is not JSON: {exc}") from exc
     if key.keys() == {"schema", "payload"}:
         payload = key["payload"]

@@ -214,3 +214,24 @@ def test_a_message_that_only_starts_like_a_known_prefix_is_judged_whole() -> Non
     key_at = key.index(b',"payload":') + len(b',"payload":')
     with pytest.raises(DecodeError, match="payload is not an object"):
         decoder.decode(key[:key_at] + b"null}", value, topic)
+
+
+def test_a_value_or_key_nested_too_deeply_is_refused_not_raised_past_the_router() -> None:
+    """msgspec raises RecursionError, not a DecodeError, for nesting deeper than it follows; let
+    through, it stopped the router, and the restarted router on the same event, for good."""
+    record = _first_change("customers")
+    key, value, topic = _wire(record)
+    assert key is not None and value is not None
+    nested = b"[" * 100_000 + b"]" * 100_000
+    deep_value = value.replace(b'"email":', b'"deep":' + nested + b',"email":', 1)
+    deep_key = b'{"id":1,"path":' + nested + b"}"
+    for decoder in (EventDecoder(), EventDecoder({"public.customers": ["email"]})):
+        with pytest.raises(DecodeError, match="not a Debezium envelope"):
+            decoder.decode(key, deep_value, topic)
+        decoder.decode(key, value, topic)  # the topic's schema prefix is known from now on
+        with pytest.raises(DecodeError, match="not a Debezium envelope"):
+            decoder.decode(key, deep_value, topic)
+        with pytest.raises(DecodeError, match="the key is not JSON"):
+            decoder.decode(deep_key, value, topic)
+    with pytest.raises(DecodeError):
+        decode_event(key, deep_value)
