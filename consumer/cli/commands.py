@@ -36,9 +36,10 @@ from consumer.cli.status import add_status_command
 from consumer.config import SyncDefinition
 from consumer.config_file import located
 from consumer.definition_diff import diff_definitions
-from consumer.errors import ConfigurationError, DefinitionError, SyncError
+from consumer.errors import ConfigurationError, DefinitionError, Retryable, SyncError
 from consumer.kafka import abandoned_consumers
 from consumer.observe.logs import definition_secrets
+from consumer.retry_policy import retry_delay
 from consumer.router.dirty import EntityId
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.projection import project
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # run: a progress line in the log this often (INFO).
 PROGRESS_INTERVAL_S = 30.0
+# Waiting for an unreachable source database before starting (exponential, full jitter).
+SOURCE_RETRY_BASE_S = 0.5
+SOURCE_RETRY_CAP_S = 30.0
 ROLE_HELP = (
     "which stages this process runs. all (the default): both, in one process. router: stage 1 "
     "only: reads the Debezium topics and writes a dirty key per changed entity to the dirty "
@@ -212,6 +216,47 @@ def _tune_malloc() -> None:
         mallopt(param, value)
 
 
+def _checked_source(
+    definition: SyncDefinition, path: Path, stop: threading.Event
+) -> DefinitionError | None:
+    """``check_source``, waited for while the database cannot be reached (with backoff, until
+    ``stop``): an unreachable database is an outage to ride out, as it is once running (a
+    process started during one, a restarted pod say, would otherwise exit and be restarted in
+    a loop). A definition the database refuses still stops the start at once."""
+    attempt = 0
+    while True:
+        try:
+            return check_source(definition, path)
+        except Retryable as exc:
+            attempt += 1
+            delay = retry_delay(attempt, base_s=SOURCE_RETRY_BASE_S, cap_s=SOURCE_RETRY_CAP_S)
+            log.warning("%s; checking again in %.1f s", exc, delay)
+            if stop.wait(delay):
+                return None
+
+
+def _start_problems(
+    definition: SyncDefinition, path: Path, role: str, stop: threading.Event
+) -> list[str]:
+    """What in the definition stops ``run`` from starting, as the database and Reach show it."""
+    problems: list[str] = []
+    try:
+        # A column that is not there would fail silently for hours: refuse to start instead.
+        _noted(_checked_source(definition, path, stop))
+    except DefinitionError as exc:
+        problems += exc.problems
+    if role != "router" and not stop.is_set():  # the router never talks to Reach
+        try:
+            # So would a field Reach refuses in every record. But Reach being down (or refusing
+            # to list its schemas) is the pipeline's to ride out: it does not stop a start.
+            check_reach(definition, path)
+        except DefinitionError as exc:
+            problems += exc.problems
+        except SyncError as exc:
+            log.warning("not checked against Reach's schemas (%s); starting anyway", exc)
+    return problems
+
+
 def _run(args: argparse.Namespace) -> int:
     from consumer.observe.telemetry import start_tracing, stop_tracing
 
@@ -224,27 +269,16 @@ def _run(args: argparse.Namespace) -> int:
     definition = load(path, level)
     if definition is None:
         return EXIT_CONFIG
-    problems: list[str] = []
-    try:
-        # A column that is not there would fail silently for hours: refuse to start instead.
-        _noted(check_source(definition, path))
-    except DefinitionError as exc:
-        problems += exc.problems
-    except SyncError as exc:
-        return failed("run", exc)
-    if args.role != "router":  # the router never talks to Reach
-        try:
-            # So would a field Reach refuses in every record. But Reach being down (or refusing
-            # to list its schemas) is the pipeline's to ride out: it does not stop a start.
-            check_reach(definition, path)
-        except DefinitionError as exc:
-            problems += exc.problems
-        except SyncError as exc:
-            log.warning("not checked against Reach's schemas (%s); starting anyway", exc)
-    if problems:
-        return _told(located(path, problems))
     stop = threading.Event()
     install_stop_signals(stop)
+    try:
+        problems = _start_problems(definition, path, args.role, stop)
+    except SyncError as exc:
+        return failed("run", exc)
+    if stop.is_set():
+        return 0
+    if problems:
+        return _told(located(path, problems))
     stats = ServiceStats()
     reporter = ProgressLog(stats, args.role, PROGRESS_INTERVAL_S)
     code = 0

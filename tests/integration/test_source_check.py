@@ -4,7 +4,13 @@ path, all at once, and ``run`` refuses to start on it."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -519,3 +525,40 @@ def _fake_service(monkeypatch: pytest.MonkeyPatch) -> list[SyncDefinition]:
     monkeypatch.setattr(consumer.service, "install_stop_signals", lambda stop: None)
     monkeypatch.setattr(commands, "abandoned_consumers", lambda: 0)
     return started
+
+
+def test_run_waits_for_an_unreachable_database_and_stops_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """A process started during a database outage (a restarted pod, a kill -9 under load) rides
+    it out as a running one does; it used to exit 1 at its definition check, so an orchestrator
+    restarted it in a loop until the database was back."""
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        "REACH_SYNC_DATABASE_URL": f"postgresql://reach:pw@127.0.0.1:{port}/shop",
+    }
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli.main", "run", str(EXAMPLE)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "checking again" not in log_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.2)
+        assert "source database unavailable for the definition check" in log_path.read_text()
+        time.sleep(2.0)  # more than one retry: it keeps waiting
+        assert process.poll() is None, log_path.read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
