@@ -111,7 +111,12 @@ def _child_setup(run_as: RunAs | None, parent_pid: int) -> Callable[[], None]:
 
 @dataclass
 class ManagedProcess:
-    """One running component. Stop it with ``stop()``; it also dies with its parent."""
+    """One running component. Stop it with ``stop()``; it also dies with its parent.
+
+    "Its parent" is the thread that called ``start()``: Linux sends the parent-death signal when
+    that thread ends, not the process. Start components from a thread that lives as long as
+    they should (the main thread, or one kept for the purpose, as the chaos run does).
+    """
 
     spec: ProcessSpec
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)

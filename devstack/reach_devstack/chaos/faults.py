@@ -1,0 +1,215 @@
+"""How each kind of fault is done to the running stack and the reach-sync processes.
+
+A fault runs in a worker thread of the run (run.py) for its whole duration, so a Postgres
+outage does not hold the next kill back. Two faults never handle the same reach-sync process or
+the same component at once: a fault whose target is busy is skipped and logged as such (the
+schedule stays the seed's; what it hit is in the log).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis
+
+from reach_devstack.chaos.fleet import Fleet, Member
+from reach_devstack.chaos.plan import ChaosPlan, Fault
+from reach_devstack.stack import LocalStack
+
+__all__ = ["REACH_FAULTS", "FaultLog", "Injector"]
+
+# The sandbox's fault specs for each Reach kind (sandbox/reach_sandbox/README.md, "Faults").
+# reach-sync's request timeout is the definition's destination.timeout_s, 30 s by default: a
+# hang is longer, so the client gives up first.
+REACH_FAULTS: dict[str, Mapping[str, Any]] = {
+    "reach_429": {"kind": "rate_limit", "retry_after_seconds": 1, "rate": 0.5},
+    "reach_5xx": {"kind": "error", "status": 500, "rate": 0.2},
+    "reach_status_lost": {
+        "kind": "error",
+        "status": 500,
+        "rate": 0.5,
+        "method": "GET",
+        "path_prefix": "/api/batches",
+    },
+    "reach_lost_answer": {"kind": "error", "status": 503, "rate": 0.2, "after_apply": True},
+    "reach_hang": {"kind": "timeout", "seconds": 35.0, "rate": 0.05},
+    "reach_drop": {"kind": "timeout", "seconds": 0.2, "drop": True, "rate": 0.1},
+    "reach_slow_batches": {"kind": "batch_delay", "seconds": 3.0, "rate": 1.0},
+}
+
+
+@dataclass
+class FaultLog:
+    """Every fault as it started and ended, in seconds since the load began; printed as it goes
+    and kept for the report."""
+
+    started_at: float
+    lines: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    # (start, end) of every fault that stops a part of the system, for the stall check.
+    windows: list[tuple[float, float, str]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def say(self, text: str) -> None:
+        line = f"{self.now():7.1f} s  {text}"
+        with self._lock:
+            self.lines.append(line)
+        print(f"chaos: {line}", flush=True)
+
+    def done(self, kind: str, start: float) -> None:
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self.windows.append((start, self.now(), kind))
+
+    def skip(self, kind: str, why: str) -> None:
+        with self._lock:
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        self.say(f"{kind} skipped: {why}")
+
+
+@dataclass
+class Injector:
+    """Does one Fault; ``malformed`` is the run's own injection of bad input (run.py)."""
+
+    plan: ChaosPlan
+    stack: LocalStack
+    fleet: Fleet
+    sandbox_url: str
+    admin_token: str
+    redis_url: str
+    log: FaultLog
+    malformed: Callable[[], str]
+    # Runs a process start on the run's one long-lived spawning thread and waits for it: a
+    # child dies with the thread that started it (process.py), and fault threads end.
+    spawn: Callable[[Callable[[], None]], None]
+    _busy: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, fault: Fault) -> None:
+        """Do ``fault`` (blocking for its duration); never raises: a fault that could not be
+        done is logged, counted as skipped, and the run goes on."""
+        target = self._target(fault)
+        if not self._claim(target):
+            self.log.skip(fault.kind, f"{target} is busy with another fault")
+            return
+        start = self.log.now()
+        try:
+            self._do(fault)
+        except Exception as exc:  # a fault's own failure is a finding, not the run's end
+            self.log.skip(fault.kind, f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._release(target)
+        self.log.done(fault.kind, start)
+
+    def revive_crashed(self) -> list[str]:
+        """Start again every member that ended on its own (not one a fault is handling): a
+        crash is a finding, named with its exit code and log, and the run goes on."""
+        revived = []
+        for member in self.fleet.members:
+            if member.alive() or not self._claim(member.name):
+                continue
+            try:
+                if not member.alive():
+                    code, log_path = member.exit_code(), member.log_paths[-1]
+                    self.spawn(member.start)
+                    revived.append(f"{member.name} (exit code {code}; log {log_path})")
+            finally:
+                self._release(member.name)
+        return revived
+
+    def _target(self, fault: Fault) -> str:
+        if fault.kind in ("kill", "sigstop"):
+            return self.fleet.pick(fault.pick).name
+        if fault.kind.startswith("reach_"):
+            return fault.kind
+        if fault.kind.startswith("redis"):
+            return "redis"
+        return {"postgres_down": "postgres", "broker_restart": "broker"}.get(fault.kind, fault.kind)
+
+    def _claim(self, target: str) -> bool:
+        with self._lock:
+            if target in self._busy:
+                return False
+            self._busy.add(target)
+            return True
+
+    def _release(self, target: str) -> None:
+        with self._lock:
+            self._busy.discard(target)
+
+    def _do(self, fault: Fault) -> None:
+        kind = fault.kind
+        if kind == "kill":
+            self._kill(self.fleet.pick(fault.pick), random.Random(fault.pick))  # noqa: S311 - chaos
+        elif kind == "sigstop":
+            member = self.fleet.pick(fault.pick)
+            self.log.say(f"SIGSTOP {member.name} (pid {member.pid}) for {fault.seconds:.1f} s")
+            member.freeze()
+            time.sleep(fault.seconds)
+            member.thaw()
+            self.log.say(f"SIGCONT {member.name}")
+        elif kind == "redis_restart":
+            self.log.say("Redis restart")
+            self.spawn(lambda: self.stack.restart_component("redis"))
+        elif kind == "redis_flushall":
+            self.log.say("Redis FLUSHALL")
+            client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+        elif kind == "postgres_down":
+            self._outage("postgres", fault.seconds)
+        elif kind == "broker_restart":
+            self._outage("broker", fault.seconds)
+        elif kind in REACH_FAULTS:
+            self._reach(kind, fault.seconds)
+        elif kind == "malformed":
+            self.log.say(f"malformed input: {self.malformed()}")
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+
+    def _kill(self, member: Member, rng: random.Random) -> None:
+        if not member.alive():
+            self.log.say(f"kill -9 {member.name}: not running")
+            return
+        self.log.say(f"kill -9 {member.name} (pid {member.pid})")
+        member.kill()
+        time.sleep(rng.uniform(*self.plan.down_s))
+        self.spawn(member.start)
+        self.log.say(f"started {member.name} again (pid {member.pid})")
+
+    def _outage(self, component: str, seconds: float) -> None:
+        self.log.say(f"{component} stopped for {seconds:.1f} s")
+        self.stack.stop_component(component)
+        time.sleep(seconds)
+        self.spawn(lambda: self.stack.start_component(component))
+        self.log.say(f"{component} started again")
+        # The embedded Debezium may give up while its database or broker is away; a Kafka
+        # Connect worker would restart its task, so the run restarts the engine, and says so.
+        if self.stack.health().get("debezium", "running") != "running":
+            self.log.say("Debezium ended during the outage; starting it again")
+            self.spawn(lambda: self.stack.start_component("debezium"))
+
+    def _reach(self, kind: str, seconds: float) -> None:
+        spec = REACH_FAULTS[kind]
+        headers = {"authorization": f"Bearer {self.admin_token}"}
+        with httpx.Client(base_url=self.sandbox_url, headers=headers, timeout=10) as http:
+            fault_id = http.post("/_admin/faults", json=dict(spec)).raise_for_status().json()["id"]
+            self.log.say(f"{kind} for {seconds:.1f} s: {dict(spec)}")
+            try:
+                time.sleep(seconds)
+            finally:
+                http.delete(f"/_admin/faults/{fault_id}").raise_for_status()
+            self.log.say(f"{kind} over")
