@@ -1,12 +1,13 @@
 """What became of a backfill's keys: sent, skipped as unchanged, or dead-lettered.
 
 Counted from the topics that record outcomes, for the keys whose cause names one of the
-backfill's runs: the audit (every record Reach accepted and every delete) and the dead-letter
-topic. A key with neither was skipped as unchanged (dedup), since the syncer commits a key only
-once it has an outcome. Read from the offsets the topics had when the backfill started, so the
-read is as long as the backfill's share, not the topics' history. An entity whose window also
-held eight earlier live changes keeps only those causes and counts as skipped (the audit keeps
-the first eight causes of a window).
+backfill's runs: the audit (every record Reach accepted and every delete; its write-ahead
+``sending`` records are not outcomes and are not counted) and the dead-letter topic. A key with
+neither was skipped as unchanged (dedup), since the syncer commits a key only once it has an
+outcome. Read from the offsets the topics had when the backfill started, so the read is as long
+as the backfill's share, not the topics' history. An entity whose window also held eight
+earlier live changes keeps only those causes and counts as skipped (the audit keeps the first
+eight causes of a window).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 from confluent_kafka import Consumer
 
 from consumer.config import SyncDefinition
-from consumer.records.audit import decode_audit
+from consumer.records.audit import SENDING, decode_audit
 from consumer.records.deadletter import DeadLetterRecord
 from consumer.records.dlq_read import MissingTopic, end_offsets, messages_to_end, reader_settings
 from consumer.router.dirty import Cause
@@ -83,7 +84,7 @@ def _count(
                 record = decode_audit(value)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue
-            if _ours(record.causes, runs):
+            if record.outcome != SENDING and _ours(record.causes, runs):
                 entity = (record.resource, record.id)
                 (deleted if record.kind == "delete" else sent).add(entity)
         consumer.unassign()

@@ -231,7 +231,10 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="the history of what was sent for one entity and why, newest first",
         description="Every record Reach accepted and every delete for one entity, newest first: "
         "when, tenant, batch, payload hash, fields sent and the triggers that caused it. "
-        "Recomputes skipped as unchanged were not sent and are not listed.",
+        "Each send is shown once, with when it was announced (its write-ahead sending record); "
+        "a send that left and whose outcome no record gives (the process ended before the "
+        "answer) is shown as outcome sending. Recomputes skipped as unchanged were not sent "
+        "and are not listed.",
         epilog="exit codes: 0 done; 1 broker unavailable; 2 bad definition or no such audit "
         "topic; 3 nothing audited for this entity (and filters)",
     )

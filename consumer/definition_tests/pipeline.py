@@ -31,7 +31,7 @@ from consumer.definition_tests.direct import as_sent
 from consumer.definition_tests.observed import Observations, Observed
 from consumer.errors import ConfigurationError
 from consumer.kafka import consumer_settings
-from consumer.records.audit import decode_audit
+from consumer.records.audit import SENDING, decode_audit
 from consumer.records.deadletter import DeadLetterRecord
 from consumer.records.dlq_read import MissingTopic, end_offsets, messages_to_end, reader_settings
 
@@ -223,6 +223,8 @@ class PipelineCase:
         audit, dead = self.definition.topics.audit, self.definition.topics.dead_letter
         for value in self._values(audit, before.get(audit, {})):
             record = decode_audit(value)
+            if record.outcome == SENDING:  # written ahead of the request: not an outcome
+                continue
             if record.kind == "delete":
                 found[record.resource][record.id] = Observed("deleted", tenant=record.tenant)
             else:

@@ -1,13 +1,17 @@
-"""The audit topic: a durable record of every record Reach accepted and every entity it deleted.
+"""The audit topic: a durable record of every record Reach accepted and every entity it deleted,
+and, written ahead, of every record and delete about to leave for Reach (outcome ``sending``).
 
 What may be in a record is decided here, from the definition alone (``audited_fields``): never a
 ``pii: send`` or ``pii: hash`` value, nor an unmapped column. A record skipped as unchanged was
 not sent and is not audited. Records are keyed ``resource/id`` with librdkafka's default
 partitioner pinned, so ``audit why`` reads only the entity's partition (``audit_partition``).
 
-The syncer calls ``AuditWriter.record`` as delivery reports each request, then ``flush``, before
-the sends are remembered in the last-sent store and offsets committed; ``flush`` raises Retryable
-until the broker acknowledged every record. The long story: docs/design.md, "Audit".
+The syncer calls ``AuditWriter.announce``, then ``flush``, before each request leaves (the
+request is not made unless the broker acknowledged the ``sending`` records: a process that dies
+after it left still leaves a record of what Reach may apply); and ``AuditWriter.record`` as
+delivery reports each request's outcome, then ``flush``, before the sends are remembered in the
+last-sent store and offsets committed; ``flush`` raises Retryable until the broker acknowledged
+every record. The long story: docs/design.md, "Audit".
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -30,16 +34,18 @@ from consumer.errors import Retryable
 from consumer.kafka import producer_settings
 from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
 from consumer.router.topics import ADMIN_TIMEOUT_S, BROKER_DEFAULT_REPLICATION, _created_or_exists
-from consumer.sink.outcomes import Removed, Sent
-from consumer.sink.projection import msgspec_hook
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
+from consumer.sink.projection import Projected, msgspec_hook
 
 __all__ = [
     "AUDIT_VERSION",
     "HEADER_KIND",
     "HEADER_VERSION",
     "PARTITIONER",
+    "SENDING",
     "AuditRecord",
     "AuditWriter",
+    "announced_records",
     "audit_key",
     "audit_message",
     "audit_partition",
@@ -47,9 +53,11 @@ __all__ = [
     "audited_fields",
     "decode_audit",
     "delete_record",
+    "deleting_record",
     "destination_host",
     "encode_audit",
     "ensure_audit_topic",
+    "sending_record",
     "upsert_record",
 ]
 
@@ -67,7 +75,10 @@ FLUSH_TIMEOUT_S = 30.0
 Kind = Literal["upsert", "delete"]
 Mode = Literal["realtime", "batch"]
 # unconfirmed: the request left and its answer was lost (5xx, timeout): Reach may have applied it.
-Outcome = Literal["accepted", "parked", "deleted", "unconfirmed"]
+# sending: written ahead, before the request left (no answer yet): Reach may apply it from then
+# on; the request's outcome record follows unless the process ended first.
+Outcome = Literal["accepted", "parked", "deleted", "unconfirmed", "sending"]
+SENDING: Outcome = "sending"
 
 
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,10 +173,53 @@ def _audited(allowed: AuditedFields, keys: tuple[str, ...]) -> tuple[tuple[str, 
 def _upsert(
     name: str, resource: Resource, destination: str, accepted: Sent, allowed: AuditedFields
 ) -> AuditRecord:
-    projected = accepted.projected
+    batch_id = accepted.batch_id
+    return _payload_record(
+        name,
+        resource,
+        destination,
+        allowed,
+        accepted.projected,
+        accepted.at_ms,
+        accepted.causes,
+        "batch" if batch_id is not None or accepted.in_batch else "realtime",
+        batch_id,
+        _upsert_outcome(accepted),
+    )
+
+
+def _sending(
+    name: str, resource: Resource, destination: str, leaving: Sending, allowed: AuditedFields
+) -> AuditRecord:
+    return _payload_record(
+        name,
+        resource,
+        destination,
+        allowed,
+        leaving.projected,
+        leaving.at_ms,
+        leaving.causes,
+        "batch" if leaving.in_batch else "realtime",
+        None,
+        SENDING,
+    )
+
+
+def _payload_record(
+    name: str,
+    resource: Resource,
+    destination: str,
+    allowed: AuditedFields,
+    projected: Projected,
+    at_ms: int,
+    causes: Sequence[Cause],
+    mode: Mode,
+    batch_id: str | None,
+    outcome: Outcome,
+) -> AuditRecord:
+    """An upsert's record: what the record sent holds (``audited_fields``), and how it went."""
     record = projected.record
     fields, valued = _audited(allowed, tuple(record))
-    batch_id = accepted.batch_id
     return AuditRecord(
         kind="upsert",
         tenant=projected.tenant,
@@ -173,14 +227,14 @@ def _upsert(
         reach_schema=resource.reach_schema,
         id=projected.external_id,
         destination=destination,
-        at_ms=accepted.at_ms,
+        at_ms=at_ms,
         payload_sha256=projected.hash,
         fields=fields,
         values={k: record[k] for k in valued},
-        causes=tuple(accepted.causes[:MAX_CAUSES]),
-        mode="batch" if batch_id is not None or accepted.in_batch else "realtime",
+        causes=tuple(causes[:MAX_CAUSES]),
+        mode=mode,
         batch_id=batch_id,
-        outcome=_upsert_outcome(accepted),
+        outcome=outcome,
     )
 
 
@@ -208,6 +262,51 @@ def delete_record(name: str, resource: Resource, destination: str, deleted: Remo
         batch_id=deleted.batch_id,
         outcome="unconfirmed" if deleted.unconfirmed else "deleted",
     )
+
+
+def sending_record(
+    name: str, resource: Resource, destination: str, leaving: Sending
+) -> AuditRecord:
+    """The write-ahead record of one record of resource ``name`` about to leave for Reach."""
+    return _sending(name, resource, destination, leaving, audited_fields(resource))
+
+
+def deleting_record(
+    name: str, resource: Resource, destination: str, leaving: Deleting
+) -> AuditRecord:
+    """The write-ahead record of one entity of resource ``name`` about to be deleted."""
+    return AuditRecord(
+        kind="delete",
+        tenant=leaving.tenant,
+        resource=name,
+        reach_schema=resource.reach_schema,
+        id=leaving.external_id,
+        destination=destination,
+        at_ms=leaving.at_ms,
+        payload_sha256=None,
+        fields=(),
+        values={},
+        causes=tuple(leaving.causes[:MAX_CAUSES]),
+        mode="batch",
+        batch_id=None,
+        outcome=SENDING,
+    )
+
+
+def announced_records(
+    name: str,
+    resource: Resource,
+    destination: str,
+    sending: Iterable[Sending] = (),
+    deleting: Iterable[Deleting] = (),
+) -> list[AuditRecord]:
+    """The write-ahead (``sending``) records of one request of a resource: upserts, then
+    deletes."""
+    allowed = audited_fields(resource)
+    return [
+        *(_sending(name, resource, destination, s, allowed) for s in sending),
+        *(deleting_record(name, resource, destination, d) for d in deleting),
+    ]
 
 
 def audit_records(
@@ -299,6 +398,16 @@ class AuditWriter:
         """Audit one resource's delivery (see ``audit_records``); returns how many records."""
         resource = self._definition.resources[name]
         records = audit_records(name, resource, self.destination, accepted, deleted)
+        self.write(records)
+        return len(records)
+
+    def announce(
+        self, name: str, sending: Iterable[Sending] = (), deleting: Iterable[Deleting] = ()
+    ) -> int:
+        """Write ahead what one request of resource ``name`` is about to carry (see
+        ``announced_records``); returns how many records. ``flush`` before the request leaves."""
+        resource = self._definition.resources[name]
+        records = announced_records(name, resource, self.destination, sending, deleting)
         self.write(records)
         return len(records)
 

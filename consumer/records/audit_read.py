@@ -6,11 +6,17 @@ stops at the end of each partition (with the local broker's quirks handled there
 partition the entity's key hashes to is read (``records.audit.audit_partition``, librdkafka's
 partitioner that the writer pins), unless ``all_partitions`` asks for every one: after the
 topic's partition count was raised, an entity's older records are in its former partition.
+
+A send is shown once: the write-ahead ``sending`` record of a request and the outcome record
+that followed it (same tenant, schema, kind and payload hash) are one entry, the outcome with
+when it was announced (``fold_sends``); a ``sending`` record that no outcome followed is its own
+entry: the request left and its outcome is unknown (the process ended before the answer, or
+Reach did not take it: refused records are on the dead-letter topic).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -21,7 +27,13 @@ from confluent_kafka import Consumer
 
 from consumer.config import SyncDefinition
 from consumer.errors import ConfigurationError
-from consumer.records.audit import AuditRecord, audit_key, audit_partition, decode_audit
+from consumer.records.audit import (
+    SENDING,
+    AuditRecord,
+    audit_key,
+    audit_partition,
+    decode_audit,
+)
 from consumer.records.dlq_read import (
     MissingTopic,
     Position,
@@ -37,6 +49,7 @@ __all__ = [
     "MissingAuditTopic",
     "Query",
     "entry_json",
+    "fold_sends",
     "history_lines",
     "read_history",
 ]
@@ -74,11 +87,14 @@ class Query:
         return audit_key(self.resource, self.entity_id)
 
     def matches(self, record: AuditRecord) -> bool:
+        return self.concerns(record) and (self.since_ms is None or record.at_ms >= self.since_ms)
+
+    def concerns(self, record: AuditRecord) -> bool:
+        """The entity's (and tenant's) record, whenever it was written."""
         return (
             record.resource == self.resource
             and record.id == self.entity_id
             and (self.tenant is None or record.tenant == self.tenant)
-            and (self.since_ms is None or record.at_ms >= self.since_ms)
         )
 
     def describe(self) -> str:
@@ -94,8 +110,18 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
+    """One send: its record and where it is on the topic. ``announced_ms``: when its ``sending``
+    record was written, before the request left (for a ``sending`` record no outcome followed,
+    its own time; None: no ``sending`` record precedes it, as before reach-sync wrote them)."""
+
     at: Position
     record: AuditRecord
+    announced_ms: int | None = None
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """The request left and no outcome record followed."""
+        return self.record.outcome == SENDING
 
 
 @dataclass
@@ -136,7 +162,8 @@ def read_history(definition: SyncDefinition, query: Query) -> History:
         _read(consumer, topic, {p: ends[p] for p in chosen}, query, history)
     finally:
         consumer.close()  # never joined a group: closing sends no LeaveGroup
-    history.entries.sort(key=lambda e: (e.record.at_ms, e.at.partition, e.at.offset), reverse=True)
+    # Folded before --since: a send announced before it and answered after is still one.
+    history.entries = [e for e in fold_sends(history.entries) if query.matches(e.record)]
     history.matched = len(history.entries)
     if query.limit is not None:
         del history.entries[query.limit :]
@@ -159,26 +186,67 @@ def _read(
         except (msgspec.DecodeError, msgspec.ValidationError):
             history.undecodable += 1
             continue
-        if query.matches(record):
+        if query.concerns(record):
             at = Position(topic, message.partition() or 0, message.offset() or 0)
             history.entries.append(AuditEntry(at, record))
+
+
+def _order(entry: AuditEntry) -> tuple[int, int, int]:
+    return (entry.record.at_ms, entry.at.partition, entry.at.offset)
+
+
+def fold_sends(entries: list[AuditEntry]) -> list[AuditEntry]:
+    """One entry per send, newest first (module docstring). An outcome record takes the latest
+    ``sending`` record before it with the same tenant, schema, kind and payload hash: an
+    earlier one of those was a request whose process ended before its answer, and the send
+    that was answered is the one announced last (an entity has one request in flight at once).
+    Records are put in order by ``at_ms`` (then position): a record produced again by a retried
+    flush lands after later ones, but keeps its time."""
+    waiting: dict[tuple[str, str, str, str | None], list[AuditEntry]] = {}
+    folded: list[AuditEntry] = []
+    for entry in sorted(entries, key=_order):
+        r = entry.record
+        key = (r.tenant, r.reach_schema, r.kind, r.payload_sha256)
+        if r.outcome == SENDING:
+            waiting.setdefault(key, []).append(entry)
+            continue
+        announced = waiting.get(key)
+        if announced:
+            entry = replace(entry, announced_ms=announced.pop().record.at_ms)
+        folded.append(entry)
+    for left in waiting.values():
+        folded += [replace(e, announced_ms=e.record.at_ms) for e in left]
+    folded.sort(key=_order, reverse=True)
+    return folded
 
 
 # --- showing a history ---------------------------------------------------------------------------
 
 
+# Said of a send whose outcome no record gives.
+OUTCOME_UNKNOWN = (
+    "left, outcome unknown (the process ended before the answer, or Reach did not take it;"
+    " a record Reach refused is on the dead-letter topic)"
+)
+
+
 def history_lines(entries: list[AuditEntry]) -> list[str]:
-    """Each record: a heading line (time, kind, outcome, hash, tenant, and ``realtime`` or
-    ``batch <id>``), then its fields and its causes, indented."""
+    """Each send: a heading line (time, kind, outcome, hash, tenant, and ``realtime`` or
+    ``batch <id>``), then when it was announced (or that its outcome is unknown), its fields and
+    its causes, indented."""
     lines: list[str] = []
     for entry in entries:
         r = entry.record
         digest = "-" if r.payload_sha256 is None else r.payload_sha256[:SHORT_HASH]
-        how = "realtime" if r.batch_id is None else f"{r.mode} {r.batch_id}"
+        how = r.mode if r.batch_id is None else f"{r.mode} {r.batch_id}"
         lines.append(
             f"{_iso(r.at_ms)}  {r.kind:<6}  {r.outcome:<8}  hash {digest:<{SHORT_HASH}}  "
             f"tenant {r.tenant}  {how}"
         )
+        if entry.outcome_unknown:
+            lines.append(f"    {OUTCOME_UNKNOWN}")
+        elif entry.announced_ms is not None:
+            lines.append(f"    announced: {_iso(entry.announced_ms)}, before the request left")
         if r.fields:
             lines.append(f"    fields: {', '.join(r.fields)}")
         for cause in r.causes:
@@ -208,7 +276,9 @@ def describe_cause(cause: Cause) -> str:
 
 
 def entry_json(entry: AuditEntry) -> dict[str, Any]:
-    """One audit record as JSON, with where it is on the topic; ``at`` is ``at_ms`` as text."""
+    """One send as JSON: its record (the outcome's, or the ``sending`` record's when no outcome
+    followed), with where it is on the topic; ``at`` is ``at_ms`` as text; ``announced_at_ms``
+    when its ``sending`` record was written (null: none precedes it)."""
     out: dict[str, Any] = {
         "topic": entry.at.topic,
         "partition": entry.at.partition,
@@ -217,6 +287,7 @@ def entry_json(entry: AuditEntry) -> dict[str, Any]:
     }
     out.update(msgspec.to_builtins(entry.record))
     out["values"] = {name: _as_json(value) for name, value in entry.record.values.items()}
+    out["announced_at_ms"] = entry.announced_ms
     return out
 
 

@@ -3,11 +3,13 @@
 Every entity ends in one outcome: sent, skipped (Reach has this exact state), deleted,
 dead-lettered, or held (Reach refuses its tenant for now; tenant_gate.py). Anything else raises
 and the whole window is retried: re-sending full-state records is harmless. Entries are put in
-doubt before anything is sent (dedup.py); what Reach took is told to ``on_accepted`` (the audit)
-before it is remembered; lost answers are reported as unconfirmed, never remembered. Batches are
-followed to their end (follow.py, settlement.py), and every tenant's sends end before this
-returns: an entity never has two unfinished batches. The whole story: docs/design.md,
-"Delivery" and "Ambiguous sends".
+doubt before anything is sent (dedup.py); what a request carries is told to ``on_sending`` (the
+audit's write-ahead record) before the request is made, and the request is not made when that
+fails; what Reach took is told to ``on_accepted`` (the audit) before it is remembered; lost
+answers are reported as unconfirmed, never remembered. Batches are followed to their end
+(follow.py, settlement.py), and every tenant's sends end before this returns: an entity never
+has two unfinished batches. The whole story: docs/design.md, "Delivery", "Ambiguous sends" and
+"Audit".
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from consumer.reach.client import DELETE_BATCH_TYPE, UPSERT_BATCH_TYPE, ReachCli
 from consumer.router.dirty import EntityId
 from consumer.sink.dedup import LastSent, LastSentStore
 from consumer.sink.follow import Outstanding
-from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
 from consumer.sink.projection import Projected, projector
 from consumer.sink.recompute import Recomputed
 from consumer.sink.settlement import Refusal, Settlement, settle
@@ -46,6 +48,7 @@ __all__ = [
     "DeliveryResult",
     "Held",
     "OnAccepted",
+    "OnSending",
     "TenantGate",
     "deliver_resource",
 ]
@@ -85,6 +88,18 @@ OnAccepted = Callable[[Sequence[Sent], Sequence[Removed]], Awaitable[None]]
 
 
 async def _nobody(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
+    return None
+
+
+# Told what a request is about to carry, before it is made: the records (or deletes) that may
+# change what Reach holds from then on, whatever becomes of the answer. Raises (Retryable) when
+# that cannot be made durable: then the request is not made, and the window fails. Called once
+# per tenant's send (its batch requests, its single writes, or its deletes); nothing is
+# remembered because of it.
+OnSending = Callable[[Sequence[Sending], Sequence[Deleting]], Awaitable[None]]
+
+
+async def _unannounced(sending: Sequence[Sending], deleting: Sequence[Deleting]) -> None:
     return None
 
 
@@ -144,13 +159,14 @@ class _Context:
     outstanding: Outstanding
     result: DeliveryResult
     on_accepted: OnAccepted
+    on_sending: OnSending
 
 
 async def _send_realtime(ctx: _Context, items: Sequence[Projected]) -> tuple[list[Sent], Attempt]:
-    """Single synchronous writes of one tenant, bounded concurrency. Returns what Reach accepted
-    (each when Reach answered) or may have (unconfirmed) and how the attempt ended, so the
-    caller can report and remember the accepted ones first. Once Reach refuses the tenant, the
-    writes still queued are not sent."""
+    """Single synchronous writes of one tenant (announced by the caller), bounded concurrency.
+    Returns what Reach accepted (each when Reach answered) or may have (unconfirmed) and how the
+    attempt ended, so the caller can report and remember the accepted ones first. Once Reach
+    refuses the tenant, the writes still queued are not sent."""
     slots = asyncio.Semaphore(REALTIME_CONCURRENCY)
     taken: list[Sent] = []
     errors: list[SyncError] = []
@@ -199,8 +215,9 @@ def _taken(by_id: Mapping[str, Projected], settlement: Settlement) -> list[Sent]
 async def _send_batch(
     ctx: _Context, tenant: str, items: Sequence[Projected]
 ) -> tuple[list[Sent], Attempt]:
-    """One tenant's records through the batch endpoint: what its finished batches accepted or
-    parked (with the batch of each), what went unconfirmed, and how the attempt ended."""
+    """One tenant's records through the batch endpoint (announced by the caller): what its
+    finished batches accepted or parked (with the batch of each), what went unconfirmed, and
+    how the attempt ended."""
     by_id = {item.external_id: item for item in items}
     dead: set[str] = set()
 
@@ -246,11 +263,13 @@ async def deliver_resource(
     tenants: TenantSource,
     gate: TenantGate | None = None,
     on_accepted: OnAccepted = _nobody,
+    on_sending: OnSending = _unannounced,
     outstanding: Outstanding | None = None,
 ) -> DeliveryResult:
     """Project, skip what Reach already has, put the rest in doubt and send it, delete what is
-    gone; tell ``on_accepted`` what Reach took before remembering it (module docstring).
-    ``outstanding`` is the process's record of batches earlier attempts could not follow."""
+    gone; tell ``on_sending`` what each request carries before it is made, and ``on_accepted``
+    what Reach took before remembering it (module docstring). ``outstanding`` is the process's
+    record of batches earlier attempts could not follow."""
     result = DeliveryResult()
     ctx = _Context(
         name,
@@ -261,6 +280,7 @@ async def deliver_resource(
         Outstanding() if outstanding is None else outstanding,
         result,
         on_accepted,
+        on_sending,
     )
     projected = _project_all(name, resource, recomputed, result)
     ids: list[EntityId] = [p.external_id for p in projected]
@@ -377,22 +397,31 @@ async def _upserts(ctx: _Context, to_send: list[Projected], fresh: set[str]) -> 
         if len(new) > delivery.batch_over:  # a burst of new ones (a backfill): a batch is cheaper
             new = []
 
-        async def by_mode(items: Sequence[Projected]) -> tuple[list[Sent], Attempt]:
-            if delivery.mode == "realtime" and len(items) <= delivery.batch_over:
-                return await _send_realtime(ctx, items)
-            return await _send_batch(ctx, tenant, items)
+        def batched(items: Sequence[Projected]) -> bool:
+            return not (delivery.mode == "realtime" and len(items) <= delivery.batch_over)
 
+        # Which requests go, each as single writes or through the batch endpoint. New and known
+        # entities are different entities: both requests go at once.
         if new and len(new) < len(chosen):
-            # New and known entities are different entities: both requests go at once.
             known = [i for i in chosen if i.external_id not in fresh]
-            (one, one_attempt), (rest, rest_attempt) = await asyncio.gather(
-                _send_realtime(ctx, new), by_mode(known)
-            )
-            taken, attempt = [*one, *rest], _both(one_attempt, rest_attempt)
+            requests = [(new, False), (known, batched(known))]
         elif new:
-            taken, attempt = await _send_realtime(ctx, chosen)
+            requests = [(chosen, False)]
         else:
-            taken, attempt = await by_mode(chosen)
+            requests = [(chosen, batched(chosen))]
+        # What they carry is announced together (one audit flush) before any of them is made.
+        at_ms = _now_ms()
+        leaving = [Sending(i, at_ms, in_batch) for items, in_batch in requests for i in items]
+        unannounced = await _announce(ctx.on_sending, leaving, ())
+        if unannounced is not None:  # not durable: nothing is sent, the window retries
+            return Attempt(unannounced, keys)
+        sends = [
+            _send_batch(ctx, tenant, items) if in_batch else _send_realtime(ctx, items)
+            for items, in_batch in requests
+        ]
+        outcomes = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
+        taken = [s for one, _ in outcomes for s in one]
+        attempt = functools.reduce(_both, (a for _, a in outcomes))
         unreported = await _report(ctx.on_accepted, taken, ())
         if unreported is not None:  # not durable: not remembered, the window retries
             return Attempt(unreported, attempt.unsettled)
@@ -410,6 +439,20 @@ async def _upserts(ctx: _Context, to_send: list[Projected], fresh: set[str]) -> 
 def _both(first: Attempt, second: Attempt) -> Attempt:
     """Two requests of one tenant's attempt, as one: the first error, every unsettled key."""
     return Attempt(first.error or second.error, [*first.unsettled, *second.unsettled])
+
+
+async def _announce(
+    on_sending: OnSending, sending: Sequence[Sending], deleting: Sequence[Deleting]
+) -> SyncError | None:
+    """Tell ``on_sending`` what a request is about to carry; its failure is returned, to end the
+    attempt before anything is sent (like ``_report``)."""
+    if not sending and not deleting:
+        return None
+    try:
+        await on_sending(sending, deleting)
+    except SyncError as exc:
+        return exc
+    return None
 
 
 async def _report(
@@ -485,6 +528,11 @@ async def _deletes(
             await ctx.on_accepted((), removed(settlement))
 
         schema = ctx.resource.reach_schema
+        announced_ms = _now_ms()
+        leaving = [Deleting(tenant, k, announced_ms) for k in keys]
+        unannounced = await _announce(ctx.on_sending, (), leaving)
+        if unannounced is not None:  # not durable: nothing is deleted, the window retries
+            return Attempt(unannounced, keys)
         submission = await ctx.client.delete_batch(tenant, schema, keys)
         settlement = await settle(
             ctx.client,

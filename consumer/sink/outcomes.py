@@ -1,4 +1,5 @@
-"""What Reach did with what was sent: one record taken (``Sent``), one entity deleted
+"""What is about to leave for Reach (``Sending``, ``Deleting``: announced before the request is
+made) and what Reach did with it: one record taken (``Sent``), one entity deleted
 (``Removed``). Delivery reports them; the audit records them, with the window's causes."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from consumer.router.dirty import Cause
 from consumer.sink.projection import Projected
 
-__all__ = ["Removed", "Sent"]
+__all__ = ["Deleting", "Removed", "Sending", "Sent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,4 +41,29 @@ class Removed:
     at_ms: int
     batch_id: str | None
     unconfirmed: bool = False
+    causes: Sequence[Cause] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """One record about to leave for Reach, announced before the request that carries it is
+    made (the audit's write-ahead ``sending`` record): ``projected`` as it will be sent, when it
+    was announced (epoch ms), and whether it goes through the batch endpoint (``in_batch``) or
+    as a single write. Not an outcome: Reach may apply it or not, and nothing is remembered
+    because of it. ``causes`` as for ``Sent``."""
+
+    projected: Projected
+    at_ms: int
+    in_batch: bool = False
+    causes: Sequence[Cause] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Deleting:
+    """One entity about to be deleted from ``tenant``, announced before the delete request is
+    made (like ``Sending``)."""
+
+    tenant: str
+    external_id: str
+    at_ms: int
     causes: Sequence[Cause] = ()

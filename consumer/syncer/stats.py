@@ -33,6 +33,9 @@ class SyncerStats:
     # Audit records the broker acknowledged (accepted, parked and deleted; a retried window's
     # re-sends are audited again).
     audited: int = 0
+    # Write-ahead audit records (outcome sending) the broker acknowledged before their request
+    # left: one per record or delete about to be sent (a retried window's are written again).
+    announced: int = 0
     retries: int = 0
     commits: int = 0
     # Commits the broker refused or never answered; their offsets are committed by a later one.

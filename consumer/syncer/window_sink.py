@@ -1,10 +1,12 @@
 """One window through the sink: recompute, project, dedup, deliver, and make it durable.
 
-Every resource of the window is recomputed with one query and delivered at once (sink/); what
-Reach took is audited, and the audit topic has acknowledged it, before the last-sent store
-remembers it (delivery.py calls ``audit``); dead letters are acknowledged before the window may
-commit. The syncer's loop hands windows here inside the window's span (so every recompute, dedup
-and Reach request is its child) and commits what returns; anything raised fails the window.
+Every resource of the window is recomputed with one query and delivered at once (sink/); what a
+request carries is audited ahead (``sending``), and the audit topic has acknowledged it, before
+the request leaves (delivery.py calls ``announce``); what Reach took is audited, and the audit
+topic has acknowledged it, before the last-sent store remembers it (delivery.py calls
+``audit``); dead letters are acknowledged before the window may commit. The syncer's loop
+hands windows here inside the window's span (so every recompute, dedup and Reach request is its
+child) and commits what returns; anything raised fails the window.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from consumer.sink.delivery import (
     deliver_resource,
 )
 from consumer.sink.follow import Outstanding
-from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
 from consumer.sink.recompute import SourceDatabase
 from consumer.syncer.stats import SyncerStats
 from consumer.syncer.windows import Entity, Window
@@ -165,6 +167,9 @@ class WindowSink:
         async def audit(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
             await self.audit(window, name, sent, removed)
 
+        async def announce(sending: Sequence[Sending], deleting: Sequence[Deleting]) -> None:
+            await self.announce(window, name, sending, deleting)
+
         result = await deliver_resource(
             name,
             resource,
@@ -175,6 +180,7 @@ class WindowSink:
             gate=self._gate,
             outstanding=self._outstanding,
             on_accepted=audit,
+            on_sending=announce,
         )
         # Rows the source could not give (recompute.py): dead-lettered, their entities alone.
         result.dead += [DeadLetter(name, i, None, e) for i, e in recomputed.failed.items()]
@@ -191,6 +197,34 @@ class WindowSink:
         self.stats.add(result)
         self._instruments.delivered(name, result)
         return result
+
+    async def announce(
+        self, window: Window, name: str, sending: Sequence[Sending], deleting: Sequence[Deleting]
+    ) -> None:
+        """Audit ahead what one request of resource ``name`` is about to carry (outcome
+        ``sending``), each entity with the window's causes, and return once the broker
+        acknowledged every record (Retryable otherwise: delivery then does not make the
+        request, and the window fails). So a state Reach may apply always has an audit record,
+        even when the process ends before the answer and its outcome record. Nothing is
+        remembered because of these records."""
+        none: list[Cause] = []
+        causes = window.causes
+        count = self._audit.announce(
+            name,
+            sending=[
+                Sending(
+                    s.projected,
+                    s.at_ms,
+                    s.in_batch,
+                    causes.get((name, s.projected.external_id), none),
+                )
+                for s in sending
+            ],
+            deleting=[replace(d, causes=causes.get((name, d.external_id), none)) for d in deleting],
+        )
+        self._audit_writes += 1
+        await self._flush_audit()
+        self.stats.announced += count
 
     async def audit(
         self, window: Window, name: str, sent: Sequence[Sent], removed: Sequence[Removed]

@@ -7,7 +7,9 @@ only once the previous one reached the sandbox): created, renamed, an unmapped c
 customer dirty), renamed again, the sale deleted. Customers go through Reach's batch endpoint
 (examples/shop.yaml: ``mode: batch``), so each send has a batch id; the sale is a real-time
 resource and alone in its window (at most ``batch_over`` records), so its upsert is a single
-write without one, while its delete, like every delete, went through a batch.
+write without one, while its delete, like every delete, went through a batch. Every send was
+audited ahead (a ``sending`` record, before its request left) and then with its outcome; `audit
+why` shows the two as one send, announced before it was accepted.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def test_why_lists_exactly_the_sends_of_an_entity_with_their_causes(
         after = running.counters()
         assert (after["skipped"] - before["skipped"], after["sent"] - before["sent"]) == (1, 0)
         assert after["audited"] == before["audited"]
+        assert after["announced"] == before["announced"]  # nothing left: nothing announced
         assert versions() == 2
 
         sale = insert_transaction(dsn, customer, 250_000, "completed")
@@ -122,7 +125,8 @@ def test_why_lists_exactly_the_sends_of_an_entity_with_their_causes(
         counters = running.counters()
 
     records = _why(capsys, "customers", customer)
-    # Exactly the five sends (the skipped recompute is not one), newest first.
+    # Exactly the five sends (the skipped recompute is not one), newest first, each its sending
+    # record and its outcome record in one.
     assert len(records) == 5 == versions(), records
     assert [r["at_ms"] for r in records] == sorted((r["at_ms"] for r in records), reverse=True)
     assert [_cause(r) for r in records] == [
@@ -146,6 +150,8 @@ def test_why_lists_exactly_the_sends_of_an_entity_with_their_causes(
             tenant,
         )
         assert record["batch_id"] and record["reach_schema"] == CUSTOMERS
+        announced = record["announced_at_ms"]
+        assert announced is not None and announced <= record["at_ms"], record
         assert "email" in record["fields"] and "firstName" in record["fields"]
         # pii: send values are never kept; pii: none values and the groups are.
         assert not {"email", "firstName", "lastName", "phone"} & record["values"].keys()
@@ -163,6 +169,7 @@ def test_why_lists_exactly_the_sends_of_an_entity_with_their_causes(
         store.close()
     assert last == f"{tenant}\n{hashes[0]}".encode()
     assert counters["audited"] >= 7  # at least this customer's five and the sale's two
+    assert counters["announced"] >= 7  # each announced before it left
 
     # The sale: one single write (no batch), then its delete through a batch.
     deleted, sent = _why(capsys, "transactions", sale)
@@ -172,6 +179,9 @@ def test_why_lists_exactly_the_sends_of_an_entity_with_their_causes(
         "realtime",
         None,
     )
+    for record in (deleted, sent):
+        announced = record["announced_at_ms"]
+        assert announced is not None and announced <= record["at_ms"], record
     assert _cause(sent) == ("public.transactions", "c", "shop.public.transactions")
     assert sent["values"]["status"] == "completed" and sent["tenant"] == tenant
     assert (deleted["kind"], deleted["outcome"], deleted["mode"]) == ("delete", "deleted", "batch")

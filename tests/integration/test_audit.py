@@ -2,8 +2,10 @@
 
 Records are written by reach-sync's own writer (its own producer, as the syncer will use it)
 for several entities, one of them sent several times, moved to another tenant and deleted from
-the first; the command runs through the CLI entry point and must list exactly that entity's
-records, newest first, reading only the partition its key hashes to. The definition's database
+the first, each send announced ahead (a ``sending`` record) and then answered; another's last
+send left and was never answered (its process ended). The command runs through the CLI entry
+point and must list exactly that entity's sends, newest first, each once (a sending record and
+its outcome are one send), reading only the partition its key hashes to. The definition's database
 and Redis point at closed ports: reading the audit needs neither.
 """
 
@@ -30,8 +32,9 @@ from consumer.records.audit import (
     audit_partition,
     ensure_audit_topic,
 )
+from consumer.records.audit_read import OUTCOME_UNKNOWN
 from consumer.router.dirty import Cause
-from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
 from consumer.sink.projection import GROUP_COLUMN_PREFIX, Projected, project
 
 ROOT = Path(__file__).parents[2]
@@ -47,6 +50,8 @@ ENV = {
 }
 EXIT_CONFIG, EXIT_NO_MATCH = 2, 3
 T0 = 1_795_400_000_000  # 2026-11-23 02:13:20Z
+# What _write_history writes: 9 outcome records (one of them twice) and 6 sending records.
+MESSAGES = 15
 EMAIL = "ada.lovelace@example.com"
 
 
@@ -123,10 +128,27 @@ def _cause(table: str, op: str, offset: int) -> Cause:
 
 def _write_history(shop: Shop) -> AuditWriter:
     """customers/42: sent three times (the third to another tenant, then deleted from the
-    first); customers/7 twice; transactions/42 and customers/420 once (look-alike keys)."""
+    first), each announced ahead; customers/7 twice (the first before sending records were
+    written), then a third that left and was never answered; transactions/42 and customers/420
+    once (look-alike keys)."""
     writer = AuditWriter(shop.definition)
-    first = Sent(_customer(shop, 42, "m-1", 1), T0, causes=[_cause("customers", "c", 10)])
+    created = [_cause("customers", "c", 10)]
+    writer.announce(
+        "customers", sending=[Sending(_customer(shop, 42, "m-1", 1), T0 - 40, False, created)]
+    )
+    first = Sent(_customer(shop, 42, "m-1", 1), T0, causes=created)
     writer.record("customers", accepted=[first])
+    writer.announce(
+        "customers",
+        sending=[
+            Sending(
+                _customer(shop, 42, "m-1", 2),
+                T0 + 9_960,
+                True,
+                [_cause("transactions", "u", 20), _cause("transactions", "c", 21)],
+            )
+        ],
+    )
     writer.record(
         "customers",
         accepted=[
@@ -138,6 +160,18 @@ def _write_history(shop: Shop) -> AuditWriter:
             ),
             Sent(_customer(shop, 7, "m-1", 1), T0 + 10_000, causes=[_cause("customers", "c", 22)]),
         ],
+    )
+    writer.announce(
+        "customers",
+        sending=[
+            Sending(
+                _customer(shop, 42, "m-2", 3), T0 + 19_970, False, [_cause("customers", "u", 30)]
+            ),
+            Sending(
+                _customer(shop, 7, "m-1", 4), T0 + 19_970, False, [_cause("customers", "u", 31)]
+            ),
+        ],
+        deleting=[Deleting("m-1", "42", T0 + 19_980, causes=[_cause("customers", "u", 30)])],
     )
     writer.record(
         "customers",
@@ -156,8 +190,15 @@ def _write_history(shop: Shop) -> AuditWriter:
     )
     writer.record("transactions", accepted=[Sent(tx, T0, causes=[_cause("transactions", "c", 40)])])
     writer.record("customers", accepted=[first])  # a record produced twice is shown once
+    # customers/7's last send: announced, and its process ended before the answer.
+    writer.announce(
+        "customers",
+        sending=[
+            Sending(_customer(shop, 7, "m-1", 5), T0 + 30_000, True, [_cause("customers", "u", 50)])
+        ],
+    )
     writer.flush()
-    assert (writer.acknowledged, writer.pending) == (9, 0)
+    assert (writer.acknowledged, writer.pending) == (MESSAGES, 0)
     return writer
 
 
@@ -178,7 +219,7 @@ def _read_all(shop: Shop) -> list[Message]:
     consumer.assign([TopicPartition(shop.audit, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     messages: list[Message] = []
     deadline = time.monotonic() + TIMEOUT_S
-    while len(messages) < 9 and time.monotonic() < deadline:
+    while len(messages) < MESSAGES and time.monotonic() < deadline:
         messages += [m for m in consumer.consume(50, 0.2) if m.error() is None]
     consumer.close()
     return messages
@@ -191,7 +232,7 @@ def test_the_topic_is_created_like_the_dirty_topic_and_keys_land_where_computed(
     ensure_audit_topic(shop.definition)  # an existing topic is kept
     _write_history(shop)
     messages = _read_all(shop)
-    assert len(messages) == 9
+    assert len(messages) == MESSAGES
     for message in messages:
         key = message.key()
         assert key is not None
@@ -222,6 +263,14 @@ def test_why_lists_exactly_that_entitys_sends_newest_first(
         ("batch", "b-1"),
         ("realtime", None),
     ]
+    # Each send once: its outcome, with when its sending record was written.
+    assert [r["outcome"] for r in records] == ["deleted", "accepted", "accepted", "accepted"]
+    assert [r["announced_at_ms"] for r in records] == [
+        T0 + 19_980,
+        T0 + 19_970,
+        T0 + 9_960,
+        T0 - 40,
+    ]
     assert {r["destination"] for r in records} == {"reach.example.com:8443"}
     assert all("email" in r["fields"] and "email" not in r["values"] for r in upserts)
     assert EMAIL not in json.dumps(records) and "secret" not in json.dumps(records)
@@ -245,6 +294,12 @@ def test_why_lists_exactly_that_entitys_sends_newest_first(
         "tenant m-2  realtime"
     )
     assert headings[2].endswith("  tenant m-1  batch b-1")
+    assert lines[lines.index(headings[0]) + 1] == (
+        "    announced: 2026-11-23 02:13:39.980Z, before the request left"
+    )
+    assert lines[lines.index(headings[3]) + 1] == (
+        "    announced: 2026-11-23 02:13:19.960Z, before the request left"
+    )
     assert (
         "    cause:  cdc public.transactions u @ shop.public.transactions[1]/20, lsn 1020, "
         "source ts 2026-11-23 02:13:20.020Z"
@@ -271,8 +326,27 @@ def test_why_filters_by_tenant_time_and_limit(
         capsys, shop, "customers", "42", "--tenant", "m-1", "--since", "2026-11-23T02:13:35"
     )
     assert [r["kind"] for r in both] == ["delete"]
+    # Announced before --since, answered after: still one send.
+    late = _json_why(capsys, shop, "customers", "42", "--since", "2026-11-23T02:13:39.990Z")
+    assert [(r["at_ms"], r["announced_at_ms"]) for r in late] == [
+        (T0 + 20_001, T0 + 19_980),
+        (T0 + 20_000, T0 + 19_970),
+    ]
     other = _json_why(capsys, shop, "customers", "7")
-    assert [r["values"]["completedOrders"] for r in other] == [4, 1]
+    assert [r["values"]["completedOrders"] for r in other] == [5, 4, 1]
+    assert [(r["outcome"], r["announced_at_ms"], r["batch_id"]) for r in other] == [
+        ("sending", T0 + 30_000, None),  # left; its outcome is unknown
+        ("accepted", T0 + 19_970, None),
+        ("accepted", None, None),  # written before sending records were
+    ]
+    code, out, _ = _why(capsys, shop, "customers", "7")
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        f"2026-11-23 02:13:50.000Z  upsert  sending   hash {other[0]['payload_sha256'][:12]}  "
+        "tenant m-1  batch",
+        f"    {OUTCOME_UNKNOWN}",
+    ]
+    assert out.splitlines()[-1].startswith("3 records for customers/7 in ")
     assert [r["id"] for r in _json_why(capsys, shop, "transactions", "42")] == ["42"]
     everywhere = _json_why(capsys, shop, "customers", "42", "--all-partitions")
     assert [r["at_ms"] for r in everywhere] == [T0 + 20_001, T0 + 20_000, T0 + 10_000, T0]

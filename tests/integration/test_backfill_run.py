@@ -37,7 +37,7 @@ from consumer.backfill.syncer_position import SyncerPosition, syncer_group
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
 from consumer.errors import ConfigurationError
-from consumer.records.audit import AuditRecord, audit_key, encode_audit
+from consumer.records.audit import AuditRecord, Outcome, audit_key, encode_audit
 from consumer.records.deadletter import dead_letter_message, dead_letter_record
 from consumer.router.dirty import Cause, DirtyKey, EntityId, decode_dirty, dirty_message_key
 from consumer.router.topics import ensure_topics
@@ -503,15 +503,20 @@ async def test_waiting_backfill_counts_its_outcomes_once_the_syncer_committed_it
         assert watch.waits[-1][0] == watch.waits[-1][1] > 0
 
         ours, other = Cause(kind="backfill", run=run), Cause(kind="cdc")
-        a, b, c, d, e = sorted(ITEMS)[:5]
+        a, b, c, d, e, f = sorted(ITEMS)[:6]
         _produce_outcomes(
             stack,
             audit=[
+                _audit("upsert", a, (other, ours), "sending"),
                 _audit("upsert", a, (other, ours)),
                 _audit("upsert", a, (ours,)),  # sent twice: one outcome
+                _audit("upsert", b, (ours,), "sending"),
                 _audit("upsert", b, (ours,)),
+                _audit("delete", c, (ours,), "sending"),
                 _audit("delete", c, (ours,)),
+                _audit("upsert", d, (ours,), "sending"),  # announced, then refused: dead
                 _audit("upsert", e, (other,)),  # not this backfill's
+                _audit("upsert", f, (ours,), "sending"),  # announced only: not an outcome
             ],
             dead=[(d, ours)],
         )
@@ -559,7 +564,10 @@ async def test_a_stop_while_awaiting_outcomes_reports_stopped(
 
 
 def _audit(
-    kind: Literal["upsert", "delete"], entity: int, causes: tuple[Cause, ...]
+    kind: Literal["upsert", "delete"],
+    entity: int,
+    causes: tuple[Cause, ...],
+    outcome: Outcome | None = None,
 ) -> AuditRecord:
     return AuditRecord(
         kind=kind,
@@ -575,7 +583,7 @@ def _audit(
         causes=causes,
         mode="batch",
         batch_id=None,
-        outcome="deleted" if kind == "delete" else "accepted",
+        outcome=outcome or ("deleted" if kind == "delete" else "accepted"),
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 import redis
 from confluent_kafka import KafkaError, TopicPartition
@@ -34,7 +35,7 @@ from consumer.records.audit import AuditRecord, AuditWriter, decode_audit
 from consumer.router.dirty import Cause, DirtyKey, EntityId
 from consumer.sink.dedup import LastSent, LastSentStore
 from consumer.sink.delivery import deliver_resource
-from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
 from consumer.sink.recompute import Recomputed
 from consumer.sink.tenant_gate import TenantBlocks
 from consumer.syncer.loop import Syncer
@@ -97,10 +98,13 @@ def _definition(
 class _Producer:
     """What AuditWriter needs of a confluent-kafka Producer: each ``flush`` first calls
     ``on_flush`` (to look at Redis then), then acknowledges every queued record, or fails each
-    (a delivery error), as ``acknowledge`` says."""
+    (a delivery error), as ``acknowledge`` says, unless ``refuse`` names that flush (1 is the
+    first)."""
 
     def __init__(self, on_flush: Callable[[], None]) -> None:
         self.acknowledge = False
+        self.refuse: set[int] = set()
+        self.flushes = 0
         self.acknowledged: list[bytes] = []
         self._on_flush = on_flush
         self._queued: list[tuple[bytes, Callable[[KafkaError | None, Any], None]]] = []
@@ -112,10 +116,11 @@ class _Producer:
         return 0
 
     def flush(self, timeout: float) -> int:
+        self.flushes += 1
         self._on_flush()
         queued, self._queued = self._queued, []
         for value, on_delivery in queued:
-            if self.acknowledge:
+            if self.acknowledge and self.flushes not in self.refuse:
                 self.acknowledged.append(value)
                 on_delivery(None, None)
             else:
@@ -197,17 +202,20 @@ async def test_a_window_whose_audit_fails_remembers_nothing_and_is_retried(
                 definition, sink, blocks, stats=sink.stats, consumer_factory=lambda _: consumer
             )
 
-            # Reach accepts both, the audit topic does not: nothing remembered, not committed.
+            # The sending records are acknowledged (flush 1) and Reach accepts both; their
+            # outcome records are not (flush 2): nothing remembered, not committed.
+            producer.acknowledge, producer.refuse = True, {2}
             await syncer.run_window(part, window)
             syncer.commit_pending(syncer.take_commits())  # as the poll thread does
             assert part.failed is window and syncer.stats.retries == 1
             assert (consumer.commits, _keys(redis_url, prefix)) == ([], [])
             assert (syncer.stats.sent, syncer.stats.audited, writer.pending) == (0, 0, 2)
+            assert syncer.stats.announced == 2
             for n in (1, 2):
                 assert len(sandbox.history(tenant, "customers", str(n))) == 1
 
-            # The retry sends again, and remembers only once the audit was acknowledged.
-            producer.acknowledge = True
+            # The retry announces and sends again, and remembers only once the audit was
+            # acknowledged.
             part.failed = None
             await syncer.run_window(part, window)
             syncer.commit_pending(syncer.take_commits())
@@ -219,15 +227,22 @@ async def test_a_window_whose_audit_fails_remembers_nothing_and_is_retried(
         syncer.sink.close()
         await last_sent.close()
 
-    assert redis_at_flush == [[], []]  # every flush happened before anything was remembered
+    # Every flush (two per attempt: ahead of the request, after its outcome) happened before
+    # anything was remembered.
+    assert redis_at_flush == [[], [], [], []]
     assert _keys(redis_url, prefix) == [f"{prefix}:last:customers:{n}" for n in (1, 2)]
-    assert (syncer.stats.sent, syncer.stats.audited) == (2, 2)
+    assert (syncer.stats.sent, syncer.stats.audited, syncer.stats.announced) == (2, 2, 4)
     for n in (1, 2):
         assert len(sandbox.history(tenant, "customers", str(n))) == 2  # sent twice
     records = [decode_audit(v) for v in producer.acknowledged]
-    # The failed records produced again by the writer, and those of the re-send.
-    assert sorted(r.id for r in records) == ["1", "1", "2", "2"]
-    first, resent = records[:2], records[2:]
+    # Flush 1: the first attempt's sending records; flush 3: the retry's, and the failed outcome
+    # records produced again by the writer; flush 4: the outcome records of the re-send.
+    assert [(r.outcome, r.id) for r in records] == [
+        *[("sending", "1"), ("sending", "2")] * 2,
+        *[("accepted", "1"), ("accepted", "2")] * 2,
+    ]
+    ahead, outcomes = records[:4], records[4:]
+    first, resent = outcomes[:2], outcomes[2:]
     assert {r.batch_id for r in first}.isdisjoint({r.batch_id for r in resent})
     by_id: dict[str, AuditRecord] = {r.id: r for r in resent}
     one, two = by_id["1"], by_id["2"]
@@ -238,6 +253,58 @@ async def test_a_window_whose_audit_fails_remembers_nothing_and_is_retried(
     assert one.payload_sha256 != two.payload_sha256
     assert one.destination == urlsplit(sandbox.base_url).netloc
     assert time.time() * 1000 - 60_000 < one.at_ms <= time.time() * 1000
+    # Each sending record is its outcome's record, written before the request left: no batch
+    # id yet, an earlier time, the same entity, payload, fields, values and causes.
+    for announced, answered in zip(ahead, [*first, *resent], strict=True):
+        assert (announced.mode, announced.batch_id) == ("batch", None)
+        assert announced.at_ms <= answered.at_ms
+        assert (
+            msgspec.structs.replace(
+                announced, outcome="accepted", batch_id=answered.batch_id, at_ms=answered.at_ms
+            )
+            == answered
+        )
+
+
+async def test_a_window_whose_sending_records_are_not_acknowledged_sends_nothing(
+    sandbox: SandboxServer, redis_url: str, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    prefix = unique("audit-ahead")
+    definition = _definition(tmp_path, sandbox, redis_url, prefix, "batch")
+    tenant = sandbox.new_tenant()
+    rows = {"1": {"id": 1, "tenant": tenant, "email": "c1@example.com"}}
+    producer = _Producer(lambda: None)
+    writer = AuditWriter(definition, producer=producer)  # type: ignore[arg-type]
+    last_sent = LastSentStore(redis_url, prefix)
+    window = Window(opened_at=time.monotonic(), due_after_s=0.1)
+    window.add(DirtyKey("customers", 1, _cause(10)), 10, 0.1)
+    try:
+        async with ReachClient(definition.destination) as client:
+            sink = WindowSink(
+                definition,
+                client=client,
+                db=_Database(rows),  # type: ignore[arg-type]
+                last_sent=last_sent,
+                producer=_DeadLetters(),  # type: ignore[arg-type]
+                audit=writer,
+                gate=TenantBlocks(definition.destination.tenant_probe),
+                stats=SyncerStats(),
+            )
+            with pytest.raises(Retryable, match=r"audit topic t\.audit did not acknowledge 1"):
+                await sink.process(window)
+            assert sandbox.history(tenant, "customers", "1") == []  # never sent
+            assert _keys(redis_url, prefix) == []
+            assert (sink.stats.sent, sink.stats.announced, sink.stats.audited) == (0, 0, 0)
+
+            producer.acknowledge = True
+            await sink.process(window)
+    finally:
+        sink.close()
+        await last_sent.close()
+    assert len(sandbox.history(tenant, "customers", "1")) == 1
+    records = [decode_audit(v) for v in producer.acknowledged]
+    # The refused sending record produced again, the retry's, and its outcome.
+    assert [r.outcome for r in records] == ["sending", "sending", "accepted"]
 
 
 async def test_single_writes_have_no_batch_and_a_delete_is_forgotten_only_once_reported(
@@ -249,7 +316,12 @@ async def test_single_writes_have_no_batch_and_a_delete_is_forgotten_only_once_r
     tenant = sandbox.new_tenant()
     last_sent = LastSentStore(redis_url, prefix)
     reports: list[tuple[list[Sent], list[Removed], list[str]]] = []
+    announcements: list[tuple[list[str], list[str], list[str]]] = []
     failing = True
+
+    async def on_sending(sending: Sequence[Sending], deleting: Sequence[Deleting]) -> None:
+        ids = [s.projected.external_id for s in sending]
+        announcements.append((ids, [d.external_id for d in deleting], _keys(redis_url, prefix)))
 
     async def on_accepted(sent: Sequence[Sent], removed: Sequence[Removed]) -> None:
         reports.append((list(sent), list(removed), _keys(redis_url, prefix)))
@@ -265,6 +337,7 @@ async def test_single_writes_have_no_batch_and_a_delete_is_forgotten_only_once_r
             last_sent=last_sent,
             tenants=_Database({}),
             on_accepted=on_accepted,
+            on_sending=on_sending,
         )
 
     row = {"id": 7, "tenant": tenant, "email": "c7@example.com"}
@@ -292,6 +365,10 @@ async def test_single_writes_have_no_batch_and_a_delete_is_forgotten_only_once_r
     finally:
         await last_sent.close()
 
+    # Each request was announced before it left, and an announcement remembers nothing: the
+    # upsert's before anything was in Redis, each delete's with the entry still there.
+    entry = f"{prefix}:last:customers:7"
+    assert announcements == [(["7"], [], []), ([], ["7"], [entry]), ([], ["7"], [entry])]
     deletes = [r for _, removed, _ in reports for r in removed]
     assert [(r.tenant, r.external_id) for r in deletes] == [(tenant, "7"), (tenant, "7")]
     assert all(r.batch_id for r in deletes)

@@ -24,6 +24,7 @@ from consumer.records.audit import (
     PARTITIONER,
     AuditRecord,
     AuditWriter,
+    announced_records,
     audit_key,
     audit_message,
     audit_partition,
@@ -31,20 +32,24 @@ from consumer.records.audit import (
     audited_fields,
     decode_audit,
     delete_record,
+    deleting_record,
     destination_host,
     encode_audit,
+    sending_record,
     upsert_record,
 )
 from consumer.records.audit_read import (
+    OUTCOME_UNKNOWN,
     AuditEntry,
     Query,
     describe_cause,
     entry_json,
+    fold_sends,
     history_lines,
 )
 from consumer.records.dlq_read import Position
 from consumer.router.dirty import MAX_CAUSES, Cause, dirty_message_key
-from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
 from consumer.sink.projection import GROUP_COLUMN_PREFIX, Projected, project
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV, shop_definition
 from tests.unit.test_dirty import load_schema, schema_problems
@@ -221,6 +226,50 @@ def test_one_resources_delivery_becomes_upserts_then_deletes() -> None:
     assert [(r.kind, r.id) for r in records] == [("upsert", "1"), ("upsert", "2"), ("delete", "3")]
 
 
+def test_a_sending_record_holds_what_the_outcome_record_will_without_a_batch_id() -> None:
+    """Written ahead of the request: the same entity, payload hash, fields, values, causes and
+    path as the record of its outcome; no batch id (Reach has not given one yet)."""
+    projected = _customer()
+    leaving = Sending(projected, AT_MS - 5, in_batch=True, causes=[ROW_CAUSE, CDC])
+    ahead = sending_record("customers", CUSTOMERS, DESTINATION, leaving)
+    after = upsert_record(
+        "customers", CUSTOMERS, DESTINATION, Sent(projected, AT_MS, "b-1", causes=[ROW_CAUSE, CDC])
+    )
+    assert (ahead.outcome, ahead.batch_id, ahead.at_ms, ahead.mode) == (
+        "sending",
+        None,
+        AT_MS - 5,
+        "batch",
+    )
+    assert msgspec.structs.replace(ahead, outcome="accepted", batch_id="b-1", at_ms=AT_MS) == after
+    single = sending_record("customers", CUSTOMERS, DESTINATION, Sending(projected, AT_MS))
+    assert (single.mode, single.batch_id) == ("realtime", None)
+
+    deleting = deleting_record(
+        "customers", CUSTOMERS, DESTINATION, Deleting("merchant-2", "42", AT_MS, causes=[CDC])
+    )
+    deleted = delete_record(
+        "customers", CUSTOMERS, DESTINATION, Removed("merchant-2", "42", AT_MS, "d-1", causes=[CDC])
+    )
+    assert msgspec.structs.replace(deleting, outcome="deleted", batch_id="d-1") == deleted
+    assert (deleting.outcome, deleting.batch_id, deleting.mode) == ("sending", None, "batch")
+
+    both = announced_records(
+        "customers",
+        CUSTOMERS,
+        DESTINATION,
+        sending=[leaving],
+        deleting=[Deleting("merchant-1", "3", AT_MS)],
+    )
+    assert [(r.kind, r.id, r.outcome) for r in both] == [
+        ("upsert", "42", "sending"),
+        ("delete", "3", "sending"),
+    ]
+    # Nothing a send's record may not hold is in its sending record either.
+    encoded = encode_audit(ahead).decode()
+    assert not any(form in encoded for value in SECRETS.values() for form in _forms(value))
+
+
 @pytest.mark.parametrize(
     ("base_url", "host"),
     [
@@ -263,10 +312,32 @@ def _examples() -> list[AuditRecord]:
         delete_record(
             "customers", CUSTOMERS, DESTINATION, Removed("m", "42", AT_MS, "d-1", causes=[])
         ),
+        sending_record(
+            "customers", CUSTOMERS, DESTINATION, Sending(_customer(), AT_MS, causes=[CDC])
+        ),
+        sending_record(
+            "customers",
+            CUSTOMERS,
+            DESTINATION,
+            Sending(_customer(), AT_MS, in_batch=True, causes=[CDC]),
+        ),
+        deleting_record("customers", CUSTOMERS, DESTINATION, Deleting("m", "42", AT_MS)),
     ]
 
 
-@pytest.mark.parametrize("record", _examples(), ids=["upsert", "parked", "batch", "delete"])
+@pytest.mark.parametrize(
+    "record",
+    _examples(),
+    ids=[
+        "upsert",
+        "parked",
+        "batch",
+        "delete",
+        "sending-single",
+        "sending-batch",
+        "sending-delete",
+    ],
+)
 def test_encoded_records_follow_the_schema_and_round_trip(record: AuditRecord) -> None:
     raw = encode_audit(record)
     assert schema_problems(json.loads(raw), SCHEMA) == []
@@ -318,6 +389,13 @@ def test_the_schema_rejects_inconsistent_or_extra_content() -> None:
     assert schema_problems({**upsert, "version": 2}, SCHEMA)
     assert schema_problems({**delete, "payload_sha256": "a" * 64}, SCHEMA)
     assert schema_problems({**delete, "fields": ["email"]}, SCHEMA)
+    sending = json.loads(encode_audit(_examples()[5]))
+    assert schema_problems({**sending, "batch_id": "b-1"}, SCHEMA)  # not given before the answer
+    assert schema_problems({**sending, "outcome": "deleted"}, SCHEMA)
+    assert schema_problems({**sending, "payload_sha256": None}, SCHEMA)
+    deleting = json.loads(encode_audit(_examples()[6]))
+    assert schema_problems({**deleting, "mode": "realtime"}, SCHEMA)
+    assert schema_problems({**deleting, "outcome": "parked"}, SCHEMA)
     assert schema_problems({k: v for k, v in upsert.items() if k != "causes"}, SCHEMA) == [
         "$: causes is required"
     ]
@@ -424,6 +502,29 @@ def _writer() -> tuple[AuditWriter, FakeProducer]:
     return AuditWriter(DEFINITION, producer=producer), producer  # type: ignore[arg-type]
 
 
+def test_the_writer_announces_keyed_stamped_sending_records_like_the_outcomes() -> None:
+    writer, producer = _writer()
+    count = writer.announce(
+        "customers",
+        sending=[Sending(_customer(), AT_MS, in_batch=True, causes=[CDC])],
+        deleting=[Deleting("merchant-1", "9", AT_MS, causes=[CDC])],
+    )
+    assert count == 2
+    writer.flush()
+    assert [p["key"] for p in producer.produced] == [b"customers/42", b"customers/9"]
+    assert [p["timestamp"] for p in producer.produced] == [AT_MS, AT_MS]
+    records = [decode_audit(p["value"]) for p in producer.produced]
+    assert [(r.kind, r.outcome, r.mode, r.batch_id) for r in records] == [
+        ("upsert", "sending", "batch", None),
+        ("delete", "sending", "batch", None),
+    ]
+    assert [dict(p["headers"])["reach-sync-audit-kind"] for p in producer.produced] == [
+        b"upsert",
+        b"delete",
+    ]
+    assert writer.acknowledged == 2
+
+
 def test_the_writer_produces_keyed_stamped_records_to_the_audit_topic() -> None:
     writer, producer = _writer()
     count = writer.record(
@@ -526,6 +627,112 @@ def test_history_lines_show_time_kind_outcome_hash_tenant_batch_fields_and_cause
         "1970-01-01 00:00:00.000Z  delete  deleted   hash -             tenant m  batch d-1",
         "    cause:  (none recorded)",
     ]
+
+
+def _entry(record: AuditRecord, offset: int) -> AuditEntry:
+    return AuditEntry(Position("t", 0, offset), record)
+
+
+def _ahead(projected: Projected, at_ms: int, in_batch: bool = True) -> AuditRecord:
+    return sending_record(
+        "customers", CUSTOMERS, DESTINATION, Sending(projected, at_ms, in_batch, causes=[CDC])
+    )
+
+
+def _answered(projected: Projected, at_ms: int, batch_id: str | None = "b-1") -> AuditRecord:
+    return upsert_record(
+        "customers", CUSTOMERS, DESTINATION, Sent(projected, at_ms, batch_id, causes=[CDC])
+    )
+
+
+def test_a_sending_record_and_its_outcome_are_one_send_announced_when_it_left() -> None:
+    state = _customer()
+    folded = fold_sends([_entry(_ahead(state, 100), 0), _entry(_answered(state, 130), 1)])
+    assert [(e.record.outcome, e.record.at_ms, e.announced_ms, e.at.offset) for e in folded] == [
+        ("accepted", 130, 100, 1)
+    ]
+    assert not folded[0].outcome_unknown
+
+
+def test_a_sending_record_no_outcome_followed_is_a_send_whose_outcome_is_unknown() -> None:
+    """The process ended after the request left: a state Reach may hold, shown as left with its
+    outcome unknown; the next owner's send of the same state has its own pair."""
+    s1, s2 = _customer(completed_orders=1), _customer(completed_orders=2)
+    folded = fold_sends(
+        [
+            _entry(_ahead(s1, 100), 0),
+            _entry(_answered(s1, 110), 1),
+            _entry(_ahead(s2, 200), 2),  # the process ended here
+            _entry(_ahead(s2, 300), 3),  # the next owner sends the same state again
+            _entry(_answered(s2, 320, "b-2"), 4),
+            _entry(_ahead(s1, 400, in_batch=False), 5),  # and ended before a later answer
+        ]
+    )
+    assert [(e.record.outcome, e.record.at_ms, e.announced_ms) for e in folded] == [
+        ("sending", 400, 400),
+        ("accepted", 320, 300),  # the send answered is the one announced last before it
+        ("sending", 200, 200),
+        ("accepted", 110, 100),
+    ]
+    assert [e.outcome_unknown for e in folded] == [True, False, True, False]
+
+
+def test_sends_are_paired_by_tenant_schema_kind_and_payload_in_time_order() -> None:
+    state = _customer()
+    moved = _customer(tenant="merchant-2")
+    deleted = delete_record(
+        "customers", CUSTOMERS, DESTINATION, Removed("merchant-1", "42", 150, "d-1", causes=[])
+    )
+    deleting = deleting_record(
+        "customers", CUSTOMERS, DESTINATION, Deleting("merchant-1", "42", 90)
+    )
+    unconfirmed = upsert_record(
+        "customers", CUSTOMERS, DESTINATION, Sent(moved, 160, unconfirmed=True, in_batch=True)
+    )
+    folded = fold_sends(
+        [
+            # Produced again by a retried flush: later on the topic, earlier in time.
+            _entry(_answered(state, 120), 9),
+            _entry(_ahead(state, 100), 0),
+            _entry(_ahead(moved, 95), 1),
+            _entry(deleting, 2),
+            _entry(deleted, 3),
+            _entry(unconfirmed, 4),
+            _entry(_answered(state, 50, None), 5),  # written before sending records existed
+        ]
+    )
+    assert [(e.record.kind, e.record.outcome, e.record.tenant, e.announced_ms) for e in folded] == [
+        ("upsert", "unconfirmed", "merchant-2", 95),
+        ("delete", "deleted", "merchant-1", 90),
+        ("upsert", "accepted", "merchant-1", 100),
+        ("upsert", "accepted", "merchant-1", None),
+    ]
+
+
+def test_history_lines_say_when_a_send_was_announced_or_that_its_outcome_is_unknown() -> None:
+    state = _customer()
+    entries = fold_sends(
+        [
+            _entry(_ahead(state, AT_MS - 20), 0),
+            _entry(_answered(state, AT_MS), 1),
+            _entry(_ahead(state, AT_MS + 1000), 2),
+        ]
+    )
+    lines = history_lines(entries)
+    digest = state.hash[:12]
+    assert lines[:2] == [
+        f"2026-11-23 02:13:21.123Z  upsert  sending   hash {digest}  tenant merchant-1  batch",
+        f"    {OUTCOME_UNKNOWN}",
+    ]
+    assert OUTCOME_UNKNOWN.startswith("left, outcome unknown (the process ended before the answer")
+    announced = lines.index(
+        f"2026-11-23 02:13:20.123Z  upsert  accepted  hash {digest}  tenant merchant-1  batch b-1"
+    )
+    assert lines[announced + 1] == (
+        "    announced: 2026-11-23 02:13:20.103Z, before the request left"
+    )
+    assert [entry_json(e)["announced_at_ms"] for e in entries] == [AT_MS + 1000, AT_MS - 20]
+    assert [entry_json(e)["outcome"] for e in entries] == ["sending", "accepted"]
 
 
 def test_a_query_matches_its_entity_tenant_and_time() -> None:

@@ -25,7 +25,7 @@ from consumer.router import loop as router
 from consumer.router.debezium import Change
 from consumer.router.dirty import Cause, DirtyKey, EntityId, decode_dirty, encode_dirty
 from consumer.sink.dedup import LastSent
-from consumer.sink.outcomes import Removed, Sent
+from consumer.sink.outcomes import Deleting, Removed, Sending, Sent
 from consumer.sink.recompute import Recomputed
 from consumer.sink.tenant_gate import TenantBlocks
 from consumer.syncer.loop import Syncer
@@ -84,6 +84,11 @@ class _LastSent:
 
 
 class _Audit:
+    def announce(
+        self, name: str, sending: Iterable[Sending] = (), deleting: Iterable[Deleting] = ()
+    ) -> int:
+        return len(list(sending)) + len(list(deleting))
+
     def record(
         self, name: str, accepted: Iterable[Sent] = (), deleted: Iterable[Removed] = ()
     ) -> int:
