@@ -583,6 +583,8 @@ class AuditReport:
     by_batch: int = 0
     by_single_write: int = 0
     by_unconfirmed: int = 0
+    # Only by the write-ahead ``sending`` record: the process ended before the outcome.
+    by_sending: int = 0
     deletes: int = 0
     unaudited: list[Unaudited] = field(default_factory=list)
     audited_not_applied: list[AuditedNotApplied] = field(default_factory=list)
@@ -614,7 +616,10 @@ def _accounts(version: Version, payload: str | None, record: AuditRecord) -> str
     ``by_unconfirmed``), or None. The rules follow consumer/sink/delivery.py and records/audit.py:
     a batch's records carry its id, except a batch request whose answer was lost (``unconfirmed``,
     mode batch, no id); a single write (history: a request id) has no batch id, mode realtime,
-    outcome accepted or unconfirmed; every delete goes through a batch."""
+    outcome accepted or unconfirmed; every delete goes through a batch; a ``sending`` record
+    (written before the request left) accounts for a send whose outcome was never audited."""
+    if record.outcome == "sending":
+        return _announced(version, payload, record)
     if version.data is None:
         if record.kind != "delete" or version.batch_id is None:
             return None
@@ -636,6 +641,18 @@ def _accounts(version: Version, payload: str | None, record: AuditRecord) -> str
             return "by_single_write"
         if record.outcome == "unconfirmed":
             return "by_unconfirmed"
+    return None
+
+
+def _announced(version: Version, payload: str | None, record: AuditRecord) -> str | None:
+    """A ``sending`` record (written and acknowledged before its request left; no batch id yet)
+    accounts for a version of the same kind, payload and delivery mode: the process that sent
+    it ended before it could audit the outcome (kill -9)."""
+    mode = "batch" if version.batch_id is not None else "realtime"
+    if version.data is None:
+        return "by_sending" if record.kind == "delete" and mode == "batch" else None
+    if record.kind == "upsert" and record.payload_sha256 == payload and record.mode == mode:
+        return "by_sending"
     return None
 
 
@@ -681,7 +698,8 @@ def match_audit(
         sent = None if version.data is None else sent_record(resource, version.data)
         payload = None if sent is None else payload_hash(sent)
         how, disagree = None, False
-        for record in candidates:
+        # An outcome record first; the write-ahead one only when there is none.
+        for record in sorted(candidates, key=lambda r: r.outcome == "sending"):
             how = _accounts(version, payload, record)
             if how is not None and (sent is None or _values_agree(record, sent)):
                 break

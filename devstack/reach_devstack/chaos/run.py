@@ -80,6 +80,8 @@ class ChaosResult:
     never_existed: int = 0
     versions_checked: int = 0
     unaudited: int = 0
+    # Applied states audited only by their write-ahead record: the process ended first.
+    outcome_unknown: int = 0
     malformed_kinds: int = 0
     malformed_events: int = 0
     malformed_not_dead_lettered: int = 0
@@ -370,6 +372,7 @@ def _judge_checks(
         endpoints.bootstrap_servers,
     )
     result.unaudited = len(audit.unaudited)
+    result.outcome_unknown = audit.by_sending
     result.findings += [f"unaudited: {o}" for o in audit.unaudited[:5]]
     _judge_dead_letters(result, definition, endpoints, injected)
 
@@ -465,7 +468,8 @@ def report(result: ChaosResult) -> list[str]:
         f"  entities            {result.entities}: {result.different} different, "
         f"{result.missing} missing, {result.lost_deletes} deleted but present",
         f"  versions            {result.versions_checked} checked: {result.backward} backward, "
-        f"{result.never_existed} never existed, {result.unaudited} unaudited",
+        f"{result.never_existed} never existed, {result.unaudited} unaudited "
+        f"({result.outcome_unknown} audited only as sending: their process was killed)",
         f"  malformed events    {result.malformed_events} of {result.malformed_kinds} kinds: "
         f"{result.malformed_not_dead_lettered} not dead-lettered, "
         f"{result.malformed_wrong_reason} with another reason; longest stall "

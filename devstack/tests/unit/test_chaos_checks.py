@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from reach_devstack.chaos.checks import (
@@ -453,6 +454,29 @@ def test_a_lost_batch_answer_is_accounted_for_by_its_unconfirmed_record(
     assert (record.mode, record.batch_id, record.outcome) == ("batch", None, "unconfirmed")
     report = match_audit([_version(5, data, batch_id="batch-9")], definition.resources, [record])
     assert report.by_unconfirmed == 1 and report.ok
+
+
+def test_a_send_whose_outcome_was_never_audited_is_accounted_for_by_its_sending_record(
+    definition: SyncDefinition,
+) -> None:
+    data, lost = _sent(definition, _customer(), None, unconfirmed=True, in_batch=True)
+    sending = msgspec.structs.replace(lost, outcome="sending")
+    report = match_audit([_version(5, data, batch_id="batch-9")], definition.resources, [sending])
+    assert (report.by_sending, report.by_batch) == (1, 0) and report.ok
+    # An outcome record is preferred when there is one.
+    _, accepted = _sent(definition, _customer(), "batch-9")
+    both = match_audit(
+        [_version(5, data, batch_id="batch-9")], definition.resources, [sending, accepted]
+    )
+    assert (both.by_sending, both.by_batch) == (0, 1)
+    # A sending record of another state, or of the other mode, accounts for nothing.
+    changed = {**data, "firstName": "Grace"}
+    assert match_audit(
+        [_version(5, changed, batch_id="batch-9")], definition.resources, [sending]
+    ).unaudited
+    assert match_audit(
+        [_version(5, data, request_id="req-1")], definition.resources, [sending]
+    ).unaudited
 
 
 def test_a_single_write_is_accounted_for_by_a_realtime_record_of_its_payload(
