@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 from confluent_kafka import Producer
 
 from consumer.config import SyncDefinition
@@ -57,6 +58,8 @@ STALL_BOUND_S = 5.0
 # row log's count, not on this estimate).
 CHANGES_PER_OPERATION = 1.2
 GROUP = "chaos"
+# How long the bad rows wait for a database that is down when they are due.
+BAD_ROWS_WAIT_S = 60.0
 
 
 @dataclass
@@ -282,9 +285,19 @@ def _inject(injected: _Injected, endpoints: StackEndpoints, log: FaultLog) -> st
         produced.append((event, time.time()))
     if producer.flush(30) != 0:
         raise RuntimeError("malformed events not acknowledged by the broker within 30 s")
-    rows = malformed.create_bad_rows(endpoints.postgres_dsn, marker)
     with injected._lock:
         injected.events += produced
+    # The rows wait for the database, should the injection meet a Postgres outage.
+    deadline = time.monotonic() + BAD_ROWS_WAIT_S
+    while True:
+        try:
+            rows = malformed.create_bad_rows(endpoints.postgres_dsn, marker)
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    with injected._lock:
         injected.rows += rows
     return f"{len(events)} events of {len({e.kind for e in events})} kinds, {len(rows)} bad rows"
 
