@@ -58,8 +58,8 @@ STALL_BOUND_S = 5.0
 # row log's count, not on this estimate).
 CHANGES_PER_OPERATION = 1.2
 GROUP = "chaos"
-# How long the bad rows wait for a database that is down when they are due.
-BAD_ROWS_WAIT_S = 60.0
+# How long the run's own reads and writes wait for a database a fault has stopped.
+DATABASE_WAIT_S = 60.0
 
 
 @dataclass
@@ -225,7 +225,7 @@ def _chaos(
 
     def load() -> None:
         round_no = 0
-        while checks.source_changes(dsn) < plan.changes:
+        while _source_changes(dsn) < plan.changes:
             round_no += 1
             run_load(dsn, plan.rate, LOAD_SLICE_S, plan.seed * 10_000 + round_no, progress=False)
         load_done.set()
@@ -249,7 +249,7 @@ def _chaos(
             time.sleep(WATCH_S)
         loader.result()  # a load that failed fails the run, with its error
         result.load_seconds = round(time.monotonic() - started, 1)
-        result.source_changes = checks.source_changes(dsn)
+        result.source_changes = _source_changes(dsn)
         concurrent.futures.wait(running)
     for name in injector.revive_crashed():
         result.crashes += 1
@@ -271,6 +271,18 @@ def _restore(
             spawn(functools.partial(stack.start_component, name))
 
 
+def _source_changes(dsn: str) -> int:
+    """The row log's count, waited for while a fault has the database down."""
+    deadline = time.monotonic() + DATABASE_WAIT_S
+    while True:
+        try:
+            return checks.source_changes(dsn)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def _inject(injected: _Injected, endpoints: StackEndpoints, log: FaultLog) -> str:
     """Produce one of every malformed event kind to the source topics, and create the bad rows;
     remember when each was produced."""
@@ -288,7 +300,7 @@ def _inject(injected: _Injected, endpoints: StackEndpoints, log: FaultLog) -> st
     with injected._lock:
         injected.events += produced
     # The rows wait for the database, should the injection meet a Postgres outage.
-    deadline = time.monotonic() + BAD_ROWS_WAIT_S
+    deadline = time.monotonic() + DATABASE_WAIT_S
     while True:
         try:
             rows = malformed.create_bad_rows(endpoints.postgres_dsn, marker)
