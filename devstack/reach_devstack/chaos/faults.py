@@ -50,11 +50,13 @@ class FaultLog:
     and kept for the report."""
 
     started_at: float
+    # The same moment on the wall clock, to place what carries wall-clock times (dead letters).
+    started_wall: float = field(default_factory=time.time)
     lines: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
-    # (start, end) of every fault that stops a part of the system, for the stall check.
-    windows: list[tuple[float, float, str]] = field(default_factory=list)
+    # (start, end, kind, target) of every fault done, for the stall check.
+    windows: list[tuple[float, float, str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
@@ -66,10 +68,19 @@ class FaultLog:
             self.lines.append(line)
         print(f"chaos: {line}", flush=True)
 
-    def done(self, kind: str, start: float) -> None:
+    def done(self, kind: str, start: float, target: str) -> None:
         with self._lock:
             self.counts[kind] = self.counts.get(kind, 0) + 1
-            self.windows.append((start, self.now(), kind))
+            self.windows.append((start, self.now(), kind, target))
+
+    def router_changes(self) -> list[tuple[float, float]]:
+        """When a router left or froze and came back (kill -9, SIGSTOP): its group rebalanced."""
+        with self._lock:
+            return [
+                (start, end)
+                for start, end, kind, target in self.windows
+                if kind in ("kill", "sigstop") and target.startswith("router")
+            ]
 
     def skip(self, kind: str, why: str) -> None:
         with self._lock:
@@ -110,7 +121,7 @@ class Injector:
             return
         finally:
             self._release(target)
-        self.log.done(fault.kind, start)
+        self.log.done(fault.kind, start, target)
 
     def revive_crashed(self) -> list[str]:
         """Start again every member that ended on its own (not one a fault is handling): a
