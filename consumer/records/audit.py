@@ -246,22 +246,8 @@ def _upsert_outcome(accepted: Sent) -> Outcome:
 
 def delete_record(name: str, resource: Resource, destination: str, deleted: Removed) -> AuditRecord:
     """The audit record of one entity of resource ``name`` deleted from a tenant."""
-    return AuditRecord(
-        kind="delete",
-        tenant=deleted.tenant,
-        resource=name,
-        reach_schema=resource.reach_schema,
-        id=deleted.external_id,
-        destination=destination,
-        at_ms=deleted.at_ms,
-        payload_sha256=None,
-        fields=(),
-        values={},
-        causes=tuple(deleted.causes[:MAX_CAUSES]),
-        mode="batch",
-        batch_id=deleted.batch_id,
-        outcome="unconfirmed" if deleted.unconfirmed else "deleted",
-    )
+    outcome: Outcome = "unconfirmed" if deleted.unconfirmed else "deleted"
+    return _delete(name, resource, destination, deleted, deleted.batch_id, outcome)
 
 
 def sending_record(
@@ -275,21 +261,32 @@ def deleting_record(
     name: str, resource: Resource, destination: str, leaving: Deleting
 ) -> AuditRecord:
     """The write-ahead record of one entity of resource ``name`` about to be deleted."""
+    return _delete(name, resource, destination, leaving, None, SENDING)
+
+
+def _delete(
+    name: str,
+    resource: Resource,
+    destination: str,
+    entity: Removed | Deleting,
+    batch_id: str | None,
+    outcome: Outcome,
+) -> AuditRecord:
     return AuditRecord(
         kind="delete",
-        tenant=leaving.tenant,
+        tenant=entity.tenant,
         resource=name,
         reach_schema=resource.reach_schema,
-        id=leaving.external_id,
+        id=entity.external_id,
         destination=destination,
-        at_ms=leaving.at_ms,
+        at_ms=entity.at_ms,
         payload_sha256=None,
         fields=(),
         values={},
-        causes=tuple(leaving.causes[:MAX_CAUSES]),
+        causes=tuple(entity.causes[:MAX_CAUSES]),
         mode="batch",
-        batch_id=None,
-        outcome=SENDING,
+        batch_id=batch_id,
+        outcome=outcome,
     )
 
 

@@ -107,10 +107,6 @@ class Fleet:
         """The member a fault's ``pick`` (uniform in [0, 1)) chooses."""
         return self.members[min(int(u * len(self.members)), len(self.members) - 1)]
 
-    def dead(self) -> list[Member]:
-        """Members that ended without being killed by the run: a crash, a real failure."""
-        return [m for m in self.members if not m.alive()]
-
     def stop(self) -> None:
         for member in self.members:
             member.stop()
