@@ -18,7 +18,6 @@ import bisect
 import json
 import re
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,14 +29,12 @@ import httpx
 import msgspec
 import orjson
 import psycopg
-from confluent_kafka import Consumer
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from consumer.config import Resource, SyncDefinition
 from consumer.errors import BadRecord
 from consumer.records.audit import AuditRecord, decode_audit, encode_audit
-from consumer.records.dlq_read import MissingTopic, end_offsets, messages_to_end
 from consumer.sink.projection import json_text, payload_hash, project
 from reach_devstack.chaos.rowlog import (
     LOG_TABLE,
@@ -48,6 +45,7 @@ from reach_devstack.chaos.rowlog import (
     source_changes,
     table_columns,
 )
+from reach_devstack.chaos.topics import read_topic
 
 __all__ = [
     "UNMAPPED_PII_COLUMNS",
@@ -753,33 +751,15 @@ def read_audit(bootstrap_servers: str, topic: str) -> tuple[list[AuditedRecord],
     assigned from its beginning (no consumer group is joined, nothing is committed) and read to
     its end-of-partition event at its high watermark, as reach-sync's own readers do (the local
     broker's watermark trails a partition's last batch: records/dlq_read.py)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            # Required by librdkafka; an assigned consumer never joins it.
-            "group.id": f"chaos-audit-check-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "allow.auto.create.topics": False,
-            "fetch.wait.max.ms": 100,
-        }
-    )
     found: list[AuditedRecord] = []
     undecodable = 0
-    try:
+    for message in read_topic(bootstrap_servers, topic):
         try:
-            ends = end_offsets(consumer, topic)
-        except MissingTopic:
-            return [], 0
-        for message in messages_to_end(consumer, topic, ends):
-            try:
-                record = decode_audit(message.value() or b"")
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                undecodable += 1
-                continue
-            found.append(AuditedRecord(message.partition() or 0, message.offset() or 0, record))
-    finally:
-        consumer.close()
+            record = decode_audit(message.value() or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            undecodable += 1
+            continue
+        found.append(AuditedRecord(message.partition() or 0, message.offset() or 0, record))
     return found, undecodable
 
 

@@ -465,7 +465,7 @@ def _judge_leaks(
     }
     leaks = checks.leaked_secrets(
         fleet.log_paths(),
-        topics.audit_lines(endpoints.bootstrap_servers, definition.topics.audit),
+        checks.read_audit(endpoints.bootstrap_servers, definition.topics.audit)[0],
         {k: v for k, v in secrets.items() if v},
         checks.unmapped_values(dsn),
         checks.sent_pii_values(dsn, definition),

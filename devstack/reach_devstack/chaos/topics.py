@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Message
 from consumer.records.deadletter import HEADER_KIND, HEADER_REASON
 from consumer.records.dlq_read import MissingTopic, end_offsets, messages_to_end
 
-__all__ = ["DeadLetter", "audit_lines", "dead_letters", "read_topic"]
+__all__ = ["DeadLetter", "dead_letters", "read_topic"]
 
 
 def read_topic(bootstrap_servers: str, topic: str) -> list[Message]:
@@ -28,6 +28,8 @@ def read_topic(bootstrap_servers: str, topic: str) -> list[Message]:
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "allow.auto.create.topics": False,
+            # The local broker holds an empty fetch for the whole wait (docs/local-stack.md).
+            "fetch.wait.max.ms": 100,
         }
     )
     try:
@@ -75,11 +77,4 @@ def dead_letters(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
             m.timestamp()[1] / 1000.0,
         )
         for m in read_topic(bootstrap_servers, topic)
-    ]
-
-
-def audit_lines(bootstrap_servers: str, topic: str) -> list[str]:
-    """The audit records as text, for the leak scan."""
-    return [
-        (m.value() or b"").decode("utf-8", "replace") for m in read_topic(bootstrap_servers, topic)
     ]
