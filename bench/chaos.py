@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         "slow: see docs/reliability.md",
     )
     parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=defaults.settle_timeout_s,
+        help="seconds the sandbox may take to equal the database after the last fault",
+    )
+    parser.add_argument(
         "--state-dir", type=Path, default=None, help="where the stack and the logs go"
     )
     args = parser.parse_args(argv)
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         routers=args.routers,
         syncers=args.syncers,
         durable_broker=args.durable_broker,
+        settle_timeout_s=args.settle_timeout,
     )
     state_dir = args.state_dir
     if state_dir is None:

@@ -55,7 +55,10 @@ __all__ = [
     "Leak",
     "LeakReport",
     "Offence",
+    "RowStates",
     "SandboxHistory",
+    "State",
+    "TenantOf",
     "Unaudited",
     "Unconverged",
     "Verdict",
@@ -103,6 +106,8 @@ class Version:
     batch_id: str | None = None
     request_id: str | None = None
     arrived_at: float | None = None
+    # When Reach applied it (epoch seconds): a batch's versions when the batch was processed.
+    applied_at: float | None = None
 
 
 @dataclass
@@ -151,6 +156,7 @@ def read_history(
                     v["batchId"],
                     v["requestId"],
                     v["arrivedAt"],
+                    v.get("appliedAt"),
                 )
                 for v in page
             ]
@@ -344,7 +350,7 @@ def merchant_tenants(dsn: str) -> TenantOf:
     return tenant_of
 
 
-class _States:
+class RowStates:
     """The logged states of one row, projected once, as seen from each tenant."""
 
     def __init__(
@@ -405,7 +411,7 @@ def check_resource(
     for version in versions:
         if version.schema == resource.reach_schema and version.tenant in tenants:
             by_entity[(version.tenant, version.external_id)].append(version)
-    rows = {key: _States(resource, own, states, tenant_of) for key, states in logged.items()}
+    rows = {key: RowStates(resource, own, states, tenant_of) for key, states in logged.items()}
     report.unprojectable_states += sum(r.unprojectable for r in rows.values())
     entities = set(by_entity)
     entities |= {(t, key) for key, r in rows.items() for t in r.tenants() & tenants}

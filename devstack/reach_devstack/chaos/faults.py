@@ -4,6 +4,13 @@ A fault runs in a worker thread of the run (run.py) for its whole duration, so a
 outage does not hold the next kill back. Two faults never handle the same reach-sync process or
 the same component at once: a fault whose target is busy is skipped and logged as such (the
 schedule stays the seed's; what it hit is in the log).
+
+Malformed input is injected while the routers' group is steady, and kept so until its dead
+letters are due: a router killed or frozen holds every event of its partitions, good or bad,
+for the local broker's handover (about 11 s, docs/local-stack.md), which would hide whether a
+bad event held its partition. So the injection holds routers out of kills and SIGSTOPs (those
+faults hit a syncer instead), waits until the last router change is ``ROUTERS_QUIET_S`` past,
+injects, and keeps the hold ``DEAD_LETTER_DUE_S`` longer; the stall check is then strict.
 """
 
 from __future__ import annotations
@@ -22,7 +29,18 @@ from reach_devstack.chaos.fleet import Fleet, Member
 from reach_devstack.chaos.plan import ChaosPlan, Fault
 from reach_devstack.stack import LocalStack
 
-__all__ = ["REACH_FAULTS", "FaultLog", "Injector"]
+__all__ = ["DEAD_LETTER_DUE_S", "REACH_FAULTS", "ROUTERS_QUIET_S", "FaultLog", "Injector"]
+
+# After a router came back from a kill or a SIGSTOP: the session timeout (6 s) for the old
+# member to be dropped, then the broker's handover (about 11 s), with room to spare.
+ROUTERS_QUIET_S = 20.0
+# How long the routers stay steady after an injection: a malformed event's dead letter is due
+# within 5 s (run.py, STALL_BOUND_S); the rest is margin.
+DEAD_LETTER_DUE_S = 10.0
+# An injection waits at most this long for the routers to be steady (a frozen router is
+# thawed within 12 s and a killed one restarted within 3 s, so this is never reached unless a
+# router keeps crashing); then the fault is skipped, and the run fails for a missing kind.
+QUIET_WAIT_S = 120.0
 
 # The sandbox's fault specs for each Reach kind (sandbox/reach_sandbox/README.md, "Faults").
 # reach-sync's request timeout is the definition's destination.timeout_s, 30 s by default: a
@@ -73,14 +91,15 @@ class FaultLog:
             self.counts[kind] = self.counts.get(kind, 0) + 1
             self.windows.append((start, self.now(), kind, target))
 
-    def router_changes(self) -> list[tuple[float, float]]:
-        """When a router left or froze and came back (kill -9, SIGSTOP): its group rebalanced."""
+    def last_router_change(self) -> float | None:
+        """When a router last came back from a kill -9 or a SIGSTOP (its group rebalanced)."""
         with self._lock:
-            return [
-                (start, end)
-                for start, end, kind, target in self.windows
+            ends = [
+                end
+                for _, end, kind, target in self.windows
                 if kind in ("kill", "sigstop") and target.startswith("router")
             ]
+        return max(ends, default=None)
 
     def skip(self, kind: str, why: str) -> None:
         with self._lock:
@@ -104,18 +123,23 @@ class Injector:
     # child dies with the thread that started it (process.py), and fault threads end.
     spawn: Callable[[Callable[[], None]], None]
     _busy: set[str] = field(default_factory=set)
+    # Set while malformed input is injected: kills and SIGSTOPs leave the routers alone.
+    _routers_held: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, fault: Fault) -> None:
         """Do ``fault`` (blocking for its duration); never raises: a fault that could not be
         done is logged, counted as skipped, and the run goes on."""
-        target = self._target(fault)
-        if not self._claim(target):
+        with self._lock:
+            target = self._target(fault)
+            claimed = target not in self._busy
+            self._busy.add(target)
+        if not claimed:
             self.log.skip(fault.kind, f"{target} is busy with another fault")
             return
         start = self.log.now()
         try:
-            self._do(fault)
+            self._do(fault, target)
         except Exception as exc:  # a fault's own failure is a finding, not the run's end
             self.log.skip(fault.kind, f"{type(exc).__name__}: {exc}")
             return
@@ -140,8 +164,11 @@ class Injector:
         return revived
 
     def _target(self, fault: Fault) -> str:
+        """The process or component ``fault`` handles (under the lock: a hold on the routers
+        is taken under it too, so no router kill is chosen after the hold began)."""
         if fault.kind in ("kill", "sigstop"):
-            return self.fleet.pick(fault.pick).name
+            roles = ("syncer",) if self._routers_held else ("router", "syncer")
+            return self.fleet.pick(fault.pick, roles).name
         if fault.kind.startswith("reach_"):
             return fault.kind
         if fault.kind.startswith("redis"):
@@ -159,12 +186,15 @@ class Injector:
         with self._lock:
             self._busy.discard(target)
 
-    def _do(self, fault: Fault) -> None:
+    def _member(self, name: str) -> Member:
+        return next(m for m in self.fleet.members if m.name == name)
+
+    def _do(self, fault: Fault, target: str) -> None:
         kind = fault.kind
         if kind == "kill":
-            self._kill(self.fleet.pick(fault.pick), random.Random(fault.pick))  # noqa: S311 - chaos
+            self._kill(self._member(target), random.Random(fault.pick))  # noqa: S311 - chaos
         elif kind == "sigstop":
-            member = self.fleet.pick(fault.pick)
+            member = self._member(target)
             self.log.say(f"SIGSTOP {member.name} (pid {member.pid}) for {fault.seconds:.1f} s")
             member.freeze()
             time.sleep(fault.seconds)
@@ -187,9 +217,32 @@ class Injector:
         elif kind in REACH_FAULTS:
             self._reach(kind, fault.seconds)
         elif kind == "malformed":
-            self.log.say(f"malformed input: {self.malformed()}")
+            self._inject_steady()
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
+
+    def _inject_steady(self) -> None:
+        """The run's malformed input, while the routers' group is steady (the module's doc)."""
+        with self._lock:
+            self._routers_held = True
+        try:
+            self.log.say("malformed input: routers held out of kills until their group is steady")
+            deadline = time.monotonic() + QUIET_WAIT_S
+            while not self._routers_steady():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"routers not steady for {ROUTERS_QUIET_S:g} s")
+                time.sleep(0.2)
+            self.log.say(f"malformed input: {self.malformed()}")
+            time.sleep(DEAD_LETTER_DUE_S)
+        finally:
+            with self._lock:
+                self._routers_held = False
+
+    def _routers_steady(self) -> bool:
+        with self._lock:
+            busy = any(router.name in self._busy for router in self.fleet.routers())
+        last = self.log.last_router_change()
+        return not busy and (last is None or self.log.now() - last >= ROUTERS_QUIET_S)
 
     def _kill(self, member: Member, rng: random.Random) -> None:
         if not member.alive():

@@ -103,9 +103,13 @@ class Fleet:
         for member in self.members:
             member.start()
 
-    def pick(self, u: float) -> Member:
-        """The member a fault's ``pick`` (uniform in [0, 1)) chooses."""
-        return self.members[min(int(u * len(self.members)), len(self.members) - 1)]
+    def pick(self, u: float, roles: tuple[str, ...] = ("router", "syncer")) -> Member:
+        """The member a fault's ``pick`` (uniform in [0, 1)) chooses among those of ``roles``."""
+        among = [m for m in self.members if m.role in roles]
+        return among[min(int(u * len(among)), len(among) - 1)]
+
+    def routers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "router"]
 
     def stop(self) -> None:
         for member in self.members:

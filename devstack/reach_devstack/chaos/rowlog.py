@@ -108,11 +108,13 @@ UNLOADABLE = Unloadable()
 @dataclass(frozen=True, slots=True)
 class LoggedState:
     """One committed state of a row: its log ``seq``, the operation, and the row as the table's
-    row type loads it (None after a delete)."""
+    row type loads it (None after a delete). ``logged_at`` (epoch seconds) is when its change
+    was made, before its commit: for one row, no later change is logged before that commit."""
 
     seq: int
     op: str
     row: dict[str, Any] | None
+    logged_at: float = 0.0
 
 
 def qualified(table: str) -> tuple[str, str]:
@@ -189,7 +191,8 @@ def logged_states(dsn: str, table: str) -> dict[str, list[LoggedState]]:
     """
     schema, name = qualified(table)
     query = sql.SQL(
-        "SELECT l.seq, l.id, l.op, l.xid::text, r.* FROM chaos.row_log l"
+        "SELECT l.seq, l.id, l.op, l.xid::text, extract(epoch FROM l.logged_at)::float8, r.*"
+        " FROM chaos.row_log l"
         " LEFT JOIN LATERAL jsonb_populate_record(NULL::{table}, l.row) r ON l.row IS NOT NULL"
         " WHERE l.tbl = %s ORDER BY l.id, l.seq"
     ).format(table=sql.Identifier(schema, name))
@@ -197,10 +200,10 @@ def logged_states(dsn: str, table: str) -> dict[str, list[LoggedState]]:
     last_xid: dict[str, str] = {}
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(query, (f"{schema}.{name}",))
-        for seq, key, op, xid, *values in _each_value_loaded(cur):
+        for seq, key, op, xid, logged_at, *values in _each_value_loaded(cur):
             row = None if op == DELETE else dict(zip(_columns(cur), values, strict=True))
             states = found.setdefault(key, [])
-            state = LoggedState(int(seq), str(op), row)
+            state = LoggedState(int(seq), str(op), row, float(logged_at))
             if states and last_xid[key] == xid and op != SNAPSHOT:
                 states[-1] = state  # the same transaction: only its last change was visible
             else:
@@ -210,7 +213,7 @@ def logged_states(dsn: str, table: str) -> dict[str, list[LoggedState]]:
 
 
 def _columns(cur: psycopg.Cursor[Any]) -> list[str]:
-    return [c.name for c in (cur.description or [])][4:]
+    return [c.name for c in (cur.description or [])][5:]
 
 
 def _each_value_loaded(cur: psycopg.Cursor[Any]) -> list[list[Any]]:

@@ -1,19 +1,22 @@
 """One chaos run: the local stack, reach-sync routers and syncers in one group, the shop's load,
 a seeded schedule of faults; then the faults stop and independent checks judge the outcome.
 
-1. start the stack (durable broker by default) and the per-row commit-order log;
+1. start the stack (the durable broker with ``plan.durable_broker``) and the per-row commit-order
+   log;
 2. start the fleet and wait until the sandbox equals the seeded shop (Debezium's snapshot);
 3. run the load until the row log counts ``plan.changes`` source changes, while the schedule's
    faults run, each in a worker thread, and crashed members are started again (and counted);
 4. stop every fault, wait until the sandbox equals the database (the convergence time is
    measured from the end of the last fault);
 5. check, from outside reach-sync: every entity equals the projection, deleted entities are
-   absent, no version went backward, every applied state was audited, every malformed input
-   was dead-lettered with its reason and without holding its partition, no secret or unmapped
-   PII in any log, span or audit record.
+   absent, no version went backward, every applied state was audited, no offset was committed
+   before its outcome (the syncer group's commits are watched through steps 3 and 4), every
+   malformed input was dead-lettered with its reason and without holding its partition, no
+   secret or unmapped PII in any log, span or audit record.
 
-The checks read the database, the sandbox's history, the audit and dead-letter topics and the
-processes' logs; none asks reach-sync what it did. Everything stops with the run.
+The checks read the database, the sandbox's history, the audit, dirty and dead-letter topics,
+the group's committed offsets and the processes' logs; none asks reach-sync what it did.
+Everything stops with the run.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from confluent_kafka import Producer
 
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
-from reach_devstack.chaos import checks, malformed, topics
+from reach_devstack.chaos import checks, commits, malformed, topics
 from reach_devstack.chaos.faults import FaultLog, Injector
 from reach_devstack.chaos.fleet import Fleet
 from reach_devstack.chaos.plan import KIND_DESCRIPTIONS, ChaosPlan, Fault, schedule
@@ -52,11 +55,10 @@ LOAD_SLICE_S = 10.0
 # How often the run looks for crashed members, and how often it compares while settling.
 WATCH_S = 0.5
 SETTLE_POLL_S = 5.0
-# A malformed event must be dead-lettered this soon after it was produced, unless the routers'
-# group was rebalancing meanwhile: a router killed or frozen, and the local broker's handover
-# after it (about 11 s, docs/local-stack.md), hold every event of its partitions, good or bad.
+# A malformed event must be dead-lettered this soon after it was produced: it must not hold its
+# partition. The injection happens while the routers' group is steady (faults.py), so a router's
+# own rebalance cannot be what delays it.
 STALL_BOUND_S = 5.0
-REBALANCE_S = 15.0
 # Expected changes per load operation, for the schedule's horizon only (the run stops on the
 # row log's count, not on this estimate).
 CHANGES_PER_OPERATION = 1.2
@@ -88,14 +90,17 @@ class ChaosResult:
     unaudited: int = 0
     # Applied states audited only by their write-ahead record: the process ended first.
     outcome_unknown: int = 0
+    # Offsets never committed before the outcome (commits.py): the dirty keys judged at the
+    # moment their offset was seen committed, and those Reach did not yet hold.
+    commit_moves: int = 0
+    keys_judged: int = 0
+    early_commits: int = 0
     malformed_kinds: int = 0
     malformed_events: int = 0
     malformed_not_dead_lettered: int = 0
     malformed_wrong_reason: int = 0
     max_stall_seconds: float = 0.0
     stalls_over_bound: int = 0
-    # Longer than the bound, but while the routers' group was rebalancing (not the event's).
-    stalls_in_rebalance: int = 0
     bad_rows: int = 0
     bad_rows_not_dead_lettered: int = 0
     leaks: int = 0
@@ -194,23 +199,32 @@ def _run(
             lambda: _inject(injected, endpoints, log),
             spawn,
         )
-        _chaos(plan, injector, log, dsn, result)
-        _clear_reach_faults(endpoints)
-        _restore(stack, spawn, result, log)
-        for member in fleet.members:
-            member.thaw()
-        last_fault_end = log.now()
-        excluded = {(r.resource, r.entity_id) for r in injected.rows}
-        differences = _settle(
-            definition, endpoints, tenants, excluded, plan.settle_timeout_s, raise_on_timeout=False
-        )
-        result.converge_seconds = round(log.now() - last_fault_end, 1)
+        with commits.watching(
+            endpoints.bootstrap_servers, f"{GROUP}.syncer", definition.topics.dirty
+        ) as watch:
+            _chaos(plan, injector, log, dsn, result)
+            _clear_reach_faults(endpoints)
+            _restore(stack, spawn, result, log)
+            for member in fleet.members:
+                member.thaw()
+            last_fault_end = log.now()
+            excluded = {(r.resource, r.entity_id) for r in injected.rows}
+            differences = _settle(
+                definition,
+                endpoints,
+                tenants,
+                excluded,
+                plan.settle_timeout_s,
+                raise_on_timeout=False,
+            )
+            result.converge_seconds = round(log.now() - last_fault_end, 1)
         _judge_convergence(result, differences, excluded)
         result.faults, result.faults_skipped = dict(log.counts), dict(log.skipped)
         result.kinds_missing = sorted(
             k for k in (*plan.cycle_kinds(), "kill") if not log.counts.get(k)
         )
-        _judge_checks(result, definition, endpoints, tenants, injected, log)
+        _judge_checks(result, definition, endpoints, tenants, injected)
+        _judge_commits(result, definition, endpoints, watch)
     finally:
         fleet.stop()
     _judge_leaks(result, endpoints, fleet, definition, dsn)
@@ -380,7 +394,6 @@ def _judge_checks(
     endpoints: StackEndpoints,
     tenants: list[str],
     injected: _Injected,
-    log: FaultLog,
 ) -> None:
     backward = checks.backward_versions(
         endpoints.postgres_dsn,
@@ -404,7 +417,7 @@ def _judge_checks(
     result.unaudited = len(audit.unaudited)
     result.outcome_unknown = audit.by_sending
     result.findings += [f"unaudited: {o}" for o in audit.unaudited[:5]]
-    _judge_dead_letters(result, definition, endpoints, injected, log)
+    _judge_dead_letters(result, definition, endpoints, injected)
 
 
 def _judge_dead_letters(
@@ -412,7 +425,6 @@ def _judge_dead_letters(
     definition: SyncDefinition,
     endpoints: StackEndpoints,
     injected: _Injected,
-    log: FaultLog,
 ) -> None:
     letters = topics.dead_letters(endpoints.bootstrap_servers, definition.topics.dead_letter)
     by_bytes = {(letter.key, letter.value): letter for letter in letters if letter.kind == "event"}
@@ -429,15 +441,7 @@ def _judge_dead_letters(
             result.findings.append(f"malformed {event.kind}: reason {letter.reason!r}")
         stall = max(0.0, letter.produced_at - produced_at)
         result.max_stall_seconds = max(result.max_stall_seconds, round(stall, 2))
-        if stall <= STALL_BOUND_S:
-            continue
-        produced = produced_at - log.started_wall
-        if any(
-            start <= produced + stall and produced <= end + REBALANCE_S
-            for start, end in log.router_changes()
-        ):
-            result.stalls_in_rebalance += 1
-        else:
+        if stall > STALL_BOUND_S:
             result.stalls_over_bound += 1
             result.findings.append(f"malformed {event.kind}: dead-lettered after {stall:.1f} s")
     records = {letter.record_key for letter in letters if letter.kind == "record"}
@@ -448,6 +452,42 @@ def _judge_dead_letters(
             result.findings.append(
                 f"bad row {row.kind} ({row.resource}/{row.entity_id}): no dead letter"
             )
+
+
+def _judge_commits(
+    result: ChaosResult,
+    definition: SyncDefinition,
+    endpoints: StackEndpoints,
+    watch: commits.CommitWatch,
+) -> None:
+    dsn = endpoints.postgres_dsn
+    history = checks.read_history(
+        endpoints.sandbox_url,
+        endpoints.sandbox_admin_token,
+        tenant_id_mode=definition.destination.tenant_id_mode,
+    )
+    letters = topics.dead_letters(endpoints.bootstrap_servers, definition.topics.dead_letter)
+    dead_lettered = {
+        (resource, entity_id)
+        for letter in letters
+        if letter.kind == "record"
+        for resource, _, entity_id in [letter.record_key.partition("/")]
+    }
+    report = commits.judge_commits(
+        watch,
+        topics.read_topic(endpoints.bootstrap_servers, definition.topics.dirty),
+        dsn,
+        definition,
+        history.versions,
+        checks.merchant_tenants(dsn),
+        dead_lettered,
+    )
+    result.commit_moves = report.commit_moves
+    result.keys_judged = report.keys_judged
+    result.early_commits = len(report.early)
+    result.findings += [f"committed before its outcome: {e}" for e in report.early[:5]]
+    if not report.keys_judged:
+        result.findings.append("the commit check judged no dirty key (no commit was seen)")
 
 
 def _judge_leaks(
@@ -480,6 +520,8 @@ def _passed(result: ChaosResult) -> bool:
         and not result.kinds_missing
         and result.different == result.missing == result.lost_deletes == 0
         and result.backward == result.never_existed == result.unaudited == 0
+        and result.early_commits == 0
+        and result.keys_judged > 0
         and result.malformed_not_dead_lettered == result.malformed_wrong_reason == 0
         and result.bad_rows_not_dead_lettered == 0
         and result.stalls_over_bound == 0
@@ -510,11 +552,13 @@ def report(result: ChaosResult) -> list[str]:
         f"  versions            {result.versions_checked} checked: {result.backward} backward, "
         f"{result.never_existed} never existed, {result.unaudited} unaudited "
         f"({result.outcome_unknown} audited only as sending: their process was killed)",
+        f"  commits             {result.commit_moves} seen; {result.keys_judged} dirty keys "
+        f"judged when their offset was committed: {result.early_commits} before Reach held "
+        f"their state",
         f"  malformed events    {result.malformed_events} of {result.malformed_kinds} kinds: "
         f"{result.malformed_not_dead_lettered} not dead-lettered, "
         f"{result.malformed_wrong_reason} with another reason; longest stall "
-        f"{result.max_stall_seconds} s ({result.stalls_over_bound} over {STALL_BOUND_S:g} s; "
-        f"{result.stalls_in_rebalance} more while the routers' group rebalanced)",
+        f"{result.max_stall_seconds} s ({result.stalls_over_bound} over {STALL_BOUND_S:g} s)",
         f"  bad rows            {result.bad_rows}: "
         f"{result.bad_rows_not_dead_lettered} not dead-lettered",
         f"  leaks               {result.leaks}",

@@ -9,14 +9,16 @@ a check passes here for the reasons it passes on a real run.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
 import pytest
+from confluent_kafka import Message
 from reach_devstack.chaos.checks import (
     AuditedRecord,
     BackwardReport,
@@ -31,6 +33,12 @@ from reach_devstack.chaos.checks import (
     own_fields,
     own_state,
 )
+from reach_devstack.chaos.commits import (
+    CommitReport,
+    CommitWatch,
+    EntityJudge,
+    committed_before_outcome,
+)
 from reach_devstack.chaos.rowlog import LoggedState, qualified
 from reach_devstack.demo import DEFINITION
 
@@ -43,6 +51,7 @@ from consumer.records.audit import (
     encode_audit,
     upsert_record,
 )
+from consumer.router.dirty import Cause, DirtyKey, encode_dirty
 from consumer.sink.outcomes import Removed, Sent
 from consumer.sink.projection import project
 
@@ -241,6 +250,7 @@ def _version(
         kw.get("batch_id"),
         kw.get("request_id"),
         kw.get("arrived_at"),
+        kw.get("applied_at"),
     )
 
 
@@ -618,3 +628,140 @@ def test_dsn_password() -> None:
     assert dsn_password("postgresql://reach:pw%40x@127.0.0.1:5432/db") == "pw@x"
     assert dsn_password("host=127.0.0.1 user=reach password=abc dbname=x") == "abc"
     assert dsn_password("postgresql://reach@127.0.0.1/db") is None
+
+
+# --- offsets never committed before the outcome (commits.py) --------------------------------------
+
+
+@dataclass(frozen=True)
+class _DirtyMessage:
+    """A dirty-topic message as the check reads it (``partition``, ``offset``, ``value``)."""
+
+    at_partition: int
+    at_offset: int
+    raw: bytes
+
+    def partition(self) -> int:
+        return self.at_partition
+
+    def offset(self) -> int:
+        return self.at_offset
+
+    def value(self) -> bytes:
+        return self.raw
+
+
+def _dirty(offset: int, table: str, source_ts: float, entity: int = 7) -> _DirtyMessage:
+    cause = Cause("cdc", table=table, op="u", source_ts_ms=int(source_ts * 1000))
+    return _DirtyMessage(0, offset, encode_dirty(DirtyKey("customers", entity, cause)))
+
+
+def _judge_commits(
+    definition: SyncDefinition,
+    logged: dict[str, list[LoggedState]],
+    versions: list[Version],
+    messages: list[_DirtyMessage],
+    commits_seen: list[tuple[float, int]],
+    dead_lettered: frozenset[tuple[str, str]] = frozenset(),
+) -> CommitReport:
+    customers = definition.resources["customers"]
+    judge = EntityJudge(
+        customers, own_fields(customers, CUSTOMER_COLUMNS), logged, versions, _tenant_of
+    )
+    watch = CommitWatch()
+    for at, offset in commits_seen:
+        watch.note(at, {0: offset})
+    return committed_before_outcome(
+        watch,
+        cast("list[Message]", messages),
+        {"customers": judge},
+        {"customers": "public.customers"},
+        set(dead_lettered),
+    )
+
+
+def test_a_key_committed_after_reach_applied_its_state_or_a_later_one_is_fine(
+    definition: SyncDefinition,
+) -> None:
+    customers = definition.resources["customers"]
+    a, b, c = _customer(), _customer(first_name="Grace"), _customer(first_name="Ida")
+    logged = {"7": [LoggedState(1, "S", a, 100.0), LoggedState(2, "U", b, 110.0)]}
+    logged["7"].append(LoggedState(3, "U", c, 120.0))
+    versions = [
+        _version(5, _sandbox_data(customers, a), applied_at=101.0),
+        # b was never sent alone: c came first (coalesced), and that is as good.
+        _version(6, _sandbox_data(customers, c), applied_at=121.0),
+    ]
+    # The key for b (committed at 110.004) is committed at 122, with c in Reach.
+    messages = [_dirty(0, "public.customers", 110.004)]
+    report = _judge_commits(definition, logged, versions, messages, [(122.0, 1)])
+    assert (report.keys_judged, report.early) == (1, [])
+
+
+def test_a_key_committed_while_reach_still_held_an_older_state_is_an_early_commit(
+    definition: SyncDefinition,
+) -> None:
+    customers = definition.resources["customers"]
+    a, b = _customer(), _customer(first_name="Grace")
+    logged = {"7": [LoggedState(1, "S", a, 100.0), LoggedState(2, "U", b, 110.0)]}
+    versions = [
+        _version(5, _sandbox_data(customers, a), applied_at=101.0),
+        _version(6, _sandbox_data(customers, b), applied_at=115.0),
+    ]
+    messages = [_dirty(0, "public.customers", 110.004), _dirty(1, "public.customers", 110.004)]
+    # Offset 0 seen committed at 112: Reach still held a. Offset 1 at 116: b was applied.
+    report = _judge_commits(definition, logged, versions, messages, [(112.0, 1), (116.0, 2)])
+    (early,) = report.early
+    assert (early.offset, early.wanted_log_seq, early.held_version_seq) == (0, 2, 5)
+    assert "held sandbox seq 5, not row-log state 2" in str(early)
+    assert report.keys_judged == 2
+    # With nothing applied yet, Reach held nothing.
+    (early,) = _judge_commits(definition, logged, [], messages[:1], [(112.0, 1)]).early
+    assert early.held_version_seq is None and "held nothing" in str(early)
+
+
+def test_a_delete_is_settled_when_reach_holds_nothing_or_a_delete(
+    definition: SyncDefinition,
+) -> None:
+    customers = definition.resources["customers"]
+    a = _customer()
+    logged = {"7": [LoggedState(1, "S", a, 100.0), LoggedState(2, "D", None, 110.0)]}
+    deleted = [
+        _version(5, _sandbox_data(customers, a), applied_at=101.0),
+        _version(6, None, applied_at=111.0),
+    ]
+    messages = [_dirty(0, "public.customers", 110.0)]
+    assert not _judge_commits(definition, logged, deleted, messages, [(112.0, 1)]).early
+    assert not _judge_commits(definition, logged, [], messages, [(112.0, 1)]).early
+    # Still holding a at the commit: early.
+    assert _judge_commits(definition, logged, deleted[:1], messages, [(112.0, 1)]).early
+
+
+def test_keys_the_check_cannot_judge_are_counted_apart(definition: SyncDefinition) -> None:
+    a = _customer()
+    logged = {"7": [LoggedState(1, "S", a, 100.0)]}
+    messages = [
+        _dirty(0, "public.transactions", 105.0),  # a sale: not the customer's own row
+        _dirty(1, "public.customers", 99.0),  # before anything was logged
+        _dirty(2, "public.customers", 105.0),  # committed, but its entity was dead-lettered
+        _dirty(3, "public.customers", 105.0),  # never seen committed
+    ]
+    report = _judge_commits(
+        definition, logged, [], messages, [(106.0, 3)], frozenset({("customers", "7")})
+    )
+    assert report.keys_judged == 0 and not report.early
+    assert (report.keys_without_own_cause, report.keys_not_committed) == (0, 1)
+    assert report.keys_of_dead_lettered == 3
+    report = _judge_commits(definition, logged, [], messages, [(106.0, 3)])
+    assert (report.keys_without_own_cause, report.keys_judged) == (2, 1)
+    assert report.early  # Reach held nothing of customer 7 at 106
+
+
+def test_the_watch_keeps_each_move_of_a_committed_offset_once() -> None:
+    watch = CommitWatch()
+    watch.note(1.0, {0: 5, 1: -1001})  # partition 1: nothing committed yet
+    watch.note(2.0, {0: 5, 1: 3})
+    watch.note(3.0, {0: 9, 1: 3})
+    assert watch.seen[0] == [(1.0, 5), (3.0, 9)] and watch.seen[1] == [(2.0, 3)]
+    assert watch.first_seen_past(0, 4) == 1.0 and watch.first_seen_past(0, 5) == 3.0
+    assert watch.first_seen_past(0, 9) is None and watch.moves() == 3
