@@ -71,13 +71,54 @@ class _Strict(BaseModel):
 # --- source --------------------------------------------------------------------------------------
 
 
+class SchemaRegistry(_Strict):
+    """The Confluent Schema Registry that Avro events' writer schemas come from. The settings
+    are the ones ``confluent_kafka.schema_registry.SchemaRegistryClient`` takes (docs/avro.md);
+    ``client_settings`` passes others through (OAuth, proxies, several URLs)."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    basic_auth_user_info: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    client_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("client_settings")
+    @classmethod
+    def _not_the_named_ones(
+        cls, settings: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        named = {
+            "url",
+            "basic.auth.user.info",
+            "basic.auth.credentials.source",
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+            "timeout",
+            "max.retries",
+        }
+        taken = sorted(named & settings.keys())
+        if taken:
+            raise ValueError(f"set {', '.join(taken)} through the named fields, not here")
+        return settings
+
+
 class KafkaSource(_Strict):
-    """Where the Debezium topics are and how this consumer group joins."""
+    """Where the Debezium topics are and how this consumer group joins.
+
+    ``format``: how the events are serialized. ``json`` is Kafka Connect's JsonConverter (with
+    or without schemas); ``avro`` is Confluent's AvroConverter (magic byte, schema id, Avro),
+    which needs ``schema_registry``; ``auto`` tells them apart per message by the magic byte
+    (a JSON message never starts with a zero byte)."""
 
     bootstrap_servers: str = Field(min_length=1)
     group_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     topics: tuple[str, ...] = ()
     topic_pattern: str | None = None
+    format: Literal["json", "avro", "auto"] = "auto"
+    schema_registry: SchemaRegistry | None = None
     session_timeout_ms: int = Field(DEFAULT_SESSION_TIMEOUT_MS, ge=1000, le=300_000)
     # Real Kafka wants a LeaveGroup on close for a fast rebalance; the local broker mishandles
     # it (docs/local-broker-group-rejoin.md), so the local definitions turn it off.
@@ -99,6 +140,12 @@ class KafkaSource(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return settings
+
+    @model_validator(mode="after")
+    def _avro_has_a_registry(self) -> Self:
+        if self.format == "avro" and self.schema_registry is None:
+            raise ValueError("format avro needs schema_registry (its url at least)")
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_name_topics(self) -> Self:

@@ -135,6 +135,19 @@ class _StageCounts:
             " dead-lettered",
         )
         counter(
+            "reach_sync.schema_registry.unavailable",
+            [self.router_value("registry_unavailable")],
+            unit="{batch}",
+            description="Router batches routed again because the schema registry could not"
+            " answer (Avro; nothing is dead-lettered for it)",
+        )
+        counter(
+            "reach_sync.events.unknown_schema_id",
+            [self.router_value("unknown_schema_ids")],
+            unit="{event}",
+            description="Avro events whose schema id the registry does not know, dead-lettered",
+        )
+        counter(
             "reach_sync.dirty_keys.produced",
             [self.router_value("dirty_keys")],
             unit="{key}",

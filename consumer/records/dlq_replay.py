@@ -25,7 +25,7 @@ from consumer.errors import BadRecord, Retryable
 from consumer.kafka import producer_settings
 from consumer.records.deadletter import error_class
 from consumer.records.dlq_read import Entry
-from consumer.router.debezium import DecodeError, Ignored, decode_event
+from consumer.router.debezium import DecodeError, Ignored
 from consumer.router.dirty import (
     Cause,
     DirtyKey,
@@ -34,6 +34,7 @@ from consumer.router.dirty import (
     dirty_message_key,
     encode_dirty,
 )
+from consumer.router.formats import SourceDecoder
 from consumer.router.lookups import Found, lookup_triggers
 from consumer.router.triggers import LookupInput, TriggerIndex, plan_change
 
@@ -83,18 +84,22 @@ def plan_replay(
     definition: SyncDefinition,
     now_ms: int,
     look_up: LookUp | None = None,
+    decoder: SourceDecoder | None = None,
 ) -> ReplayPlan:
     """Turn dead letters into dirty keys, oldest first; an entity's first dead letter is its
     cause. Events of lookup triggers are mapped to their entities as the router does, one
     ``look_up`` per trigger for all of them (Retryable when it fails; required when such an
-    event is replayed). Nothing is produced here, so a failure part-way leaves nothing half
-    done."""
+    event is replayed). Events are decoded as the router decodes them (``decoder``, by default
+    the definition's format and registry: an Avro event's schema is fetched again; Retryable
+    when the registry cannot answer). Nothing is produced here, so a failure part-way leaves
+    nothing half done."""
     index = TriggerIndex.from_definition(definition)
+    decoder = decoder or SourceDecoder.for_source(definition.source.kafka)
     plan = ReplayPlan()
     inputs: dict[tuple[str, int], dict[str, Cause]] = {}
     for entry in entries:
         try:
-            targets, lookups, origin = _targets(entry, definition, index)
+            targets, lookups, origin = _targets(entry, definition, index, decoder)
         except ReplayFailure as exc:
             plan.failures.append((entry, str(exc)))
             continue
@@ -156,7 +161,7 @@ _NO_ORIGIN: _Origin = (None, None)
 
 
 def _targets(
-    entry: Entry, definition: SyncDefinition, index: TriggerIndex
+    entry: Entry, definition: SyncDefinition, index: TriggerIndex, decoder: SourceDecoder
 ) -> tuple[list[_Target] | Ignored, list[LookupInput], _Origin]:
     if entry.kind == "record" and entry.record is not None:
         record = entry.record
@@ -166,7 +171,7 @@ def _targets(
     if entry.kind == "event" and entry.stage == "syncer":
         return [_dirty_key_target(entry, definition)], [], _NO_ORIGIN
     if entry.kind == "event":
-        return _routed_targets(entry, index)
+        return _routed_targets(entry, index, decoder)
     raise ReplayFailure(entry.reason)
 
 
@@ -181,11 +186,11 @@ def _dirty_key_target(entry: Entry, definition: SyncDefinition) -> _Target:
 
 
 def _routed_targets(
-    entry: Entry, index: TriggerIndex
+    entry: Entry, index: TriggerIndex, decoder: SourceDecoder
 ) -> tuple[list[_Target] | Ignored, list[LookupInput], _Origin]:
     """The router's own decode and trigger planning, with the current definition."""
     try:
-        change = decode_event(entry.key, entry.value)
+        change = decoder.decode(entry.key, entry.value)
         if isinstance(change, Ignored):
             return change, [], _NO_ORIGIN
         planned = plan_change(change, index)

@@ -22,7 +22,15 @@ import msgspec
 
 from consumer.errors import BadRecord
 
-__all__ = ["Change", "DecodeError", "EventDecoder", "Ignored", "decode_event", "decode_key"]
+__all__ = [
+    "Change",
+    "DecodeError",
+    "EventDecoder",
+    "Ignored",
+    "classify_envelope",
+    "decode_event",
+    "decode_key",
+]
 
 Op = Literal["c", "u", "d", "r"]
 _ROW_OPS: dict[str, Op] = {"c": "c", "u": "u", "d": "d", "r": "r"}
@@ -162,25 +170,20 @@ class EventDecoder:
         if value is None:
             return Ignored("tombstone")
         envelope = self._envelope(value, topic)
-        op = envelope.op
-        if op is None:
-            return _without_op(envelope)
-        if op == "t":
-            return Ignored("truncate")
-        if op == "m":
-            return Ignored("message")
-        row_op = _ROW_OPS.get(op)
-        if row_op is None:
-            raise DecodeError(f"unknown op {op!r}")
-        source = envelope.source
-        if source is None or not source.schema or not source.table:
-            raise DecodeError("the envelope has no source schema and table")
-        table = f"{source.schema}.{source.table}"
-        before, after = envelope.before, envelope.after
-        if (before if row_op == "d" else after) == _NULL:
-            raise DecodeError(
-                f"op {op!r} without its {'before' if row_op == 'd' else 'after'} image"
-            )
+        source, before, after = envelope.source, envelope.before, envelope.after
+        verdict = classify_envelope(
+            envelope.op,
+            envelope.status,
+            None if source is None else source.schema,
+            None if source is None else source.table,
+            has_before=before != _NULL,
+            has_after=after != _NULL,
+            has_source=source is not None,
+        )
+        if isinstance(verdict, Ignored):
+            return verdict
+        row_op, table = verdict
+        assert source is not None  # classify_envelope refused an envelope without one
         return Change(
             table,
             row_op,
@@ -291,10 +294,35 @@ def _decode_key(raw: bytes | None) -> tuple[dict[str, Any], msgspec.Raw]:
     return key, msgspec.Raw()
 
 
-def _without_op(envelope: _Envelope) -> Ignored:
-    if envelope.status in ("BEGIN", "END"):
-        return Ignored("transaction-metadata")
-    if envelope.before == _NULL and envelope.after == _NULL and envelope.source is None:
-        # Debezium's heartbeat value is {"ts_ms": ...}.
-        return Ignored("heartbeat")
-    raise DecodeError("the envelope has no op")
+def classify_envelope(
+    op: Any,
+    status: Any,
+    source_schema: Any,
+    source_table: Any,
+    *,
+    has_before: bool,
+    has_after: bool,
+    has_source: bool,
+) -> Ignored | tuple[Op, str]:
+    """What an envelope is, by Debezium's rules, whatever its serialization: an event that
+    triggers nothing (``Ignored``), or a row change (its op and ``schema.table``); raise
+    DecodeError for anything else. The JSON and Avro decoders both judge by this."""
+    if op is None:
+        if status in ("BEGIN", "END"):
+            return Ignored("transaction-metadata")
+        if not has_before and not has_after and not has_source:
+            # Debezium's heartbeat value is {"ts_ms": ...}.
+            return Ignored("heartbeat")
+        raise DecodeError("the envelope has no op")
+    if op == "t":
+        return Ignored("truncate")
+    if op == "m":
+        return Ignored("message")
+    row_op = _ROW_OPS.get(op) if isinstance(op, str) else None
+    if row_op is None:
+        raise DecodeError(f"unknown op {op!r}")
+    if not has_source or not source_schema or not source_table:
+        raise DecodeError("the envelope has no source schema and table")
+    if not (has_before if row_op == "d" else has_after):
+        raise DecodeError(f"op {op!r} without its {'before' if row_op == 'd' else 'after'} image")
+    return row_op, f"{source_schema}.{source_table}"

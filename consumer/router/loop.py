@@ -48,7 +48,8 @@ from consumer.observe.progress import PartitionProgress, ProgressTracker, high_w
 from consumer.observe.spans import traceparent_of
 from consumer.records.deadletter import DeadLetterEvent, Headers, dead_letter_message
 from consumer.retry_policy import retry_delay
-from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored
+from consumer.router.avro import RegistryUnavailable, UnknownSchemaId
+from consumer.router.debezium import Change, DecodeError, Ignored
 from consumer.router.dirty import (
     MAX_CAUSES,
     Cause,
@@ -57,6 +58,7 @@ from consumer.router.dirty import (
     dirty_message_key,
     encode_dirty,
 )
+from consumer.router.formats import SourceDecoder
 from consumer.router.lookups import LookupDatabase, check_queries, lookup_triggers
 from consumer.router.topics import check_replica_identity, ensure_topics, subscription
 from consumer.router.triggers import DirtyEntity, TriggerIndex, plan_change
@@ -115,6 +117,10 @@ class RouterStats:
     # Lookup queries run (one per lookup trigger per batch with inputs) and entities they found.
     lookups: int = 0
     looked_up: int = 0
+    # Avro: batches routed again because the schema registry could not answer, and events
+    # dead-lettered because it does not know their schema id.
+    registry_unavailable: int = 0
+    unknown_schema_ids: int = 0
 
     def snapshot(self) -> RouterStats:
         return copy.deepcopy(self)
@@ -167,7 +173,7 @@ class _Router:
         self._on_stats = on_stats
         self._progress = progress
         self._index = TriggerIndex.from_definition(definition)
-        self._decoder = EventDecoder(self._index.image_columns())
+        self._decoder = SourceDecoder.for_source(kafka, self._index.image_columns())
         # Per resource: the dirty topic, or the scheduled topic for a scheduled resource.
         self._topic_of = {name: definition.dirty_topic_of(name) for name in definition.resources}
         self._dead_letter_topic = definition.topics.dead_letter
@@ -214,6 +220,8 @@ class _Router:
                 next_offsets = self._route(batch)
                 self._await_acknowledgements(ACK_TIMEOUT_S)
             except Retryable as exc:
+                if isinstance(exc, RegistryUnavailable):
+                    self.stats.registry_unavailable += 1
                 self._rewind(batch, exc, stop)
                 continue
             self._mark_done(next_offsets)
@@ -266,6 +274,8 @@ class _Router:
                 changes += 1
                 entities, lookup_inputs = plan_change(event, index)
             except (DecodeError, BadRecord) as exc:
+                if isinstance(exc, UnknownSchemaId):
+                    self.stats.unknown_schema_ids += 1
                 unusable.append((message, exc))
                 continue
             triggers += len(entities)

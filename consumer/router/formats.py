@@ -1,0 +1,77 @@
+"""Which decoder reads a source event: the definition's ``source.kafka.format``, or, with
+``auto``, the message's first byte (Confluent's Avro starts with a zero byte, JSON never does).
+
+The key is read by its own first byte whatever the format: a connector's key converter is set
+apart from its value converter, and some deployments keep JSON or Avro keys under the other
+format's values. A JSON value with an Avro key is the one mix not read (docs/avro.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from consumer.config import KafkaSource
+from consumer.router.avro import AvroDecoder, RegistrySchemas, WriterSchemas, is_avro
+from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored, decode_key
+
+__all__ = ["SourceDecoder"]
+
+Format = Literal["json", "avro", "auto"]
+
+
+class SourceDecoder:
+    """Decodes one router's (or one replay's) source events in their format; ``schemas`` are
+    the Avro writer schemas (the registry), None when none is configured."""
+
+    def __init__(
+        self,
+        serialization: Format = "auto",
+        schemas: WriterSchemas | None = None,
+        columns: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        self._format = serialization
+        self._json = EventDecoder(columns)
+        self._avro = None if schemas is None else AvroDecoder(schemas, columns)
+
+    @classmethod
+    def for_source(
+        cls, kafka: KafkaSource, columns: Mapping[str, Iterable[str]] | None = None
+    ) -> SourceDecoder:
+        """The decoder a definition's source asks for, with its registry's client."""
+        registry = kafka.schema_registry
+        schemas = None if registry is None else RegistrySchemas(registry)
+        return cls(kafka.format, schemas, columns)
+
+    @property
+    def json(self) -> EventDecoder:
+        return self._json
+
+    @property
+    def avro(self) -> AvroDecoder | None:
+        return self._avro
+
+    def decode(
+        self, key: bytes | None, value: bytes | None, topic: str | None = None
+    ) -> Change | Ignored:
+        """Decode one Kafka record of ``topic``; raise DecodeError for anything malformed and
+        RegistryUnavailable when a writer schema cannot be fetched now."""
+        if value is None:
+            return Ignored("tombstone")
+        avro = is_avro(value)
+        if self._format == "json" or (self._format == "auto" and not avro):
+            return self._json.decode(key, value, topic)
+        if not avro:
+            raise DecodeError(
+                "the value is not Avro (no magic byte), and source.kafka.format is avro"
+            )
+        if self._avro is None:
+            raise DecodeError(
+                "the value is Avro (magic byte), but source.kafka.schema_registry is not set"
+            )
+        return self._avro.decode(key, value, self._key)
+
+    def _key(self, raw: bytes | None) -> dict[str, Any]:
+        if raw is not None and is_avro(raw) and self._avro is not None:
+            return self._avro.decode_key(raw)
+        return decode_key(raw)
