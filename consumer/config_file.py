@@ -70,6 +70,7 @@ _SECRET_FIELDS = {
     ("source", "database"): "dsn",
     ("destination", "auth"): "secret",
     ("redis",): "url",
+    ("source", "kafka", "schema_registry"): "basic_auth_user_info",
 }
 
 

@@ -29,7 +29,8 @@ from reach_devstack.connect_avro import (
 )
 
 from consumer.config import SchemaRegistry
-from consumer.errors import Retryable
+from consumer.config_file import load_definition
+from consumer.errors import DefinitionError, Retryable
 from consumer.router.avro import (
     AvroDecoder,
     RegistrySchemas,
@@ -419,3 +420,43 @@ def test_the_client_is_configured_from_the_definition_without_its_own_retries() 
         SchemaRegistry.model_validate(
             {"url": "http://127.0.0.1:9", "client_settings": {"url": "http://x"}}
         )
+
+
+def test_the_registry_credentials_are_a_secret_of_the_definition_file(tmp_path: Path) -> None:
+    definition = tmp_path / "sync.yaml"
+    text = (Path(__file__).parents[2] / "examples" / "shop.yaml").read_text()
+    text = text.replace(
+        "  database:\n",
+        "    format: avro\n"
+        "    schema_registry:\n"
+        "      url: http://127.0.0.1:8081\n"
+        "      basic_auth_user_info_env: REGISTRY_USER_INFO\n"
+        "  database:\n",
+        1,
+    )
+    definition.write_text(text)
+    env = {**_SHOP_ENV, "REGISTRY_USER_INFO": "reach:s3cret"}
+    kafka = load_definition(definition, env).source.kafka
+    assert kafka.format == "avro" and kafka.schema_registry is not None
+    user_info = kafka.schema_registry.basic_auth_user_info
+    assert user_info is not None and user_info.get_secret_value() == "reach:s3cret"
+    definition.write_text(
+        text.replace(
+            "basic_auth_user_info_env: REGISTRY_USER_INFO", "basic_auth_user_info: reach:s3cret"
+        )
+    )
+    with pytest.raises(DefinitionError, match="secrets are not allowed in the file"):
+        load_definition(definition, env)
+    definition.write_text(text.replace("      url: http://127.0.0.1:8081\n", ""))
+    with pytest.raises(DefinitionError, match=r"schema_registry\.url"):
+        load_definition(definition, env)
+
+
+_SHOP_ENV = {
+    "REACH_SYNC_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    "REACH_SYNC_DATABASE_URL": "postgresql://u:p@127.0.0.1:9/db",
+    "REACH_SYNC_REACH_URL": "http://127.0.0.1:9",
+    "REACH_SYNC_PARTNER_ID": "partner",
+    "REACH_SYNC_JWT_SECRET": "jwt-secret-0123456789-0123456789-abcdef",
+    "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:9/0",
+}
