@@ -128,7 +128,7 @@ def load_definition(path: Path, env: Mapping[str, str] | None = None) -> SyncDef
         raise DefinitionError(source, [f"not valid YAML: {exc}"]) from exc
     if not isinstance(raw, dict):
         raise DefinitionError(source, ["(top level): must be a mapping"])
-    problems: list[str] = []
+    problems = _duplicate_keys(tree, "")
     data = _interpolate(raw, env, "", problems)
     _resolve_secrets(data, env, path.parent, problems)
     try:
@@ -146,6 +146,27 @@ def load_definition(path: Path, env: Mapping[str, str] | None = None) -> SyncDef
     if problems:
         raise DefinitionError(source, problems, _lines(tree, problems))
     return definition
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str) -> list[str]:
+    """A key given twice in one mapping: YAML keeps the last silently, so an edit that adds a
+    field already set further up would quietly win or lose. Refused, naming both lines."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(getattr(key_node, "value", ""))
+            where = f"{path}.{key}" if path else key
+            line = key_node.start_mark.line + 1
+            if key in first:
+                problems.append(f"{where}: given twice (lines {first[key]} and {line}); keep one")
+            else:
+                first[key] = line
+            problems += _duplicate_keys(value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{index}]")
+    return problems
 
 
 def located(path: Path, problems: list[str]) -> DefinitionError:

@@ -79,6 +79,28 @@ def test_a_secret_written_in_the_file_is_refused(tmp_path: Path) -> None:
     assert any(p.startswith("redis.url: secrets are not allowed") for p in _problems(path))
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    # YAML keeps the last of two equal keys silently: a field added further down would win
+    # over the one a reviewer reads (or lose to it), with no word said.
+    text = EXAMPLE.read_text().replace(
+        "    pool_size: 4\n", "    pool_size: 4\n    pool_size: 16\n", 1
+    )
+    text = text.replace("version: 1\n", "version: 1\nversion: 1\n", 1)
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    lines = text.splitlines()
+    problems = _problems(path)
+    pool = [n + 1 for n, line in enumerate(lines) if line.startswith("    pool_size:")]
+    assert (
+        f"source.database.pool_size: given twice (lines {pool[0]} and {pool[1]}); keep one"
+        in problems
+    )
+    assert "version: given twice (lines 4 and 5); keep one" in problems
+    with pytest.raises(DefinitionError) as caught:
+        load_definition(path, ENV)
+    assert f"{path}:{pool[0]}: source.database.pool_size: given twice" in str(caught.value)
+
+
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     def mutate(d: dict) -> None:  # type: ignore[type-arg]
         d["resources"]["customers"]["delivery"]["mode"] = "sometimes"
