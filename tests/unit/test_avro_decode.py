@@ -41,6 +41,7 @@ from consumer.router.avro import (
 )
 from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored
 from consumer.router.formats import SourceDecoder
+from tests.shop_definition import EXAMPLE, OFFLINE_ENV
 
 FIXTURE = Path(__file__).parents[1] / "fixtures/debezium/postgres-json-with-schemas.jsonl"
 
@@ -424,18 +425,13 @@ def test_the_client_is_configured_from_the_definition_without_its_own_retries() 
 
 def test_the_registry_credentials_are_a_secret_of_the_definition_file(tmp_path: Path) -> None:
     definition = tmp_path / "sync.yaml"
-    text = (Path(__file__).parents[2] / "examples" / "shop.yaml").read_text()
-    text = text.replace(
-        "  database:\n",
-        "    format: avro\n"
-        "    schema_registry:\n"
-        "      url: http://127.0.0.1:8081\n"
-        "      basic_auth_user_info_env: REGISTRY_USER_INFO\n"
-        "  database:\n",
-        1,
+    text = EXAMPLE.read_text()
+    text = text.replace("format: ${REACH_SYNC_SOURCE_FORMAT:-auto}", "format: avro").replace(
+        "      url: ${REACH_SYNC_SCHEMA_REGISTRY_URL:-http://127.0.0.1:8081}\n",
+        "      url: http://127.0.0.1:8081\n      basic_auth_user_info_env: REGISTRY_USER_INFO\n",
     )
     definition.write_text(text)
-    env = {**_SHOP_ENV, "REGISTRY_USER_INFO": "reach:s3cret"}
+    env = {**OFFLINE_ENV, "REGISTRY_USER_INFO": "reach:s3cret"}
     kafka = load_definition(definition, env).source.kafka
     assert kafka.format == "avro" and kafka.schema_registry is not None
     user_info = kafka.schema_registry.basic_auth_user_info
@@ -450,13 +446,3 @@ def test_the_registry_credentials_are_a_secret_of_the_definition_file(tmp_path: 
     definition.write_text(text.replace("      url: http://127.0.0.1:8081\n", ""))
     with pytest.raises(DefinitionError, match=r"schema_registry\.url"):
         load_definition(definition, env)
-
-
-_SHOP_ENV = {
-    "REACH_SYNC_BOOTSTRAP_SERVERS": "127.0.0.1:9",
-    "REACH_SYNC_DATABASE_URL": "postgresql://u:p@127.0.0.1:9/db",
-    "REACH_SYNC_REACH_URL": "http://127.0.0.1:9",
-    "REACH_SYNC_PARTNER_ID": "partner",
-    "REACH_SYNC_JWT_SECRET": "jwt-secret-0123456789-0123456789-abcdef",
-    "REACH_SYNC_REDIS_URL": "redis://127.0.0.1:9/0",
-}
