@@ -20,7 +20,7 @@ from typing import Any
 
 from reach_devstack import control
 from reach_devstack.process import ComponentError, log_tail
-from reach_devstack.stack import StackEndpoints, StackOptions, stack_env
+from reach_devstack.stack import FORMATS, StackEndpoints, StackOptions, stack_env
 from reach_devstack.supervisor import STATE_FILE, options_to_json, read_state, supervise
 
 __all__ = ["add_demo_command", "add_dev_commands", "env_lines", "reporting"]
@@ -38,7 +38,10 @@ CONTROL_TIMEOUT_S = 240.0
 # request (or ended), whose ports, credentials and other servers are the same; `dev env`, `seed`
 # and `load` keep working on it (a tool then meets the stopped server as it would in production).
 RUNNING = ("ready", "degraded")
-COMPONENT_HELP = "broker, postgres, redis, sandbox, debezium (s3 with --durable-broker)"
+COMPONENT_HELP = (
+    "broker, postgres, redis, sandbox, debezium (s3 with --durable-broker, "
+    "registry with --format avro)"
+)
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -77,12 +80,19 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up.add_argument("--no-debezium", action="store_true", help="skip change capture")
     up.add_argument("--no-schemas", action="store_true", help="Debezium JSON without schemas")
     up.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="what Debezium writes: Kafka Connect's JSON (default), or Avro in the Confluent "
+        "wire format with its schemas in a local schema registry (the `registry` component)",
+    )
+    up.add_argument(
         "--durable-broker",
         action="store_true",
         help="keep the broker's topics and offsets in a local S3 server (moto), so that "
         "`dev restart broker` keeps them",
     )
-    for name in ("broker", "postgres", "redis", "sandbox"):
+    for name in ("broker", "postgres", "redis", "sandbox", "registry"):
         up.add_argument(f"--{name}-port", type=int, default=0, help="0 picks a free port")
     up.set_defaults(handler=reporting(_up))
 
@@ -115,8 +125,9 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         command = dev_sub.add_parser(
             action,
             help=help_text,
-            epilog="Postgres keeps its data, the sandbox its state, Debezium its offsets; Redis "
-            "comes back empty (no persistence, by design); the broker only with --durable-broker. "
+            epilog="Postgres keeps its data, the sandbox its state, Debezium its offsets, the "
+            "registry its schemas; Redis comes back empty (no persistence, by design); the "
+            "broker only with --durable-broker. "
             "exit codes: 0 done; 1 refused, failed, or no running stack",
         )
         _add_state_dir(command)
@@ -173,6 +184,8 @@ def _prepare_state_dir(state_dir: Path) -> None:
 
 
 def _options(args: argparse.Namespace) -> StackOptions:
+    if args.format == "avro" and args.no_schemas:
+        raise SystemExit("dev: --no-schemas is for --format json; Avro always has its schema")
     return StackOptions(
         state_dir=args.state_dir.resolve(),
         broker_port=args.broker_port,
@@ -182,6 +195,8 @@ def _options(args: argparse.Namespace) -> StackOptions:
         with_debezium=not args.no_debezium,
         debezium_schemas=not args.no_schemas,
         durable_broker=args.durable_broker,
+        format=args.format,
+        registry_port=args.registry_port,
     )
 
 
@@ -195,8 +210,8 @@ def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    options = _options(args)  # refuses bad combinations before anything is wiped
     _prepare_state_dir(state_dir)
-    options = _options(args)
     if args.foreground:
         return supervise(
             options, on_ready=lambda ep, secs: _print_endpoints(ep.to_json(), secs, args.json)
@@ -253,13 +268,15 @@ def _print_endpoints(endpoints: dict[str, Any], seconds: dict[str, float], as_js
     )
     tables = ", ".join(ep.debezium_tables) or "off"
     storage = "durable" if ep.broker_storage.startswith("s3:") else "memory"
+    registry = [f"  registry   {ep.schema_registry_url}"] if ep.schema_registry_url else []
     lines = [
         f"local stack ready in {seconds.get('total', 0):.1f} s  (state: {ep.state_dir})",
         f"  broker     {ep.bootstrap_servers}  ({storage} storage)",
         f"  postgres   {db_where}  (user {db_user})",
         f"  redis      {ep.redis_url}",
         f"  sandbox    {ep.sandbox_url}  (partner {ep.reach_partner_id})",
-        f"  debezium   {tables} -> topics {ep.topic_prefix}.<schema>.<table>",
+        *registry,
+        f"  debezium   {tables} -> topics {ep.topic_prefix}.<schema>.<table>  ({ep.source_format})",
         f"  logs       {ep.logs_dir}",
         "credentials: `reach-sync dev status --json`; stop with `reach-sync dev down`",
     ]
@@ -282,6 +299,12 @@ def _status(args: argparse.Namespace) -> int:
     for name, health in (state.get("components") or {}).items():
         pid = f"  (pid {pids[name]})" if alive and name in pids else ""
         print(f"  {name:<10} {health if alive else 'not running'}{pid}")
+    endpoints = state.get("endpoints") or {}
+    if endpoints.get("schema_registry_url"):
+        print(
+            f"format: {endpoints.get('source_format')}; schema registry at "
+            f"{endpoints['schema_registry_url']}"
+        )
     if state.get("error"):
         print(state["error"])
     return 0 if alive and status == "ready" else 1

@@ -6,7 +6,11 @@ wheel, in-process through JPype) and does the worker's part itself:
 
 * **Bytes:** Kafka Connect's ``JsonConverter`` serializes keys and values (with the schema block
   unless ``--no-schemas``) and ``SimpleHeaderConverter`` the headers; the engine's
-  ``JsonByteArray`` format hands those exact bytes over, so nothing is re-encoded here.
+  ``JsonByteArray`` format hands those exact bytes over, so nothing is re-encoded here. With
+  ``--format avro`` Confluent's ``AvroConverter`` serializes keys and values instead (the engine's
+  ``Avro`` format): the Confluent wire format (magic byte 0, the 4-byte schema id, Avro binary),
+  its schemas registered under ``<topic>-key`` and ``<topic>-value`` in the schema registry at
+  ``--schema-registry-url`` on first use, as a Connect worker configured with it would do.
 * **Topics and partitions:** the record's destination is the topic; a tombstone follows each
   delete as a null value; partitions come from murmur2 of the key bytes, like the Java
   producer's default partitioner. Topics are created ahead with a chosen partition count, like
@@ -62,6 +66,7 @@ OFFSETS_FILE = "offsets.dat"
 LOG4J_CONFIG_FILE = "log4j2.properties"
 PASSWORD_ENV = "PGPASSWORD"  # noqa: S105 - the variable's name, not a password
 ENGINE_NAME = "reach-sync-debezium"
+FORMATS = ("json", "avro")
 # Debezium's default heartbeat topic prefix, set explicitly because readiness depends on it.
 HEARTBEAT_TOPIC_PREFIX = "__debezium-heartbeat"
 # Offsets are flushed this often (Connect's default is 60 s): a crash then replays at most about
@@ -112,8 +117,12 @@ class DebeziumSettings:
     tables: tuple[str, ...]
     state_dir: Path
     pg_password_file: Path | None = None
-    # Kafka Connect's JsonConverter default is to include the schema block.
+    # Kafka Connect's JsonConverter default is to include the schema block (JSON only).
     schemas: bool = True
+    # "json" (Kafka Connect's JsonConverter) or "avro" (Confluent's AvroConverter, which needs
+    # the schema registry at schema_registry_url).
+    format: str = "json"
+    schema_registry_url: str | None = None
     slot_name: str = "reach_sync"
     publication_name: str = "reach_sync"
     # Tansu auto-creates topics with 4 partitions; the same default keeps both paths alike.
@@ -139,6 +148,18 @@ class DebeziumSettings:
             raise ValueError("debezium: topic_partitions must be at least 1")
         if self.heartbeat_interval_ms < 1:
             raise ValueError("debezium: heartbeats are required for readiness; interval >= 1 ms")
+        self._check_format()
+
+    def _check_format(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"debezium: format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.format == "avro":
+            if not self.schema_registry_url:
+                raise ValueError("debezium: the avro format needs a schema registry URL")
+            if not self.schemas:
+                raise ValueError("debezium: --no-schemas is for JSON; Avro always has a schema")
+        elif self.schema_registry_url is not None:
+            raise ValueError("debezium: a schema registry URL is for the avro format only")
 
     @property
     def heartbeat_topic(self) -> str:
@@ -172,6 +193,8 @@ _OPTIONS: tuple[tuple[str, Callable[[str], object]], ...] = (
     ("heartbeat_interval_ms", int),
     ("snapshot_mode", str),
     ("jvm_log_level", str),
+    ("format", str),
+    ("schema_registry_url", str),
 )
 
 
@@ -232,9 +255,29 @@ def settings_from_args(argv: Sequence[str] | None = None) -> DebeziumSettings:
         parser.error(str(exc))
 
 
+def _converter_properties(settings: DebeziumSettings) -> dict[str, str]:
+    """Connect's key and value converters, configured the way a worker configures them (the
+    engine picks the converter class from its format: JsonConverter or Confluent's
+    AvroConverter, and hands each the ``key.converter.*`` or ``value.converter.*`` keys)."""
+    if settings.format == "avro":
+        url = settings.schema_registry_url or ""
+        return {
+            "key.converter.schema.registry.url": url,
+            "value.converter.schema.registry.url": url,
+            # Names Avro cannot hold (a column named "a-b", say) are made Avro-safe instead of
+            # failing the converter; what Debezium's documentation advises for Avro.
+            "schema.name.adjustment.mode": "avro",
+            "field.name.adjustment.mode": "avro",
+        }
+    schemas = "true" if settings.schemas else "false"
+    return {
+        "key.converter.schemas.enable": schemas,
+        "value.converter.schemas.enable": schemas,
+    }
+
+
 def engine_properties(settings: DebeziumSettings, password: str) -> dict[str, str]:
     """The engine and connector configuration, as a Kafka Connect connector config would have it."""
-    schemas = "true" if settings.schemas else "false"
     props = {
         # The engine: where offsets live and how often they are flushed.
         "name": ENGINE_NAME,
@@ -244,8 +287,7 @@ def engine_properties(settings: DebeziumSettings, password: str) -> dict[str, st
         "offset.flush.interval.ms": str(OFFSET_FLUSH_INTERVAL_MS),
         "poll.interval.ms": str(POLL_INTERVAL_MS),
         # Connect's converters, configured the way a worker configures them.
-        "key.converter.schemas.enable": schemas,
-        "value.converter.schemas.enable": schemas,
+        **_converter_properties(settings),
         "header.converter.class": "org.apache.kafka.connect.storage.SimpleHeaderConverter",
         # The connector.
         "database.hostname": settings.pg_host,
@@ -488,7 +530,8 @@ def _to_bytes(value: Any) -> bytes | None:
 
 
 def _convert(event: Any) -> _Record:
-    """A Java ChangeEvent (JsonByteArray format: key, value, headers as byte[]) as a record."""
+    """A Java ChangeEvent (JsonByteArray or Avro format: key, value, headers as byte[]) as a
+    record, bytes for bytes."""
     partition = event.partition()
     return _Record(
         topic=str(event.destination()),
@@ -549,17 +592,21 @@ class _Completion:
 def _build_engine(
     settings: DebeziumSettings, password: str, consumer: _ChangeConsumer, completion: _Completion
 ) -> Any:
-    """The Java engine: JsonByteArray key, value and headers, our consumer and callback."""
+    """The Java engine: JsonByteArray (or Avro) key and value, JsonByteArray headers (which the
+    SimpleHeaderConverter writes), our consumer and callback."""
     import jpype
 
     engine_api = jpype.JClass("io.debezium.engine.DebeziumEngine")
     formats = jpype.JClass("io.debezium.engine.format.KeyValueHeaderChangeEventFormat")
     json_bytes = jpype.JClass("io.debezium.engine.format.JsonByteArray")
+    data = (
+        jpype.JClass("io.debezium.engine.format.Avro") if settings.format == "avro" else json_bytes
+    )
     properties = jpype.JClass("java.util.Properties")()
     for key, value in engine_properties(settings, password).items():
         properties.setProperty(key, value)
     return (
-        engine_api.create(formats.of(json_bytes, json_bytes, json_bytes))
+        engine_api.create(formats.of(data, data, json_bytes))
         .using(properties)
         .using(
             jpype.JProxy("io.debezium.engine.DebeziumEngine$CompletionCallback", inst=completion)

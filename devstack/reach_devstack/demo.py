@@ -28,6 +28,7 @@ from consumer.config_file import load_definition
 from consumer.service import ServiceStats, run_service
 from reach_devstack.stack import (
     DEV_TENANTS,
+    FORMATS,
     LocalStack,
     StackEndpoints,
     StackOptions,
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="database changes per second")
     parser.add_argument("--state-dir", type=Path, default=Path(".state/demo"))
     parser.add_argument("--no-schemas", action="store_true", help="Debezium JSON without schemas")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="what Debezium writes: JSON (default) or Avro with a local schema registry",
+    )
     parser.add_argument("--seed", type=int, default=7, help="workload random seed")
 
 
@@ -175,11 +182,21 @@ def _report(differences: list[Difference]) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir.resolve()
+    if args.format == "avro" and args.no_schemas:
+        print(
+            "demo: --no-schemas is for --format json; Avro always has its schema", file=sys.stderr
+        )
+        return 2
     if state_dir.exists():
         shutil.rmtree(state_dir)
-    options = StackOptions(state_dir=state_dir, debezium_schemas=not args.no_schemas)
+    options = StackOptions(
+        state_dir=state_dir, debezium_schemas=not args.no_schemas, format=args.format
+    )
+    registry = ", schema registry" if args.format == "avro" else ""
     print(
-        "starting the local stack: broker, Postgres, Redis, Reach sandbox, Debezium ...", flush=True
+        f"starting the local stack: broker, Postgres, Redis, Reach sandbox{registry}, "
+        f"Debezium ({args.format}) ...",
+        flush=True,
     )
     stack = LocalStack(options)
     endpoints = stack.start()

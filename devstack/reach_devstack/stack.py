@@ -2,12 +2,15 @@
 
 ``LocalStack`` owns the child processes. It is used in-process by the test fixtures and the demo,
 and by the detached supervisor behind ``reach-sync dev up``. The servers that do not depend on
-each other start at the same time; Debezium starts last because it needs the shop tables.
+each other start at the same time; Debezium starts last because it needs the shop tables. With
+``format="avro"`` a schema registry (``registry``, a double of Confluent's) starts among the
+servers, and Debezium writes Avro in the Confluent wire format with its schemas there.
 
 One component can be stopped, started and restarted while the rest runs
 (``stop_component``...), from the spec and readiness probe it was launched with: same port,
 same data, same credentials. What survives is what the component keeps on disk: Postgres its
-data directory, the sandbox its SQLite state, Debezium its offsets; Redis has no persistence on
+data directory, the sandbox its SQLite state, Debezium its offsets, the registry its schemas (so
+the ids in the topics stay readable); Redis has no persistence on
 purpose and comes back empty. The memory broker would come back empty too, with nothing for
 Debezium or a consumer to resume from, so it is only restarted when durable (its topics in the
 ``s3`` component, which itself cannot be stopped alone: it holds them in its memory).
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from reach_devstack import broker, postgres, redis, s3
+from reach_devstack import broker, postgres, redis, registry, s3
 from reach_devstack.process import (
     ComponentError,
     ManagedProcess,
@@ -65,7 +68,10 @@ DEV_TENANTS: tuple[tuple[str, str], ...] = tuple(
 SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
 SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
 # The state directory's per-component folders, all recreated on start.
-COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium")
+COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium", "registry")
+# What Debezium writes: Kafka Connect's JSON, or Avro in the Confluent wire format with its
+# schemas in the stack's schema registry (docs/local-stack.md).
+FORMATS = ("json", "avro")
 # Joins on the local broker take about half the session timeout (docs/local-stack.md).
 LOCAL_SESSION_TIMEOUT_MS = 6000
 LOCAL_FETCH_WAIT_MS = 10
@@ -103,6 +109,15 @@ class StackOptions:
     # The broker's topics and offsets in S3 (a moto server, the "s3" component) rather than in
     # its memory, so that the broker alone can be restarted without losing them.
     durable_broker: bool = False
+    # "json", or "avro": a schema registry (the "registry" component) and Debezium's Avro.
+    format: str = "json"
+    registry_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.format == "avro" and not self.debezium_schemas:
+            raise ValueError("debezium_schemas=False (--no-schemas) is for JSON only")
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,9 @@ class StackEndpoints:
     pids: dict[str, int] = field(default_factory=dict)
     # Tansu's storage URL: memory://, or s3:// for the durable broker.
     broker_storage: str = broker.MEMORY_STORAGE
+    # What Debezium writes ("json" or "avro") and, for Avro, where its schemas are.
+    source_format: str = "json"
+    schema_registry_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,8 +153,9 @@ def stack_env(endpoints: StackEndpoints) -> dict[str, str]:
     """The environment examples/shop.yaml reads, pointing at this stack: its servers, the
     sandbox as Reach (with the stack's own partner credentials) and the local broker's settings
     (a short session timeout; no LeaveGroup on close, docs/local-broker-group-rejoin.md). The
-    consumer group is the definition's own; the demo and the tests add theirs."""
-    return {
+    consumer group is the definition's own; the demo and the tests add theirs. The source format
+    is always set; the schema registry's URL only with Avro (there is none otherwise)."""
+    env = {
         "REACH_SYNC_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
         "REACH_SYNC_SESSION_TIMEOUT_MS": str(LOCAL_SESSION_TIMEOUT_MS),
         "REACH_SYNC_LEAVE_GROUP_ON_CLOSE": "false",
@@ -148,7 +167,11 @@ def stack_env(endpoints: StackEndpoints) -> dict[str, str]:
         "REACH_SYNC_PARTNER_ID": endpoints.reach_partner_id,
         "REACH_SYNC_JWT_SECRET": endpoints.reach_jwt_secret,
         "REACH_SYNC_REDIS_URL": endpoints.redis_url,
+        "REACH_SYNC_SOURCE_FORMAT": endpoints.source_format,
     }
+    if endpoints.schema_registry_url is not None:
+        env["REACH_SYNC_SCHEMA_REGISTRY_URL"] = endpoints.schema_registry_url
+    return env
 
 
 @dataclass(frozen=True)
@@ -237,6 +260,9 @@ class LocalStack:
         redis_port = _port(opts.redis_port, redis.NAME, "--redis-port")
         pg_port = _port(opts.postgres_port, postgres.NAME, "--postgres-port")
         sandbox_port = _port(opts.sandbox_port, "sandbox", "--sandbox-port")
+        avro = opts.format == "avro"
+        registry_port = _port(opts.registry_port, registry.NAME, "--registry-port") if avro else 0
+        registry_url = f"http://127.0.0.1:{registry_port}" if avro else None
         bootstrap = f"127.0.0.1:{broker_port}" if opts.with_broker else ""
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         pg = postgres.PostgresConfig(
@@ -278,6 +304,16 @@ class LocalStack:
         sandbox_proc = self._launch(
             self._sandbox_spec(sandbox_port, credentials), lambda: _sandbox_ready(sandbox_url)
         )
+        registry_proc = (
+            self._launch(
+                registry.registry_spec(
+                    registry_port, self.state_dir / registry.NAME, self.logs_dir
+                ),
+                lambda: registry.registry_ready(f"http://127.0.0.1:{registry_port}"),
+            )
+            if avro
+            else None
+        )
         postgres.init_cluster(pg, run_as, self.logs_dir / "postgres.log")
         pg_proc = self._launch(
             postgres.postgres_spec(pg, run_as, self.logs_dir),
@@ -297,13 +333,15 @@ class LocalStack:
             self._wait(broker_proc)
         self._wait(redis_proc)
         self._wait(sandbox_proc)
+        if registry_proc is not None:
+            self._wait(registry_proc)
         self._wait(pg_proc)
         postgres.create_database(pg)
         if opts.seed_shop:
             self._seed(pg.dsn)
 
         if opts.with_debezium and opts.with_broker:
-            self._start_debezium(pg, bootstrap)
+            self._start_debezium(pg, bootstrap, registry_url)
 
         return StackEndpoints(
             state_dir=str(self.state_dir),
@@ -322,6 +360,8 @@ class LocalStack:
             debezium_schemas=opts.debezium_schemas,
             pids=self.current_pids(),
             broker_storage=storage if opts.with_broker else "",
+            source_format=opts.format,
+            schema_registry_url=registry_url,
         )
 
     def _wait(self, process: ManagedProcess) -> None:
@@ -361,7 +401,9 @@ class LocalStack:
             transactions=self.options.seed_transactions,
         )
 
-    def _start_debezium(self, pg: postgres.PostgresConfig, bootstrap: str) -> None:
+    def _start_debezium(
+        self, pg: postgres.PostgresConfig, bootstrap: str, registry_url: str | None
+    ) -> None:
         from reach_devstack.debezium import (
             READY_MARKER,
             DebeziumSettings,
@@ -385,6 +427,8 @@ class LocalStack:
             tables=self.options.debezium_tables,
             state_dir=state,
             schemas=self.options.debezium_schemas,
+            format=self.options.format,
+            schema_registry_url=registry_url,
             snapshot_mode=self.options.snapshot_mode,
         )
         spec = ProcessSpec(
