@@ -93,8 +93,13 @@ def plan_replay(
     the definition's format and registry: an Avro event's schema is fetched again; Retryable
     when the registry cannot answer). Nothing is produced here, so a failure part-way leaves
     nothing half done."""
+    if decoder is None:
+        own = SourceDecoder.for_source(definition.source.kafka)
+        try:
+            return plan_replay(entries, definition, now_ms, look_up, own)
+        finally:
+            own.close()
     index = TriggerIndex.from_definition(definition)
-    decoder = decoder or SourceDecoder.for_source(definition.source.kafka)
     plan = ReplayPlan()
     inputs: dict[tuple[str, int], dict[str, Cause]] = {}
     for entry in entries:

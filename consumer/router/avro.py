@@ -97,8 +97,11 @@ class RegistrySchemas:
         self._client = client
         self._url = settings.url
 
+    def close(self) -> None:
+        """Close the client's HTTP connections."""
+        self._client.close()
+
     def fetch(self, schema_id: int) -> str:
-        import httpx
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
@@ -114,7 +117,9 @@ class RegistrySchemas:
             raise RegistryUnavailable(
                 f"the schema registry answered {status} for schema id {schema_id}"
             ) from exc
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:
+            # Everything else the client raises is its transport failing (refused, reset, timed
+            # out, TLS): httpx's or httpx2's errors, whichever the client was installed with.
             raise RegistryUnavailable(
                 f"the schema registry at {self._url} is unreachable: {type(exc).__name__}"
             ) from exc

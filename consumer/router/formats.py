@@ -33,6 +33,7 @@ class SourceDecoder:
         self._format = serialization
         self._json = EventDecoder(columns)
         self._avro = None if schemas is None else AvroDecoder(schemas, columns)
+        self._registry: RegistrySchemas | None = None  # the client this decoder made, if any
 
     @classmethod
     def for_source(
@@ -41,7 +42,15 @@ class SourceDecoder:
         """The decoder a definition's source asks for, with its registry's client."""
         registry = kafka.schema_registry
         schemas = None if registry is None else RegistrySchemas(registry)
-        return cls(kafka.format, schemas, columns)
+        decoder = cls(kafka.format, schemas, columns)
+        decoder._registry = schemas
+        return decoder
+
+    def close(self) -> None:
+        """Close the registry client ``for_source`` made (schemas given in are the giver's)."""
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
 
     @property
     def json(self) -> EventDecoder:

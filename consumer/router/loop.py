@@ -236,6 +236,7 @@ class _Router:
         except Retryable as exc:
             log.warning("router stopping with unacknowledged output: %s", exc)
         finally:
+            self._decoder.close()
             leave = self._definition.source.kafka.leave_group_on_close
             release_consumer(self._consumer, leave_group=leave)
 

@@ -1,5 +1,7 @@
 """Bad input never stalls a partition: malformed events go to the dead-letter topic with the
-reason, and a real change behind them in the same partition still reaches Reach."""
+reason, and a real change behind them in the same partition still reaches Reach. On an Avro
+stack the bad events are Avro's own: an unknown schema id, a payload its writer schema does not
+read, a JSON envelope on the Avro topic."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, Message, Producer
 from reach_devstack.stack import StackEndpoints
 
+from consumer.router.avro import is_avro
 from tests.e2e.helpers import (
     Sandbox,
     assert_converged,
@@ -27,6 +30,7 @@ TOPIC = "shop.public.customers"
 MARKER = "e2e-bad-event"
 DECODE_ERROR = "consumer.router.debezium.DecodeError"
 UNKNOWN_TABLE = "consumer.router.triggers.UnknownTable"
+UNKNOWN_SCHEMA_ID = "consumer.router.avro.UnknownSchemaId"
 
 
 def _envelope(op: str, table: str, row: dict[str, object]) -> bytes:
@@ -49,6 +53,27 @@ BAD_EVENTS: dict[str, tuple[bytes | None, bytes, str]] = {
     # Well formed, on a topic the router subscribes to, but no trigger names public.ghosts.
     "unknown-table": (b'{"id": 7}', _envelope("c", "ghosts", {"id": 7}), UNKNOWN_TABLE),
 }
+
+
+def _avro_bad_events(endpoints: StackEndpoints) -> dict[str, tuple[bytes | None, bytes, str]]:
+    """On an Avro stack: a real Debezium message of the topic, mangled; an id the registry never
+    gave; a JSON envelope on the Avro topic; no key."""
+    sample = read_topic(
+        endpoints.bootstrap_servers,
+        TOPIC,
+        lambda messages: any(is_avro(m.value()) for m in messages),
+        timeout_s=30,
+    )
+    real = next(m for m in sample if is_avro(m.value()))
+    key, value = real.key(), real.value() or b""
+    unknown = b"\x00" + (2**31 - 1).to_bytes(4, "big") + value[5:]
+    return {
+        "unknown-schema-id": (key, unknown, UNKNOWN_SCHEMA_ID),
+        "cut-short": (key, value[: len(value) // 2], DECODE_ERROR),
+        "trailing-bytes": (key, value + b"\x00\x02", DECODE_ERROR),
+        "not-avro": (b'{"id": 1}', _envelope("u", "customers", {"id": 1}), DECODE_ERROR),
+        "missing-key": (None, value, DECODE_ERROR),
+    }
 
 
 def _partitions(bootstrap: str, topic: str) -> list[int]:
@@ -74,11 +99,14 @@ def test_malformed_events_are_dead_lettered_and_work_goes_on(
         dead_before = running.counters()["router_dead_lettered"]
 
         # Every kind of bad event into every partition of the customers topic, acknowledged...
+        bad_events = (
+            BAD_EVENTS if shop_stack.source_format == "json" else _avro_bad_events(shop_stack)
+        )
         partitions = _partitions(shop_stack.bootstrap_servers, TOPIC)
         producer = Producer({"bootstrap.servers": shop_stack.bootstrap_servers, "acks": "all"})
         sent: dict[str, tuple[bytes | None, bytes, str]] = {}
         for partition in partitions:
-            for kind, (key, value, error_class) in BAD_EVENTS.items():
+            for kind, (key, value, error_class) in bad_events.items():
                 tag = f"{run_id}:{kind}:{partition}"
                 marker: list[tuple[str, str | bytes | None]] = [(MARKER, tag.encode())]
                 producer.produce(TOPIC, value, key, partition=partition, headers=marker)

@@ -22,17 +22,29 @@ from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from reach_devstack.stack import StackEndpoints
 
+from consumer.config import SchemaRegistry
 from consumer.config_file import load_definition
 from consumer.observe import telemetry
 from consumer.observe.logs import configure_logging, definition_secrets
+from consumer.router.avro import RegistrySchemas
+from consumer.router.debezium import Change, DecodeError
+from consumer.router.formats import SourceDecoder
 from tests.e2e.conftest import EXAMPLE, shop_env
-from tests.e2e.helpers import Sandbox, caught_up, insert_customer, pipeline_thread, sql, wait_for
+from tests.e2e.helpers import (
+    Sandbox,
+    caught_up,
+    insert_customer,
+    pipeline_thread,
+    read_topic,
+    sql,
+    wait_for,
+)
 
 SCHEMA = "shop_customers"
 TOPIC = "shop.public.customers"
@@ -67,6 +79,33 @@ def _envelope(customer: int) -> bytes:
     return json.dumps({"schema": {"type": "struct"}, "payload": payload}).encode()
 
 
+def _debeziums_event(endpoints: StackEndpoints, customer: int) -> tuple[bytes | None, bytes]:
+    """On an Avro stack: the embedded Debezium's own event of ``customer``, found by decoding
+    the topic as the router does, to be produced again with a trace context."""
+    registry = RegistrySchemas(
+        SchemaRegistry.model_validate({"url": endpoints.schema_registry_url})
+    )
+    decoder = SourceDecoder("avro", registry)
+    found: list[tuple[bytes | None, bytes]] = []
+
+    def ours(messages: list[Message]) -> bool:
+        for message in messages:
+            try:
+                change = decoder.decode(message.key(), message.value())
+            except DecodeError:
+                continue  # another test's bad events
+            if isinstance(change, Change) and change.key == {"id": customer}:
+                found.append((message.key(), message.value() or b""))
+                return True
+        return False
+
+    try:
+        read_topic(endpoints.bootstrap_servers, TOPIC, ours, timeout_s=LANDS_S)
+    finally:
+        registry.close()
+    return found[0]
+
+
 def _chain(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
     """Names from ``span`` up to its root, within its trace."""
     names = [span.name]
@@ -96,10 +135,11 @@ def test_a_window_is_one_trace_from_the_producers_link_to_the_reach_requests(
         assert store.delete(f"reach-sync:{name}:last:customers:{customer}") == 1
         store.close()
         producer = Producer({"bootstrap.servers": shop_stack.bootstrap_servers, "acks": "all"})
-        key = json.dumps({"id": customer}).encode()
-        producer.produce(
-            TOPIC, _envelope(customer), key, headers=[("traceparent", traceparent.encode())]
-        )
+        if shop_stack.source_format == "avro":
+            key, value = _debeziums_event(shop_stack, customer)
+        else:
+            key, value = json.dumps({"id": customer}).encode(), _envelope(customer)
+        producer.produce(TOPIC, value, key, headers=[("traceparent", traceparent.encode())])
         assert producer.flush(30) == 0
 
         def linked_window() -> ReadableSpan | None:

@@ -28,7 +28,7 @@ from reach_devstack.connect_avro import (
     without_logical_types,
 )
 
-from consumer.config import SchemaRegistry
+from consumer.config import KafkaSource, SchemaRegistry
 from consumer.config_file import load_definition
 from consumer.errors import DefinitionError, Retryable
 from consumer.router.avro import (
@@ -390,10 +390,12 @@ _SETTINGS = SchemaRegistry.model_validate({"url": "http://127.0.0.1:9"})
         (SchemaRegistryError(429, 42901, "slow down"), RegistryUnavailable, "answered 429"),
         (SchemaRegistryError(401, 40101, "no"), RegistryUnavailable, "refused"),
         (httpx.ConnectError("refused"), RegistryUnavailable, "unreachable: ConnectError"),
+        # The client may be installed with httpx2, whose errors are not httpx's.
+        (type("ReadTimeout", (Exception,), {})(), RegistryUnavailable, "unreachable: ReadTimeout"),
         (_Schema("{}", "PROTOBUF"), DecodeError, "is PROTOBUF, not Avro"),
         (_Schema('"int"', None, [object()]), DecodeError, "references"),
     ],
-    ids=["404", "500", "429", "401", "connect", "protobuf", "references"],
+    ids=["404", "500", "429", "401", "connect", "another client's", "protobuf", "references"],
 )
 def test_registry_answers_are_classified_once(answer: Any, error: type, reason: str) -> None:
     schemas = RegistrySchemas(_SETTINGS, client=_Client(answer))
@@ -446,3 +448,25 @@ def test_the_registry_credentials_are_a_secret_of_the_definition_file(tmp_path: 
     definition.write_text(text.replace("      url: http://127.0.0.1:8081\n", ""))
     with pytest.raises(DefinitionError, match=r"schema_registry\.url"):
         load_definition(definition, env)
+
+
+def test_a_decoder_closes_the_registry_client_it_made_and_only_that() -> None:
+    kafka = KafkaSource.model_validate(
+        {
+            "bootstrap_servers": "127.0.0.1:9",
+            "group_id": "g",
+            "topics": ["t"],
+            "format": "avro",
+            "schema_registry": {"url": "http://127.0.0.1:9"},
+        }
+    )
+    decoder = SourceDecoder.for_source(kafka)
+    assert decoder.avro is not None
+    decoder.close()
+    decoder.close()  # once is enough; again is harmless
+    given = _Registry()
+    SourceDecoder("avro", given).close()  # schemas given in are the giver's: nothing to close
+    with pytest.raises(ValueError, match="format avro needs schema_registry"):
+        KafkaSource.model_validate(
+            {"bootstrap_servers": "127.0.0.1:9", "group_id": "g", "topics": ["t"], "format": "avro"}
+        )
