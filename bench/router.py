@@ -15,9 +15,14 @@ times each:
 - router: ``run_router`` on the shop definition, events/s through to acknowledged dirty keys
   and committed offsets (group join excluded: timed from its first committed batch).
 
+With ``--format avro`` the same stream is preloaded as Confluent's AvroConverter writes it (the
+local stack's schema registry started too), and every measurement reads it through reach-sync's
+Avro decoder; ``--format both`` measures JSON and Avro in the same run and prints their ratios.
+
 Prints the medians, their ratios to raw, and one JSON object on the last line.
 
     .venv/bin/python bench/router.py --events 200000
+    .venv/bin/python bench/router.py --events 200000 --format both
 """
 
 from __future__ import annotations
@@ -33,23 +38,34 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from fastavro import parse_schema
 from reach_devstack import broker as broker_component
 from reach_devstack import postgres as pg_component
+from reach_devstack import registry as registry_component
+from reach_devstack.connect_avro import (
+    avro_schema,
+    avro_value,
+    wire_format,
+    without_logical_types,
+)
 from reach_devstack.process import ManagedProcess, free_port, unprivileged_user, wait_until
 from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
-from consumer.router.debezium import EventDecoder, decode_event
+from consumer.router.debezium import decode_event
+from consumer.router.formats import SourceDecoder
 from consumer.router.loop import RouterStats, run_router
 from consumer.router.triggers import TriggerIndex
 
@@ -76,6 +92,38 @@ TRANSACTION_OPS = (("u", 55), ("c", 40), ("d", 5))
 @contextmanager
 def servers(state: Path) -> Iterator[tuple[str, str]]:
     """A broker and a Postgres with the shop schema; yields (bootstrap servers, dsn)."""
+    with servers_and_registry(state, registry=False) as (bootstrap, dsn, _):
+        yield bootstrap, dsn
+
+
+@contextmanager
+def servers_and_registry(state: Path, registry: bool) -> Iterator[tuple[str, str, str]]:
+    """``servers``, and the local stack's schema registry when ``registry`` (else its URL is
+    empty); yields (bootstrap servers, dsn, registry URL)."""
+    registry_url = ""
+    registry_process = None
+    if registry:
+        port = free_port()
+        registry_url = f"http://127.0.0.1:{port}"
+        spec = registry_component.registry_spec(port, state / "registry", state / "logs")
+        registry_process = ManagedProcess(spec)
+        registry_process.start()
+    try:
+        if registry_process is not None:
+            wait_until(
+                registry_process,
+                lambda: registry_component.registry_ready(registry_url),
+                READY_TIMEOUT_S,
+            )
+        with _broker_and_postgres(state) as (bootstrap, dsn):
+            yield bootstrap, dsn, registry_url
+    finally:
+        if registry_process is not None:
+            registry_process.stop()
+
+
+@contextmanager
+def _broker_and_postgres(state: Path) -> Iterator[tuple[str, str]]:
     broker_port = free_port()
     bootstrap = f"127.0.0.1:{broker_port}"
     broker = ManagedProcess(broker_component.broker_spec(broker_port, state / "logs"))
@@ -182,6 +230,42 @@ def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:
     return rng.choices([v for v, _ in weighted], [w for _, w in weighted])[0]
 
 
+class AvroEvents:
+    """The factory's events (with their schema block) as Confluent's AvroConverter writes them:
+    the schemas derived from the Connect schemas (reach_devstack.connect_avro) and registered in
+    the schema registry under ``<topic>-key`` and ``<topic>-value``, once each."""
+
+    def __init__(self, registry_url: str, topic: str) -> None:
+        self._http = httpx.Client(base_url=registry_url, timeout=10)
+        self._topic = topic
+        self._writers: dict[bytes, tuple[int, Any, dict[str, Any]]] = {}
+
+    def encode(self, key: bytes, value: bytes) -> tuple[bytes, bytes]:
+        return self._one(key, "key"), self._one(value, "value")
+
+    def _one(self, message: bytes, part: str) -> bytes:
+        schema_end = message.index(b',"payload":')
+        block = message[len(b'{"schema":') : schema_end]
+        writer = self._writers.get(block)
+        if writer is None:
+            connect = orjson.loads(block)
+            schema = avro_schema(connect)
+            answer = self._http.post(
+                f"/subjects/{self._topic}-{part}/versions",
+                json={"schema": json.dumps(schema)},
+                headers={"content-type": "application/vnd.schemaregistry.v1+json"},
+            )
+            schema_id = int(answer.raise_for_status().json()["id"])
+            writer = (schema_id, parse_schema(without_logical_types(schema)), connect)
+            self._writers[block] = writer
+        schema_id, parsed, connect = writer
+        payload = orjson.loads(message[schema_end + len(b',"payload":') : -1])
+        return wire_format(schema_id, parsed, avro_value(connect, payload))
+
+    def close(self) -> None:
+        self._http.close()
+
+
 def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes) -> None:
     """Produce, waiting for room when the local queue is full (a preload outruns the broker)."""
     while True:
@@ -193,8 +277,11 @@ def produce_waiting(producer: Producer, topic: str, value: bytes, key: bytes) ->
     producer.poll(0)
 
 
-def preload(bootstrap: str, topic: str, events: int, schemas: bool) -> int:
-    """Create the topic and fill it; returns the average value size in bytes."""
+def preload(
+    bootstrap: str, topic: str, events: int, schemas: bool, avro: AvroEvents | None = None
+) -> int:
+    """Create the topic and fill it (in Avro with ``avro``: the same stream, event for event);
+    returns the average value size in bytes."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         future.result(timeout=30)
@@ -207,10 +294,12 @@ def preload(bootstrap: str, topic: str, events: int, schemas: bool) -> int:
             "queue.buffering.max.messages": 200_000,
         }
     )
-    factory = EventFactory(schemas, random.Random(7))
+    factory = EventFactory(schemas or avro is not None, random.Random(7))
     total = 0
     for _ in range(events):
         key, value = factory.next()
+        if avro is not None:
+            key, value = avro.encode(key, value)
         total += len(value)
         produce_waiting(producer, topic, value, key)
     if producer.flush(300) != 0:
@@ -266,15 +355,29 @@ def _whole_decode(key: bytes | None, value: bytes | None, topic: str | None) -> 
 
 
 def routing_decode(definition: SyncDefinition) -> Work:
-    """The typed-decode ceiling: a fresh router decoder for the definition's triggers."""
-    return EventDecoder(TriggerIndex.from_definition(definition).image_columns()).decode
+    """The typed-decode ceiling: a fresh router decoder for the definition's triggers, in its
+    format (the router's SourceDecoder, Avro's writer schemas from the registry)."""
+    columns = TriggerIndex.from_definition(definition).image_columns()
+    return SourceDecoder.for_source(definition.source.kafka, columns).decode
 
 
-def _definition(state: Path, bootstrap: str, dsn: str, topic: str) -> SyncDefinition:
+def whole_decode(definition: SyncDefinition) -> Work:
+    """Every column of the images (as ``decode_event`` and DLQ replay decode), in its format."""
+    if definition.source.kafka.format == "json":
+        return _whole_decode
+    return SourceDecoder.for_source(definition.source.kafka).decode
+
+
+def _definition(
+    state: Path, bootstrap: str, dsn: str, topic: str, registry_url: str = ""
+) -> SyncDefinition:
+    """The shop's definition on ``topic``: JSON, or Avro with ``registry_url``."""
     data = yaml.safe_load(EXAMPLE.read_text())
     kafka = data["source"]["kafka"]
     del kafka["topic_pattern"]
     kafka["topics"] = [topic]
+    kafka["format"] = "avro" if registry_url else "json"
+    kafka["schema_registry"] = {"url": registry_url or "http://127.0.0.1:1"}
     tag = uuid.uuid4().hex[:8]
     data["topics"] = {"dirty": f"bench.dirty.{tag}", "dead_letter": f"bench.dlq.{tag}"}
     path = state / f"shop-{tag}.yaml"
@@ -318,89 +421,140 @@ def measure_router(definition: SyncDefinition, events: int) -> tuple[float, Rout
 # --- the run ----------------------------------------------------------------------------------
 
 
+@dataclass
+class FormatRun:
+    """One format's topic and its measurements (events/s per run)."""
+
+    name: str
+    topic: str
+    value_size: int = 0
+    raw: list[float] = field(default_factory=list)
+    whole: list[float] = field(default_factory=list)
+    decode: list[float] = field(default_factory=list)
+    routed: list[float] = field(default_factory=list)
+    stats: RouterStats | None = None
+
+    def medians(self) -> dict[str, float]:
+        found = {
+            "raw": self.raw,
+            "whole": self.whole,
+            "decode": self.decode,
+            "router": self.routed,
+        }
+        return {name: statistics.median(values) for name, values in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--no-schemas", dest="schemas", action="store_false")
+    parser.add_argument(
+        "--format",
+        choices=("json", "avro", "both"),
+        default="json",
+        help="the same change stream as Kafka Connect JSON, as Confluent Avro, or both (each"
+        " measured in the same run)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
     args = parser.parse_args(argv)
+    names = ("json", "avro") if args.format == "both" else (args.format,)
 
     with tempfile.TemporaryDirectory(prefix="reach-sync-bench-") as tmp:
         state = Path(tmp)
         state.chmod(0o755)  # an unprivileged Postgres must traverse it
-        with servers(state) as (bootstrap, dsn):
-            topic = "bench.public.events"
-            started = time.perf_counter()
-            value_size = preload(bootstrap, topic, args.events, args.schemas)
-            print(
-                f"preloaded {args.events:,} events (avg value {value_size:,} B, "
-                f"{'with' if args.schemas else 'without'} schema block) "
-                f"in {time.perf_counter() - started:.1f} s",
-                file=sys.stderr,
-            )
-            raw, whole, decode, routed = [], [], [], []
-            stats: RouterStats | None = None
-            for run in range(args.repeat):
-                raw.append(measure_consume(bootstrap, topic, args.events, _touch))
-                whole.append(measure_consume(bootstrap, topic, args.events, _whole_decode))
-                definition = _definition(state, bootstrap, dsn, topic)
-                decode.append(
-                    measure_consume(bootstrap, topic, args.events, routing_decode(definition))
-                )
-                rate, stats = measure_router(definition, args.events)
-                routed.append(rate)
+        with servers_and_registry(state, registry="avro" in names) as (bootstrap, dsn, url):
+            runs = [FormatRun(name, f"bench.{name}.events") for name in names]
+            for run in runs:
+                started = time.perf_counter()
+                avro = AvroEvents(url, run.topic) if run.name == "avro" else None
+                try:
+                    run.value_size = preload(bootstrap, run.topic, args.events, args.schemas, avro)
+                finally:
+                    if avro is not None:
+                        avro.close()
                 print(
-                    f"run {run + 1}: raw {raw[-1]:,.0f}/s, whole decode {whole[-1]:,.0f}/s, "
-                    f"decode {decode[-1]:,.0f}/s, "
-                    f"router {rate:,.0f}/s",
+                    f"preloaded {args.events:,} {run.name} events (avg value "
+                    f"{run.value_size:,} B) in {time.perf_counter() - started:.1f} s",
                     file=sys.stderr,
                 )
-    assert stats is not None
-    return _report(args, value_size, {"raw": raw, "whole": whole, "decode": decode}, routed, stats)
+            for attempt in range(args.repeat):
+                for run in runs:
+                    _measure(run, state, bootstrap, dsn, url, args.events)
+                    print(
+                        f"run {attempt + 1} {run.name}: raw {run.raw[-1]:,.0f}/s, whole decode "
+                        f"{run.whole[-1]:,.0f}/s, decode {run.decode[-1]:,.0f}/s, "
+                        f"router {run.routed[-1]:,.0f}/s",
+                        file=sys.stderr,
+                    )
+    return _report(args, runs)
 
 
-def _report(
-    args: argparse.Namespace,
-    value_size: int,
-    consumed: dict[str, list[float]],
-    routed: list[float],
-    stats: RouterStats,
-) -> int:
-    medians = {name: statistics.median(v) for name, v in consumed.items()}
-    medians["router"] = statistics.median(routed)
+def _measure(
+    run: FormatRun, state: Path, bootstrap: str, dsn: str, registry_url: str, events: int
+) -> None:
+    """One round of the four measurements on one format's topic."""
+    definition = _definition(
+        state, bootstrap, dsn, run.topic, registry_url if run.name == "avro" else ""
+    )
+    run.raw.append(measure_consume(bootstrap, run.topic, events, _touch))
+    run.whole.append(measure_consume(bootstrap, run.topic, events, whole_decode(definition)))
+    run.decode.append(measure_consume(bootstrap, run.topic, events, routing_decode(definition)))
+    rate, run.stats = measure_router(definition, events)
+    run.routed.append(rate)
+
+
+_LABELS = (
+    ("raw", "raw consume (consume(1000), touch)"),
+    ("whole", "whole decode (consume + every column)"),
+    ("decode", "typed decode (consume + router decoder)"),
+    ("router", "router (to acked dirty keys + commits)"),
+)
+
+
+def _report(args: argparse.Namespace, runs: list[FormatRun]) -> int:
     print(
-        f"{args.events:,} events, {'with' if args.schemas else 'without'} schema block "
-        f"(avg value {value_size:,} B), {PARTITIONS} partitions, lz4, {KEYS:,} keys per table "
+        f"{args.events:,} events ({'with' if args.schemas else 'without'} schema block in "
+        f"JSON), {PARTITIONS} partitions, lz4, {KEYS:,} keys per table "
         f"(Zipf s={PURCHASE_SKEW}); medians of {args.repeat}"
     )
-    for name, label in (
-        ("raw", "raw consume (consume(1000), touch)"),
-        ("whole", "whole decode (consume + decode_event)"),
-        ("decode", "typed decode (consume + router decoder)"),
-        ("router", "router (to acked dirty keys + commits)"),
-    ):
-        print(
-            f"  {label:<42} {medians[name]:>10,.0f} events/s  {medians[name] / medians['raw']:.2f}"
-        )
-    print(
-        f"  last router run: {stats.dirty_keys:,} dirty keys, {stats.batches:,} batches, "
-        f"{stats.commits:,} commits, ignored {dict(stats.ignored)}, "
-        f"dead-lettered {stats.dead_lettered}"
-    )
-    summary = {
+    summary: dict[str, Any] = {
         "events": args.events,
         "schemas": args.schemas,
-        "avg_value_bytes": value_size,
         "partitions": PARTITIONS,
         "repeat": args.repeat,
-        "events_per_s": {k: round(v) for k, v in medians.items()},
-        "ratio_to_raw": {k: round(v / medians["raw"], 3) for k, v in medians.items()},
-        "decode_to_whole_decode": round(medians["decode"] / medians["whole"], 3),
-        "router_to_decode": round(medians["router"] / medians["decode"], 3),
-        "router_dirty_keys": stats.dirty_keys,
-        "router_batches": stats.batches,
-        "router_commits": stats.commits,
     }
+    medians = {run.name: run.medians() for run in runs}
+    for run in runs:
+        found, stats = medians[run.name], run.stats
+        assert stats is not None
+        print(f"{run.name} (avg value {run.value_size:,} B)")
+        for name, label in _LABELS:
+            print(f"  {label:<42} {found[name]:>10,.0f} events/s  {found[name] / found['raw']:.2f}")
+        print(
+            f"  last router run: {stats.dirty_keys:,} dirty keys, {stats.batches:,} batches, "
+            f"{stats.commits:,} commits, ignored {dict(stats.ignored)}, "
+            f"dead-lettered {stats.dead_lettered}"
+        )
+        summary[run.name] = {
+            "avg_value_bytes": run.value_size,
+            "events_per_s": {k: round(v) for k, v in found.items()},
+            "ratio_to_raw": {k: round(v / found["raw"], 3) for k, v in found.items()},
+            "decode_to_whole_decode": round(found["decode"] / found["whole"], 3),
+            "router_to_decode": round(found["router"] / found["decode"], 3),
+            "router_dirty_keys": stats.dirty_keys,
+            "router_batches": stats.batches,
+            "router_commits": stats.commits,
+            "router_dead_lettered": stats.dead_lettered,
+        }
+    if len(runs) == 2:
+        json_m, avro_m = medians["json"], medians["avro"]
+        ratios = {k: round(avro_m[k] / json_m[k], 3) for k in avro_m}
+        print(
+            "avro / json: "
+            + ", ".join(f"{name} {ratios[name]:.2f}" for name, _ in _LABELS)
+            + f"; value size {runs[1].value_size / runs[0].value_size:.2f}"
+        )
+        summary["avro_to_json"] = ratios
     print(json.dumps(summary))
     return 0
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import fastavro
 
 from consumer.errors import Retryable
+from consumer.router.avro_reader import CompiledReader, Keep, Unreadable, compile_reader
 from consumer.router.debezium import Change, DecodeError, Ignored, classify_envelope
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ class _Reader:
     turns what fastavro reads into what JsonConverter would have written."""
 
     schema_id: int
+    schema: Any  # its JSON form, logical types removed
     parsed: Any
     convert: Converter | None
 
@@ -201,6 +203,9 @@ class AvroDecoder:
         self._schemas = schemas
         self._columns = {t: tuple(dict.fromkeys(names)) for t, names in (columns or {}).items()}
         self._readers: dict[int, _Reader] = {}
+        # Per schema id, once its first message was read whole: the compiled reader of what
+        # routing needs (avro_reader.py), or None where the schema could not be compiled.
+        self._fast: dict[int, _Fast | None] = {}
         self._unknown: dict[int, tuple[float, UnknownSchemaId]] = {}
         self._clock = clock
 
@@ -280,7 +285,45 @@ class AvroDecoder:
         reader = self._readers.get(schema_id)
         if reader is None:
             reader = self._prepare(schema_id)
-        return reader.read(raw)
+        fast = self._fast.get(schema_id)
+        if fast is not None:
+            try:
+                value = fast.reader.read(raw, _HEADER)
+            except Unreadable:
+                pass  # fastavro reads it again, and says why
+            else:
+                if fast.table is None or _table_of(value) == fast.table:
+                    return value
+        value = reader.read(raw)
+        if schema_id not in self._fast:
+            self._fast[schema_id] = self._compile(reader, value)
+        return value
+
+    def _compile(self, reader: _Reader, first: Any) -> _Fast | None:
+        """The compiled reader of a schema, from its first message read whole: of a change
+        envelope, only the fields ``_change`` reads and the trigger columns of the message's
+        table (other tables' messages under this schema are read whole); anything else whole."""
+        table = _table_of(first)
+        names = _envelope_names(reader.schema)
+        keep: Keep | None = None
+        if table is not None and names is not None:
+            envelope, image, source = names
+            columns = self._columns.get(table)
+
+            def keep(record: str, field: str) -> bool:
+                if record == envelope:
+                    return field in _ENVELOPE_FIELDS
+                if record == source:
+                    return field in _SOURCE_FIELDS
+                if record == image:
+                    return columns is None or field in columns
+                return True
+        else:
+            table = None
+        try:
+            return _Fast(compile_reader(reader.schema, keep), table)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None  # a shape the compiler does not know: fastavro reads this schema
 
     def _prepare(self, schema_id: int) -> _Reader:
         known_unknown = self._unknown.get(schema_id)
@@ -293,13 +336,62 @@ class AvroDecoder:
             raise
         try:
             schema = _without_logical_types(json.loads(text))
-            parsed = fastavro.parse_schema(schema, _write_hint=False)
+            parsed = fastavro.parse_schema(schema)
         except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
             raise DecodeError(f"writer schema {schema_id} is not valid Avro: {exc}") from exc
-        reader = _Reader(schema_id, parsed, _converter(schema, {}, ""))
+        reader = _Reader(schema_id, schema, parsed, _converter(schema, {}, ""))
         self._readers[schema_id] = reader
         self._unknown.pop(schema_id, None)
         return reader
+
+
+@dataclass(frozen=True, slots=True)
+class _Fast:
+    reader: CompiledReader
+    # The table whose trigger columns it keeps (a message of another table is read whole).
+    table: str | None
+
+
+# What ``AvroDecoder._change`` reads of an envelope and of its source block.
+_ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
+_SOURCE_FIELDS = frozenset({"schema", "table", "ts_ms", "lsn"})
+
+
+def _table_of(value: Any) -> str | None:
+    source = value.get("source") if isinstance(value, dict) else None
+    if isinstance(source, dict) and source.get("schema") and source.get("table"):
+        return f"{source['schema']}.{source['table']}"
+    return None
+
+
+def _envelope_names(schema: Any) -> tuple[str, str, str] | None:
+    """The full names of a Debezium envelope record, its row image record (``before``'s
+    type) and its source record; None for any other shape."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    envelope, space = _full_name(schema, "")
+    fields = {f.get("name"): f.get("type") for f in schema.get("fields", [])}
+    before, source = fields.get("before"), fields.get("source")
+    if isinstance(before, list):
+        before = next((b for b in before if b != "null"), None)
+    image = _type_name(before, space)
+    source_name = _type_name(source, space)
+    if image is None or source_name is None:
+        return None
+    return envelope, image, source_name
+
+
+def _type_name(schema: Any, namespace: str) -> str | None:
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        return _full_name(schema, namespace)[0]
+    if isinstance(schema, str) and schema not in _PRIMITIVE_NAMES:
+        return schema if "." in schema or not namespace else f"{namespace}.{schema}"
+    return None
+
+
+_PRIMITIVE_NAMES = frozenset(
+    {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+)
 
 
 def _int_or_none(value: Any) -> int | None:
