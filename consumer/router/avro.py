@@ -236,9 +236,35 @@ class AvroDecoder:
         if not isinstance(envelope, dict):
             raise DecodeError("the value is not a Debezium envelope (not an Avro record)")
         read_key = key_decoder or self.decode_key
-        return self._change(envelope, lambda: read_key(key))
+        return self._change(envelope, key, read_key)
 
     def _change(
+        self,
+        envelope: dict[str, Any],
+        raw_key: bytes | None,
+        read_key: Callable[[bytes | None], dict[str, Any]],
+    ) -> Change | Ignored:
+        op, source = envelope.get("op"), envelope.get("source")
+        if op in _ROW_OPS and type(source) is dict:
+            # The common case, judged as classify_envelope judges it, without the call.
+            schema, table_name = source.get("schema"), source.get("table")
+            before, after = envelope.get("before"), envelope.get("after")
+            image = before if op == "d" else after
+            if schema and table_name and image is not None:
+                table = f"{schema}.{table_name}"
+                ts_ms, lsn = source.get("ts_ms"), source.get("lsn")
+                return Change(
+                    table,
+                    op,
+                    read_key(raw_key),
+                    None if before is None else self._image(before, table, "before"),
+                    None if after is None else self._image(after, table, "after"),
+                    ts_ms if type(ts_ms) is int else None,
+                    lsn if type(lsn) is int else None,
+                )
+        return self._classified(envelope, lambda: read_key(raw_key))
+
+    def _classified(
         self, envelope: dict[str, Any], key: Callable[[], dict[str, Any]]
     ) -> Change | Ignored:
         source = envelope.get("source")
@@ -292,7 +318,10 @@ class AvroDecoder:
             except Unreadable:
                 pass  # fastavro reads it again, and says why
             else:
-                if fast.table is None or _table_of(value) == fast.table:
+                if fast.table is None:
+                    return value
+                source = value.get("source")
+                if source is not None and (source.get("schema"), source.get("table")) == fast.table:
                     return value
         value = reader.read(raw)
         if schema_id not in self._fast:
@@ -321,7 +350,8 @@ class AvroDecoder:
         else:
             table = None
         try:
-            return _Fast(compile_reader(reader.schema, keep), table)
+            projected = None if table is None else tuple(table.split(".", 1))
+            return _Fast(compile_reader(reader.schema, keep), projected)
         except (KeyError, TypeError, ValueError, IndexError):
             return None  # a shape the compiler does not know: fastavro reads this schema
 
@@ -348,10 +378,12 @@ class AvroDecoder:
 @dataclass(frozen=True, slots=True)
 class _Fast:
     reader: CompiledReader
-    # The table whose trigger columns it keeps (a message of another table is read whole).
-    table: str | None
+    # The (schema, table) whose trigger columns it keeps: a message of another table is read
+    # whole. None: it keeps everything.
+    table: tuple[str, ...] | None
 
 
+_ROW_OPS = frozenset({"c", "u", "d", "r"})
 # What ``AvroDecoder._change`` reads of an envelope and of its source block.
 _ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
 _SOURCE_FIELDS = frozenset({"schema", "table", "ts_ms", "lsn"})
