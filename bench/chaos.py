@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--durable-broker",
         action="store_true",
-        help="the broker on S3 storage (a moto server), with broker restarts in the schedule; "
-        "slow: see docs/reliability.md",
+        help="the broker on S3 storage (SeaweedFS), with broker restarts in the schedule; "
+        "see docs/reliability.md",
     )
     parser.add_argument(
         "--settle-timeout",

@@ -2,8 +2,8 @@
 
 Memory storage means a broker restart loses every topic and offset (docs/local-stack.md), so
 the local stack is never resumed across ``dev down``: it starts clean each time. The durable
-broker (``dev up --durable-broker``) stores them in S3 instead, a moto server of the stack's
-own (``s3.py``), and survives a restart of the broker alone.
+broker (``dev up --durable-broker``) stores them in S3 instead, a SeaweedFS server of the
+stack's own with its data on disk (``s3.py``), and survives a restart of the broker.
 """
 
 from __future__ import annotations

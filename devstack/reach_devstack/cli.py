@@ -89,8 +89,8 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up.add_argument(
         "--durable-broker",
         action="store_true",
-        help="keep the broker's topics and offsets in a local S3 server (moto), so that "
-        "`dev restart broker` keeps them",
+        help="keep the broker's topics and offsets in a local S3 server (SeaweedFS, the `s3` "
+        "component, its data on disk), so that `dev restart broker` keeps them",
     )
     for name in ("broker", "postgres", "redis", "sandbox", "registry"):
         up.add_argument(f"--{name}-port", type=int, default=0, help="0 picks a free port")
@@ -126,8 +126,8 @@ def add_dev_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             action,
             help=help_text,
             epilog="Postgres keeps its data, the sandbox its state, Debezium its offsets, the "
-            "registry its schemas; Redis comes back empty (no persistence, by design); the "
-            "broker only with --durable-broker. "
+            "registry its schemas, s3 the durable broker's data; Redis comes back empty (no "
+            "persistence, by design); the broker only with --durable-broker. "
             "exit codes: 0 done; 1 refused, failed, or no running stack",
         )
         _add_state_dir(command)

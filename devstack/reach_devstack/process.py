@@ -87,6 +87,11 @@ class ProcessSpec:
     run_as: RunAs | None = None
     # Postgres treats SIGTERM as "smart" shutdown (waits for clients); SIGINT is the fast one.
     stop_signal: signal.Signals = signal.SIGTERM
+    # Between the stop signal and SIGKILL, unless ``stop()`` is given its own.
+    stop_grace_s: float = STOP_GRACE_S
+    # Run by ``stop()`` once the process has ended: removes what it leaves outside the state
+    # directory.
+    after_stop: Callable[[], None] | None = None
 
 
 def _child_setup(run_as: RunAs | None, parent_pid: int) -> Callable[[], None]:
@@ -166,10 +171,13 @@ class ManagedProcess:
         except subprocess.TimeoutExpired as exc:
             raise TimeoutError(f"still running after {timeout_s:g} s") from exc
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Ask the process group to stop, then kill it if it has not within ``grace_s``."""
+    def stop(self, grace_s: float | None = None) -> None:
+        """Ask the process group to stop, then kill it if it has not within ``grace_s`` (by
+        default the spec's ``stop_grace_s``)."""
         if self._popen is None:
             return
+        if grace_s is None:
+            grace_s = self.spec.stop_grace_s
         pgid = self._popen.pid  # start_new_session makes the child its own group leader
         if self._popen.poll() is None:
             _signal_group(pgid, self.spec.stop_signal)
@@ -180,6 +188,8 @@ class ManagedProcess:
                 self._popen.wait(timeout=5)
         # Anything left in the group (workers the server forked) goes too.
         _signal_group(pgid, signal.SIGKILL)
+        if self.spec.after_stop is not None:
+            self.spec.after_stop()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

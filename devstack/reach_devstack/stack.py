@@ -12,8 +12,8 @@ same data, same credentials. What survives is what the component keeps on disk: 
 data directory, the sandbox its SQLite state, Debezium its offsets, the registry its schemas (so
 the ids in the topics stay readable); Redis has no persistence on
 purpose and comes back empty. The memory broker would come back empty too, with nothing for
-Debezium or a consumer to resume from, so it is only restarted when durable (its topics in the
-``s3`` component, which itself cannot be stopped alone: it holds them in its memory).
+Debezium or a consumer to resume from, so it is only restarted when durable: its topics are then
+in the ``s3`` component, which keeps them on disk and may be restarted as well.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ DEV_TENANTS: tuple[tuple[str, str], ...] = tuple(
 SHOP_TABLES = ("public.merchants", "public.customers", "public.transactions")
 SHOP_REACH_SCHEMAS = Path(__file__).with_name("shop_reach_schemas.yaml")
 # The state directory's per-component folders, all recreated on start.
-COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium", "registry")
+COMPONENT_DIRS = ("postgres", "redis", "sandbox", "debezium", "registry", "s3")
 # What Debezium writes: Kafka Connect's JSON, or Avro in the Confluent wire format with its
 # schemas in the stack's schema registry (docs/local-stack.md).
 FORMATS = ("json", "avro")
@@ -106,8 +106,8 @@ class StackOptions:
     tenants: tuple[tuple[str, str], ...] = DEV_TENANTS
     # The tables Debezium captures.
     debezium_tables: tuple[str, ...] = SHOP_TABLES
-    # The broker's topics and offsets in S3 (a moto server, the "s3" component) rather than in
-    # its memory, so that the broker alone can be restarted without losing them.
+    # The broker's topics and offsets in S3 (a SeaweedFS server, the "s3" component, its data on
+    # disk) rather than in its memory, so that the broker can be restarted without losing them.
     durable_broker: bool = False
     # "json", or "avro": a schema registry (the "registry" component) and Debezium's Avro.
     format: str = "json"
@@ -255,8 +255,8 @@ class LocalStack:
             _port(opts.broker_port, broker.NAME, "--broker-port") if opts.with_broker else 0
         )
         durable = opts.with_broker and opts.durable_broker
-        s3_port = free_port() if durable else 0
-        s3_url = f"http://127.0.0.1:{s3_port}"
+        s3_ports = s3.S3Ports.free() if durable else None
+        s3_url = s3_ports.url if s3_ports is not None else ""
         redis_port = _port(opts.redis_port, redis.NAME, "--redis-port")
         pg_port = _port(opts.postgres_port, postgres.NAME, "--postgres-port")
         sandbox_port = _port(opts.sandbox_port, "sandbox", "--sandbox-port")
@@ -283,10 +283,10 @@ class LocalStack:
         # durable broker needs its bucket, so it starts once the S3 server is up.
         s3_proc = (
             self._launch(
-                s3.s3_spec(s3_port, self.logs_dir),
+                s3.s3_spec(s3_ports, self.state_dir / s3.NAME, self.logs_dir),
                 lambda: s3.s3_ready(s3_url),
             )
-            if durable
+            if s3_ports is not None
             else None
         )
         broker_proc = (
@@ -482,12 +482,6 @@ class LocalStack:
         self._check_component(name)
         if self.processes[name].alive():
             raise ComponentError(name, "already running; a restart stops and starts it")
-        if name == s3.NAME:
-            raise ComponentError(
-                name,
-                "ended, and the durable broker's data with it; start the stack again "
-                "(`reach-sync dev down`, then `dev up --durable-broker`)",
-            )
         readiness = self._readiness[name]
         if readiness.before_start is not None:
             readiness.before_start()
@@ -526,13 +520,6 @@ class LocalStack:
                 "memory storage: a broker restart loses every topic and offset, so it is not "
                 "stopped alone; start the stack with `reach-sync dev up --durable-broker` for a "
                 "broker that keeps them",
-            )
-        if name == s3.NAME:
-            raise ComponentError(
-                name,
-                "holds the durable broker's topics and offsets in its own memory; stopping it "
-                "would lose them all, so it is not stopped alone (`reach-sync dev down` stops "
-                "the whole stack)",
             )
 
     def _refresh_pids(self) -> None:

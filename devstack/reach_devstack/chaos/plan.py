@@ -52,9 +52,10 @@ class ChaosPlan:
     rate: float = 100.0
     routers: int = 2
     syncers: int = 2
-    # Off by default: on the local broker's S3 storage (a moto server) consumer groups stall
-    # once a topic holds a few hundred record batches (docs/reliability.md); broker restarts
-    # are then left out of the schedule.
+    # Broker restarts need the durable broker: its topics in S3 on a SeaweedFS server (the
+    # "s3" component), which keeps up with many small record batches where the former moto
+    # server stalled consumer groups (docs/local-stack.md). Off, they are left out of the
+    # schedule.
     durable_broker: bool = False
     # A kill -9 every this many seconds (uniform), of a random router or syncer.
     kill_every_s: tuple[float, float] = (3.0, 10.0)
