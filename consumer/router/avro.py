@@ -26,8 +26,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -36,7 +34,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import fastavro
 
 from consumer.errors import Retryable
-from consumer.router.avro_reader import CompiledReader, Keep, Unreadable, compile_reader
+from consumer.router.avro_reader import (
+    CompiledReader,
+    Keep,
+    Unreadable,
+    compile_reader,
+    float32_text,
+)
 from consumer.router.debezium import Change, DecodeError, Ignored, classify_envelope
 
 if TYPE_CHECKING:
@@ -457,14 +461,7 @@ def _bytes_text(value: Any) -> Any:
 
 
 def _float32_text(value: Any) -> Any:
-    """The shortest decimal that is the same 32-bit float: what Java's Float.toString prints."""
-    if not isinstance(value, float) or not math.isfinite(value):
-        return value
-    for digits in range(1, 10):
-        candidate = float(f"{value:.{digits}g}")
-        if struct.unpack("<f", struct.pack("<f", candidate))[0] == value:
-            return candidate
-    return value
+    return float32_text(value) if isinstance(value, float) else value
 
 
 _PRIMITIVE_CONVERTERS: dict[str, Converter] = {"bytes": _bytes_text, "float": _float32_text}

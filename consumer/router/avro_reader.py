@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["CompiledReader", "Keep", "Unreadable", "compile_reader"]
+__all__ = ["CompiledReader", "Keep", "Unreadable", "compile_reader", "float32_text"]
 
 # A step reads one value at ``pos`` of ``buf``: (value, the position after it).
 Read = Callable[[bytes, int], tuple[Any, int]]
@@ -133,7 +133,7 @@ def _read_boolean(buf: bytes, pos: int) -> tuple[bool, int]:
 
 def _read_float(buf: bytes, pos: int) -> tuple[float, int]:
     (value,) = _FLOAT.unpack_from(buf, pos)
-    return _float32_text(value), pos + 4
+    return float32_text(value), pos + 4
 
 
 def _read_double(buf: bytes, pos: int) -> tuple[float, int]:
@@ -158,7 +158,7 @@ def _skip_fixed_size(size: int) -> Skip:
     return skip
 
 
-def _float32_text(value: float) -> float:
+def float32_text(value: float) -> float:
     """The shortest decimal that is the same 32-bit float: what Java's Float.toString prints."""
     if not math.isfinite(value):
         return value
