@@ -4,9 +4,10 @@ fastavro reads every field of a Debezium envelope into dicts: the source block's
 fields, every column of both images, about 30 µs an event here, twice the JSON path's whole
 cost. Routing needs the op, four fields of the source block and the trigger columns of the
 images; the rest only has to be stepped over. So a writer schema is compiled, once per schema
-id, into nested steps: a field that is kept is read into its value (as JsonConverter writes
-it: bytes as base64 text, a 32-bit float as Java prints it), a field that is not is skipped by
-its length alone. ``docs/benchmarks.md``, "Avro", has the figures.
+id, into one straight-line function per record (unions, arrays and maps as small steps): a
+field that is kept is read into its value (as JsonConverter writes it: bytes as base64 text, a
+32-bit float as Java prints it), a field that is not is skipped by its length alone.
+``docs/benchmarks.md``, "Avro", has the figures.
 
 The compiled reader stands in for the whole decode only where it gives the same result, which
 ``tests/unit/test_avro_reader.py`` checks against fastavro over every Avro type; a message it
@@ -440,28 +441,6 @@ _SKIP_CODE: dict[str, tuple[str, ...]] = {
 }
 _SKIP_CODE["long"] = _SKIP_CODE["int"]
 _SKIP_CODE["string"] = _SKIP_CODE["bytes"]
-
-
-def _record(steps: tuple[tuple[str | None, Any], ...]) -> Read:
-    def read(buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
-        value: dict[str, Any] = {}
-        for name, step in steps:
-            if name is None:
-                pos = step(buf, pos)
-            else:
-                value[name], pos = step(buf, pos)
-        return value, pos
-
-    return read
-
-
-def _record_skip(skips: tuple[Skip, ...]) -> Skip:
-    def skip(buf: bytes, pos: int) -> int:
-        for step in skips:
-            pos = step(buf, pos)
-        return pos
-
-    return skip
 
 
 def _union(branches: list[Read], buf: bytes, pos: int) -> tuple[Any, int]:
