@@ -84,6 +84,14 @@ class SchemaRegistry(_Strict):
     timeout_s: float = Field(10.0, gt=0, le=300)
     client_settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_the_url(cls, url: str) -> str:
+        # The URL is not a secret (it is logged when the registry is unreachable).
+        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("give the credentials as basic_auth_user_info_env, not in the url")
+        return url
+
     @field_validator("client_settings")
     @classmethod
     def _not_the_named_ones(

@@ -419,6 +419,8 @@ def test_the_client_is_configured_from_the_definition_without_its_own_retries() 
     assert config["basic.auth.user.info"] == "user:secret"
     assert config["ssl.ca.location"] == "/etc/ca.pem"
     assert "secret" not in repr(settings)
+    with pytest.raises(ValueError, match="not in the url"):
+        SchemaRegistry.model_validate({"url": "https://reach:s3cret@127.0.0.1:8081"})
     with pytest.raises(ValueError, match="through the named fields"):
         SchemaRegistry.model_validate(
             {"url": "http://127.0.0.1:9", "client_settings": {"url": "http://x"}}
