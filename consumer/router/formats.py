@@ -53,10 +53,6 @@ class SourceDecoder:
             self._registry = None
 
     @property
-    def json(self) -> EventDecoder:
-        return self._json
-
-    @property
     def avro(self) -> AvroDecoder | None:
         return self._avro
 
