@@ -444,8 +444,9 @@ def test_values_reach_cannot_be_sent_are_named_by_field_and_do_not_stop_run(
         conn.execute("UPDATE customers SET created_at = 'infinity' WHERE id = 5000000001")
         conn.execute("UPDATE customers SET created_at = '0044-03-15 BC' WHERE id = 5000000003")
         conn.execute("UPDATE customers SET balance = 'NaN' WHERE id = 5000000002")
-    vip = "      vip: {column: vip, format: boolean}\n"
-    text = GOOD.replace(vip, vip + "      balance: {column: balance, format: decimal}\n")
+    raw = "      balance: {column: balance, format: raw}\n"
+    text = GOOD.replace(raw, "      balance: {column: balance, format: decimal}\n")
+    assert text != GOOD
     path = tmp_path / "values.yaml"
     path.write_text(text)
     assert main(["validate", str(path), "--source"]) == 0
