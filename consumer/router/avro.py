@@ -249,49 +249,36 @@ class AvroDecoder:
         read_key: Callable[[bytes | None], dict[str, Any]],
     ) -> Change | Ignored:
         op, source = envelope.get("op"), envelope.get("source")
-        if op in _ROW_OPS and type(source) is dict:
-            # The common case, judged as classify_envelope judges it, without the call.
-            schema, table_name = source.get("schema"), source.get("table")
-            before, after = envelope.get("before"), envelope.get("after")
-            image = before if op == "d" else after
-            if schema and table_name and image is not None:
-                table = f"{schema}.{table_name}"
-                ts_ms, lsn = source.get("ts_ms"), source.get("lsn")
-                return Change(
-                    table,
-                    op,
-                    read_key(raw_key),
-                    None if before is None else self._image(before, table, "before"),
-                    None if after is None else self._image(after, table, "after"),
-                    ts_ms if type(ts_ms) is int else None,
-                    lsn if type(lsn) is int else None,
-                )
-        return self._classified(envelope, lambda: read_key(raw_key))
-
-    def _classified(
-        self, envelope: dict[str, Any], key: Callable[[], dict[str, Any]]
-    ) -> Change | Ignored:
-        source = envelope.get("source")
-        if source is not None and not isinstance(source, dict):
-            raise DecodeError("the envelope's source is not a record")
         before, after = envelope.get("before"), envelope.get("after")
-        verdict = classify_envelope(
-            envelope.get("op"),
-            envelope.get("status"),
-            None if source is None else source.get("schema"),
-            None if source is None else source.get("table"),
-            has_before=before is not None,
-            has_after=after is not None,
-            has_source=source is not None,
-        )
-        if isinstance(verdict, Ignored):
-            return verdict
-        op, table = verdict
-        assert source is not None  # classify_envelope refused an envelope without one
+        if (
+            op in _ROW_OPS
+            and type(source) is dict
+            and source.get("schema")
+            and source.get("table")
+            and (before if op == "d" else after) is not None
+        ):
+            # The common case, judged as classify_envelope judges it, without the call.
+            table = f"{source['schema']}.{source['table']}"
+        else:
+            if source is not None and not isinstance(source, dict):
+                raise DecodeError("the envelope's source is not a record")
+            verdict = classify_envelope(
+                op,
+                envelope.get("status"),
+                None if source is None else source.get("schema"),
+                None if source is None else source.get("table"),
+                has_before=before is not None,
+                has_after=after is not None,
+                has_source=source is not None,
+            )
+            if isinstance(verdict, Ignored):
+                return verdict
+            op, table = verdict
+        assert isinstance(source, dict)  # classify_envelope refused an envelope without one
         return Change(
             table,
             op,
-            key(),
+            read_key(raw_key),
             None if before is None else self._image(before, table, "before"),
             None if after is None else self._image(after, table, "after"),
             _int_or_none(source.get("ts_ms")),

@@ -20,7 +20,7 @@ import base64
 import math
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 __all__ = ["CompiledReader", "Keep", "Unreadable", "compile_reader", "float32_text"]
 
@@ -208,13 +208,16 @@ class _Compiler:
         if isinstance(schema, str):
             if schema in _READ:
                 return _READ[schema]
-            full = self._resolve(schema, namespace)
-            if full in self._reads:
-                return self._reads[full]
-            return lambda buf, pos: self._reads[full](buf, pos)  # defined once it is compiled
+            return _compiled(self._reads, self._resolve(schema, namespace))
         if isinstance(schema, list):
             return self._union_read([self.read(b, namespace) for b in schema])
         kind = schema["type"]
+        if kind in _NAMED:
+            # A named type written out in place is compiled once, though both its read and its
+            # skip are asked for (a field's read and skip both start from its schema).
+            done = self._reads.get(self._define(schema, namespace, again=True))
+            if done is not None:
+                return done
         if kind == "record" or kind == "error":
             return self._record_read(schema, namespace)
         if kind == "enum":
@@ -241,17 +244,14 @@ class _Compiler:
         if isinstance(schema, str):
             if schema in _SKIP:
                 return _SKIP[schema]
-            full = self._resolve(schema, namespace)
-            if full in self._skips:
-                return self._skips[full]
-            return lambda buf, pos: self._skips[full](buf, pos)  # defined once it is compiled
+            return _compiled(self._skips, self._resolve(schema, namespace))
         if isinstance(schema, list):
             branches = [self.skip(b, namespace) for b in schema]
             if len(branches) == 2 and branches[0] is _skip_null:
                 return _nullable_skip(branches[1], branches)
             return lambda buf, pos: _union_skip(branches, buf, pos)
         kind = schema["type"]
-        if kind in ("record", "error", "enum", "fixed"):
+        if kind in _NAMED:
             self.read(schema, namespace)  # defines it, and its skip
             return self._skips[self._define(schema, namespace, again=True)]
         if kind == "array":
@@ -446,6 +446,21 @@ _SKIP_CODE["string"] = _SKIP_CODE["bytes"]
 def _union(branches: list[Read], buf: bytes, pos: int) -> tuple[Any, int]:
     index, pos = _read_long(buf, pos)
     return branches[index](buf, pos) if 0 <= index < len(branches) else _no_branch(index)
+
+
+_NAMED = frozenset({"record", "error", "enum", "fixed"})
+
+
+_Step = TypeVar("_Step", Read, Skip)
+
+
+def _compiled(steps: Mapping[str, _Step], full: str) -> _Step:
+    """A named type's read or skip; while the type is still being compiled (a record that
+    refers to itself), one that looks it up when it is called."""
+    found = steps.get(full)
+    if found is not None:
+        return found
+    return cast(_Step, lambda buf, pos: steps[full](buf, pos))
 
 
 def _nullable_skip(other: Skip, branches: list[Skip]) -> Skip:
