@@ -30,7 +30,7 @@ from reach_devstack.connect_avro import (
 
 from consumer.config import KafkaSource, SchemaRegistry
 from consumer.config_file import load_definition
-from consumer.errors import DefinitionError, Retryable
+from consumer.errors import ConfigurationError, DefinitionError, Retryable
 from consumer.router.avro import (
     AvroDecoder,
     RegistrySchemas,
@@ -472,3 +472,20 @@ def test_a_decoder_closes_the_registry_client_it_made_and_only_that() -> None:
         KafkaSource.model_validate(
             {"bootstrap_servers": "127.0.0.1:9", "group_id": "g", "topics": ["t"], "format": "avro"}
         )
+
+
+def test_client_settings_the_registry_client_refuses_stop_the_start_under_auto_too() -> None:
+    kafka = KafkaSource.model_validate(
+        {
+            "bootstrap_servers": "127.0.0.1:9",
+            "group_id": "g",
+            "topics": ["t"],
+            "format": "auto",
+            "schema_registry": {
+                "url": "http://127.0.0.1:9",
+                "client_settings": {"no.such.setting": "x"},
+            },
+        }
+    )
+    with pytest.raises(ConfigurationError, match=r"schema_registry.*no\.such\.setting"):
+        SourceDecoder.for_source(kafka)

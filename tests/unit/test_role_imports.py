@@ -56,3 +56,41 @@ def test_a_process_that_runs_the_syncer_imports_them_with_its_process_parts() ->
     loaded = _imported(syncer_start)
     # The metered transport comes with the Reach client only when metrics are on.
     assert set(SYNCER_ONLY) - {"consumer.observe.metered_transport", "aiohttp"} <= loaded
+
+
+# A router whose definition names a schema registry under `format: auto` (as examples/shop.yaml
+# does), fed JSON events and then one Avro event.
+REGISTRY_ON_DEMAND = """
+import json, sys
+from consumer.config import KafkaSource
+from consumer.errors import Retryable
+from consumer.router.formats import SourceDecoder
+
+kafka = KafkaSource.model_validate({
+    "bootstrap_servers": "127.0.0.1:9", "group_id": "g", "topics": ["t"], "format": "auto",
+    "schema_registry": {"url": "http://127.0.0.1:9", "timeout_s": 1},
+})
+decoder = SourceDecoder.for_source(kafka)
+decoder.decode(b'{"id": 1}', b'{"op": "u", "source": {"schema": "public", "table": "t"},'
+               b' "before": null, "after": {"id": 1}}', "t")
+seen = {"after_json": "confluent_kafka.schema_registry" in sys.modules}
+try:
+    decoder.decode(b"\\x00\\x00\\x00\\x00\\x01\\x02", b"\\x00\\x00\\x00\\x00\\x02\\x02", "t")
+except Retryable:  # nothing answers on port 9: the registry is unavailable, as it should be
+    pass
+seen["after_avro"] = "confluent_kafka.schema_registry" in sys.modules
+decoder.close()
+print(json.dumps(seen))
+"""
+
+
+def test_a_router_of_json_events_makes_no_schema_registry_client_until_an_avro_event() -> None:
+    # The client and what it imports are about 16 MiB of a router's memory (docs/benchmarks.md).
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTRY_ON_DEMAND],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout) == {"after_json": False, "after_avro": True}
