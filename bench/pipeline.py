@@ -1204,7 +1204,8 @@ def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]
             )
             results["split"] = split
             _log(
-                f"split: {split.rate:,.0f} events/s, peak {split.vm_hwm_mib:.0f} MiB (both), "
+                f"split: {split.rate:,.0f} events/s, peak {split.vm_hwm_mib:.0f} MiB (both; "
+                f"router {split.vm_hwm_mib_each[0]:.0f}, syncer {split.vm_hwm_mib_each[1]:.0f}), "
                 f"{'drained' if split.drained else 'not drained'} in {split.seconds:.0f} s"
             )
 
