@@ -41,6 +41,7 @@ _NAMESPACED_KINDS = {
     "Deployment",
     "KafkaConnector",
     "PodDisruptionBudget",
+    "PrometheusRule",
     "ScaledObject",
     "Service",
     "ServiceAccount",

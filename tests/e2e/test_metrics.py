@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import promql_parser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from reach_devstack.load import run_load
 from reach_devstack.stack import StackEndpoints
 
+from tests.alerts import alert_rules, selectors
 from tests.e2e.conftest import EXAMPLE
 from tests.e2e.helpers import Sandbox, assert_converged, sql, wait_for, wait_quiet
 from tests.e2e.pressure import pipeline_from
@@ -171,6 +173,15 @@ def test_metrics_agree_with_the_sandboxs_counts_after_a_load_run(
         assert (
             _total(after, "reach_sync_records_sent_total", reach_sync_outcome="dead_lettered") == 0
         )
+        # The alerts shipped with the Kubernetes manifests read series that a real scrape has.
+        alerted = {
+            metric
+            for alert in alert_rules()
+            for metric, _ in selectors(promql_parser.parse(alert["expr"]))
+            if metric.startswith("reach_sync_")
+        }
+        missing = sorted(alerted - set(after))
+        assert alerted and missing == [], f"the alerts read series /metrics lacks: {missing}"
         wait_for(
             lambda: (
                 (lag := _scrape(port).get("reach_sync_consumer_lag"))

@@ -27,6 +27,7 @@ from typing import Any, cast
 import certifi
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 from referencing import Registry, Resource
@@ -43,6 +44,7 @@ from consumer.schedule.scheduler import COMMIT_BOUND_S as SCHEDULER_COMMIT_BOUND
 from consumer.schedule.scheduler import DRAIN_BOUND_S as SCHEDULER_DRAIN_BOUND_S
 from consumer.service import RESYNC_STOP_BOUND_S
 from consumer.syncer import loop as syncer_loop
+from tests.alerts import alert_rules, selectors
 from tests.kustomize_lite import KustomizeLiteError, build
 
 Object = dict[str, Any]
@@ -220,6 +222,7 @@ def _misspelt(obj: Object, path: tuple[str | int, ...], field: str) -> Object:
         ("ScaledObject", ("spec", "triggers", 0), "authenticationRef"),
         ("TriggerAuthentication", ("spec", "secretTargetRef", 0), "parameter"),
         ("ServiceMonitor", ("spec", "endpoints", 0), "path"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0), "expr"),
         ("KafkaConnector", ("spec",), "tasksMax"),
         ("ScaledObject", ("metadata",), "labels"),
     ],
@@ -705,3 +708,71 @@ def test_the_readme_creates_every_secret_key_the_manifests_use() -> None:
         keys = re.findall(r"--from-(?:literal|file)=([^=\s]+)=", command)
         created |= {(name, key) for key in keys}
     assert created == _secret_keys_used()
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+# Labels the alerts read that reach-sync does not set: Prometheus', kube-state-metrics', the
+# histogram's bucket bound.
+FOREIGN_LABELS = {"namespace", "pod", "container", "condition", "le"}
+# A Prometheus name's endings that are not part of its OpenTelemetry instrument's name: the
+# histogram's series, a counter's ``_total``, the unit.
+_PROMETHEUS_ENDINGS = ("_bucket", "_count", "_sum", "_total", "_seconds", "_bytes")
+_OBSERVE = REPO / "consumer" / "observe"
+
+
+def _alerts() -> list[Object]:
+    (rule,) = [o for o in _all_objects() if o["kind"] == "PrometheusRule"]
+    return alert_rules(rule)
+
+
+def _instrument(prometheus_name: str) -> str:
+    """The OpenTelemetry instrument behind a Prometheus name, as the exporter makes it."""
+    for ending in _PROMETHEUS_ENDINGS:
+        prometheus_name = prometheus_name.removesuffix(ending)
+    return prometheus_name
+
+
+def _exported_names() -> set[str]:
+    """Every ``reach_sync.*`` name written in consumer/observe (instruments and attributes),
+    with its dots as Prometheus writes them."""
+    text = "".join(path.read_text() for path in _OBSERVE.glob("*.py"))
+    dotted = set(re.findall(r'"(reach_sync\.[a-z_.]+|http\.[a-z_.]+|error\.type)"', text))
+    return {name.replace(".", "_") for name in dotted}
+
+
+def test_every_alert_is_valid_promql_reading_what_reach_sync_exports() -> None:
+    exported = _exported_names()
+    assert "reach_sync_consumer_lag" in exported  # the scan finds what it looks for
+    alerts = _alerts()
+    assert alerts, "no alerts"
+    for alert in alerts:
+        parsed = promql_parser.parse(alert["expr"])
+        found = list(selectors(parsed))
+        ours = [(metric, labels) for metric, labels in found if metric.startswith("reach_sync_")]
+        assert found, alert["alert"]
+        for metric, labels in ours:
+            assert _instrument(metric) in exported, f"{alert['alert']}: {metric}"
+            assert labels - FOREIGN_LABELS <= exported, f"{alert['alert']}: {labels}"
+
+
+def test_an_alert_on_a_metric_reach_sync_does_not_export_is_refused() -> None:
+    exported = _exported_names()
+    assert _instrument("reach_sync_consumer_lag") in exported
+    assert _instrument("reach_sync_dead_letters_total") in exported
+    assert _instrument("reach_sync_commit_to_accept_duration_seconds_bucket") in exported
+    assert _instrument("reach_sync_deadletters_total") not in exported
+    assert "reach_sync_stage" in exported and "reach_sync_stag" not in exported
+
+
+def test_every_alert_names_its_runbook_entry_in_the_operations_manual() -> None:
+    docs = {
+        "docs/operations.md": (REPO / "docs" / "operations.md").read_text(),
+        "docs/benchmarks.md": (REPO / "docs" / "benchmarks.md").read_text(),
+    }
+    for alert in _alerts():
+        page, _, entries = alert["annotations"]["runbook"].partition(": ")
+        for entry in entries.split("; "):
+            assert re.search(rf"^#+ {re.escape(entry)}$", docs[page], re.M), (
+                f"{alert['alert']}: no heading {entry!r} in {page}"
+            )
