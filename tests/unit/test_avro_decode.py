@@ -452,16 +452,15 @@ def test_the_registry_credentials_are_a_secret_of_the_definition_file(tmp_path: 
         load_definition(definition, env)
 
 
-def test_a_decoder_closes_the_registry_client_it_made_and_only_that() -> None:
-    kafka = KafkaSource.model_validate(
-        {
-            "bootstrap_servers": "127.0.0.1:9",
-            "group_id": "g",
-            "topics": ["t"],
-            "format": "avro",
-            "schema_registry": {"url": "http://127.0.0.1:9"},
-        }
+def _kafka_source(**fields: Any) -> KafkaSource:
+    """A source on a port nothing answers on, with ``fields`` (format, schema_registry)."""
+    return KafkaSource.model_validate(
+        {"bootstrap_servers": "127.0.0.1:9", "group_id": "g", "topics": ["t"], **fields}
     )
+
+
+def test_a_decoder_closes_the_registry_client_it_made_and_only_that() -> None:
+    kafka = _kafka_source(format="avro", schema_registry={"url": "http://127.0.0.1:9"})
     decoder = SourceDecoder.for_source(kafka)
     assert decoder.avro is not None
     decoder.close()
@@ -469,23 +468,13 @@ def test_a_decoder_closes_the_registry_client_it_made_and_only_that() -> None:
     given = _Registry()
     SourceDecoder("avro", given).close()  # schemas given in are the giver's: nothing to close
     with pytest.raises(ValueError, match="format avro needs schema_registry"):
-        KafkaSource.model_validate(
-            {"bootstrap_servers": "127.0.0.1:9", "group_id": "g", "topics": ["t"], "format": "avro"}
-        )
+        _kafka_source(format="avro")
 
 
 def test_client_settings_the_registry_client_refuses_stop_the_start_under_auto_too() -> None:
-    kafka = KafkaSource.model_validate(
-        {
-            "bootstrap_servers": "127.0.0.1:9",
-            "group_id": "g",
-            "topics": ["t"],
-            "format": "auto",
-            "schema_registry": {
-                "url": "http://127.0.0.1:9",
-                "client_settings": {"no.such.setting": "x"},
-            },
-        }
+    kafka = _kafka_source(
+        format="auto",
+        schema_registry={"url": "http://127.0.0.1:9", "client_settings": {"no.such.setting": "x"}},
     )
     with pytest.raises(ConfigurationError, match=r"schema_registry.*no\.such\.setting"):
         SourceDecoder.for_source(kafka)

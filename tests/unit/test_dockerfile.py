@@ -74,16 +74,15 @@ class Stage:
         return result
 
     def env(self) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for instruction in self.all("ENV"):
-            for word in shlex.split(instruction.args):
-                name, _, value = word.partition("=")
-                found[name] = value
-        return found
+        return self._assignments("ENV")
 
     def labels(self) -> dict[str, str]:
+        return self._assignments("LABEL")
+
+    def _assignments(self, keyword: str) -> dict[str, str]:
+        """The ``name=value`` words of every ``keyword`` instruction, later ones winning."""
         found: dict[str, str] = {}
-        for instruction in self.all("LABEL"):
+        for instruction in self.all(keyword):
             for word in shlex.split(instruction.args):
                 name, _, value = word.partition("=")
                 found[name] = value
