@@ -14,7 +14,7 @@ columns its triggers read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 Op = Literal["c", "u", "d", "r"]
-_ROW_OPS: dict[str, Op] = {"c": "c", "u": "u", "d": "d", "r": "r"}
+_ROW_OPS: dict[str | None, Op] = {"c": "c", "u": "u", "d": "d", "r": "r"}
 
 
 class DecodeError(BadRecord):
@@ -70,7 +70,7 @@ _NULL = msgspec.Raw(b"null")
 _UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
-class _Source(msgspec.Struct):
+class _Source(msgspec.Struct, gc=False):
     schema: str | None = None
     table: str | None = None
     ts_ms: int | None = None
@@ -143,25 +143,22 @@ class EventDecoder:
     The schema block of a topic's events is the same until its table changes. Once a full
     decode of an event of ``topic`` learned it, an event that starts with exactly that block
     and ``,"payload":`` is decoded from its payload on: a comparison of bytes instead of
-    scanning some 3 KB of JSON (a few blocks are remembered per topic). Anything else takes
-    the full path, so the result is the same. Not thread-safe: one per consumer loop.
+    scanning some 3 KB of JSON (a few blocks are remembered per topic). The block is learned
+    with the table its event changed, and while the payload names that table the envelope and
+    both images are decoded in one pass, typed for that table. Anything else takes the full
+    path, so the result is the same. Not thread-safe: one per consumer loop.
     """
 
     def __init__(self, columns: Mapping[str, Iterable[str]] | None = None) -> None:
-        self._images: dict[str, msgspec.json.Decoder[Any]] = {}
-        self._columns: dict[str, tuple[tuple[str, str], ...]] = {}
-        for table, names in (columns or {}).items():
-            ordered = tuple(dict.fromkeys(names))
-            fields = [(f"c{n}", Any, None) for n in range(len(ordered))]
-            rename = {f"c{n}": name for n, name in enumerate(ordered)}
-            image = msgspec.defstruct("Image", fields, rename=rename, gc=False)
-            self._images[table] = msgspec.json.Decoder(image)
-            self._columns[table] = tuple(zip(ordered, rename, strict=True))
-        # Events whose schema block was known, decoded from their payload on.
+        self._columns = {t: tuple(dict.fromkeys(names)) for t, names in (columns or {}).items()}
+        self._tables: dict[str, _TableDecoder] = {}
+        # Events whose schema block was known, decoded from their payload on; of them, those
+        # decoded in one pass, typed for the table their block was learned with.
         self.shortcuts = 0
+        self.one_pass = 0
         # Never holds None: without a topic, nothing is remembered.
-        self._value_prefixes: dict[str | None, list[bytes]] = {}
-        self._key_prefixes: dict[str | None, list[bytes]] = {}
+        self._value_prefixes: dict[str | None, list[_Shortcut]] = {}
+        self._key_prefixes: dict[str | None, list[_Shortcut]] = {}
 
     def decode(
         self, key: bytes | None, value: bytes | None, topic: str | None = None
@@ -169,7 +166,12 @@ class EventDecoder:
         """Decode one Kafka record of ``topic``; raise DecodeError for anything malformed."""
         if value is None:
             return Ignored("tombstone")
-        envelope = self._envelope(value, topic)
+        shortcut = _shortcut(value, self._value_prefixes.get(topic))
+        if shortcut is not None and shortcut.typed is not None:
+            change = self._typed(key, value, topic, shortcut, shortcut.typed)
+            if change is not None:
+                return change
+        envelope, prefix = self._envelope(value, topic, shortcut)
         source, before, after = envelope.source, envelope.before, envelope.after
         verdict = classify_envelope(
             envelope.op,
@@ -181,9 +183,13 @@ class EventDecoder:
             has_source=source is not None,
         )
         if isinstance(verdict, Ignored):
+            if prefix is not None:
+                self._learn_value(topic, prefix, None)
             return verdict
         row_op, table = verdict
         assert source is not None  # classify_envelope refused an envelope without one
+        if prefix is not None:
+            self._learn_value(topic, prefix, source)
         return Change(
             table,
             row_op,
@@ -194,13 +200,68 @@ class EventDecoder:
             source.lsn,
         )
 
-    def _envelope(self, value: bytes, topic: str | None) -> _Envelope:
-        payload = _payload(value, self._value_prefixes.get(topic))
-        if payload is not None:
+    def _typed(
+        self,
+        key: bytes | None,
+        value: bytes,
+        topic: str | None,
+        shortcut: _Shortcut,
+        typed: _TableDecoder,
+    ) -> Change | None:
+        """The usual event, in one pass: a row change of the table its schema block was
+        learned with, its key's block known too. None for anything else (another table behind
+        the same block, another op, an image or key that is not an object): the general path
+        then judges it. Written inline, as it runs once per event."""
+        try:
+            envelope = typed.envelope.decode(value[len(shortcut.prefix) : -1])
+        except _UNDECODABLE:
+            return None
+        source = envelope.source
+        op = _ROW_OPS.get(envelope.op)
+        if (
+            op is None
+            or source is None
+            or source.table != shortcut.source_table
+            or source.schema != shortcut.source_schema
+        ):
+            return None
+        before, after = envelope.before, envelope.after
+        if (before if op == "d" else after) is None:
+            return None
+        columns: dict[str, Any] | None = None
+        if key is not None and key.endswith(b"}"):
+            for known in self._key_prefixes.get(topic, ()):
+                if key.startswith(known.prefix):
+                    try:
+                        columns = _object_decoder.decode(key[len(known.prefix) : -1])
+                    except _UNDECODABLE:
+                        return None
+                    break
+        if columns is None:
+            return None
+        self.shortcuts += 1
+        self.one_pass += 1
+        image = typed.image
+        return Change(
+            typed.table,
+            op,
+            columns,
+            None if before is None else image(before),
+            None if after is None else image(after),
+            source.ts_ms,
+            source.lsn,
+        )
+
+    def _envelope(
+        self, value: bytes, topic: str | None, shortcut: _Shortcut | None
+    ) -> tuple[_Envelope, bytes | None]:
+        """The envelope, and the schema prefix to learn from it: one decoded whole, or a
+        known one learned without a table (a row change then gives it one)."""
+        if shortcut is not None:
             try:
-                envelope = _envelope_decoder.decode(payload)
+                envelope = _envelope_decoder.decode(value[len(shortcut.prefix) : -1])
                 self.shortcuts += 1
-                return envelope
+                return envelope, shortcut.prefix if shortcut.typed is None else None
             except _UNDECODABLE:
                 pass  # not that shape after all: the full path decodes it, or says why not
         try:
@@ -208,68 +269,164 @@ class EventDecoder:
         except _UNDECODABLE as exc:
             raise DecodeError(f"the value is not a Debezium envelope: {exc}") from exc
         if decoded.payload is None:
-            return decoded
-        self._learn(self._value_prefixes, topic, value, decoded.schema)
-        return decoded.payload
+            return decoded, None
+        # Without a topic nothing is remembered: ``decode_event`` stays a pure function.
+        return decoded.payload, _prefix_of(value, decoded.schema) if topic else None
 
     def _key(self, raw: bytes | None, topic: str | None) -> dict[str, Any]:
-        payload = _payload(raw, self._key_prefixes.get(topic))
-        if payload is not None:
+        shortcut = _shortcut(raw, self._key_prefixes.get(topic))
+        if shortcut is not None:
+            assert raw is not None
             try:
-                columns: dict[str, Any] = _object_decoder.decode(payload)
+                columns: dict[str, Any] = _object_decoder.decode(raw[len(shortcut.prefix) : -1])
                 return columns
             except _UNDECODABLE:
                 pass  # not an object after all: the full path says why
         key, schema = _decode_key(raw)
-        if raw is not None:
-            self._learn(self._key_prefixes, topic, raw, schema)
+        prefix = _prefix_of(raw, schema) if raw is not None and topic else None
+        if prefix is not None:
+            assert topic is not None
+            _remember(self._key_prefixes, topic, _Shortcut(prefix))
         return key
 
     def _image(self, raw: msgspec.Raw, table: str, name: str) -> dict[str, Any]:
-        decoder = self._images.get(table)
         try:
-            if decoder is None:
-                image: dict[str, Any] = _object_decoder.decode(raw)
-                return image
-            projected = decoder.decode(raw)
+            return self._table(table).image_of(raw)
         except _UNDECODABLE as exc:
             raise DecodeError(f"the {name} image is not an object: {exc}") from exc
-        return {column: getattr(projected, attr) for column, attr in self._columns[table]}
 
-    @staticmethod
-    def _learn(
-        prefixes: dict[str | None, list[bytes]], topic: str | None, raw: bytes, schema: msgspec.Raw
-    ) -> None:
-        """Remember the topic's prefix, if the message starts with it as Connect writes it.
-        Without a topic nothing is remembered: ``decode_event`` stays a pure function."""
-        if not topic or not len(schema):
+    def _table(self, table: str) -> _TableDecoder:
+        typed = self._tables.get(table)
+        if typed is None:
+            if len(self._tables) >= _MAX_TOPICS:
+                self._tables.clear()  # as the prefixes' memory: tables come from the events
+            typed = self._tables[table] = _TableDecoder.of(table, self._columns.get(table))
+        return typed
+
+    def _learn_value(self, topic: str | None, prefix: bytes, source: _Source | None) -> None:
+        """Remember the topic's schema prefix with the table of the row change that carried
+        it (``source``; None for an event that triggers nothing, such as a truncate)."""
+        if not topic:
             return
-        prefix = _SCHEMA_FIRST + bytes(schema) + _PAYLOAD_NEXT
-        if not raw.startswith(prefix):
-            return
-        if len(prefixes) >= _MAX_TOPICS and topic not in prefixes:
-            prefixes.clear()
-        known = prefixes.setdefault(topic, [])
-        if prefix not in known:
-            known.insert(0, prefix)
-            del known[_PREFIXES_PER_TOPIC:]
+        shortcut = _Shortcut(prefix)
+        if source is not None and source.schema is not None and source.table is not None:
+            typed = self._table(f"{source.schema}.{source.table}")
+            shortcut = _Shortcut(prefix, typed, source.schema, source.table)
+        _remember(self._value_prefixes, topic, shortcut)
 
 
 _GENERIC = EventDecoder()
 
 
-def _payload(raw: bytes | None, prefixes: list[bytes] | None) -> bytes | None:
-    """The payload's bytes of a message that starts with one of the topic's schema prefixes.
+@dataclass(frozen=True, slots=True)
+class _Shortcut:
+    """A schema prefix a topic's messages start with: ``{"schema":<block>,"payload":``.
 
-    A copy rather than a memoryview: cheaper to make for a payload this size, and the images
-    the envelope keeps as slices then hold the payload alive, not the whole message.
-    """
-    if prefixes is None or raw is None or not raw.endswith(b"}"):
+    A value's is learned with the row change that carried it: ``typed`` decodes that table's
+    events, and ``source_*`` name it as its events do. A key's has neither."""
+
+    prefix: bytes
+    typed: _TableDecoder | None = None
+    source_schema: str | None = None
+    source_table: str | None = None
+
+
+def _shortcut(raw: bytes | None, known: list[_Shortcut] | None) -> _Shortcut | None:
+    """The known prefix ``raw`` starts with, if it ends as a wrapped message does.
+
+    The payload is then ``raw[len(prefix):-1]``: a copy rather than a memoryview, cheaper to
+    make for a payload this size, and what the envelope keeps as slices then holds the
+    payload alive, not the whole message."""
+    if known is None or raw is None or not raw.endswith(b"}"):
         return None
-    for prefix in prefixes:
-        if raw.startswith(prefix):
-            return raw[len(prefix) : -1]
+    for shortcut in known:
+        if raw.startswith(shortcut.prefix):
+            return shortcut
     return None
+
+
+def _prefix_of(raw: bytes, schema: msgspec.Raw) -> bytes | None:
+    """The message's schema prefix, if it starts with its decoded block as Connect writes it."""
+    if not len(schema):
+        return None
+    prefix = _SCHEMA_FIRST + bytes(schema) + _PAYLOAD_NEXT
+    return prefix if raw.startswith(prefix) else None
+
+
+def _remember(memory: dict[str | None, list[_Shortcut]], topic: str, shortcut: _Shortcut) -> None:
+    """Keep ``shortcut`` first among the topic's, unless its prefix is known already; a
+    prefix known without a table takes the table ``shortcut`` brings."""
+    if len(memory) >= _MAX_TOPICS and topic not in memory:
+        memory.clear()
+    known = memory.setdefault(topic, [])
+    for n, old in enumerate(known):
+        if old.prefix == shortcut.prefix:
+            if old.typed is None:
+                known[n] = shortcut
+            return
+    known.insert(0, shortcut)
+    del known[_PREFIXES_PER_TOPIC:]
+
+
+@dataclass(frozen=True, slots=True)
+class _TableDecoder:
+    """One table's images as routing reads them, and its envelope typed with them, so that
+    the usual event is decoded in one pass (``EventDecoder._typed``)."""
+
+    table: str
+    envelope: msgspec.json.Decoder[Any]
+    image_decoder: msgspec.json.Decoder[Any]
+    # A decoded image → its columns.
+    image: Callable[[Any], dict[str, Any]]
+
+    def image_of(self, raw: msgspec.Raw) -> dict[str, Any]:
+        return self.image(self.image_decoder.decode(raw))
+
+    @classmethod
+    def of(cls, table: str, columns: tuple[str, ...] | None) -> _TableDecoder:
+        """Images of only ``columns`` (the rest skipped, not built), or whole (None)."""
+        image_type: Any = dict[str, Any]
+        image: Callable[[Any], dict[str, Any]] = _whole
+        if columns is not None:
+            image_type, image = _projection(columns)
+        envelope = msgspec.defstruct(
+            "TypedEnvelope",
+            [
+                ("before", image_type | None, None),
+                ("after", image_type | None, None),
+                ("op", str | None, None),
+                ("source", _Source | None, None),
+                # Not read here, but typed as _Envelope types them: a message the general
+                # path refuses is refused on this one too.
+                ("ts_ms", int | None, None),
+                ("status", str | None, None),
+            ],
+            gc=False,
+        )
+        return cls(table, msgspec.json.Decoder(envelope), msgspec.json.Decoder(image_type), image)
+
+
+def _whole(image: dict[str, Any]) -> dict[str, Any]:
+    return image
+
+
+def _projection(columns: tuple[str, ...]) -> tuple[Any, Callable[[Any], dict[str, Any]]]:
+    """A Struct of ``columns``, and how to read one as a dict. Named by the columns themselves
+    when they are plain identifiers, so that msgspec's ``asdict`` (in C) builds the dict;
+    otherwise by position, renamed, read field by field."""
+    if all(c.isidentifier() and not c.startswith("_") for c in columns):
+        fields = [(c, Any, None) for c in columns]
+        named = msgspec.defstruct("Image", fields, gc=False)
+        return named, msgspec.structs.asdict
+    attrs = [f"c{n}" for n in range(len(columns))]
+    renamed = msgspec.defstruct(
+        "Image",
+        [(a, Any, None) for a in attrs],
+        rename=dict(zip(attrs, columns, strict=True)),
+        gc=False,
+    )
+    pairs = tuple(zip(columns, attrs, strict=True))
+    return renamed, lambda image: {c: getattr(image, a) for c, a in pairs}
 
 
 def _decode_key(raw: bytes | None) -> tuple[dict[str, Any], msgspec.Raw]:
