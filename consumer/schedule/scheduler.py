@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from consumer.config import SyncDefinition
 from consumer.errors import ConfigurationError, Retryable, SyncError
 from consumer.kafka import commit_within, consume_batch, consumer_settings, release_consumer
+from consumer.records.deadletter import DeadLetterEvent
 from consumer.redis_lock import RedisLock
 from consumer.retry_policy import retry_delay
 from consumer.router.dirty import Cause, DirtyKey, decode_dirty, dirty_message_key, encode_dirty
@@ -223,7 +224,7 @@ class _Run:
                 consume_batch, self.consumer, POLL_BATCH, POLL_TIMEOUT_S
             )
             for message in messages:
-                key = self._read(message, prefix)
+                key = self._read(message, prefix, window)
                 if key is _SKIP:
                     continue
                 if isinstance(key, DirtyKey):
@@ -273,11 +274,11 @@ class _Run:
             raise Retryable(f"reading {self.topic}: {exc.args[0]}") from exc
         self.reading = set(self.read_to)
 
-    def _read(self, message: Message, prefix: bytes) -> DirtyKey | object | None:
+    def _read(self, message: Message, prefix: bytes, window: Window) -> DirtyKey | object | None:
         """``_SKIP``: not this run's to take or commit (an error, a partition closed, a key
         written after the run started). A DirtyKey of this resource, or None: read and
         committed with the window, but nothing to send (another resource's key, or one
-        dead-lettered, made durable with the window's dead letters)."""
+        ``window`` covers with its dead letter, made durable when the window is processed)."""
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
@@ -300,7 +301,9 @@ class _Run:
             if key.resource != self.name:
                 raise ValueError(f"key names {key.resource!r}, the message key {self.name!r}")
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            self.scheduler.sink.dead_letter_event(message, exc)
+            letter = DeadLetterEvent.from_message(message, exc, "syncer")
+            window.cover(message.offset() or 0, letter)
+            self.scheduler.sink.stats.dead_lettered += 1
             return None
         return key
 

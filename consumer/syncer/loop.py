@@ -39,6 +39,7 @@ from consumer.observe.metrics import NO_INSTRUMENTS, Instruments
 from consumer.observe.progress import ProgressTracker, high_watermark
 from consumer.observe.spans import span_failed, window_span
 from consumer.reach.breaker import Circuit
+from consumer.records.deadletter import DeadLetterEvent
 from consumer.retry_policy import retry_delay
 from consumer.router.dirty import decode_dirty
 from consumer.sink.tenant_gate import TenantBlocks
@@ -220,8 +221,8 @@ class Syncer:
                 key = decode_dirty(message.value() or b"")
                 resource = self.definition.resources[key.resource]
             except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
-                self.sink.dead_letter_event(message, exc)
-                part.open.cover(offset)
+                part.open.cover(offset, DeadLetterEvent.from_message(message, exc, "syncer"))
+                self.stats.dead_lettered += 1
                 continue
             part.open.add(key, offset, resource.delivery.window_ms / 1000)
             self.stats.dirty_keys += 1

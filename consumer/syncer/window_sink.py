@@ -4,7 +4,8 @@ Every resource of the window is recomputed with one query and delivered at once 
 request carries is audited ahead (``sending``), and the audit topic has acknowledged it, before
 the request leaves (delivery.py calls ``announce``); what Reach took is audited, and the audit
 topic has acknowledged it, before the last-sent store remembers it (delivery.py calls
-``audit``); dead letters are acknowledged before the window may commit. The syncer's loop
+``audit``); dead letters are acknowledged before the window may commit, each attempt's
+judged by its own delivery reports (``_Deliveries``). The syncer's loop
 hands windows here inside the window's span (so every recompute, dedup and Reach request is its
 child) and commits what returns; anything raised fails the window.
 """
@@ -27,7 +28,7 @@ from consumer.observe.spans import recompute_span
 from consumer.reach.client import ReachClient
 from consumer.records.audit import FLUSH_TIMEOUT_S as AUDIT_FLUSH_S
 from consumer.records.audit import AuditWriter
-from consumer.records.deadletter import DeadLetterEvent, dead_letter_record, produce_dead_letter
+from consumer.records.deadletter import DeliveryCallback, dead_letter_record, produce_dead_letter
 from consumer.router.dirty import Cause, EntityId
 from consumer.sink.dedup import LastSentStore
 from consumer.sink.delivery import (
@@ -48,6 +49,30 @@ log = logging.getLogger(__name__)
 
 # How long a window waits for the broker to acknowledge its dead letters.
 PRODUCER_FLUSH_S = 30.0
+
+
+class _Deliveries:
+    """The delivery reports of one attempt's dead letters. The producer is shared, and a
+    flush serves whichever reports are due, another window's too: each letter reports to its
+    own attempt, so a failure is never taken by the wrong window. Reports arrive on the
+    flushing thread; they are read on the loop after this attempt's flush returned, which is
+    after every report of a letter produced before it was served."""
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.failed: list[str] = []
+        self.delivered: set[int] = set()
+
+    def report(self, letter: int) -> DeliveryCallback:
+        self.produced += 1
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                self.delivered.add(letter)
+            else:
+                self.failed.append(str(error))
+
+        return delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +136,6 @@ class WindowSink:
         self._audit = audit
         self._gate = gate
         self._outstanding = Outstanding() if outstanding is None else outstanding
-        self._dead_letter_failures: list[str] = []
         # Audit flushes wait on the broker in this one thread, one at a time: never in the
         # loop, and never filling the default executor while the broker is slow. Writes are
         # counted so that a flush knows whose records it covers (_flush_audit).
@@ -136,6 +160,13 @@ class WindowSink:
         A failure of one resource fails the window, after the others finished, so a retry never
         overlaps work still in flight."""
         window.held.clear()
+        deliveries = _Deliveries()
+        # The messages that were no dirty key, as they arrived; again on a retry, until acked.
+        arrived = window.dead_letters
+        for n, event in enumerate(arrived):
+            produce_dead_letter(
+                self._producer, self._dead_letter_topic, event, deliveries.report(n)
+            )
         outcomes = await asyncio.gather(
             *(self._resource(window, name, ids) for name, ids in window.by_resource().items()),
             return_exceptions=True,
@@ -144,11 +175,17 @@ class WindowSink:
         for outcome in outcomes:
             if isinstance(outcome, DeliveryResult):
                 for letter in outcome.dead:
-                    self._produce_dead_letter_record(window, letter)
+                    self._produce_dead_letter_record(window, letter, deliveries.report(-1))
                 for held in outcome.held:
                     window.hold(held.resource, held.ids, held.tenant)
-        # Dead letters of this window, and any produced on arrival, are durable before the commit.
-        await self._flush_dead_letters()
+        # The window's dead letters are durable before it may commit.
+        if deliveries.produced:
+            try:
+                await self._flush_dead_letters(deliveries)
+            finally:
+                window.dead_letters = [
+                    e for n, e in enumerate(arrived) if n not in deliveries.delivered
+                ]
         if errors:
             raise errors[0]
         self.stats.windows += 1
@@ -273,7 +310,9 @@ class WindowSink:
 
     # --- dead letters ----------------------------------------------------------------------------
 
-    def _produce_dead_letter_record(self, window: Window, letter: DeadLetter) -> None:
+    def _produce_dead_letter_record(
+        self, window: Window, letter: DeadLetter, on_delivery: DeliveryCallback
+    ) -> None:
         now_ms = int(time.time() * 1000)
         record = dead_letter_record(
             resource=letter.resource,
@@ -286,9 +325,7 @@ class WindowSink:
             last_attempt_ms=now_ms,
             payload_sha256=letter.payload_hash,
         )
-        produce_dead_letter(
-            self._producer, self.definition.topics.dead_letter, record, self._on_dead_letter
-        )
+        produce_dead_letter(self._producer, self._dead_letter_topic, record, on_delivery)
         log.warning(
             "dead-lettered %s %s: %s",
             letter.resource,
@@ -296,23 +333,14 @@ class WindowSink:
             type(letter.error).__name__,
         )
 
-    def _on_dead_letter(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._dead_letter_failures.append(str(err))
+    @property
+    def _dead_letter_topic(self) -> str:
+        return self.definition.topics.dead_letter
 
-    async def _flush_dead_letters(self) -> None:
+    async def _flush_dead_letters(self, deliveries: _Deliveries) -> None:
         """A dead letter is an outcome only once the broker has it."""
         loop = asyncio.get_running_loop()
         left = await loop.run_in_executor(None, self._producer.flush, PRODUCER_FLUSH_S)
-        failures, self._dead_letter_failures = self._dead_letter_failures, []
-        if left or failures:
-            raise Retryable(f"the dead-letter topic did not acknowledge: {failures[:1] or left}")
-
-    def dead_letter_event(self, message: Message, error: Exception) -> None:
-        """A dirty-topic message the syncer cannot read: to the dead-letter topic, made durable
-        with the next window's dead letters."""
-        event = DeadLetterEvent.from_message(message, error, stage="syncer")
-        produce_dead_letter(
-            self._producer, self.definition.topics.dead_letter, event, self._on_dead_letter
-        )
-        self.stats.dead_lettered += 1
+        if left or deliveries.failed:
+            failed = deliveries.failed[:1] or left
+            raise Retryable(f"the dead-letter topic did not acknowledge: {failed}")

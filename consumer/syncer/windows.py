@@ -8,6 +8,8 @@ the window is done, so a quiet entity still flushes when the window's time is up
 
 Entities held earlier (Reach refused their tenant) come back into a later window with
 ``readd``, keeping their first offset; processing says which entities it held in ``held``.
+A message that is no dirty key is covered with its dead letter, which the window keeps until
+the dead-letter topic acknowledged it (window_sink.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from consumer.records.deadletter import DeadLetterEvent
 from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey, EntityId
 
 __all__ = ["CAUSE_BYTES", "ENTITY_BYTES", "Entity", "Window"]
@@ -50,6 +53,9 @@ class Window:
     # When the router produced the window's oldest key (epoch ms; 0: none known): where the
     # syncer's share of a change's latency starts.
     first_enqueued_ms: int = 0
+    # Dead letters of the messages it covers that were no dirty key, not yet acknowledged by
+    # the dead-letter topic: each attempt produces them until one is (window_sink.py).
+    dead_letters: list[DeadLetterEvent] = field(default_factory=list)
 
     def add(self, key: DirtyKey, offset: int, window_s: float) -> None:
         # Once per dirty key: written for speed (no tuple of causes unless there are later
@@ -102,10 +108,13 @@ class Window:
         for entity_id in ids:
             self.held.setdefault((resource, entity_id), set()).add(tenant)
 
-    def cover(self, offset: int) -> None:
-        """Count an offset as part of this window without a key (a message dead-lettered on
-        arrival): committing past it must wait until this window is done."""
+    def cover(self, offset: int, letter: DeadLetterEvent) -> None:
+        """Count an offset as part of this window without a key: a message that is no dirty
+        key, to be dead-lettered with ``letter``. Committing past it waits until this window
+        is done, which includes the dead-letter topic acknowledging the letter."""
         self.end_offset = max(self.end_offset, offset)
+        self.dead_letters.append(letter)
+        self.size += len(letter.key or b"") + len(letter.value or b"")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -123,6 +132,7 @@ class Window:
             offset = later.offsets[entity]
             self.offsets[entity] = min(offset, self.offsets.get(entity, offset))
         self.end_offset = max(self.end_offset, later.end_offset)
+        self.dead_letters += later.dead_letters
         self.received += later.received
         self.size += later.size
         if later.first_enqueued_ms and (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from consumer.records.deadletter import DeadLetterEvent
 from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey
 from consumer.syncer.windows import CAUSE_BYTES, ENTITY_BYTES, Window
 
@@ -34,11 +35,28 @@ def test_a_window_closes_by_its_shortest_resource_age_or_by_size() -> None:
     assert window.due(10.0, max_keys=2)
 
 
+def _letter(offset: int) -> DeadLetterEvent:
+    return DeadLetterEvent(
+        b"k", b"not a key", (), "t.dirty", 0, offset, None, "bad", "DecodeError", "syncer"
+    )
+
+
 def test_a_window_of_only_dead_lettered_offsets_is_due_at_once() -> None:
     window = Window(opened_at=0.0, due_after_s=600)
-    window.cover(41)
+    window.cover(41, _letter(41))
     assert window.due(0.0, max_keys=1000)
     assert window.end_offset == 41 and len(window) == 0
+    assert window.dead_letters == [_letter(41)] and window.size == len(b"k" + b"not a key")
+
+
+def test_a_retried_window_keeps_the_dead_letters_of_the_window_it_absorbs() -> None:
+    failed = Window(opened_at=0.0, due_after_s=600)
+    failed.cover(3, _letter(3))
+    later = Window(opened_at=1.0, due_after_s=600)
+    later.cover(8, _letter(8))
+    failed.absorb(later)
+    assert [letter.offset for letter in failed.dead_letters] == [3, 8]
+    assert failed.end_offset == 8
 
 
 def test_absorbing_a_later_window_keeps_every_entity_and_the_last_offset() -> None:
