@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAGIC",
+    "MAGIC_BYTE",
     "AvroDecoder",
     "RegistrySchemas",
     "RegistryUnavailable",
@@ -57,6 +58,7 @@ __all__ = [
 ]
 
 MAGIC = 0
+MAGIC_BYTE = bytes([MAGIC])
 _HEADER = 5  # the magic byte and the schema id
 # An id the registry said it does not know is asked again after this long, not per message: a
 # burst of such events costs one request, and an id registered late is still found.

@@ -13,7 +13,13 @@ from typing import Any, Literal
 
 from consumer.config import KafkaSource, SchemaRegistry
 from consumer.errors import ConfigurationError
-from consumer.router.avro import AvroDecoder, RegistrySchemas, WriterSchemas, is_avro
+from consumer.router.avro import (
+    MAGIC_BYTE,
+    AvroDecoder,
+    RegistrySchemas,
+    WriterSchemas,
+    is_avro,
+)
 from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored, decode_key
 
 __all__ = ["SourceDecoder"]
@@ -82,13 +88,14 @@ class SourceDecoder:
         RegistryUnavailable when a writer schema cannot be fetched now."""
         if value is None:
             return Ignored("tombstone")
-        avro = is_avro(value)
-        if self._format == "json" or (self._format == "auto" and not avro):
-            return self._json.decode(key, value, topic)
-        if not avro:
+        if not value.startswith(MAGIC_BYTE):  # is_avro, inline: this runs once per event
+            if self._format != "avro":
+                return self._json.decode(key, value, topic)
             raise DecodeError(
                 "the value is not Avro (no magic byte), and source.kafka.format is avro"
             )
+        if self._format == "json":
+            return self._json.decode(key, value, topic)
         avro_decoder = self._avro or self._connect()
         if avro_decoder is None:
             raise DecodeError(

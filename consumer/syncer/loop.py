@@ -298,14 +298,14 @@ class Syncer:
         for part in self._partitions.values():
             max_keys = self._max_keys(part.open) if part.open is not None else 0
             stop = part.should_pause(max_keys) or saturated
+            if stop == part.paused:
+                continue  # as it is: the common case, once per partition and poll
             tp = [TopicPartition(part.topic, part.partition)]
             # On the poll thread, before the next poll (_commit_then_poll).
-            if stop and not part.paused:
-                self._chores.append(partial(self._consumer.pause, tp))
-                part.paused = True
-            elif part.paused and not stop:
-                self._chores.append(partial(self._consumer.resume, tp))
-                part.paused = False
+            self._chores.append(
+                partial(self._consumer.pause if stop else self._consumer.resume, tp)
+            )
+            part.paused = stop
 
     def _poll_room(self) -> int:
         """How many messages the next poll may take: what is left under the in-flight bound (a
