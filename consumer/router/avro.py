@@ -86,7 +86,7 @@ class WriterSchemas(Protocol):
 
 def is_avro(raw: bytes | None) -> bool:
     """Confluent's wire format starts with a zero byte, which no JSON text does."""
-    return raw is not None and len(raw) >= 1 and raw[0] == MAGIC
+    return raw is not None and raw.startswith(MAGIC_BYTE)
 
 
 class RegistrySchemas:

@@ -211,7 +211,7 @@ class EventDecoder:
         """The usual event, in one pass: a row change of the table its schema block was
         learned with, its key's block known too. None for anything else (another table behind
         the same block, another op, an image or key that is not an object): the general path
-        then judges it. Written inline, as it runs once per event."""
+        then judges it."""
         try:
             envelope = typed.envelope.decode(value[len(shortcut.prefix) : -1])
         except _UNDECODABLE:
@@ -228,16 +228,13 @@ class EventDecoder:
         before, after = envelope.before, envelope.after
         if (before if op == "d" else after) is None:
             return None
-        columns: dict[str, Any] | None = None
-        if key is not None and key.endswith(b"}"):
-            for known in self._key_prefixes.get(topic, ()):
-                if key.startswith(known.prefix):
-                    try:
-                        columns = _object_decoder.decode(key[len(known.prefix) : -1])
-                    except _UNDECODABLE:
-                        return None
-                    break
-        if columns is None:
+        known = _shortcut(key, self._key_prefixes.get(topic))
+        if known is None:
+            return None
+        assert key is not None
+        try:
+            columns: dict[str, Any] = _object_decoder.decode(key[len(known.prefix) : -1])
+        except _UNDECODABLE:
             return None
         self.shortcuts += 1
         self.one_pass += 1

@@ -175,11 +175,19 @@ def _first_change(table: str) -> dict[str, Any]:
     )
 
 
-def test_a_new_schema_block_on_a_known_topic_is_decoded_whole_and_then_remembered() -> None:
+def _primed(
+    columns: dict[str, tuple[str, ...]] | None = None,
+) -> tuple[dict[str, Any], EventDecoder]:
+    """The first customers change, and a decoder that has read it: its topic's blocks known."""
     record = _first_change("customers")
-    decoder = EventDecoder()
+    decoder = EventDecoder(columns)
+    decoder.decode(*_wire(record))
+    return record, decoder
+
+
+def test_a_new_schema_block_on_a_known_topic_is_decoded_whole_and_then_remembered() -> None:
+    record, decoder = _primed()
     key, value, topic = _wire(record)
-    decoder.decode(key, value, topic)
     changed = json.loads(json.dumps(record))
     changed["value"]["schema"]["name"] = "shop.public.customers.Envelope.v2"
     changed["value"]["payload"]["after"]["email"] = "new@example.com"
@@ -197,10 +205,8 @@ def test_a_new_schema_block_on_a_known_topic_is_decoded_whole_and_then_remembere
 
 
 def test_a_message_that_only_starts_like_a_known_prefix_is_judged_whole() -> None:
-    record = _first_change("customers")
-    decoder = EventDecoder()
+    record, decoder = _primed()
     key, value, topic = _wire(record)
-    decoder.decode(key, value, topic)
     assert value is not None
     payload_at = value.index(b',"payload":') + len(b',"payload":')
     prefix = value[:payload_at]
@@ -240,6 +246,7 @@ def test_a_value_or_key_nested_too_deeply_is_refused_not_raised_past_the_router(
 # --- one pass: the envelope and the images typed for the table a schema block came with -------
 
 _SHOP_COLUMNS = {"public.customers": ("id",), "public.transactions": ("id", "customer_id")}
+_CUSTOMER_IDS = {"public.customers": ("id",)}
 
 
 def _projected(event: Change | Ignored, columns: dict[str, tuple[str, ...]]) -> Change | Ignored:
@@ -280,10 +287,8 @@ def test_known_events_are_decoded_in_one_pass_with_the_general_paths_result() ->
 def test_another_table_behind_a_known_schema_block_is_decoded_as_its_own() -> None:
     """A routing SMT can put shards with one schema behind one block: the block was learned
     with one table, and an event of another must not get that table's name or columns."""
-    record = _first_change("customers")
-    decoder = EventDecoder({"public.customers": ("id",)})
+    record, decoder = _primed(_CUSTOMER_IDS)
     key, value, topic = _wire(record)
-    decoder.decode(key, value, topic)
     shard = json.loads(json.dumps(record))
     shard["value"]["payload"]["source"]["table"] = "customers_eu"
     shard_key, shard_value, _ = _wire(shard)
@@ -292,17 +297,13 @@ def test_another_table_behind_a_known_schema_block_is_decoded_as_its_own() -> No
     assert isinstance(decoded, Change) and decoded.table == "public.customers_eu"
     assert decoded.after is not None and "email" in decoded.after  # whole: no columns asked
     assert decoder.one_pass == 0
-    assert decoder.decode(key, value, topic) == _projected(
-        decode_event(key, value), {"public.customers": ("id",)}
-    )
+    assert decoder.decode(key, value, topic) == _projected(decode_event(key, value), _CUSTOMER_IDS)
     assert decoder.one_pass == 1
 
 
 def test_a_known_event_with_a_mistyped_envelope_field_is_refused_as_before() -> None:
-    record = _first_change("customers")
-    decoder = EventDecoder({"public.customers": ("id",)})
-    key, value, topic = _wire(record)
-    decoder.decode(key, value, topic)
+    record, decoder = _primed(_CUSTOMER_IDS)
+    topic = record["topic"]
     for field, bad in (("ts_ms", "soon"), ("status", 5), ("op", 1)):
         broken = json.loads(json.dumps(record))
         broken["value"]["payload"][field] = bad
@@ -321,12 +322,12 @@ def test_a_block_first_seen_on_a_truncate_is_decoded_in_one_pass_after_a_row_cha
     record = _first_change("customers")
     truncate = json.loads(json.dumps(record))
     truncate["value"]["payload"].update(op="t", before=None, after=None)
-    decoder = EventDecoder({"public.customers": ("id",)})
+    decoder = EventDecoder(_CUSTOMER_IDS)
     key, value, topic = _wire(record)
     assert decoder.decode(*_wire(truncate)) == Ignored("truncate")
     for _ in range(2):
         assert decoder.decode(key, value, topic) == _projected(
-            decode_event(key, value), {"public.customers": ("id",)}
+            decode_event(key, value), _CUSTOMER_IDS
         )
     assert decoder.one_pass == 1
 
@@ -351,12 +352,10 @@ def test_columns_that_are_not_plain_python_names_are_kept_by_their_own_names(
 
 
 def test_a_bare_key_under_a_known_value_block_is_read_by_the_general_path() -> None:
-    record = _first_change("customers")
-    decoder = EventDecoder({"public.customers": ("id",)})
-    key, value, topic = _wire(record)
-    decoder.decode(key, value, topic)
+    record, decoder = _primed(_CUSTOMER_IDS)
+    _, value, topic = _wire(record)
     bare = _bytes(_without_schemas(record["key"]))
     assert decoder.decode(bare, value, topic) == _projected(
-        decode_event(bare, value), {"public.customers": ("id",)}
+        decode_event(bare, value), _CUSTOMER_IDS
     )
     assert decoder.one_pass == 0
