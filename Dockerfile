@@ -7,8 +7,10 @@
 #
 # The product image holds only the `reach-sync` wheel (the `consumer*` packages of the root
 # pyproject.toml) and its dependencies, in a virtual environment copied from the build stage: no
-# sandbox, no local stack, no compiler, no pip cache. Every dependency ships manylinux wheels, so
-# neither stage needs build tools.
+# sandbox, no local stack, no compiler, no pip cache. Every dependency ships manylinux wheels; the
+# product's own C extension (the router's Avro reader, setup.py) is compiled in the build stage,
+# which starts from the full image of the same Python (it has gcc), and the build fails if it does
+# not compile.
 #
 # Running it (docker-compose.yaml does this for the sample shop):
 #   - the sync definition is expected at /etc/reach-sync/sync.yaml (a ConfigMap or a volume);
@@ -21,16 +23,20 @@
 #     container; the HEALTHCHECK below asks /healthz on that port.
 
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+# The same Python, built the same way into /usr/local, with a C compiler: the venv made here runs
+# in the slim runtime below.
+ARG BUILD_IMAGE=python:3.12.11-bookworm
 
 # --- the product: build ---------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    REACH_SYNC_REQUIRE_EXTENSIONS=1
 WORKDIR /src
-# Only what the wheel is made of: the project file, its readme (named by pyproject.toml) and the
+# Only what the wheel is made of: the project files, its readme (named by pyproject.toml) and the
 # `consumer` package. sandbox/, devstack/, tests/ never enter this stage.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY consumer/ consumer/
 # The wheel alone (--no-deps), then a virtual environment with it and its dependencies; pip
 # itself is removed from the environment, which the runtime never needs.

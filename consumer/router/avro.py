@@ -28,7 +28,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
@@ -37,9 +37,11 @@ from consumer.errors import Retryable
 from consumer.router.avro_reader import (
     CompiledReader,
     Keep,
+    Scan,
     Unreadable,
     compile_reader,
     float32_text,
+    native_scan,
 )
 from consumer.router.debezium import Change, DecodeError, Ignored, classify_envelope
 
@@ -205,15 +207,27 @@ class AvroDecoder:
         schemas: WriterSchemas,
         columns: Mapping[str, Iterable[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scan: Scan | None = native_scan,
     ) -> None:
         self._schemas = schemas
+        self._scan = scan  # the C reader of compiled schemas; None: generated Python
         self._columns = {t: tuple(dict.fromkeys(names)) for t, names in (columns or {}).items()}
         self._readers: dict[int, _Reader] = {}
         # Per schema id, once its first message was read whole: the compiled reader of what
         # routing needs (avro_reader.py), or None where the schema could not be compiled.
         self._fast: dict[int, _Fast | None] = {}
+        # The compiled readers by the first five bytes of their messages (the magic byte and
+        # the id): one lookup finds a known schema's reader.
+        self._by_header: dict[bytes, _Fast] = {}
         self._unknown: dict[int, tuple[float, UnknownSchemaId]] = {}
         self._clock = clock
+        self._one_pass = 0
+
+    @property
+    def one_pass(self) -> int:
+        """How many row changes a compiled reader read and judged in one step (the rest went
+        the general way: first messages of a schema, other tables, non-row events)."""
+        return self._one_pass
 
     @property
     def schema_ids(self) -> int:
@@ -238,11 +252,64 @@ class AvroDecoder:
         ``key_decoder`` (by default as Avro), and only for a row change."""
         if value is None:
             return Ignored("tombstone")
+        read_key = key_decoder or self.decode_key
+        fast = self._by_header.get(value[:_HEADER])
+        if fast is not None and fast.table is not None:
+            change = self._fast_change(fast, value, key, read_key)
+            if change is not None:
+                return change
         envelope = self._read(value, "value")
         if not isinstance(envelope, dict):
             raise DecodeError("the value is not a Debezium envelope (not an Avro record)")
-        read_key = key_decoder or self.decode_key
         return self._change(envelope, key, read_key)
+
+    def _fast_change(
+        self,
+        fast: _Fast,
+        value: bytes,
+        raw_key: bytes | None,
+        read_key: Callable[[bytes | None], dict[str, Any]],
+    ) -> Change | None:
+        """A row change of the table ``fast`` was compiled for, read by its compiled reader and
+        judged as ``_change`` judges it, in one step; None for anything else (another table
+        under the schema, an op that is no row change, bytes it cannot read), which the general
+        path then reads again and judges."""
+        try:
+            envelope = fast.reader.read(value, _HEADER)
+        except Unreadable:
+            return None
+        source, op = envelope.get("source"), envelope.get("op")
+        if (
+            type(source) is not dict
+            or op not in _ROW_OPS
+            or source.get("table") != fast.source_table
+            or source.get("schema") != fast.source_schema
+        ):
+            return None
+        before, after = envelope.get("before"), envelope.get("after")
+        if (before if op == "d" else after) is None:
+            return None
+        if not (before is None or type(before) is dict) or not (
+            after is None or type(after) is dict
+        ):
+            return None
+        table = fast.table
+        assert table is not None
+        if not fast.exact_images:
+            before = None if before is None else self._image(before, table, "before")
+            after = None if after is None else self._image(after, table, "after")
+        ts_ms, lsn = source.get("ts_ms"), source.get("lsn")
+        change = Change(
+            table,
+            op,
+            read_key(raw_key),
+            before,
+            after,
+            ts_ms if type(ts_ms) is int else None,
+            lsn if type(lsn) is int else None,
+        )
+        self._one_pass += 1
+        return change
 
     def _change(
         self,
@@ -296,15 +363,7 @@ class AvroDecoder:
         return {column: image.get(column) for column in columns}
 
     def _read(self, raw: bytes, part: str) -> Any:
-        if not is_avro(raw):
-            raise DecodeError(f"the {part} is not Avro: it does not start with the magic byte")
-        if len(raw) < _HEADER:
-            raise DecodeError(f"the {part} is cut short: no schema id after the magic byte")
-        schema_id = int.from_bytes(raw[1:_HEADER], "big")
-        reader = self._readers.get(schema_id)
-        if reader is None:
-            reader = self._prepare(schema_id)
-        fast = self._fast.get(schema_id)
+        fast = self._by_header.get(raw[:_HEADER])
         if fast is not None:
             try:
                 value = fast.reader.read(raw, _HEADER)
@@ -314,11 +373,30 @@ class AvroDecoder:
                 if fast.table is None:
                     return value
                 source = value.get("source")
-                if source is not None and (source.get("schema"), source.get("table")) == fast.table:
+                if (
+                    source is not None
+                    and source.get("table") == fast.source_table
+                    and source.get("schema") == fast.source_schema
+                ):
                     return value
+        return self._read_whole(raw, part)
+
+    def _read_whole(self, raw: bytes, part: str) -> Any:
+        """A message no compiled reader took: read by fastavro (which says what is wrong with
+        it), and its schema compiled on its first message."""
+        if not is_avro(raw):
+            raise DecodeError(f"the {part} is not Avro: it does not start with the magic byte")
+        if len(raw) < _HEADER:
+            raise DecodeError(f"the {part} is cut short: no schema id after the magic byte")
+        schema_id = int.from_bytes(raw[1:_HEADER], "big")
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            reader = self._prepare(schema_id)
         value = reader.read(raw)
         if schema_id not in self._fast:
-            self._fast[schema_id] = self._compile(reader, value)
+            fast = self._fast[schema_id] = self._compile(reader, value)
+            if fast is not None:
+                self._by_header[raw[:_HEADER]] = fast
         return value
 
     def _compile(self, reader: _Reader, first: Any) -> _Fast | None:
@@ -328,9 +406,12 @@ class AvroDecoder:
         table = _table_of(first)
         names = _envelope_names(reader.schema)
         keep: Keep | None = None
+        exact = False
         if table is not None and names is not None:
             envelope, image, source = names
             columns = self._columns.get(table)
+            fields = _fields_of(reader.schema, image) or ()
+            exact = columns is None or tuple(f for f in fields if f in columns) == columns
 
             def keep(record: str, field: str) -> bool:
                 if record == envelope:
@@ -343,8 +424,7 @@ class AvroDecoder:
         else:
             table = None
         try:
-            projected = None if table is None else tuple(table.split(".", 1))
-            return _Fast(compile_reader(reader.schema, keep), projected)
+            return _Fast(compile_reader(reader.schema, keep, self._scan), table, exact)
         except (KeyError, TypeError, ValueError, IndexError):
             return None  # a shape the compiler does not know: fastavro reads this schema
 
@@ -371,9 +451,19 @@ class AvroDecoder:
 @dataclass(frozen=True, slots=True)
 class _Fast:
     reader: CompiledReader
-    # The (schema, table) whose trigger columns it keeps: a message of another table is read
-    # whole. None: it keeps everything.
-    table: tuple[str, ...] | None
+    # The table ("schema.table") whose trigger columns it keeps: a message of another table is
+    # read whole. None: it keeps everything.
+    table: str | None
+    # Its images come out as ``_image`` would make them (the trigger columns, all in the
+    # writer schema, in the same order), so they need no second pass.
+    exact_images: bool = False
+    source_schema: str | None = field(init=False)
+    source_table: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        schema, _, table = (self.table or "").partition(".")
+        object.__setattr__(self, "source_schema", schema if self.table else None)
+        object.__setattr__(self, "source_table", table if self.table else None)
 
 
 _ROW_OPS = frozenset({"c", "u", "d", "r"})
@@ -404,6 +494,25 @@ def _envelope_names(schema: Any) -> tuple[str, str, str] | None:
     if image is None or source_name is None:
         return None
     return envelope, image, source_name
+
+
+def _fields_of(schema: Any, record: str) -> tuple[str, ...] | None:
+    """The field names, in order, of the record named ``record`` in ``schema``."""
+    found: list[tuple[str, ...]] = []
+
+    def walk(node: Any, namespace: str) -> None:
+        if isinstance(node, list):
+            for branch in node:
+                walk(branch, namespace)
+        elif isinstance(node, dict) and node.get("type") in ("record", "error"):
+            full, space = _full_name(node, namespace)
+            if full == record:
+                found.append(tuple(str(f["name"]) for f in node.get("fields", [])))
+            for f in node.get("fields", []):
+                walk(f.get("type"), space)
+
+    walk(schema, "")
+    return found[0] if found else None
 
 
 def _type_name(schema: Any, namespace: str) -> str | None:

@@ -9,9 +9,16 @@ field that is kept is read into its value (as JsonConverter writes it: bytes as 
 32-bit float as Java prints it), a field that is not is skipped by its length alone.
 ``docs/benchmarks.md``, "Avro", has the figures.
 
+A record whose fields are all primitives, ``["null", T]`` unions and nested records (every
+Debezium envelope, key and row image) is read in C where the ``_avro_scan`` extension was built
+(``_avro_scan.c``): the same plan of kept and skipped fields, walked without the interpreter,
+about ten times faster. Other shapes, and installs without the extension, use the generated
+Python.
+
 The compiled reader stands in for the whole decode only where it gives the same result, which
-``tests/unit/test_avro_reader.py`` checks against fastavro over every Avro type; a message it
-cannot read (cut short, a bad union index) is read again by fastavro, which says why.
+``tests/unit/test_avro_reader.py`` checks against fastavro over every Avro type, for both
+readers; a message it cannot read (cut short, a bad union index) is read again by fastavro,
+which says why.
 """
 
 from __future__ import annotations
@@ -22,7 +29,15 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-__all__ = ["CompiledReader", "Keep", "Unreadable", "compile_reader", "float32_text"]
+__all__ = [
+    "CompiledReader",
+    "Keep",
+    "Scan",
+    "Unreadable",
+    "compile_reader",
+    "float32_text",
+    "native_scan",
+]
 
 # A step reads one value at ``pos`` of ``buf``: (value, the position after it).
 Read = Callable[[bytes, int], tuple[Any, int]]
@@ -30,6 +45,14 @@ Read = Callable[[bytes, int], tuple[Any, int]]
 Skip = Callable[[bytes, int], int]
 # Which fields of a record to keep, by the record's full name and the field's name.
 Keep = Callable[[str, str], bool]
+# The C reader: scan(plan, buf, pos, float32) -> the record (_avro_scan.c says what a plan is).
+Scan = Callable[[tuple[Any, ...], bytes, int, Callable[[float], float]], dict[str, Any]]
+
+native_scan: Scan | None
+try:
+    from consumer.router._avro_scan import scan as native_scan
+except ImportError:  # built without the C extension (no compiler at install): Python reads all
+    native_scan = None
 
 _FLOAT = struct.Struct("<f")
 _DOUBLE = struct.Struct("<d")
@@ -46,6 +69,11 @@ class CompiledReader:
     def __init__(self, read: Read) -> None:
         self._read = read
 
+    @property
+    def native(self) -> bool:
+        """Whether the C extension reads this schema's messages."""
+        return False
+
     def read(self, buf: bytes, pos: int) -> Any:
         try:
             value, end = self._read(buf, pos)
@@ -56,9 +84,34 @@ class CompiledReader:
         return value
 
 
-def compile_reader(schema: Any, keep: Keep | None = None) -> CompiledReader:
+class _NativeReader(CompiledReader):
+    """A plan walked by the C extension."""
+
+    def __init__(self, scan: Scan, plan: tuple[Any, ...]) -> None:
+        self._scan = scan
+        self._plan = plan
+
+    @property
+    def native(self) -> bool:
+        return True
+
+    def read(self, buf: bytes, pos: int) -> Any:
+        try:
+            return self._scan(self._plan, buf, pos, float32_text)
+        except ValueError as exc:  # UnicodeDecodeError is one
+            raise Unreadable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def compile_reader(
+    schema: Any, keep: Keep | None = None, scan: Scan | None = native_scan
+) -> CompiledReader:
     """Compile a writer schema (its JSON form, logical types already removed); records keep
-    the fields ``keep`` says (all when None), and skip the others."""
+    the fields ``keep`` says (all when None), and skip the others. ``scan`` is the C reader
+    (None: generated Python only); it serves the schemas a plan can describe."""
+    if scan is not None:
+        plan = _Planner(keep).top(schema)
+        if plan is not None:
+            return _NativeReader(scan, plan)
     return CompiledReader(_Compiler(keep).read(schema, ""))
 
 
@@ -78,6 +131,8 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 70:
             raise IndexError("a varint longer than ten bytes")
+    if value >> 64:
+        raise IndexError("a varint beyond 64 bits")
     return (value >> 1) ^ -(value & 1), pos
 
 
@@ -96,7 +151,7 @@ def _length(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
     byte = buf[pos]
-    if byte < 0x80:  # a length below 64: most of Debezium's strings
+    if not byte & 0x81:  # one byte, even: a length below 64 (most of Debezium's strings)
         end = pos + 1 + (byte >> 1)
         if end > len(buf):
             raise IndexError("a string past the end")
@@ -117,7 +172,7 @@ def _skip_sized(buf: bytes, pos: int) -> int:
     """Past a string or bytes. Not bounds-checked: a skip past the end fails the reader's check
     that the record ends exactly at the end of the message."""
     byte = buf[pos]
-    if byte < 0x80:  # a length below 64
+    if not byte & 0x81:  # one byte, even: a length below 64 (odd ones are negative)
         return pos + 1 + (byte >> 1)
     size, pos = _read_long(buf, pos)
     if size < 0:
@@ -190,6 +245,76 @@ _SKIP: dict[str, Skip] = {
     "bytes": _skip_sized,
     "string": _skip_sized,
 }
+
+
+# --- the plan of the C reader -------------------------------------------------------------------
+
+# _avro_scan.c's kinds.
+_KIND = {"null": 0, "boolean": 1, "int": 2, "long": 2, "float": 3, "double": 4, "bytes": 5}
+_KIND["string"] = 6
+_RECORD = 7
+
+
+class _Unplannable(Exception):
+    """A shape the C reader does not walk (enum, fixed, array, map, a wider union, a record
+    that refers to itself): the generated Python reads the schema."""
+
+
+class _Planner:
+    """A record schema as the C reader's plan: per field (key or None to skip, kind, nullable,
+    the nested record's plan)."""
+
+    def __init__(self, keep: Keep | None) -> None:
+        self._keep = keep
+        self._plans: dict[str, tuple[Any, ...] | None] = {}  # None: being planned
+
+    def top(self, schema: Any) -> tuple[Any, ...] | None:
+        if not isinstance(schema, dict) or schema.get("type") not in ("record", "error"):
+            return None
+        try:
+            return self._record(schema, "")
+        except (_Unplannable, KeyError, TypeError, ValueError):
+            return None
+
+    def _record(self, schema: Mapping[str, Any], namespace: str) -> tuple[Any, ...]:
+        name = str(schema["name"])
+        space = str(schema.get("namespace", namespace) or "")
+        full = name if "." in name or not space else f"{space}.{name}"
+        if full in self._plans:
+            raise _Unplannable(f"{full} is defined twice or refers to itself")
+        self._plans[full] = None
+        space = full.rpartition(".")[0]
+        fields = []
+        for field in schema["fields"]:
+            name = str(field["name"])
+            kind, nullable, sub = self._type(field["type"], space)
+            kept = self._keep is None or self._keep(full, name)
+            fields.append((name if kept else None, kind, nullable, sub))
+        plan = tuple(fields)
+        self._plans[full] = plan
+        return plan
+
+    def _type(self, schema: Any, space: str) -> tuple[int, bool, tuple[Any, ...] | None]:
+        if isinstance(schema, list):
+            if len(schema) != 2 or schema[0] != "null" or schema[1] == "null":
+                raise _Unplannable("a union other than [null, T]")
+            kind, nullable, sub = self._type(schema[1], space)
+            if nullable:
+                raise _Unplannable("a union in a union")
+            return kind, True, sub
+        primitive = _primitive(schema)
+        if primitive is not None:
+            return _KIND[primitive], False, None
+        if isinstance(schema, dict) and schema.get("type") in ("record", "error"):
+            return _RECORD, False, self._record(schema, space)
+        if isinstance(schema, str):
+            for full in (f"{space}.{schema}" if space and "." not in schema else schema, schema):
+                plan = self._plans.get(full)
+                if plan is not None:
+                    return _RECORD, False, plan
+                if full in self._plans:
+                    raise _Unplannable(f"{full} refers to itself")
+        raise _Unplannable(f"{schema!r}")
 
 
 # --- the compiler ------------------------------------------------------------------------------
@@ -433,7 +558,7 @@ _SKIP_CODE: dict[str, tuple[str, ...]] = {
     "double": ("pos += 8",),
     "bytes": (
         "b = buf[pos]",
-        "if b < 128:",
+        "if not b & 129:",
         "    pos += 1 + (b >> 1)",
         "else:",
         "    pos = SS(buf, pos)",

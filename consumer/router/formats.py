@@ -8,6 +8,7 @@ format's values. A JSON value with an Avro key is the one mix not read (docs/avr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -20,9 +21,12 @@ from consumer.router.avro import (
     WriterSchemas,
     is_avro,
 )
+from consumer.router.avro_reader import native_scan
 from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored, decode_key
 
 __all__ = ["SourceDecoder"]
+
+log = logging.getLogger(__name__)
 
 Format = Literal["json", "avro", "auto"]
 
@@ -79,6 +83,12 @@ class SourceDecoder:
                     f"source.kafka.schema_registry: the registry client cannot be made: {exc}"
                 ) from exc
             self._avro = AvroDecoder(self._registry, self._columns)
+            if native_scan is None:
+                log.warning(
+                    "Avro events are read by the generated Python reader: reach-sync was "
+                    "installed without its C extension (no C compiler at install), which reads "
+                    "them several times faster (docs/avro.md)"
+                )
         return self._avro
 
     def decode(
