@@ -137,8 +137,11 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def _skip_long(buf: bytes, pos: int) -> int:
+    start = pos
     while buf[pos] & 0x80:
         pos += 1
+    if pos - start > 9 or (pos - start == 9 and buf[pos] > 1):
+        raise IndexError("a varint beyond 64 bits")
     return pos + 1
 
 
@@ -525,6 +528,7 @@ def _bad_union(index: int) -> None:
 _HELPERS: dict[str, Any] = {
     "RL": _read_long,
     "SS": _skip_sized,
+    "SL": _skip_long,
     "RS": _read_string,
     "RB": _read_bytes,
     "RBO": _read_boolean,
@@ -553,7 +557,7 @@ _READ_CODE["long"] = _READ_CODE["int"]
 _SKIP_CODE: dict[str, tuple[str, ...]] = {
     "null": (),
     "boolean": ("pos += 1",),
-    "int": ("while buf[pos] & 128:", "    pos += 1", "pos += 1"),
+    "int": ("if buf[pos] < 128:", "    pos += 1", "else:", "    pos = SL(buf, pos)"),
     "float": ("pos += 4",),
     "double": ("pos += 8",),
     "bytes": (
