@@ -2,15 +2,19 @@
 
 A fault runs in a worker thread of the run (run.py) for its whole duration, so a Postgres
 outage does not hold the next kill back. Two faults never handle the same reach-sync process or
-the same component at once: a fault whose target is busy is skipped and logged as such (the
-schedule stays the seed's; what it hit is in the log).
+the same component at once: a kill or SIGSTOP whose chosen process is busy takes the next free
+one, and any other fault whose target is busy is skipped and logged as such (the schedule stays
+the seed's; what it hit is in the log).
 
 Malformed input is injected while the routers' group is steady, and kept so until its dead
 letters are due: a router killed or frozen holds every event of its partitions, good or bad,
 for the local broker's handover (about 11 s, docs/local-stack.md), which would hide whether a
 bad event held its partition. So the injection holds routers out of kills and SIGSTOPs (those
 faults hit a syncer instead), waits until the last router change is ``ROUTERS_QUIET_S`` past,
-injects, and keeps the hold ``DEAD_LETTER_DUE_S`` longer; the stall check is then strict.
+injects, and keeps the hold ``DEAD_LETTER_DUE_S`` longer; the stall check is then strict. A
+router's change is its restart, or its joining the group if that came later: a router started
+while Postgres is down waits for it (with backoff) and rebalances the group only when it
+subscribes, which can be well after its restart.
 """
 
 from __future__ import annotations
@@ -168,7 +172,7 @@ class Injector:
         is taken under it too, so no router kill is chosen after the hold began)."""
         if fault.kind in ("kill", "sigstop"):
             roles = ("syncer",) if self._routers_held else ("router", "syncer")
-            return self.fleet.pick(fault.pick, roles).name
+            return self.fleet.pick(fault.pick, roles, busy=self._busy).name
         if fault.kind.startswith("reach_"):
             return fault.kind
         if fault.kind.startswith("redis"):
@@ -239,10 +243,18 @@ class Injector:
                 self._routers_held = False
 
     def _routers_steady(self) -> bool:
+        routers = self.fleet.routers()
         with self._lock:
-            busy = any(router.name in self._busy for router in self.fleet.routers())
-        last = self.log.last_router_change()
-        return not busy and (last is None or self.log.now() - last >= ROUTERS_QUIET_S)
+            busy = any(router.name in self._busy for router in routers)
+        if busy:
+            return False
+        joined = [router.subscribed_at() for router in routers]
+        if None in joined:  # still starting: it joins the group, and rebalances it, later
+            return False
+        changes = [self.log.last_router_change()]
+        changes += [at - self.log.started_wall for at in joined if at is not None]
+        last = max((c for c in changes if c is not None), default=None)
+        return last is None or self.log.now() - last >= ROUTERS_QUIET_S
 
     def _kill(self, member: Member, rng: random.Random) -> None:
         if not member.alive():

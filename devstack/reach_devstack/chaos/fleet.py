@@ -7,11 +7,13 @@ every start writes a log of its own, which the run scans at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from reach_devstack.process import ManagedProcess, ProcessSpec
@@ -20,6 +22,9 @@ __all__ = ["Fleet", "Member"]
 
 # A member asked to stop at the end of a run gets this long to drain and commit.
 STOP_GRACE_S = 60.0
+# The router's log line once it has subscribed to its group (consumer/router/loop.py): a router
+# started while its database is down waits for it first, and joins the group only then.
+ROUTER_SUBSCRIBED = "router subscribed to"
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Member:
     kills: int = 0
     log_paths: list[Path] = field(default_factory=list)
     _process: ManagedProcess | None = None
+    _subscribed: dict[Path, float] = field(default_factory=dict)
 
     def start(self) -> None:
         self.starts += 1
@@ -51,6 +57,24 @@ class Member:
 
     def alive(self) -> bool:
         return self._process is not None and self._process.alive()
+
+    def subscribed_at(self) -> float | None:
+        """When the current process's router subscribed to its group (epoch seconds, from its
+        JSON log), or None if it has not yet."""
+        if not self.log_paths:
+            return None
+        path = self.log_paths[-1]
+        if path not in self._subscribed:
+            try:
+                with path.open(encoding="utf-8", errors="replace") as lines:
+                    for line in lines:
+                        if ROUTER_SUBSCRIBED in line and line.startswith("{"):
+                            ts = json.loads(line)["ts"]
+                            self._subscribed[path] = datetime.fromisoformat(ts).timestamp()
+                            break
+            except (OSError, ValueError, KeyError):
+                return None
+        return self._subscribed.get(path)
 
     def exit_code(self) -> int | None:
         return None if self._process is None else self._process.exit_code()
@@ -103,10 +127,23 @@ class Fleet:
         for member in self.members:
             member.start()
 
-    def pick(self, u: float, roles: tuple[str, ...] = ("router", "syncer")) -> Member:
-        """The member a fault's ``pick`` (uniform in [0, 1)) chooses among those of ``roles``."""
+    def pick(
+        self,
+        u: float,
+        roles: tuple[str, ...] = ("router", "syncer"),
+        busy: Collection[str] = (),
+    ) -> Member:
+        """The member a fault's ``pick`` (uniform in [0, 1)) chooses among those of ``roles``;
+        if another fault is busy with it (``busy`` names), the next free one of them in order,
+        so that the fault hits another process rather than none (the chosen one if all are
+        busy)."""
         among = [m for m in self.members if m.role in roles]
-        return among[min(int(u * len(among)), len(among) - 1)]
+        first = min(int(u * len(among)), len(among) - 1)
+        for step in range(len(among)):
+            member = among[(first + step) % len(among)]
+            if member.name not in busy:
+                return member
+        return among[first]
 
     def routers(self) -> list[Member]:
         return [m for m in self.members if m.role == "router"]
