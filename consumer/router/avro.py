@@ -28,7 +28,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
@@ -403,7 +403,8 @@ class AvroDecoder:
         """The compiled reader of a schema, from its first message read whole: of a change
         envelope, only the fields ``_change`` reads and the trigger columns of the message's
         table (other tables' messages under this schema are read whole); anything else whole."""
-        table = _table_of(first)
+        origin = _source_of(first)
+        table = None if origin is None else f"{origin[0]}.{origin[1]}"
         names = _envelope_names(reader.schema)
         keep: Keep | None = None
         exact = False
@@ -422,9 +423,12 @@ class AvroDecoder:
                     return columns is None or field in columns
                 return True
         else:
-            table = None
+            table = origin = None
         try:
-            return _Fast(compile_reader(reader.schema, keep, self._scan), table, exact)
+            read = compile_reader(reader.schema, keep, self._scan)
+            if table is None or origin is None:
+                return _Fast(read)
+            return _Fast(read, table, origin[0], origin[1], exact)
         except (KeyError, TypeError, ValueError, IndexError):
             return None  # a shape the compiler does not know: fastavro reads this schema
 
@@ -451,19 +455,14 @@ class AvroDecoder:
 @dataclass(frozen=True, slots=True)
 class _Fast:
     reader: CompiledReader
-    # The table ("schema.table") whose trigger columns it keeps: a message of another table is
-    # read whole. None: it keeps everything.
-    table: str | None
+    # The table ("schema.table") whose trigger columns it keeps, and its source block's schema
+    # and table: a message of another table is read whole. None: it keeps everything.
+    table: str | None = None
+    source_schema: str | None = None
+    source_table: str | None = None
     # Its images come out as ``_image`` would make them (the trigger columns, all in the
     # writer schema, in the same order), so they need no second pass.
     exact_images: bool = False
-    source_schema: str | None = field(init=False)
-    source_table: str | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        schema, _, table = (self.table or "").partition(".")
-        object.__setattr__(self, "source_schema", schema if self.table else None)
-        object.__setattr__(self, "source_table", table if self.table else None)
 
 
 _ROW_OPS = frozenset({"c", "u", "d", "r"})
@@ -472,26 +471,31 @@ _ENVELOPE_FIELDS = frozenset({"before", "after", "op", "source"})
 _SOURCE_FIELDS = frozenset({"schema", "table", "ts_ms", "lsn"})
 
 
-def _table_of(value: Any) -> str | None:
+def _source_of(value: Any) -> tuple[str, str] | None:
+    """The source block's schema and table of an envelope, as read whole."""
     source = value.get("source") if isinstance(value, dict) else None
-    if isinstance(source, dict) and source.get("schema") and source.get("table"):
-        return f"{source['schema']}.{source['table']}"
+    if isinstance(source, dict):
+        schema, table = source.get("schema"), source.get("table")
+        if schema and table and isinstance(schema, str) and isinstance(table, str):
+            return schema, table
     return None
 
 
 def _envelope_names(schema: Any) -> tuple[str, str, str] | None:
-    """The full names of a Debezium envelope record, its row image record (``before``'s
-    type) and its source record; None for any other shape."""
+    """The full names of a Debezium envelope record, its row image record (the type of both
+    ``before`` and ``after``) and its source record; None for any other shape."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
     envelope, space = _full_name(schema, "")
     fields = {f.get("name"): f.get("type") for f in schema.get("fields", [])}
-    before, source = fields.get("before"), fields.get("source")
+    before, after, source = fields.get("before"), fields.get("after"), fields.get("source")
     if isinstance(before, list):
         before = next((b for b in before if b != "null"), None)
+    if isinstance(after, list):
+        after = next((b for b in after if b != "null"), None)
     image = _type_name(before, space)
     source_name = _type_name(source, space)
-    if image is None or source_name is None:
+    if image is None or source_name is None or _type_name(after, space) != image:
         return None
     return envelope, image, source_name
 

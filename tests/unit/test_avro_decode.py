@@ -539,3 +539,40 @@ def test_client_settings_the_registry_client_refuses_stop_the_start_under_auto_t
     )
     with pytest.raises(ConfigurationError, match=r"schema_registry.*no\.such\.setting"):
         SourceDecoder.for_source(kafka)
+
+
+@READERS
+def test_an_after_image_of_another_record_type_is_still_cut_to_the_trigger_columns(
+    scan: Any,
+) -> None:
+    """Debezium gives ``before`` and ``after`` one record type; a schema that does not is read
+    without the one-step path, and both images are still cut to the trigger columns."""
+    row = {
+        "type": "record",
+        "name": "Before",
+        "namespace": "shop.public.items",
+        "fields": [{"name": "id", "type": "long"}, {"name": "name", "type": "string"}],
+    }
+    envelope = {
+        "type": "record",
+        "name": "Envelope",
+        "namespace": "shop.public.items",
+        "fields": [
+            {"name": "before", "type": ["null", row]},
+            {"name": "after", "type": ["null", {**row, "name": "After"}]},
+            {"name": "source", "type": _SOURCE},
+            {"name": "op", "type": "string"},
+        ],
+    }
+    registry = _Registry()
+    avro = AvroDecoder(registry, {"public.items": ("id",)}, scan=scan)
+    source = {"schema": "public", "table": "items", "ts_ms": 1, "lsn": 2}
+    image = {"id": 3, "name": "lamp"}
+    value = registry.encode(
+        envelope, {"before": image, "after": image, "source": source, "op": "u"}
+    )
+    key = registry.encode(_KEY, {"id": 3})
+    for _ in range(3):
+        change = avro.decode(key, value)
+        assert isinstance(change, Change)
+        assert (change.before, change.after) == ({"id": 3}, {"id": 3})
