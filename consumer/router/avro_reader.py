@@ -12,7 +12,7 @@ field that is kept is read into its value (as JsonConverter writes it: bytes as 
 A record whose fields are all primitives, ``["null", T]`` unions and nested records (every
 Debezium envelope, key and row image) is read in C where the ``_avro_scan`` extension was built
 (``_avro_scan.c``): the same plan of kept and skipped fields, walked without the interpreter,
-about ten times faster. Other shapes, and installs without the extension, use the generated
+about five times faster. Other shapes, and installs without the extension, use the generated
 Python.
 
 The compiled reader stands in for the whole decode only where it gives the same result, which
@@ -253,8 +253,16 @@ _SKIP: dict[str, Skip] = {
 # --- the plan of the C reader -------------------------------------------------------------------
 
 # _avro_scan.c's kinds.
-_KIND = {"null": 0, "boolean": 1, "int": 2, "long": 2, "float": 3, "double": 4, "bytes": 5}
-_KIND["string"] = 6
+_KIND = {
+    "null": 0,
+    "boolean": 1,
+    "int": 2,
+    "long": 2,
+    "float": 3,
+    "double": 4,
+    "bytes": 5,
+    "string": 6,
+}
 _RECORD = 7
 
 
