@@ -39,9 +39,9 @@ from consumer.router.avro import (
     client_config,
     is_avro,
 )
-from consumer.router.avro_reader import native_scan
 from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored
 from consumer.router.formats import SourceDecoder
+from tests.avro_readers import READERS
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV
 
 FIXTURE = Path(__file__).parents[1] / "fixtures/debezium/postgres-json-with-schemas.jsonl"
@@ -88,19 +88,6 @@ def _as_avro(registry: _Registry, part: Any) -> bytes | None:
 
 def _fixture() -> list[dict[str, Any]]:
     return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
-
-
-READERS = pytest.mark.parametrize(
-    "scan",
-    [
-        pytest.param(
-            native_scan,
-            id="C",
-            marks=pytest.mark.skipif(native_scan is None, reason="the C extension is not built"),
-        ),
-        pytest.param(None, id="Python"),
-    ],
-)
 
 
 @READERS

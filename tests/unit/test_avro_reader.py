@@ -15,6 +15,7 @@ import pytest
 
 from consumer.router.avro import _converter  # the fastavro path's conversion, the reference
 from consumer.router.avro_reader import Unreadable, compile_reader, native_scan
+from tests.avro_readers import READERS
 
 SCHEMA: dict[str, Any] = {
     "type": "record",
@@ -271,18 +272,6 @@ PLAIN: dict[str, Any] = {
         {"name": "op", "type": "string"},
     ],
 }
-
-READERS = pytest.mark.parametrize(
-    "scan",
-    [
-        pytest.param(
-            native_scan,
-            id="C",
-            marks=pytest.mark.skipif(native_scan is None, reason="the C extension is not built"),
-        ),
-        pytest.param(None, id="Python"),
-    ],
-)
 
 
 def _plain_row(rng: random.Random) -> dict[str, Any]:
