@@ -10,7 +10,11 @@ other processes on the machine count less), the best of ``--repeat`` passes over
 - its parts alone, on the same events: the schema-prefix comparison, the payload's envelope
   decode (the general path's, images left undecoded), the key's payload decode, one image
   decode; and how many events the decoder read in one pass (envelope and images typed for
-  the table, docs/benchmarks.md).
+  the table, docs/benchmarks.md);
+- the same events in Confluent's Avro wire format (the schemas derived as bench/router.py's
+  ``--format avro`` does, held in memory rather than a registry): the router's AvroDecoder for
+  the same triggers with the C reader (when the extension is built) and with the generated
+  Python, and the compiled value read alone with each.
 
     .venv/bin/python bench/decode.py
 """
@@ -25,10 +29,21 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import fastavro
 import msgspec
+import orjson
+from reach_devstack.connect_avro import (
+    avro_schema,
+    avro_value,
+    wire_format,
+    without_logical_types,
+)
 
 # bench/router.py, next to this file (run as `python bench/decode.py`).
 from router import EventFactory  # type: ignore[import-not-found]
+
+from consumer.router.avro import AvroDecoder
+from consumer.router.avro_reader import CompiledReader, compile_reader, native_scan
 
 # The envelope type itself, so the part measured is what the decoder decodes.
 from consumer.router.debezium import EventDecoder, _Envelope, decode_event
@@ -47,6 +62,59 @@ def _events(count: int) -> list[Event]:
         table = "customers" if b'"table":"customers"' in value else "transactions"
         events.append((key, value, f"shop.public.{table}"))
     return events
+
+
+class _Schemas:
+    """Writer schemas by id, in memory: the registry's part, without its server."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, str] = {}
+        self._ids: dict[bytes, tuple[int, Any, dict[str, Any]]] = {}
+
+    def fetch(self, schema_id: int) -> str:
+        return self.texts[schema_id]
+
+    def encode(self, message: bytes) -> bytes:
+        """A JsonConverter message (schema block and payload) as AvroConverter writes it."""
+        end = message.index(_PAYLOAD)
+        block = message[len(b'{"schema":') : end]
+        known = self._ids.get(block)
+        if known is None:
+            connect = orjson.loads(block)
+            schema = avro_schema(connect)
+            schema_id = len(self.texts) + 1
+            self.texts[schema_id] = json.dumps(schema)
+            parsed = fastavro.parse_schema(without_logical_types(schema))
+            known = self._ids[block] = (schema_id, parsed, connect)
+        schema_id, parsed, connect = known
+        payload = orjson.loads(message[end + len(_PAYLOAD) : -1])
+        return bytes(wire_format(schema_id, parsed, avro_value(connect, payload)))
+
+
+def _avro_figures(events: list[Event], repeat: int) -> dict[str, float]:
+    schemas = _Schemas()
+    avro = [(schemas.encode(k), schemas.encode(v)) for k, v, _ in events]
+    figures: dict[str, float] = {}
+    for name, scan in (("C reader", native_scan), ("generated Python", None)):
+        if name == "C reader" and scan is None:
+            print("  (the C extension is not built: no C reader figures)")
+            continue
+        decoder = AvroDecoder(schemas, SHOP_COLUMNS, scan=scan)
+        for key, value in avro[:10]:  # each schema id's first event is read whole
+            decoder.decode(key, value)
+        figures[f"AvroDecoder, {name}"] = _best_us(avro, lambda e, d=decoder: d.decode(*e), repeat)
+        readers: dict[bytes, CompiledReader] = {}
+        for _, value in avro:
+            header = value[:5]
+            if header not in readers:
+                text = schemas.fetch(int.from_bytes(header[1:], "big"))
+                readers[header] = compile_reader(
+                    without_logical_types(json.loads(text)), None, scan
+                )
+        figures[f"whole value read, {name}"] = _best_us(
+            avro, lambda e, r=readers: r[e[1][:5]].read(e[1], 5), repeat
+        )
+    return figures
 
 
 def _best_us(items: Sequence[Any], work: Callable[[Any], object], repeat: int) -> float:
@@ -94,13 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     one_pass = decoder.one_pass / (len(primer) + args.repeat * args.events)
     print(f"{args.events:,} events with the schema block, best of {args.repeat}, µs per event:")
     for name, us in figures.items():
-        print(f"  {name:<28} {us:6.2f}")
+        print(f"  {name:<36} {us:6.2f}")
     print(f"  EventDecoder read {one_pass:.1%} of its events in one pass")
+    avro = _avro_figures(events, args.repeat)
+    print("the same events in Avro (Confluent's wire format), µs per event:")
+    for name, us in avro.items():
+        ratio = us / figures["EventDecoder"] if name.startswith("AvroDecoder") else None
+        against = "" if ratio is None else f"  {ratio:.2f} of EventDecoder's"
+        print(f"  {name:<36} {us:6.2f}{against}")
     print(
         json.dumps(
             {
                 "events": args.events,
-                "us_per_event": {k: round(v, 3) for k, v in figures.items()},
+                "us_per_event": {k: round(v, 3) for k, v in {**figures, **avro}.items()},
                 "one_pass_share": round(one_pass, 4),
             }
         )
