@@ -87,7 +87,7 @@ class SourceDecoder:
                 log.warning(
                     "Avro events are read by the generated Python reader: reach-sync was "
                     "installed without its C extension (no C compiler at install), which reads "
-                    "them several times faster (docs/avro.md)"
+                    "them about four times faster (docs/avro.md)"
                 )
         return self._avro
 
