@@ -8,7 +8,6 @@ format's values. A JSON value with an Avro key is the one mix not read (docs/avr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -21,12 +20,9 @@ from consumer.router.avro import (
     WriterSchemas,
     is_avro,
 )
-from consumer.router.avro_reader import native_scan
 from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored, decode_key
 
 __all__ = ["SourceDecoder"]
-
-log = logging.getLogger(__name__)
 
 Format = Literal["json", "avro", "auto"]
 
@@ -83,12 +79,6 @@ class SourceDecoder:
                     f"source.kafka.schema_registry: the registry client cannot be made: {exc}"
                 ) from exc
             self._avro = AvroDecoder(self._registry, self._columns)
-            if native_scan is None:
-                log.warning(
-                    "Avro events are read by the generated Python reader: reach-sync was "
-                    "installed without its C extension (no C compiler at install), which reads "
-                    "them about four times faster (docs/avro.md)"
-                )
         return self._avro
 
     def decode(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import struct
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +40,7 @@ from consumer.router.avro import (
     client_config,
     is_avro,
 )
+from consumer.router.avro_reader import native_scan
 from consumer.router.debezium import Change, DecodeError, EventDecoder, Ignored
 from consumer.router.formats import SourceDecoder
 from tests.avro_readers import READERS
@@ -563,3 +565,23 @@ def test_an_after_image_of_another_record_type_is_still_cut_to_the_trigger_colum
         change = avro.decode(key, value)
         assert isinstance(change, Change)
         assert (change.before, change.after) == ({"id": 3}, {"id": 3})
+
+
+def test_an_install_without_the_c_extension_says_so_once_per_decoder(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("consumer.router.avro.native_scan", None)
+    with caplog.at_level(logging.WARNING, logger="consumer.router.avro"):
+        AvroDecoder(_Registry(), scan=None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Avro events are read by the generated Python reader: reach-sync was installed without "
+        "its C extension (no C compiler at install), which reads them about four times faster "
+        "(docs/avro.md)"
+    ]
+    monkeypatch.undo()
+    if native_scan is None:
+        return  # this install has no extension: every decoder says so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="consumer.router.avro"):
+        AvroDecoder(_Registry(), scan=None)  # the extension built, Python chosen: no warning
+    assert caplog.records == []
