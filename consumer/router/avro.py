@@ -264,10 +264,13 @@ class AvroDecoder:
         read_key = key_decoder or self.decode_key
         fast = self._by_header.get(value[:_HEADER])
         if fast is not None and fast.table is not None:
-            change = self._fast_change(fast, value, key, read_key)
-            if change is not None:
-                return change
-        envelope = self._read(value, "value")
+            found = self._fast_change(fast, value, key, read_key)
+            if type(found) is Change:
+                return found
+            # Not a row change of its table: judged the general way, without reading it again.
+            envelope = self._read_whole(value, "value") if found is None else found
+        else:
+            envelope = self._read(value, "value")
         if not isinstance(envelope, dict):
             raise DecodeError("the value is not a Debezium envelope (not an Avro record)")
         return self._change(envelope, key, read_key)
@@ -278,30 +281,32 @@ class AvroDecoder:
         value: bytes,
         raw_key: bytes | None,
         read_key: Callable[[bytes | None], dict[str, Any]],
-    ) -> Change | None:
+    ) -> Change | dict[str, Any] | None:
         """A row change of the table ``fast`` was compiled for, read by its compiled reader and
-        judged as ``_change`` judges it, in one step; None for anything else (another table
-        under the schema, an op that is no row change, bytes it cannot read), which the general
-        path then reads again and judges."""
+        judged as ``_change`` judges it, in one step. Anything else goes the general way: the
+        envelope as read when it is of that table (an op that is no row change, a missing or
+        odd image), for ``_change`` to judge; None when fastavro must read it (bytes the reader
+        refuses, another table under the schema)."""
         try:
-            envelope = fast.reader.read(value, _HEADER)
+            envelope: dict[str, Any] = fast.reader.read(value, _HEADER)
         except Unreadable:
             return None
         source, op = envelope.get("source"), envelope.get("op")
         if (
             type(source) is not dict
-            or op not in _ROW_OPS
             or source.get("table") != fast.source_table
             or source.get("schema") != fast.source_schema
         ):
             return None
+        if op not in _ROW_OPS:
+            return envelope
         before, after = envelope.get("before"), envelope.get("after")
         if (before if op == "d" else after) is None:
-            return None
+            return envelope
         if not (before is None or type(before) is dict) or not (
             after is None or type(after) is dict
         ):
-            return None
+            return envelope
         table = fast.table
         assert table is not None
         if not fast.exact_images:
