@@ -29,18 +29,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import fastavro
 import msgspec
-import orjson
 from reach_devstack.connect_avro import (
-    avro_schema,
-    avro_value,
-    wire_format,
     without_logical_types,
 )
 
 # bench/router.py, next to this file (run as `python bench/decode.py`).
-from router import EventFactory  # type: ignore[import-not-found]
+from router import AvroEncoder, EventFactory  # type: ignore[import-not-found]
 
 from consumer.router.avro import AvroDecoder
 from consumer.router.avro_reader import CompiledReader, compile_reader, native_scan
@@ -69,31 +64,19 @@ class _Schemas:
 
     def __init__(self) -> None:
         self.texts: dict[int, str] = {}
-        self._ids: dict[bytes, tuple[int, Any, dict[str, Any]]] = {}
+
+    def register(self, subject: str, schema: str) -> int:
+        self.texts[len(self.texts) + 1] = schema
+        return len(self.texts)
 
     def fetch(self, schema_id: int) -> str:
         return self.texts[schema_id]
 
-    def encode(self, message: bytes) -> bytes:
-        """A JsonConverter message (schema block and payload) as AvroConverter writes it."""
-        end = message.index(_PAYLOAD)
-        block = message[len(b'{"schema":') : end]
-        known = self._ids.get(block)
-        if known is None:
-            connect = orjson.loads(block)
-            schema = avro_schema(connect)
-            schema_id = len(self.texts) + 1
-            self.texts[schema_id] = json.dumps(schema)
-            parsed = fastavro.parse_schema(without_logical_types(schema))
-            known = self._ids[block] = (schema_id, parsed, connect)
-        schema_id, parsed, connect = known
-        payload = orjson.loads(message[end + len(_PAYLOAD) : -1])
-        return bytes(wire_format(schema_id, parsed, avro_value(connect, payload)))
-
 
 def _avro_figures(events: list[Event], repeat: int) -> dict[str, float]:
     schemas = _Schemas()
-    avro = [(schemas.encode(k), schemas.encode(v)) for k, v, _ in events]
+    encoder = AvroEncoder(schemas.register, "bench")
+    avro = [encoder.encode(k, v) for k, v, _ in events]
     figures: dict[str, float] = {}
     for name, scan in (("C reader", native_scan), ("generated Python", None)):
         if name == "C reader" and scan is None:

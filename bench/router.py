@@ -230,37 +230,49 @@ def _pick(rng: random.Random, weighted: tuple[tuple[str, int], ...]) -> str:
     return rng.choices([v for v, _ in weighted], [w for _, w in weighted])[0]
 
 
-class AvroEvents:
+class AvroEncoder:
     """The factory's events (with their schema block) as Confluent's AvroConverter writes them:
-    the schemas derived from the Connect schemas (reach_devstack.connect_avro) and registered in
-    the schema registry under ``<topic>-key`` and ``<topic>-value``, once each."""
+    each schema derived from its Connect schema (reach_devstack.connect_avro) and registered
+    once, through ``register(subject, schema_text) -> id``."""
 
-    def __init__(self, registry_url: str, topic: str) -> None:
-        self._http = httpx.Client(base_url=registry_url, timeout=10)
+    def __init__(self, register: Callable[[str, str], int], topic: str) -> None:
+        self._register = register
         self._topic = topic
         self._writers: dict[bytes, tuple[int, Any, dict[str, Any]]] = {}
 
     def encode(self, key: bytes, value: bytes) -> tuple[bytes, bytes]:
-        return self._one(key, "key"), self._one(value, "value")
+        return self.encode_one(key, "key"), self.encode_one(value, "value")
 
-    def _one(self, message: bytes, part: str) -> bytes:
+    def encode_one(self, message: bytes, part: str) -> bytes:
         schema_end = message.index(b',"payload":')
         block = message[len(b'{"schema":') : schema_end]
         writer = self._writers.get(block)
         if writer is None:
             connect = orjson.loads(block)
             schema = avro_schema(connect)
-            answer = self._http.post(
-                f"/subjects/{self._topic}-{part}/versions",
-                json={"schema": json.dumps(schema)},
-                headers={"content-type": "application/vnd.schemaregistry.v1+json"},
-            )
-            schema_id = int(answer.raise_for_status().json()["id"])
+            schema_id = self._register(f"{self._topic}-{part}", json.dumps(schema))
             writer = (schema_id, parse_schema(without_logical_types(schema)), connect)
             self._writers[block] = writer
         schema_id, parsed, connect = writer
         payload = orjson.loads(message[schema_end + len(b',"payload":') : -1])
-        return wire_format(schema_id, parsed, avro_value(connect, payload))
+        return bytes(wire_format(schema_id, parsed, avro_value(connect, payload)))
+
+
+class AvroEvents(AvroEncoder):
+    """``AvroEncoder`` registering under ``<topic>-key`` and ``<topic>-value`` in the schema
+    registry at ``registry_url``."""
+
+    def __init__(self, registry_url: str, topic: str) -> None:
+        self._http = httpx.Client(base_url=registry_url, timeout=10)
+        super().__init__(self._post, topic)
+
+    def _post(self, subject: str, schema: str) -> int:
+        answer = self._http.post(
+            f"/subjects/{subject}/versions",
+            json={"schema": schema},
+            headers={"content-type": "application/vnd.schemaregistry.v1+json"},
+        )
+        return int(answer.raise_for_status().json()["id"])
 
     def close(self) -> None:
         self._http.close()
