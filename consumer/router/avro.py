@@ -42,6 +42,7 @@ from consumer.router.avro_reader import (
     Unreadable,
     compile_reader,
     float32_text,
+    full_name,
     native_scan,
 )
 from consumer.router.debezium import Change, DecodeError, Ignored, classify_envelope
@@ -500,7 +501,7 @@ def _envelope_names(schema: Any) -> tuple[str, str, str] | None:
     ``before`` and ``after``) and its source record; None for any other shape."""
     if not isinstance(schema, dict) or schema.get("type") != "record":
         return None
-    envelope, space = _full_name(schema, "")
+    envelope, space = full_name(schema, "")
     fields = {f.get("name"): f.get("type") for f in schema.get("fields", [])}
     before, after, source = fields.get("before"), fields.get("after"), fields.get("source")
     if isinstance(before, list):
@@ -523,7 +524,7 @@ def _fields_of(schema: Any, record: str) -> tuple[str, ...] | None:
             for branch in node:
                 walk(branch, namespace)
         elif isinstance(node, dict) and node.get("type") in ("record", "error"):
-            full, space = _full_name(node, namespace)
+            full, space = full_name(node, namespace)
             if full == record:
                 found.append(tuple(str(f["name"]) for f in node.get("fields", [])))
             for f in node.get("fields", []):
@@ -535,7 +536,7 @@ def _fields_of(schema: Any, record: str) -> tuple[str, ...] | None:
 
 def _type_name(schema: Any, namespace: str) -> str | None:
     if isinstance(schema, dict) and schema.get("type") == "record":
-        return _full_name(schema, namespace)[0]
+        return full_name(schema, namespace)[0]
     if isinstance(schema, str) and schema not in _PRIMITIVE_NAMES:
         return schema if "." in schema or not namespace else f"{namespace}.{schema}"
     return None
@@ -563,15 +564,6 @@ def _without_logical_types(schema: Any) -> Any:
     return schema
 
 
-def _full_name(schema: Mapping[str, Any], namespace: str) -> tuple[str, str]:
-    """A named type's full name, and the namespace its own fields resolve names in."""
-    name = str(schema.get("name", ""))
-    if "." in name:
-        return name, name.rpartition(".")[0]
-    space = schema.get("namespace", namespace) or ""
-    return (f"{space}.{name}" if space else name), space
-
-
 def _bytes_text(value: Any) -> Any:
     return base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
 
@@ -597,7 +589,7 @@ def _converter(schema: Any, named: dict[str, Converter | None], namespace: str) 
         return None
     kind = schema.get("type")
     if kind == "record" or kind == "error":
-        full, space = _full_name(schema, namespace)
+        full, space = full_name(schema, namespace)
         named[full] = None  # a recursive reference reads as unconverted
         fields = []
         for f in schema.get("fields", []):
@@ -608,10 +600,10 @@ def _converter(schema: Any, named: dict[str, Converter | None], namespace: str) 
         named[full] = record
         return record
     if kind == "fixed":
-        named[_full_name(schema, namespace)[0]] = _bytes_text
+        named[full_name(schema, namespace)[0]] = _bytes_text
         return _bytes_text
     if kind == "enum":
-        named[_full_name(schema, namespace)[0]] = None
+        named[full_name(schema, namespace)[0]] = None
         return None
     if kind == "array":
         item = _converter(schema.get("items"), named, namespace)

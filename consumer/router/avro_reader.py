@@ -36,6 +36,7 @@ __all__ = [
     "Unreadable",
     "compile_reader",
     "float32_text",
+    "full_name",
     "native_scan",
 ]
 
@@ -100,6 +101,15 @@ class _NativeReader(CompiledReader):
             return self._scan(self._plan, buf, pos, float32_text)
         except ValueError as exc:  # UnicodeDecodeError is one
             raise Unreadable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def full_name(schema: Mapping[str, Any], namespace: str) -> tuple[str, str]:
+    """A named type's full name, and the namespace its own fields resolve names in."""
+    name = str(schema["name"])
+    if "." in name:
+        return name, name.rpartition(".")[0]
+    space = str(schema.get("namespace", namespace) or "")
+    return (f"{space}.{name}" if space else name), space
 
 
 def compile_reader(
@@ -288,13 +298,10 @@ class _Planner:
             return None
 
     def _record(self, schema: Mapping[str, Any], namespace: str) -> tuple[Any, ...]:
-        name = str(schema["name"])
-        space = str(schema.get("namespace", namespace) or "")
-        full = name if "." in name or not space else f"{space}.{name}"
+        full, space = full_name(schema, namespace)
         if full in self._plans:
             raise _Unplannable(f"{full} is defined twice or refers to itself")
         self._plans[full] = None
-        space = full.rpartition(".")[0]
         fields = []
         for field in schema["fields"]:
             name = str(field["name"])
@@ -464,12 +471,7 @@ class _Compiler:
         return [f"{target}, pos = R{n}(buf, pos)"]
 
     def _define(self, schema: Mapping[str, Any], namespace: str, again: bool = False) -> str:
-        name = str(schema["name"])
-        if "." in name:
-            full = name
-        else:
-            space = schema.get("namespace", namespace) or ""
-            full = f"{space}.{name}" if space else name
+        full = full_name(schema, namespace)[0]
         if not again:
             self._named[full] = schema
         return full
