@@ -378,22 +378,14 @@ class AvroDecoder:
         return {column: image.get(column) for column in columns}
 
     def _read(self, raw: bytes, part: str) -> Any:
+        """A key, or a value that is no envelope of one table: read by its compiled reader when
+        that keeps everything (a reader projected for a table is ``_fast_change``'s)."""
         fast = self._by_header.get(raw[:_HEADER])
-        if fast is not None:
+        if fast is not None and fast.table is None:
             try:
-                value = fast.reader.read(raw, _HEADER)
+                return fast.reader.read(raw, _HEADER)
             except Unreadable:
                 pass  # fastavro reads it again, and says why
-            else:
-                if fast.table is None:
-                    return value
-                source = value.get("source")
-                if (
-                    source is not None
-                    and source.get("table") == fast.source_table
-                    and source.get("schema") == fast.source_schema
-                ):
-                    return value
         return self._read_whole(raw, part)
 
     def _read_whole(self, raw: bytes, part: str) -> Any:
