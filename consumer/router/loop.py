@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from confluent_kafka import (
@@ -63,7 +64,7 @@ from consumer.router.lookups import LookupDatabase, check_queries, lookup_trigge
 from consumer.router.topics import check_replica_identity, ensure_topics, subscription
 from consumer.router.triggers import DirtyEntity, TriggerIndex, plan_change
 
-__all__ = ["RouterStats", "cause_of", "run_router"]
+__all__ = ["ConsumerFactory", "ProducerFactory", "Router", "RouterStats", "cause_of", "run_router"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ RETRY_BASE_S = 0.5
 RETRY_CAP_S = 30.0
 # Waiting for the producer's queue to drain when it is full (BufferError).
 QUEUE_FULL_POLL_S = 0.1
+
+# Make the router's Kafka clients from librdkafka settings: Kafka's own, or a test's stand-ins.
+ConsumerFactory = Callable[[dict[str, Any]], Consumer]
+ProducerFactory = Callable[[dict[str, Any]], Producer]
 
 _PartitionKey = tuple[str, int]
 # A lookup trigger: its resource and its position in the resource's triggers.
@@ -132,6 +137,8 @@ def run_router(
     *,
     on_stats: Callable[[RouterStats], None] | None = None,
     progress: ProgressTracker | None = None,
+    consumer_factory: ConsumerFactory = Consumer,
+    producer_factory: ProducerFactory = Producer,
 ) -> RouterStats:
     """Route until ``stop`` is set, then drain, commit and release the consumer.
 
@@ -145,7 +152,14 @@ def run_router(
     try:
         check_queries(definition, lookups)
         ensure_topics(definition)
-        router = _Router(definition, lookups, on_stats, progress)
+        router = Router(
+            definition,
+            lookups,
+            on_stats,
+            progress,
+            consumer_factory=consumer_factory,
+            producer_factory=producer_factory,
+        )
         try:
             router.run(stop)
         finally:
@@ -155,13 +169,20 @@ def run_router(
     return router.stats
 
 
-class _Router:
+class Router:
+    """One router: its consumer (subscribed when made), its producer, and the loop over them.
+    ``run_router`` checks the definition against the database and broker first; a test makes
+    one directly, with stand-ins for the Kafka clients."""
+
     def __init__(
         self,
         definition: SyncDefinition,
         lookups: LookupDatabase,
         on_stats: Callable[[RouterStats], None] | None,
         progress: ProgressTracker | None = None,
+        *,
+        consumer_factory: ConsumerFactory = Consumer,
+        producer_factory: ProducerFactory = Producer,
     ) -> None:
         kafka = definition.source.kafka
         self.stats = RouterStats()
@@ -180,7 +201,7 @@ class _Router:
         self._failures: list[KafkaError] = []
         self._done: dict[_PartitionKey, int] = {}  # next offset to commit, acknowledged
         self._failures_in_a_row = 0
-        self._producer = Producer(
+        self._producer = producer_factory(
             producer_settings(
                 kafka,
                 **{
@@ -192,7 +213,7 @@ class _Router:
                 },
             )
         )
-        self._consumer = Consumer(
+        self._consumer = consumer_factory(
             consumer_settings(
                 kafka,
                 f"{kafka.group_id}.router",
@@ -213,20 +234,26 @@ class _Router:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self._observe_progress()
-            batch = consume_batch(self._consumer, BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
-            if not batch:
-                continue
-            try:
-                next_offsets = self._route(batch)
-                self._await_acknowledgements(ACK_TIMEOUT_S)
-            except Retryable as exc:
-                if isinstance(exc, RegistryUnavailable):
-                    self.stats.registry_unavailable += 1
-                self._rewind(batch, exc, stop)
-                continue
-            self._mark_done(next_offsets)
-            self._commit()
-            self._report()
+            self._one_batch(stop)
+
+    def _one_batch(self, stop: threading.Event) -> None:
+        """Consume, route, await acknowledgements, commit. A method of its own so that the
+        batch (2,000 source events of a few KB) is let go before the next one is consumed,
+        rather than held by the loop's variable while its successor arrives."""
+        batch = consume_batch(self._consumer, BATCH_MAX_EVENTS, POLL_TIMEOUT_S)
+        if not batch:
+            return
+        try:
+            next_offsets = self._route(batch)
+            self._await_acknowledgements(ACK_TIMEOUT_S)
+        except Retryable as exc:
+            if isinstance(exc, RegistryUnavailable):
+                self.stats.registry_unavailable += 1
+            self._rewind(batch, exc, stop)
+            return
+        self._mark_done(next_offsets)
+        self._commit()
+        self._report()
 
     def close(self) -> None:
         """Drain what is in flight (bounded), commit what is acknowledged, release the consumer."""

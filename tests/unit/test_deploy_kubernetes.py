@@ -512,12 +512,18 @@ class _SyncerConsumer(_Client):
         raise _Subscribed  # the loop would start here
 
 
-def _router_consumer(definition: SyncDefinition, monkeypatch: pytest.MonkeyPatch) -> _Client:
+def _router_consumer(definition: SyncDefinition) -> _Client:
     """The consumer the router makes and subscribes, as its own code makes it."""
-    monkeypatch.setattr(router_loop, "Producer", _Client)
-    monkeypatch.setattr(router_loop, "Consumer", _Client)
-    router = router_loop._Router(definition, cast(Any, None), None)
-    return cast(_Client, router._consumer)
+    made: list[_Client] = []
+
+    def factory(settings: dict[str, Any]) -> Any:
+        made.append(_Client(settings))
+        return made[-1]
+
+    router_loop.Router(
+        definition, cast(Any, None), None, consumer_factory=factory, producer_factory=_Client
+    )
+    return made[0]
 
 
 def _syncer_consumer(definition: SyncDefinition) -> _Client:
@@ -555,10 +561,10 @@ def _triggers(role: str) -> list[Object]:
 
 
 def test_the_router_triggers_watch_the_routers_group_and_every_topic_it_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     definition, _ = _load(tmp_path, _one("Deployment", role="router"))
-    consumer = _router_consumer(definition, monkeypatch)
+    consumer = _router_consumer(definition)
     (pattern,) = consumer.subscribed
     read = {topic for topic in _debezium_topics() if re.search(pattern, topic)}
     triggers = _triggers("router")

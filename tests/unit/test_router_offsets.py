@@ -1,0 +1,217 @@
+"""The router commits a source offset only once every dirty key up to it was acknowledged, and
+holds one batch of source events at a time. Driven through the router's public seams (its
+Kafka clients' factories), with stand-ins that hand over messages and report deliveries as
+librdkafka does; nothing here connects anywhere."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, TopicPartition
+
+from consumer.router.dirty import decode_dirty
+from consumer.router.lookups import LookupDatabase
+from consumer.router.loop import Router, RouterStats
+from tests.shop_definition import shop_definition
+
+TOPIC = "shop.public.customers"
+
+
+class _Message:
+    """A source event as confluent-kafka hands it over (what the router reads of one)."""
+
+    def __init__(self, partition: int, offset: int, key: bytes, value: bytes) -> None:
+        self._partition, self._offset, self._key, self._value = partition, offset, key, value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+
+def _change(customer: int) -> tuple[bytes, bytes]:
+    key = orjson.dumps({"id": customer})
+    value = orjson.dumps(
+        {
+            "op": "u",
+            "source": {"schema": "public", "table": "customers", "ts_ms": 1, "lsn": customer},
+            "before": None,
+            "after": {"id": customer, "email": f"c{customer}@example.com"},
+        }
+    )
+    return key, value
+
+
+class _Consumer:
+    """The source topic's partitions as logs with a position each: assigned on the first poll,
+    read in batches of at most ``batch`` messages, moved back by ``seek``. Every message is made
+    when it is handed over, so the router's references are the only ones; ``alive_at_poll``
+    says, at each poll, how many messages of earlier polls were still alive."""
+
+    def __init__(self, logs: dict[int, list[tuple[bytes, bytes]]], events: list[str]) -> None:
+        self.logs = logs
+        self.position = dict.fromkeys(logs, 0)
+        self.events = events
+        self.alive_at_poll: list[int] = []
+        self._handed: list[weakref.ref[_Message]] = []
+        self._on_assign: Callable[..., None] | None = None
+
+    def subscribe(self, topics: Any, **callbacks: Callable[..., None]) -> None:
+        self._on_assign = callbacks["on_assign"]
+
+    def _take(self, count: int) -> list[_Message]:
+        taken: list[_Message] = []
+        for partition, log in self.logs.items():
+            while len(taken) < count and self.position[partition] < len(log):
+                offset = self.position[partition]
+                taken.append(_Message(partition, offset, *log[offset]))
+                self.position[partition] += 1
+        self._handed += [weakref.ref(m) for m in taken]
+        return taken
+
+    def poll(self, timeout: float) -> _Message | None:
+        if self._on_assign is not None:
+            assign, self._on_assign = self._on_assign, None
+            assign(self, [TopicPartition(TOPIC, p) for p in self.logs])
+        self.alive_at_poll.append(sum(ref() is not None for ref in self._handed))
+        taken = self._take(1)
+        if not taken:
+            threading.Event().wait(min(timeout, 0.01))
+            return None
+        return taken[0]
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Message]:
+        return self._take(min(num_messages, 3))  # batches of 4 with the poll's message
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.events.append(f"seek {tp.partition}@{tp.offset}")
+        self.position[tp.partition] = tp.offset
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+        self.events += [f"commit {tp.partition}@{tp.offset}" for tp in offsets]
+        return offsets
+
+    def close(self) -> None: ...
+
+
+class _Producer:
+    """Queues what is produced; a flush reports the queue's outcomes through the settings'
+    ``on_delivery``, for errors only (``delivery.report.only.error``), refusing the first
+    ``refuse`` dirty keys."""
+
+    def __init__(self, settings: dict[str, Any], refuse: int, events: list[str]) -> None:
+        self.on_delivery = settings["on_delivery"]
+        self.refuse, self.events = refuse, events
+        self.queued: list[bytes] = []
+        self.acknowledged: list[bytes] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
+        self.queued.append(value)
+
+    def flush(self, timeout: float) -> int:
+        queued, self.queued = self.queued, []
+        for value in queued:
+            entity = decode_dirty(value).id
+            if self.refuse > 0:
+                self.refuse -= 1
+                self.events.append(f"refused {entity}")
+                self.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                self.events.append(f"ack {entity}")
+                self.acknowledged.append(value)
+        return 0
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def _no_database() -> Any:
+    raise AssertionError("the shop's triggers have no lookup: nothing may connect")
+
+
+def _route(
+    logs: dict[int, list[tuple[bytes, bytes]]], refuse: int, done: Callable[[RouterStats], bool]
+) -> tuple[_Consumer, _Producer, RouterStats]:
+    """Run a router on the stand-ins until ``done`` says so (or 10 s passed)."""
+    definition = shop_definition()
+    events: list[str] = []
+    consumer = _Consumer(logs, events)
+    producers: list[_Producer] = []
+
+    def make_producer(settings: dict[str, Any]) -> Any:
+        producers.append(_Producer(settings, refuse, events))
+        return producers[-1]
+
+    stop = threading.Event()
+    seen: list[RouterStats] = []
+
+    def on_stats(stats: RouterStats) -> None:
+        seen.append(stats)
+        if done(stats):
+            stop.set()
+
+    router = Router(
+        definition,
+        LookupDatabase(definition.source.database, connect=_no_database),
+        on_stats,
+        consumer_factory=lambda settings: consumer,  # type: ignore[arg-type,return-value]
+        producer_factory=make_producer,
+    )
+    timer = threading.Timer(10.0, stop.set)
+    timer.start()
+    try:
+        router.run(stop)
+    finally:
+        timer.cancel()
+        router.close()
+    assert seen, "the router reported nothing in 10 s"
+    return consumer, producers[0], seen[-1]
+
+
+def test_a_refused_dirty_key_rewinds_its_batch_and_nothing_is_committed_before_the_retry() -> None:
+    logs = {0: [_change(c) for c in (1, 2)], 1: [_change(c) for c in (3, 4)]}
+    consumer, producer, stats = _route(logs, refuse=1, done=lambda s: s.commits >= 1)
+
+    events = consumer.events
+    first_commit = next(n for n, e in enumerate(events) if e.startswith("commit"))
+    # The first attempt: one key refused, so the batch is read again from where it began.
+    assert events[:4] == ["refused 1", "ack 2", "ack 3", "ack 4"]
+    assert sorted(events[4:6]) == ["seek 0@0", "seek 1@0"]
+    # The retry's keys are all acknowledged before the first commit, which covers both logs.
+    assert sorted(events[6:first_commit]) == ["ack 1", "ack 2", "ack 3", "ack 4"]
+    assert sorted(events[first_commit:]) == ["commit 0@2", "commit 1@2"]
+    assert stats.retries == 1
+    assert sorted(decode_dirty(v).id for v in producer.acknowledged[-4:]) == [1, 2, 3, 4]
+
+
+def test_a_routed_batch_is_let_go_before_the_next_one_is_consumed() -> None:
+    logs = {0: [_change(c) for c in range(1, 13)]}
+    consumer, producer, stats = _route(logs, refuse=0, done=lambda s: s.events >= 12)
+
+    assert stats.batches == 3  # batches of 4
+    # Each poll after the first: the messages of the batches before it are gone.
+    assert consumer.alive_at_poll[:3] == [0, 0, 0]
+    assert len(producer.acknowledged) == 12
