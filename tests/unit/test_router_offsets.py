@@ -1,7 +1,8 @@
-"""The router commits a source offset only once every dirty key up to it was acknowledged, and
-holds one batch of source events at a time. Driven through the router's public seams (its
-Kafka clients' factories), with stand-ins that hand over messages and report deliveries as
-librdkafka does; nothing here connects anywhere."""
+"""The router commits a source offset only once every dirty key up to it was acknowledged, also
+while it routes the next batch and when partitions are revoked meanwhile; and it holds one
+batch of source events at a time. Driven through the router's public seams (its Kafka clients'
+factories), with stand-ins that hand over messages and report deliveries as librdkafka does;
+nothing here connects anywhere."""
 
 from __future__ import annotations
 
@@ -67,19 +68,33 @@ def _change(customer: int) -> tuple[bytes, bytes]:
 
 class _Consumer:
     """The source topic's partitions as logs with a position each: assigned on the first poll,
-    read in batches of at most ``batch`` messages, moved back by ``seek``. Every message is made
-    when it is handed over, so the router's references are the only ones; ``alive_at_poll``
-    says, at each poll, how many messages of earlier polls were still alive."""
+    read in batches of four, moved back by ``seek``; at the ``revoke_at``-th poll, the
+    partitions in ``revoke`` are revoked (the callback runs inside that poll, as librdkafka's
+    does) and never read again. Every message is made when it is handed over, so the router's
+    references are the only ones; ``alive_at_poll`` says, at each poll, how many messages of
+    earlier polls were still alive."""
 
-    def __init__(self, logs: dict[int, list[tuple[bytes, bytes]]], events: list[str]) -> None:
+    def __init__(
+        self,
+        logs: dict[int, list[tuple[bytes, bytes]]],
+        events: list[str],
+        revoke: tuple[int, ...] = (),
+        revoke_at: int = 0,
+        lost: bool = False,
+    ) -> None:
         self.logs = logs
         self.position = dict.fromkeys(logs, 0)
         self.events = events
+        self.revoke, self.revoke_at = revoke, revoke_at
+        self.lost = lost  # the partitions are lost (another member may own them), not revoked
+        self.polls = 0
         self.alive_at_poll: list[int] = []
         self._handed: list[weakref.ref[_Message]] = []
+        self._callbacks: dict[str, Callable[..., None]] = {}
         self._on_assign: Callable[..., None] | None = None
 
     def subscribe(self, topics: Any, **callbacks: Callable[..., None]) -> None:
+        self._callbacks = callbacks
         self._on_assign = callbacks["on_assign"]
 
     def _take(self, count: int) -> list[_Message]:
@@ -96,6 +111,13 @@ class _Consumer:
         if self._on_assign is not None:
             assign, self._on_assign = self._on_assign, None
             assign(self, [TopicPartition(TOPIC, p) for p in self.logs])
+        self.polls += 1
+        if self.polls == self.revoke_at:
+            kind = "lost" if self.lost else "revoke"
+            self.events.append(f"{kind} {' '.join(map(str, self.revoke))}")
+            self._callbacks[f"on_{kind}"](self, [TopicPartition(TOPIC, p) for p in self.revoke])
+            for partition in self.revoke:
+                del self.logs[partition]
         self.alive_at_poll.append(sum(ref() is not None for ref in self._handed))
         taken = self._take(1)
         if not taken:
@@ -104,7 +126,13 @@ class _Consumer:
         return taken[0]
 
     def consume(self, num_messages: int, timeout: float) -> list[_Message]:
-        return self._take(min(num_messages, 3))  # batches of 4 with the poll's message
+        """The rest of a batch of four, after the poll's message; logged as one batch."""
+        polled = self._handed[-1]()
+        taken = self._take(min(num_messages, 3))
+        assert polled is not None  # the router holds it
+        batch = " ".join(f"{m.partition()}@{m.offset()}" for m in [polled, *taken])
+        self.events.append(f"consumed {batch}")
+        return taken
 
     def seek(self, tp: TopicPartition) -> None:
         self.events.append(f"seek {tp.partition}@{tp.offset}")
@@ -129,6 +157,7 @@ class _Producer:
         self.acknowledged: list[bytes] = []
 
     def produce(self, topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
+        self.events.append(f"produced {decode_dirty(value).id}")
         self.queued.append(value)
 
     def flush(self, timeout: float) -> int:
@@ -153,12 +182,17 @@ def _no_database() -> Any:
 
 
 def _route(
-    logs: dict[int, list[tuple[bytes, bytes]]], refuse: int, done: Callable[[RouterStats], bool]
+    logs: dict[int, list[tuple[bytes, bytes]]],
+    refuse: int,
+    done: Callable[[RouterStats], bool],
+    revoke: tuple[int, ...] = (),
+    revoke_at: int = 0,
+    lost: bool = False,
 ) -> tuple[_Consumer, _Producer, RouterStats]:
     """Run a router on the stand-ins until ``done`` says so (or 10 s passed)."""
     definition = shop_definition()
     events: list[str] = []
-    consumer = _Consumer(logs, events)
+    consumer = _Consumer(logs, events, revoke, revoke_at, lost)
     producers: list[_Producer] = []
 
     def make_producer(settings: dict[str, Any]) -> Any:
@@ -191,11 +225,19 @@ def _route(
     return consumer, producers[0], seen[-1]
 
 
+def _only(events: list[str], *kinds: str) -> list[str]:
+    return [e for e in events if e.split()[0] in kinds]
+
+
+def _customers(*ids: int) -> list[tuple[bytes, bytes]]:
+    return [_change(c) for c in ids]
+
+
 def test_a_refused_dirty_key_rewinds_its_batch_and_nothing_is_committed_before_the_retry() -> None:
-    logs = {0: [_change(c) for c in (1, 2)], 1: [_change(c) for c in (3, 4)]}
+    logs = {0: _customers(1, 2), 1: _customers(3, 4)}
     consumer, producer, stats = _route(logs, refuse=1, done=lambda s: s.commits >= 1)
 
-    events = consumer.events
+    events = _only(consumer.events, "ack", "refused", "seek", "commit")
     first_commit = next(n for n, e in enumerate(events) if e.startswith("commit"))
     # The first attempt: one key refused, so the batch is read again from where it began.
     assert events[:4] == ["refused 1", "ack 2", "ack 3", "ack 4"]
@@ -207,8 +249,97 @@ def test_a_refused_dirty_key_rewinds_its_batch_and_nothing_is_committed_before_t
     assert sorted(decode_dirty(v).id for v in producer.acknowledged[-4:]) == [1, 2, 3, 4]
 
 
+def test_the_next_batch_is_routed_while_one_is_acknowledged_and_produced_after_its_commit() -> None:
+    logs = {0: _customers(1, 2, 3, 4, 5, 6)}
+    consumer, _, _ = _route(logs, refuse=0, done=lambda s: s.events >= 6)
+
+    assert _only(consumer.events, "consumed", "produced", "ack", "commit") == [
+        "consumed 0@0 0@1 0@2 0@3",
+        *[f"produced {c}" for c in (1, 2, 3, 4)],
+        "consumed 0@4 0@5",  # before the first batch is settled
+        *[f"ack {c}" for c in (1, 2, 3, 4)],
+        "commit 0@4",
+        "produced 5",  # only once the batch before it is committed
+        "produced 6",
+        "ack 5",
+        "ack 6",
+        "commit 0@6",
+    ]
+
+
+def test_a_refused_key_of_the_batch_in_flight_rewinds_it_and_the_batch_read_after_it() -> None:
+    # Batches of four: partition 0's events first, then partition 1's, which only the second
+    # batch holds.
+    logs = {0: _customers(1, 2, 3, 4), 1: _customers(5, 6)}
+    consumer, _, stats = _route(logs, refuse=1, done=lambda s: s.events >= 6 and s.batches >= 2)
+
+    events = _only(consumer.events, "consumed", "refused", "seek", "ack", "commit")
+    assert events[:3] == ["consumed 0@0 0@1 0@2 0@3", "consumed 1@0 1@1", "refused 1"]
+    rewound = events.index("refused 1") + 4  # the batch's other three keys are acknowledged
+    assert sorted(events[rewound : rewound + 2]) == ["seek 0@0", "seek 1@0"]
+    commits = _only(events, "commit")
+    assert commits == ["commit 0@4", "commit 1@2"]
+    # Nothing was committed before the retry's acknowledgements of the first batch.
+    assert events.index("commit 0@4") > max(
+        n for n, e in enumerate(events) if e in {"ack 1", "ack 2", "ack 3", "ack 4"}
+    )
+    assert stats.retries == 1
+
+
+def test_a_revoke_settles_the_batch_in_flight_and_commits_the_revoked_partitions() -> None:
+    logs = {0: _customers(1, 2, 3, 4), 1: _customers(5, 6, 7, 8)}
+    consumer, _, _ = _route(logs, refuse=0, done=lambda s: s.events >= 8, revoke=(0,), revoke_at=2)
+
+    events = _only(consumer.events, "consumed", "revoke", "produced", "ack", "commit")
+    assert events == [
+        "consumed 0@0 0@1 0@2 0@3",
+        *[f"produced {c}" for c in (1, 2, 3, 4)],
+        "revoke 0",
+        *[f"ack {c}" for c in (1, 2, 3, 4)],
+        "commit 0@4",  # in the callback, before the partition is given up
+        "consumed 1@0 1@1 1@2 1@3",
+        *[f"produced {c}" for c in (5, 6, 7, 8)],
+        *[f"ack {c}" for c in (5, 6, 7, 8)],
+        "commit 1@4",
+    ]
+
+
+def test_a_batch_in_flight_that_fails_during_a_revoke_is_never_committed_and_is_routed_again() -> (
+    None
+):
+    logs = {0: _customers(1, 2), 1: _customers(3, 4), 2: _customers(5, 6)}
+    consumer, _, stats = _route(
+        logs, refuse=1, done=lambda s: s.batches >= 1, revoke=(1,), revoke_at=2
+    )
+
+    events = _only(consumer.events, "consumed", "revoke", "refused", "seek", "ack", "commit")
+    assert events[:3] == ["consumed 0@0 0@1 1@0 1@1", "revoke 1", "refused 1"]
+    # Nothing of the revoked partition is committed: its next owner reads it from its last
+    # commit. The partitions kept are read again from the failed batch's first events.
+    assert not [e for e in events if e.startswith(("commit 1@", "seek 1@"))]
+    assert sorted(_only(events, "seek")) == ["seek 0@0", "seek 2@0"]
+    assert sorted(_only(events, "commit")) == ["commit 0@2", "commit 2@2"]
+    assert events.index("commit 0@2") > events.index("seek 0@0")
+    assert stats.retries == 1
+
+
+def test_a_partition_lost_while_its_batch_is_in_flight_is_never_committed() -> None:
+    logs = {0: _customers(1, 2), 1: _customers(3, 4)}
+    consumer, _, _ = _route(
+        logs, refuse=0, done=lambda s: s.batches >= 1, revoke=(1,), revoke_at=2, lost=True
+    )
+
+    events = _only(consumer.events, "consumed", "lost", "ack", "commit")
+    assert events == [
+        "consumed 0@0 0@1 1@0 1@1",
+        "lost 1",
+        *[f"ack {c}" for c in (1, 2, 3, 4)],
+        "commit 0@2",  # and no commit of partition 1, which may be another member's by now
+    ]
+
+
 def test_a_routed_batch_is_let_go_before_the_next_one_is_consumed() -> None:
-    logs = {0: [_change(c) for c in range(1, 13)]}
+    logs = {0: _customers(*range(1, 13))}
     consumer, producer, stats = _route(logs, refuse=0, done=lambda s: s.events >= 12)
 
     assert stats.batches == 3  # batches of 4
