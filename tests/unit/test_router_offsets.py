@@ -17,40 +17,10 @@ from confluent_kafka import KafkaError, TopicPartition
 from consumer.router.dirty import decode_dirty
 from consumer.router.lookups import LookupDatabase
 from consumer.router.loop import Router, RouterStats
+from tests.kafka_messages import StubMessage
 from tests.shop_definition import shop_definition
 
 TOPIC = "shop.public.customers"
-
-
-class _Message:
-    """A source event as confluent-kafka hands it over (what the router reads of one)."""
-
-    def __init__(self, partition: int, offset: int, key: bytes, value: bytes) -> None:
-        self._partition, self._offset, self._key, self._value = partition, offset, key, value
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return TOPIC
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
 
 
 def _change(customer: int) -> tuple[bytes, bytes]:
@@ -89,7 +59,7 @@ class _Consumer:
         self.lost = lost  # the partitions are lost (another member may own them), not revoked
         self.polls = 0
         self.alive_at_poll: list[int] = []
-        self._handed: list[weakref.ref[_Message]] = []
+        self._handed: list[weakref.ref[StubMessage]] = []
         self._callbacks: dict[str, Callable[..., None]] = {}
         self._on_assign: Callable[..., None] | None = None
 
@@ -97,17 +67,17 @@ class _Consumer:
         self._callbacks = callbacks
         self._on_assign = callbacks["on_assign"]
 
-    def _take(self, count: int) -> list[_Message]:
-        taken: list[_Message] = []
+    def _take(self, count: int) -> list[StubMessage]:
+        taken: list[StubMessage] = []
         for partition, log in self.logs.items():
             while len(taken) < count and self.position[partition] < len(log):
                 offset = self.position[partition]
-                taken.append(_Message(partition, offset, *log[offset]))
+                taken.append(StubMessage(TOPIC, partition, offset, *log[offset]))
                 self.position[partition] += 1
         self._handed += [weakref.ref(m) for m in taken]
         return taken
 
-    def poll(self, timeout: float) -> _Message | None:
+    def poll(self, timeout: float) -> StubMessage | None:
         if self._on_assign is not None:
             assign, self._on_assign = self._on_assign, None
             assign(self, [TopicPartition(TOPIC, p) for p in self.logs])
@@ -125,7 +95,7 @@ class _Consumer:
             return None
         return taken[0]
 
-    def consume(self, num_messages: int, timeout: float) -> list[_Message]:
+    def consume(self, num_messages: int, timeout: float) -> list[StubMessage]:
         """The rest of a batch of four, after the poll's message; logged as one batch."""
         polled = self._handed[-1]()
         taken = self._take(min(num_messages, 3))

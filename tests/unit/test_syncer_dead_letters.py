@@ -17,47 +17,22 @@ from consumer.syncer.loop import Syncer
 from consumer.syncer.stats import SyncerStats
 from consumer.syncer.window_sink import WindowSink
 from consumer.syncer.windows import Window
+from tests.kafka_messages import StubMessage
 from tests.shop_definition import shop_definition
 
 DIRTY = "t.dirty"
 
 
-class _Message:
-    """A dirty-topic message as confluent-kafka hands it over (what the syncer reads of one)."""
-
-    def __init__(self, offset: int, value: bytes, partition: int = 0) -> None:
-        self._offset, self._value, self._partition = offset, value, partition
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return DIRTY
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
+def _dirty_message(offset: int, value: bytes, partition: int = 0) -> StubMessage:
+    """A dirty-topic message."""
+    return StubMessage(DIRTY, partition, offset, b"k", value)
 
 
 class _Consumer:
     """Assigns the messages' partitions on the first poll and hands the messages over once;
     keeps commits, in ``log`` too."""
 
-    def __init__(self, messages: list[_Message], log: list[tuple[str, int, int]]) -> None:
+    def __init__(self, messages: list[StubMessage], log: list[tuple[str, int, int]]) -> None:
         self.messages = messages
         self.partitions = sorted({m.partition() for m in messages})
         self.commits: list[list[tuple[int, int]]] = []
@@ -67,7 +42,7 @@ class _Consumer:
     def subscribe(self, topics: list[str], **callbacks: Callable[..., None]) -> None:
         self._on_assign = callbacks["on_assign"]
 
-    def poll(self, timeout: float) -> _Message | None:
+    def poll(self, timeout: float) -> StubMessage | None:
         if self._on_assign is not None:
             assign, self._on_assign = self._on_assign, None
             assign(self, [TopicPartition(DIRTY, p) for p in self.partitions])
@@ -76,7 +51,7 @@ class _Consumer:
         threading.Event().wait(min(timeout, 0.01))
         return None
 
-    def consume(self, num_messages: int, timeout: float) -> list[_Message]:
+    def consume(self, num_messages: int, timeout: float) -> list[StubMessage]:
         taken, self.messages = self.messages, []
         return taken
 
@@ -168,7 +143,7 @@ async def test_an_unreadable_dirty_key_is_committed_only_once_its_dead_letter_is
     produce the letter again, not commit past a message whose letter the broker never took."""
     log: list[tuple[str, int, int]] = []
     producer = _Producer(refuse=1, log=log)
-    consumer = _Consumer([_Message(5, b"not a dirty key")], log)
+    consumer = _Consumer([_dirty_message(5, b"not a dirty key")], log)
     syncer = _syncer(producer, consumer)
     await _run_until(syncer, lambda: bool(consumer.commits))
     assert consumer.commits, "the window was never committed"
@@ -183,7 +158,7 @@ async def test_a_refused_letter_fails_its_own_window_whichever_flush_served_its_
     letter of partition 1 must fail partition 1's window, not partition 0's."""
     log: list[tuple[str, int, int]] = []
     producer = _Producer(refuse=1, log=log, refusing={1}, linger_s=0.05)
-    messages = [_Message(5, b"not a dirty key", 0), _Message(7, b"nor this", 1)]
+    messages = [_dirty_message(5, b"not a dirty key", 0), _dirty_message(7, b"nor this", 1)]
     consumer = _Consumer(messages, log)
     syncer = _syncer(producer, consumer)
     await _run_until(syncer, lambda: {("commit", 0, 6), ("commit", 1, 8)} <= set(log))
@@ -198,7 +173,7 @@ async def test_a_letter_acknowledged_once_is_not_produced_again_on_a_retry() -> 
     was refused): the retry produces only the refused one."""
     log: list[tuple[str, int, int]] = []
     producer = _Producer(refuse=1, log=log)
-    messages = [_Message(5, b"not a dirty key"), _Message(6, b"nor this")]
+    messages = [_dirty_message(5, b"not a dirty key"), _dirty_message(6, b"nor this")]
     consumer = _Consumer(messages, log)
     syncer = _syncer(producer, consumer)
     await _run_until(syncer, lambda: ("commit", 0, 7) in log)
