@@ -288,15 +288,20 @@ class Router:
         self._report()
 
     def close(self) -> None:
-        """Drain what is in flight (bounded), commit what is acknowledged, release the consumer."""
+        """Drain what is in flight (bounded), commit what is acknowledged, release the consumer.
+
+        Acknowledged offsets are committed even when the batch in flight failed: they lie
+        before it (kept from an earlier commit that failed), so its next owner reads less again.
+        """
         try:
-            if self._sent is None:
-                self._await_acknowledgements(DRAIN_TIMEOUT_S)
-                self._commit()
-            else:
-                self._settle(DRAIN_TIMEOUT_S)
-        except Retryable as exc:
-            log.warning("router stopping with unacknowledged output: %s", exc)
+            try:
+                if self._sent is None:
+                    self._await_acknowledgements(DRAIN_TIMEOUT_S)
+                else:
+                    self._settle(DRAIN_TIMEOUT_S)
+            except Retryable as exc:
+                log.warning("router stopping with unacknowledged output: %s", exc)
+            self._commit()
         finally:
             self._decoder.close()
             leave = self._definition.source.kafka.leave_group_on_close

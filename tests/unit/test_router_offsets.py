@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from consumer.router.dirty import decode_dirty
 from consumer.router.lookups import LookupDatabase
@@ -51,8 +51,10 @@ class _Consumer:
         revoke: tuple[int, ...] = (),
         revoke_at: int = 0,
         lost: bool = False,
+        fail_commits: int = 0,
     ) -> None:
         self.logs = logs
+        self.fail_commits = fail_commits  # the first ones fail, as with the coordinator gone
         self.position = dict.fromkeys(logs, 0)
         self.events = events
         self.revoke, self.revoke_at = revoke, revoke_at
@@ -109,6 +111,10 @@ class _Consumer:
         self.position[tp.partition] = tp.offset
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+        if self.fail_commits > 0:
+            self.fail_commits -= 1
+            self.events += [f"failed commit {tp.partition}@{tp.offset}" for tp in offsets]
+            raise KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))
         self.events += [f"commit {tp.partition}@{tp.offset}" for tp in offsets]
         return offsets
 
@@ -117,12 +123,15 @@ class _Consumer:
 
 class _Producer:
     """Queues what is produced; a flush reports the queue's outcomes through the settings'
-    ``on_delivery``, for errors only (``delivery.report.only.error``), refusing the first
-    ``refuse`` dirty keys."""
+    ``on_delivery``, for errors only (``delivery.report.only.error``), refusing ``refuse``
+    dirty keys after the first ``refuse_after``."""
 
-    def __init__(self, settings: dict[str, Any], refuse: int, events: list[str]) -> None:
+    def __init__(
+        self, settings: dict[str, Any], refuse: int, events: list[str], refuse_after: int = 0
+    ) -> None:
         self.on_delivery = settings["on_delivery"]
         self.refuse, self.events = refuse, events
+        self.refuse_after = refuse_after
         self.queued: list[bytes] = []
         self.acknowledged: list[bytes] = []
 
@@ -134,7 +143,11 @@ class _Producer:
         queued, self.queued = self.queued, []
         for value in queued:
             entity = decode_dirty(value).id
-            if self.refuse > 0:
+            if self.refuse_after > 0:
+                self.refuse_after -= 1
+                self.events.append(f"ack {entity}")
+                self.acknowledged.append(value)
+            elif self.refuse > 0:
                 self.refuse -= 1
                 self.events.append(f"refused {entity}")
                 self.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
@@ -158,15 +171,17 @@ def _route(
     revoke: tuple[int, ...] = (),
     revoke_at: int = 0,
     lost: bool = False,
+    fail_commits: int = 0,
+    refuse_after: int = 0,
 ) -> tuple[_Consumer, _Producer, RouterStats]:
     """Run a router on the stand-ins until ``done`` says so (or 10 s passed)."""
     definition = shop_definition()
     events: list[str] = []
-    consumer = _Consumer(logs, events, revoke, revoke_at, lost)
+    consumer = _Consumer(logs, events, revoke, revoke_at, lost, fail_commits)
     producers: list[_Producer] = []
 
     def make_producer(settings: dict[str, Any]) -> Any:
-        producers.append(_Producer(settings, refuse, events))
+        producers.append(_Producer(settings, refuse, events, refuse_after))
         return producers[-1]
 
     stop = threading.Event()
@@ -305,6 +320,22 @@ def test_a_partition_lost_while_its_batch_is_in_flight_is_never_committed() -> N
         "lost 1",
         *[f"ack {c}" for c in (1, 2, 3, 4)],
         "commit 0@2",  # and no commit of partition 1, which may be another member's by now
+    ]
+
+
+def test_a_stop_commits_what_was_acknowledged_before_the_failed_batch_in_flight() -> None:
+    # The first batch is acknowledged but its commit fails; the second is in flight at the
+    # stop, and refused.
+    logs = {0: _customers(*range(1, 9))}
+    consumer, _, _ = _route(
+        logs, refuse=4, refuse_after=4, fail_commits=1, done=lambda s: s.batches >= 1
+    )
+
+    events = _only(consumer.events, "failed", "refused", "commit")
+    assert events == [
+        "failed commit 0@4",
+        *[f"refused {c}" for c in (5, 6, 7, 8)],
+        "commit 0@4",  # at the stop: acknowledged, before the failed batch
     ]
 
 
