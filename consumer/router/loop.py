@@ -276,16 +276,23 @@ class Router:
     def _settle(self, timeout_s: float) -> None:
         """Await the batch in flight, then commit it: raise Retryable if any of its output
         failed (or failed already, seen by a revoke), keeping it in ``_sent`` for the rewind."""
-        sent = self._sent
-        if sent is None:
+        if self._sent is None:
             return
         if self._sent_failed is not None:
             raise self._sent_failed
-        self._await_acknowledgements(timeout_s)
-        self._sent = None
-        self._mark_done(sent.next_offsets)
+        self._acknowledge(timeout_s)
         self._commit()
         self._report()
+
+    def _acknowledge(self, timeout_s: float) -> None:
+        """Await everything produced; then the batch in flight (unless a revoke saw it fail)
+        is done, its offsets to commit. Retryable if any output failed, the batch staying in
+        ``_sent`` for the rewind. Commits nothing: a revoke commits from its callback."""
+        self._await_acknowledgements(timeout_s)
+        sent = self._sent
+        if sent is not None and self._sent_failed is None:
+            self._sent = None
+            self._mark_done(sent.next_offsets)
 
     def close(self) -> None:
         """Drain what is in flight (bounded), commit what is acknowledged, release the consumer.
@@ -583,11 +590,7 @@ class Router:
         committed now."""
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         try:
-            sent = self._sent
-            self._await_acknowledgements(DRAIN_TIMEOUT_S)
-            if sent is not None and self._sent_failed is None:
-                self._sent = None
-                self._mark_done(sent.next_offsets)
+            self._acknowledge(DRAIN_TIMEOUT_S)
         except Retryable as exc:
             if self._sent is not None:
                 self._sent_failed = exc
