@@ -271,7 +271,7 @@ class Router:
             return
         if routed is not None:
             self._emit(routed.pending, routed.unusable)
-            self._sent = _Sent(_first_offsets(batch), routed.next_offsets)
+            self._sent = _Sent(routed.first, routed.next_offsets)
 
     def _settle(self, timeout_s: float) -> None:
         """Await the batch in flight, then commit it: raise Retryable if any of its output
@@ -317,8 +317,8 @@ class Router:
     # --- routing ----------------------------------------------------------------------------
 
     def _route(self, batch: list[Message]) -> _Routed:
-        """Plan the dirty keys and dead letters of every event in the batch, with the next
-        offset of each partition it covers; nothing is produced yet.
+        """Plan the dirty keys and dead letters of every event in the batch, with the first and
+        the next offset of each partition it covers; nothing is produced yet.
 
         An entity triggered several times in one batch gets one dirty key (its first cause,
         a few later ones, and the count): the batch is committed as a whole, so the merged key
@@ -330,6 +330,7 @@ class Router:
         """
         pending: dict[DirtyEntity, _Merged] = {}
         next_offsets: dict[_PartitionKey, int] = {}
+        first: dict[_PartitionKey, int] = {}
         inputs: dict[_LookupKey, dict[str, Cause]] = {}
         unusable: list[tuple[Message, Exception]] = []
         decode, index, ignored = self._decoder.decode, self._index, self.stats.ignored
@@ -340,7 +341,9 @@ class Router:
             events += 1
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is not None and partition is not None and offset is not None:
-                next_offsets[(topic, partition)] = offset + 1
+                where = (topic, partition)
+                first.setdefault(where, offset)  # a partition's events come in order
+                next_offsets[where] = offset + 1
             try:
                 event = decode(message.key(), message.value(), topic)
                 if isinstance(event, Ignored):
@@ -376,7 +379,7 @@ class Router:
         stats.changes += changes
         stats.triggers += triggers
         self._look_up(inputs, pending)
-        return _Routed(pending, unusable, next_offsets)
+        return _Routed(pending, unusable, first, next_offsets)
 
     def _emit(
         self,
@@ -678,7 +681,8 @@ def _consume_error(message: Message) -> bool:
 
 
 def _first_offsets(batch: list[Message]) -> dict[_PartitionKey, int]:
-    """The offset of each partition's first event in the batch, skipping error events."""
+    """The offset of each partition's first event in the batch, skipping error events: for
+    rewinding a batch whose routing failed (``_route`` records them as it goes)."""
     first: dict[_PartitionKey, int] = {}
     for message in batch:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -689,11 +693,12 @@ def _first_offsets(batch: list[Message]) -> dict[_PartitionKey, int]:
 
 
 class _Routed(NamedTuple):
-    """A batch routed and not produced yet: its dirty keys, its dead letters, and the next
-    offset of each partition it covers."""
+    """A batch routed and not produced yet: its dirty keys, its dead letters, and the first
+    and the next offset of each partition it covers."""
 
     pending: dict[DirtyEntity, _Merged]
     unusable: list[tuple[Message, Exception]]
+    first: dict[_PartitionKey, int]
     next_offsets: dict[_PartitionKey, int]
 
 
