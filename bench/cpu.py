@@ -21,6 +21,7 @@ so each figure can be read against wall seconds x CPUs.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CpuMeter", "CpuUsage", "cpu_during", "format_usage"]
+__all__ = ["CpuMeter", "CpuUsage", "GcTime", "cpu_during", "format_usage", "gc_during"]
 
 TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
@@ -163,3 +164,32 @@ def format_usage(usage: CpuUsage) -> str:
     return (
         f"{parts}; machine {usage.machine_s:.1f} s busy of {usage.cpus}\u00d7{usage.wall_s:.1f} s"
     )
+
+
+@dataclass
+class GcTime:
+    """Wall time this process spent in Python's cyclic garbage collector, and how many
+    collections of each generation: part of the in-process parts' reach-sync CPU, shown apart
+    because its settings are the process's (consumer/cli/process_tuning.py)."""
+
+    seconds: float = 0.0
+    collections: list[int] = field(default_factory=lambda: [0, 0, 0])
+    _started: float = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+
+@contextmanager
+def gc_during() -> Iterator[GcTime]:
+    """``with gc_during() as gc_time: ...``: collections by any thread of this process."""
+    timer = GcTime()
+    gc.callbacks.append(timer)
+    try:
+        yield timer
+    finally:
+        gc.callbacks.remove(timer)

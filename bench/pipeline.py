@@ -101,7 +101,14 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 # bench/cpu.py, next to this file.
-from cpu import CpuMeter, CpuUsage, cpu_during, format_usage  # type: ignore[import-not-found]
+from cpu import (  # type: ignore[import-not-found]
+    CpuMeter,
+    CpuUsage,
+    GcTime,
+    cpu_during,
+    format_usage,
+    gc_during,
+)
 from reach_devstack.demo import demo_env
 from reach_devstack.load import LoadStats, run_load
 from reach_devstack.stack import LocalStack, StackEndpoints, StackOptions
@@ -119,6 +126,7 @@ from router import (  # type: ignore[import-not-found]
     routing_decode,
 )
 
+from consumer.cli.process_tuning import tune_gc
 from consumer.config import Resource, SyncDefinition
 from consumer.config_file import load_definition
 from consumer.kafka import abandoned_consumers
@@ -425,6 +433,8 @@ class PipelineRun:
     resources: int
     # From the service's start to its stop (the quiet period and the shutdown included).
     cpu: CpuUsage | None = None
+    # Of which in the garbage collector, over the same span.
+    gc: GcTime | None = None
 
 
 def _moving(stats: ServiceStats) -> tuple[int, ...]:
@@ -451,7 +461,7 @@ def _progress(stats: ServiceStats) -> str:
 def measure_pipeline(definition: SyncDefinition, events: int, meter: CpuMeter) -> PipelineRun:
     stats = _TimedStats()
     stop = threading.Event()
-    with _counting_queries() as queries, cpu_during(meter) as cpu:
+    with _counting_queries() as queries, cpu_during(meter) as cpu, gc_during() as gc_time:
         thread = threading.Thread(
             target=run_service,
             args=(definition, stop),
@@ -478,6 +488,7 @@ def measure_pipeline(definition: SyncDefinition, events: int, meter: CpuMeter) -
         queries=queries,
         resources=len(definition.resources),
         cpu=cpu.usage,
+        gc=gc_time,
     )
 
 
@@ -1094,7 +1105,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="delivery.batch_over of every resource (0: as examples/shop.yaml says)",
     )
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's default garbage collector settings instead of the ones `reach-sync"
+        " run` sets (consumer/cli/process_tuning.py), for an A/B",
+    )
     args = parser.parse_args(argv)
+    if not args.default_gc:
+        tune_gc()  # as `reach-sync run` does, so the figures are its
 
     results: dict[str, Any] = {"load_before": _load()}
     with tempfile.TemporaryDirectory(prefix="reach-sync-bench-") as tmp:
@@ -1273,6 +1292,8 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
             "max_queries_per_resource_per_window": queries.max_per_resource,
             "max_queries_per_window": queries.max_per_window,
             "windows_by_queries": dict(queries.per_window),
+            "gc_s": None if pipeline.gc is None else round(pipeline.gc.seconds, 2),
+            "gc_collections": None if pipeline.gc is None else pipeline.gc.collections,
         }
     split: RssRun | None = results.get("split")
     if split is not None:
@@ -1489,6 +1510,11 @@ def _print_pipeline(pipeline: PipelineRun) -> None:
         f"{pipeline.resources} resources); max {queries.max_per_resource} per resource and "
         f"{queries.max_per_window} per window; windows by query count {dict(queries.per_window)}"
     )
+    if pipeline.gc is not None:
+        print(
+            f"    garbage collector: {pipeline.gc.seconds:.2f} s in "
+            f"{'/'.join(map(str, pipeline.gc.collections))} collections (generations 0/1/2)"
+        )
 
 
 def _print_latency(summary: dict[str, Any]) -> None:

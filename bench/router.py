@@ -62,6 +62,7 @@ from reach_devstack.connect_avro import (
 from reach_devstack.process import ManagedProcess, free_port, unprivileged_user, wait_until
 from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 
+from consumer.cli.process_tuning import tune_gc
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
 from consumer.router.debezium import decode_event
@@ -468,7 +469,15 @@ def main(argv: list[str] | None = None) -> int:
         " measured in the same run)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's default garbage collector settings instead of the ones `reach-sync"
+        " run` sets (consumer/cli/process_tuning.py), for an A/B",
+    )
     args = parser.parse_args(argv)
+    if not args.default_gc:
+        tune_gc()  # as `reach-sync run` does, so the figures are its
     names = ("json", "avro") if args.format == "both" else (args.format,)
 
     with tempfile.TemporaryDirectory(prefix="reach-sync-bench-") as tmp:

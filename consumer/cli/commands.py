@@ -30,6 +30,7 @@ from consumer.cli.common import (
 )
 from consumer.cli.masking import masked
 from consumer.cli.plan import describe_plan, plan_command
+from consumer.cli.process_tuning import tune_gc, tune_malloc
 from consumer.cli.records import add_audit_commands, add_dlq_commands
 from consumer.cli.run_report import ProgressLog, final_stats
 from consumer.cli.status import add_status_command
@@ -191,38 +192,6 @@ def _told(error: DefinitionError) -> int:
     return EXIT_CONFIG
 
 
-# glibc's malloc settings for `run` (mallopt). By default glibc raises its mmap threshold each
-# time a large block is freed (up to 32 MiB), after which fetch buffers, event values and
-# request bodies come from the heap and fragment it: M_TRIM_THRESHOLD and M_MMAP_THRESHOLD fixed
-# at 128 KiB, a 300,000-event backlog peaked 10-20 MiB lower. And glibc gives threads up to
-# 8 arenas a core, each holding its own free memory; librdkafka's and the health server's
-# threads allocate little, so M_ARENA_MAX 2 took the peak another 9 MiB lower (229-233 →
-# 220-225 MiB in three runs each, the same rate; bench/pipeline.py, peak RSS).
-# Each is left alone when the environment sets it (glibc's own MALLOC_*_ variables).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # <malloc.h>
-_MALLOPT = {
-    _M_TRIM_THRESHOLD: ("MALLOC_TRIM_THRESHOLD_", 128 * 1024),
-    _M_MMAP_THRESHOLD: ("MALLOC_MMAP_THRESHOLD_", 128 * 1024),
-    _M_ARENA_MAX: ("MALLOC_ARENA_MAX", 2),
-}
-
-
-def _tune_malloc() -> None:
-    """Set glibc's malloc settings (``_MALLOPT``), each unless the environment sets it itself,
-    and nothing where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return
-    for param, (variable, value) in _MALLOPT.items():
-        if variable not in os.environ:
-            mallopt(param, value)
-
-
 def _checked_source(
     definition: SyncDefinition, path: Path, stop: threading.Event
 ) -> DefinitionError | None:
@@ -267,7 +236,7 @@ def _start_problems(
 def _run(args: argparse.Namespace) -> int:
     from consumer.observe.telemetry import start_tracing, stop_tracing
 
-    _tune_malloc()  # before any thread starts (librdkafka's, the router's)
+    tune_malloc()  # before any thread starts (librdkafka's, the router's)
     from consumer.service import ServiceStats, install_stop_signals, run_service
 
     # A service logs what it does at INFO (its partitions, progress, health port); -v: DEBUG.
@@ -291,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
     code = 0
     try:
         start_tracing(definition_secrets(definition))  # as OTEL_* say; off by default
+        tune_gc()  # what the start made lives as long as the process
         reporter.start()
         stats = run_service(definition, stop, role=args.role, stats=stats)
     except ConfigurationError as exc:
