@@ -174,14 +174,37 @@ class GcTime:
 
     seconds: float = 0.0
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])
-    _started: float = 0.0
+    # The longest single collection: a pause every thread waits out (latency's tail).
+    longest_s: float = 0.0
+    # CPU time of the collecting thread: below the wall time when the OS ran something else.
+    cpu_s: float = 0.0
+    _started: tuple[float, float] = (0.0, 0.0)
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = (time.perf_counter(), time.thread_time())
         else:
-            self.seconds += time.perf_counter() - self._started
+            wall, cpu = self._started
+            took = time.perf_counter() - wall
+            self.seconds += took
+            self.cpu_s += time.thread_time() - cpu
+            self.longest_s = max(self.longest_s, took)
             self.collections[info["generation"]] += 1
+
+    def describe(self) -> str:
+        return (
+            f"{self.seconds:.2f} s ({self.cpu_s:.2f} s of CPU) in "
+            f"{'/'.join(map(str, self.collections))} collections (generations 0/1/2), the longest "
+            f"{self.longest_s * 1000:.0f} ms"
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "collections": self.collections,
+            "longest_ms": round(self.longest_s * 1000, 1),
+        }
 
 
 @contextmanager

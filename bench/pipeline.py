@@ -758,6 +758,8 @@ class LatencyRun:
     caught_up: bool
     # From the load's start until the pipeline was quiet after it (the --latency-curve aside).
     cpu: CpuUsage | None = None
+    # The bench process's garbage collector over the same span (reach-sync runs in it).
+    gc: GcTime | None = None
 
 
 def _realtime(definition: SyncDefinition, window_ms: int, batch_over: int) -> SyncDefinition:
@@ -913,7 +915,7 @@ def measure_latency(
                 queries.recompute_ms.clear()
                 queries.audit_flush_ms.clear()
                 first_request = _sandbox_requests(endpoints, 0)[1]
-                with cpu_during(_meter(endpoints, load=True)) as cpu:
+                with cpu_during(_meter(endpoints, load=True)) as cpu, gc_during() as gc_time:
                     load = _run_load(args, endpoints.postgres_dsn)
                     quiet = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S)
                 caught_up = quiet is not None
@@ -959,6 +961,7 @@ def measure_latency(
         syncer={k: after[k] - before[k] for k in after},
         caught_up=caught_up,
         cpu=cpu.usage,
+        gc=gc_time,
     )
 
 
@@ -1292,8 +1295,7 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
             "max_queries_per_resource_per_window": queries.max_per_resource,
             "max_queries_per_window": queries.max_per_window,
             "windows_by_queries": dict(queries.per_window),
-            "gc_s": None if pipeline.gc is None else round(pipeline.gc.seconds, 2),
-            "gc_collections": None if pipeline.gc is None else pipeline.gc.collections,
+            "gc": None if pipeline.gc is None else pipeline.gc.to_json(),
         }
     split: RssRun | None = results.get("split")
     if split is not None:
@@ -1369,6 +1371,7 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
             "caught_up": latency.caught_up,
             "snapshot_rows": latency.snapshot_rows,
             "snapshot_s": round(latency.snapshot_s, 1),
+            "gc": None if latency.gc is None else latency.gc.to_json(),
         }
     baseline: LatencyRun | None = results.get("latency_baseline")
     if baseline is not None:
@@ -1511,10 +1514,7 @@ def _print_pipeline(pipeline: PipelineRun) -> None:
         f"{queries.max_per_window} per window; windows by query count {dict(queries.per_window)}"
     )
     if pipeline.gc is not None:
-        print(
-            f"    garbage collector: {pipeline.gc.seconds:.2f} s in "
-            f"{'/'.join(map(str, pipeline.gc.collections))} collections (generations 0/1/2)"
-        )
+        print(f"    garbage collector: {pipeline.gc.describe()}")
 
 
 def _print_latency(summary: dict[str, Any]) -> None:
@@ -1552,6 +1552,14 @@ def _print_latency(summary: dict[str, Any]) -> None:
         f"{latency['dropped_slots']} slots dropped); caught up after it: {latency['caught_up']}"
     )
     print(f"    syncer during the load: {latency['syncer']}")
+    gc_time = latency["gc"]
+    if gc_time is not None:
+        print(
+            f"    garbage collector during the load: {gc_time['seconds']:.2f} s "
+            f"({gc_time['cpu_s']:.2f} s of CPU) in "
+            f"{'/'.join(map(str, gc_time['collections']))} collections (generations 0/1/2), "
+            f"the longest {gc_time['longest_ms']:.0f} ms"
+        )
 
 
 _MEDIANS = (("raw", "raw"), ("decode", "decode"), ("router", "routed"))

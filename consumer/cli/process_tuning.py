@@ -1,7 +1,8 @@
 """Process-wide settings ``reach-sync run`` makes for itself: glibc's allocator and Python's
 cyclic garbage collector. They belong to the process, so the command sets them, not the
-library (a test or an embedding program keeps its own); the benchmarks call the same functions
-so that they measure what ``run`` does. The figures behind each: docs/benchmarks.md.
+library (a test or an embedding program keeps its own). The benchmarks call ``tune_gc`` so
+that their in-process parts collect as ``run`` does (the allocator's settings matter for the
+peak RSS they measure on ``run`` itself). The figures behind each: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ _MALLOPT = {
 # allocated and not freed (CPython's default: 700). A backlog allocates millions (decoded dirty
 # keys, rows, records, audit messages), nearly all freed by reference counting, so at 700 the
 # collector ran thousands of times a minute, and its full collections walked every object the
-# windows in flight hold: a fifth of the process's time in a backlog (docs/benchmarks.md).
-# What it can still find (cyclic garbage) waits at most this many allocations.
-GC_YOUNG_THRESHOLD = 50_000
+# windows in flight hold: about a fifth of the process's CPU in a backlog. Higher is not better
+# without end: a young collection stops every Python thread while it runs, and at 50,000 each took
+# about 80 ms of CPU under a real-time load, which lengthened the latency's tail; at 10,000 the
+# longest took 15-23 ms there, and a backlog still spends a quarter of the default's time in the
+# collector (docs/benchmarks.md). What it can still find (cyclic garbage) waits at most this many
+# allocations.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def tune_malloc() -> None:
