@@ -174,7 +174,7 @@ class GcTime:
 
     seconds: float = 0.0
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])
-    # The longest single collection: a pause every thread waits out (latency's tail).
+    # The longest single collection: a pause every Python thread waits out (latency's tail).
     longest_s: float = 0.0
     # CPU time of the collecting thread: below the wall time when the OS ran something else.
     cpu_s: float = 0.0

@@ -34,9 +34,9 @@ _MALLOPT = {
 # windows in flight hold: about a fifth of the process's CPU in a backlog. Higher is not better
 # without end: a young collection stops every Python thread while it runs, and at 50,000 each took
 # about 80 ms of CPU under a real-time load, which lengthened the latency's tail; at 10,000 the
-# longest took 15-23 ms there, and a backlog still spends a quarter of the default's time in the
-# collector (docs/benchmarks.md). What it can still find (cyclic garbage) waits at most this many
-# allocations.
+# longest took 15-23 ms there, and a backlog spends a tenth to a quarter of the default's time
+# in the collector (docs/benchmarks.md). What it can still find (cyclic garbage) waits at most
+# this many allocations.
 GC_YOUNG_THRESHOLD = 10_000
 
 
@@ -57,8 +57,8 @@ def tune_malloc() -> None:
 
 
 def tune_gc() -> None:
-    """Collect once, then freeze what the start made (modules, the definition, clients: they
-    live as long as the process, and a full collection would otherwise walk them every time),
+    """Collect once, then freeze what the start made (modules, the definition: they live as
+    long as the process, and a full collection would otherwise walk them every time),
     and raise the youngest generation's threshold to ``GC_YOUNG_THRESHOLD``. Once, when the
     process has started and before it works; a threshold set higher already is kept."""
     gc.collect()
