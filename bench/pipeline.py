@@ -126,6 +126,7 @@ from router import (  # type: ignore[import-not-found]
     routing_decode,
 )
 
+import consumer
 from consumer.cli.process_tuning import tune_gc
 from consumer.config import Resource, SyncDefinition
 from consumer.config_file import load_definition
@@ -142,6 +143,10 @@ from consumer.syncer.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
+# Where the `reach-sync run` children start (`python -m` puts it first on their path): the
+# checkout this process imported reach-sync from, so that an A/B with an older checkout on
+# PYTHONPATH runs the older code in the children too, not this file's checkout.
+CODE_ROOT = Path(consumer.__file__).resolve().parents[1]
 TOPIC_PREFIX = "shop"
 TABLES = ("customers", "transactions")
 # Every key the events use exists as a row (router.py draws ranks 1..KEYS for both tables).
@@ -696,7 +701,11 @@ def _start_children(
             argv += ["--role", role]
             children.append(
                 subprocess.Popen(
-                    argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                    argv,
+                    env={**os.environ, **env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=CODE_ROOT,
                 )
             )
     return children
