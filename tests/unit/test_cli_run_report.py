@@ -119,11 +119,27 @@ def fake_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any
     monkeypatch.setattr(commands, "check_source", lambda definition, path: None)
     # Nor Reach: the startup check against its schemas is tested in tests/integration.
     monkeypatch.setattr(commands, "check_reach", lambda definition, path: None)
+    # Nor the process-wide settings, which would stay with the test run: they are tested in a
+    # fresh interpreter (test_process_tuning.py), and that run makes them below.
+    monkeypatch.setattr(commands, "tune_malloc", lambda: None)
+    monkeypatch.setattr(commands, "tune_gc", lambda: None)
     level = logging.getLogger().level
     try:
         yield calls
     finally:
         logging.getLogger().setLevel(level)  # run sets it for the process
+
+
+def test_run_tunes_its_collector_once_before_the_service_starts(
+    fake_service: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services_started_by_then: list[int] = []
+    monkeypatch.setattr(
+        commands, "tune_gc", lambda: services_started_by_then.append(len(fake_service))
+    )
+    assert main(["run", str(EXAMPLE)]) == 0
+    assert services_started_by_then == [0]
+    assert len(fake_service) == 1
 
 
 def test_run_prints_the_routers_counters_with_the_syncers(
