@@ -28,8 +28,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CpuMeter", "CpuUsage", "GcTime", "cpu_during", "format_usage", "gc_during"]
+__all__ = [
+    "CpuMeter",
+    "CpuUsage",
+    "GcTime",
+    "cpu_during",
+    "describe_gc",
+    "format_usage",
+    "gc_during",
+]
 
 TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
@@ -191,13 +200,6 @@ class GcTime:
             self.longest_s = max(self.longest_s, took)
             self.collections[info["generation"]] += 1
 
-    def describe(self) -> str:
-        return (
-            f"{self.seconds:.2f} s ({self.cpu_s:.2f} s of CPU) in "
-            f"{'/'.join(map(str, self.collections))} collections (generations 0/1/2), the longest "
-            f"{self.longest_s * 1000:.0f} ms"
-        )
-
     def to_json(self) -> dict[str, object]:
         return {
             "seconds": round(self.seconds, 3),
@@ -205,6 +207,15 @@ class GcTime:
             "collections": self.collections,
             "longest_ms": round(self.longest_s * 1000, 1),
         }
+
+
+def describe_gc(gc_time: Mapping[str, Any]) -> str:
+    """One line from ``GcTime.to_json()`` (the summary keeps that form for every part)."""
+    return (
+        f"{gc_time['seconds']:.2f} s ({gc_time['cpu_s']:.2f} s of CPU) in "
+        f"{'/'.join(map(str, gc_time['collections']))} collections (generations 0/1/2), the "
+        f"longest {gc_time['longest_ms']:.0f} ms"
+    )
 
 
 @contextmanager

@@ -106,6 +106,7 @@ from cpu import (  # type: ignore[import-not-found]
     CpuUsage,
     GcTime,
     cpu_during,
+    describe_gc,
     format_usage,
     gc_during,
 )
@@ -1523,7 +1524,7 @@ def _print_pipeline(pipeline: PipelineRun) -> None:
         f"{queries.max_per_window} per window; windows by query count {dict(queries.per_window)}"
     )
     if pipeline.gc is not None:
-        print(f"    garbage collector: {pipeline.gc.describe()}")
+        print(f"    garbage collector: {describe_gc(pipeline.gc.to_json())}")
 
 
 def _print_latency(summary: dict[str, Any]) -> None:
@@ -1563,12 +1564,7 @@ def _print_latency(summary: dict[str, Any]) -> None:
     print(f"    syncer during the load: {latency['syncer']}")
     gc_time = latency["gc"]
     if gc_time is not None:
-        print(
-            f"    garbage collector during the load: {gc_time['seconds']:.2f} s "
-            f"({gc_time['cpu_s']:.2f} s of CPU) in "
-            f"{'/'.join(map(str, gc_time['collections']))} collections (generations 0/1/2), "
-            f"the longest {gc_time['longest_ms']:.0f} ms"
-        )
+        print(f"    garbage collector during the load: {describe_gc(gc_time)}")
 
 
 _MEDIANS = (("raw", "raw"), ("decode", "decode"), ("router", "routed"))
