@@ -36,6 +36,7 @@ __all__ = [
     "compact_json",
     "halves",
     "isolate",
+    "json_bytes",
     "named_errors",
     "plan_chunks",
     "reason_of",
@@ -52,8 +53,20 @@ _MAX_REASON = 500
 # --- cutting requests ----------------------------------------------------------------------------
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact JSON, in a bytes object of its own size.
+
+    orjson (from 3.12) returns its whole write buffer, at least 4 KiB, whatever the length of
+    the JSON: a 250-byte record held as ``orjson.dumps`` gave it takes 4 KiB, and a window holds
+    up to ``max_keys`` of them until Reach answers. The copy costs about 0.2 µs a record.
+    Raises ``TypeError`` (orjson's) when ``value`` is not JSON-serialisable.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 class Item(NamedTuple):
-    """One record (or external id) ready for a body: its external id and its JSON bytes."""
+    """One record (or external id) ready for a body: its external id and its JSON bytes
+    (``json_bytes``: what a window holds until Reach answers)."""
 
     key: str
     json: bytes

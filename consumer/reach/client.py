@@ -27,7 +27,6 @@ from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import httpx
-import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from consumer.config import Destination
@@ -43,6 +42,7 @@ from consumer.reach.batching import (
     RejectedRecord,
     SubmittedBatch,
     isolate,
+    json_bytes,
     plan_chunks,
 )
 from consumer.reach.classify import Call, classify, read_json
@@ -219,7 +219,7 @@ class ReachClient:
         """
         _check_name(schema, "schema")
         try:
-            body = orjson.dumps({"data": record})
+            body = json_bytes({"data": record})
         except TypeError as exc:
             message = f"record is not JSON-serialisable: {exc}"
             raise BadRecord(message, external_id=external_id) from exc
@@ -250,7 +250,7 @@ class ReachClient:
         rejected: list[RejectedRecord] = []
         for key, record in records.items():
             try:
-                items.append(Item(key, orjson.dumps(record)))
+                items.append(Item(key, json_bytes(record)))
             except TypeError as exc:
                 reason = f"record is not JSON-serialisable: {exc}"
                 rejected.append(RejectedRecord(key, reason, None, None))
@@ -271,7 +271,7 @@ class ReachClient:
         _check_name(schema, "schema")
         ids = list(dict.fromkeys(external_ids))
         rejected = [RejectedRecord(i, "empty external id", None, None) for i in ids if not i]
-        items = [Item(i, orjson.dumps(i)) for i in ids if i]
+        items = [Item(i, json_bytes(i)) for i in ids if i]
         info = RequestInfo(tenant, "delete_batch", 0)
         path = f"/api/resources/{schema}/batch"
         return await self._submit_all(
