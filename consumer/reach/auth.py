@@ -6,20 +6,26 @@ are sent anyway so a leaked token dies on its own. Minting is an HMAC over a few
 happens on every request path, so the token is cached and replaced before it gets close to
 expiry: a token that expires in flight would surface as a 401, which the engine treats as a
 configuration error and stops the tenant for.
+
+The token is signed with the standard library (``hs256_token``): PyJWT imports cryptography's
+native modules whenever they are installed, 9 MiB of every ``run`` process's memory for an
+HMAC that ``hmac`` does. Tests check the tokens against PyJWT, byte for byte.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
-
-import jwt
 
 from consumer.config import Auth
 from consumer.errors import ConfigurationError
 
-__all__ = ["Clock", "Credential", "PartnerJwt", "StaticKey", "credential_for"]
+__all__ = ["Clock", "Credential", "PartnerJwt", "StaticKey", "credential_for", "hs256_token"]
 
 Clock = Callable[[], float]
 
@@ -92,7 +98,7 @@ class PartnerJwt:
         return (self._secret,) if self._last_sent is None else (self._secret, self._last_sent)
 
     def _mint(self, issued_at: int) -> str:
-        claims = {
+        claims: dict[str, str | int] = {
             "partnerId": self._partner_id,
             "type": "partner",
             "iat": issued_at,
@@ -100,10 +106,26 @@ class PartnerJwt:
         }
         self._issued_at = issued_at
         self._refresh_at = issued_at + self._ttl_s * (1.0 - _REFRESH_WHEN_LEFT)
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        return hs256_token(claims, self._secret)
 
     def __repr__(self) -> str:
         return f"PartnerJwt(partner_id={self._partner_id!r}, ttl_s={self._ttl_s})"
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+# RFC 7515's JOSE header, as PyJWT writes it (sorted keys, no spaces).
+_HS256_HEADER = _base64url(b'{"alg":"HS256","typ":"JWT"}')
+
+
+def hs256_token(claims: Mapping[str, str | int], secret: str) -> str:
+    """A compact JWT (RFC 7519) of ``claims``, signed with HMAC-SHA256 (RFC 7515 §A.1)."""
+    payload = _base64url(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{_HS256_HEADER}.{payload}"
+    digest = hmac.new(secret.encode(), signing_input.encode("ascii"), hashlib.sha256).digest()
+    return f"{signing_input}.{_base64url(digest)}"
 
 
 def credential_for(auth: Auth, clock: Clock = time.time) -> Credential:

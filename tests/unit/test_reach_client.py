@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from consumer.config import Auth, Destination
 from consumer.errors import BadRecord, ConfigurationError, Retryable
+from consumer.reach.auth import hs256_token
 from consumer.reach.batching import UPSERT_BODY, Item, named_errors, plan_chunks
 from consumer.reach.classify import retry_after_seconds
 from consumer.reach.client import BatchState, ReachClient, RequestInfo
@@ -642,6 +643,17 @@ async def test_jwt_claims_caching_and_refresh() -> None:
     assert seen[0] == seen[1] != seen[2]
     assert claims[2]["iat"] == 1_700_003_300
     assert claims[3]["iat"] == 1_699_993_300
+
+
+def test_partner_tokens_are_the_ones_pyjwt_would_sign_byte_for_byte() -> None:
+    claims: dict[str, str | int] = {
+        "partnerId": "partner-ü-1",
+        "type": "partner",
+        "iat": 1_700_000_000,
+        "exp": 1_700_003_600,
+    }
+    assert hs256_token(claims, SECRET) == jwt.encode(claims, SECRET, algorithm="HS256")
+    assert hs256_token(claims, "another-secret-0123456789-abcdefgh") != hs256_token(claims, SECRET)
 
 
 async def test_a_401_drops_the_cached_token() -> None:
