@@ -27,8 +27,13 @@ EntityId = int | str
 MAX_CAUSES = 8
 
 
-class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Where the trigger came from: enough to find the source event and to audit the send."""
+class Cause(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """Where the trigger came from: enough to find the source event and to audit the send.
+
+    Untracked by the garbage collector (``gc=False``), as ``DirtyKey``: frozen and holding only
+    scalars (a DirtyKey: causes), neither can be part of a reference cycle, and a backlog makes
+    and holds hundreds of thousands of them, which the collector would otherwise count and walk.
+    """
 
     kind: str  # "cdc" for a change event; "backfill", "replay", "resync" for the others
     table: str | None = None
@@ -49,7 +54,7 @@ class Cause(msgspec.Struct, frozen=True, omit_defaults=True):
     run: str | None = None
 
 
-class DirtyKey(msgspec.Struct, frozen=True, omit_defaults=True):
+class DirtyKey(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """``cause`` is the earliest trigger. The router merges the triggers of one entity within
     one batch into one key: ``triggers`` says how many, ``later_causes`` keeps the next few."""
 

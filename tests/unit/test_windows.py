@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumer.records.deadletter import DeadLetterEvent
-from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey
+from consumer.router.dirty import MAX_CAUSES, Cause, DirtyKey, decode_dirty, encode_dirty
 from consumer.syncer.windows import CAUSE_BYTES, ENTITY_BYTES, Window
 
 
@@ -117,6 +117,28 @@ def test_size_estimates_memory_per_entity_and_per_cause_kept() -> None:
     later.add(_key("customers", 2, 40), 40, 1.0)
     window.absorb(later)
     assert window.size == 2 * ENTITY_BYTES + (MAX_CAUSES + 1) * CAUSE_BYTES
+
+
+def test_kept_causes_share_their_repeated_text_across_keys_and_windows() -> None:
+    # Decoding makes new strings for each key; a backlog holds tens of thousands of causes.
+    def decoded(entity_id: int, offset: int) -> DirtyKey:
+        cause = Cause(kind="cdc", table="public.customers", op="u", topic="shop.public.c")
+        later = (Cause(kind="cdc", table="public.customers", op="d", topic="shop.public.c"),)
+        key = DirtyKey("customers", entity_id, cause, triggers=2, later_causes=later)
+        return decode_dirty(encode_dirty(key))
+
+    first, second = Window(opened_at=0.0, due_after_s=1.0), Window(opened_at=0.0, due_after_s=1.0)
+    first.add(decoded(1, 10), 10, 1.0)
+    second.add(decoded(2, 11), 11, 1.0)
+    kept = [*first.causes[("customers", "1")], *second.causes[("customers", "2")]]
+    assert [(c.kind, c.table, c.op, c.topic) for c in kept] == [
+        ("cdc", "public.customers", "u", "shop.public.c"),
+        ("cdc", "public.customers", "d", "shop.public.c"),
+    ] * 2
+    for field in ("kind", "table", "topic"):
+        assert len({id(getattr(c, field)) for c in kept}) == 1, field
+    assert kept[0].op is kept[2].op
+    assert next(iter(first.ids))[0] is next(iter(second.ids))[0]  # the resource's name
 
 
 def test_latency_runs_from_the_oldest_change_and_reach_syncs_share_from_its_append() -> None:
