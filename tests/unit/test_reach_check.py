@@ -32,7 +32,7 @@ from consumer.reach_check import check_reach, reach_problems
 from consumer.service import ServiceStats
 from tests.shop_definition import EXAMPLE, OFFLINE_ENV, shop_definition
 
-# OFFLINE_ENV's secret is too short for PyJWT without a warning; these tests mint tokens.
+# A secret of HS256's length (OFFLINE_ENV's is shorter; PyJWT, which checks tokens, warns of it).
 ENV = {**OFFLINE_ENV, "REACH_SYNC_JWT_SECRET": "unit-test-partner-secret-0123456789-abcdef"}
 SHOP_SCHEMAS = Path(__file__).parents[2] / "devstack" / "reach_devstack" / "shop_reach_schemas.yaml"
 
