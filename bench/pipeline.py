@@ -1361,11 +1361,19 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
             "commit_to_routed_ms": _percentiles(latency.routed_ms),
             "appended_to_accepted_ms": _percentiles(latency.own_ms),
             "curve": latency.curve,
-            # The highest rate measured whose p99 stayed within 1 s (None: none did, or no curve).
+            # The highest rate measured whose p99 stayed within 1 s, the main rate's run counted
+            # with the curve's (None: none did).
             "knee_ops_per_s": max(
                 (
                     p["target_ops_per_s"]
-                    for p in latency.curve
+                    for p in [
+                        *latency.curve,
+                        {
+                            "target_ops_per_s": args.latency_rate,
+                            "caught_up": latency.caught_up,
+                            "commit_to_accepted_ms": lat,
+                        },
+                    ]
                     if p["caught_up"] and p["commit_to_accepted_ms"].get("p99", 1e9) <= KNEE_P99_MS
                 ),
                 default=None,
