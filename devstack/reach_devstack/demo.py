@@ -7,6 +7,11 @@ skipped as unchanged, dead-lettered, commit → accepted latency; redrawn on a t
 every 5 s elsewhere), then
 checks that the sandbox equals the projection of the database for every entity, prints a
 summary and stops everything.
+
+The workload starts once both stages have their partitions (``/readyz`` says so), and the time
+that took is printed on its own: a new consumer group's join takes seconds on any broker, and
+changes made meanwhile would wait for it, so counting them would make the latency line say how
+long reach-sync takes to start rather than how fast a change crosses it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from consumer.cli.progress import PLAIN_INTERVAL_S, format_duration, format_rate, rate
-from consumer.config import SyncDefinition
+from consumer.config import HealthSettings, SyncDefinition
 from consumer.config_file import load_definition
 from consumer.service import ServiceStats, run_service
 from reach_devstack.stack import (
@@ -36,7 +43,7 @@ from reach_devstack.stack import (
 )
 from reach_devstack.verify import Difference, verify_sandbox
 
-__all__ = ["Pace", "add_arguments", "demo_env", "pace_line", "run"]
+__all__ = ["Pace", "add_arguments", "demo_env", "every_stage_consuming", "pace_line", "run"]
 
 DEFINITION = Path(__file__).parents[2] / "examples" / "shop.yaml"
 REFRESH_S = 1.0
@@ -44,6 +51,8 @@ REFRESH_S = 1.0
 QUIET_PERIOD_S = 3.0
 CATCH_UP_TIMEOUT_S = 180.0
 PIPELINE_STOP_S = 90.0
+# How long the demo waits for reach-sync's consumer groups before starting the workload anyway.
+JOIN_TIMEOUT_S = 60.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +159,34 @@ def _moving(stats: ServiceStats) -> tuple[int, ...]:
     return (router.events if router else 0, syncer.dirty_keys, syncer.windows)
 
 
+def every_stage_consuming(readyz: dict[str, Any]) -> bool:
+    """True when ``/readyz``'s body shows stages and each has partitions assigned: the process
+    is ready as soon as one has, and the demo waits for both."""
+    stages = readyz.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        return False
+    return all(
+        isinstance(stage, dict) and stage.get("assigned_partitions", 0) > 0
+        for stage in stages.values()
+    )
+
+
+def _wait_until_consuming(stats: ServiceStats, pipeline: threading.Thread) -> float | None:
+    """Seconds until every stage of ``pipeline`` had its partitions; None if it never did."""
+    started = time.monotonic()
+    with httpx.Client(timeout=2.0) as http:
+        while pipeline.is_alive() and time.monotonic() - started < JOIN_TIMEOUT_S:
+            if stats.health_port is not None:
+                try:
+                    answer = http.get(f"http://127.0.0.1:{stats.health_port}/readyz")
+                    if every_stage_consuming(answer.json()):
+                        return time.monotonic() - started
+                except (httpx.HTTPError, ValueError):
+                    pass  # not listening yet, or a half answer: ask again
+            time.sleep(0.05)
+    return None
+
+
 def _start_load(
     dsn: str, rate: float, seconds: float, seed: int
 ) -> tuple[threading.Thread, list[Any]]:
@@ -215,12 +252,25 @@ def _run_pipeline(
 ) -> int:
     stats = ServiceStats()
     stop = threading.Event()
+    if definition.health is None:  # /readyz on a free loopback port says when both stages consume
+        definition = definition.model_copy(
+            update={"health": HealthSettings.model_validate({"port": 0})}
+        )
     pipeline = threading.Thread(
         target=run_service, args=(definition, stop), kwargs={"stats": stats}, name="reach-sync"
     )
     pipeline.start()
+    print(f"reach-sync starting with {DEFINITION.name} ...", flush=True)
+    joined_s = _wait_until_consuming(stats, pipeline)
+    if joined_s is None:
+        print("reach-sync has not got its partitions yet; starting the workload anyway", flush=True)
+    else:
+        print(
+            f"both stages consuming after {joined_s:.1f} s (mostly the consumer groups' join)",
+            flush=True,
+        )
     workload = f"{args.rate:g} changes/s for {args.seconds:g} s"
-    print(f"reach-sync running with {DEFINITION.name}; workload: {workload}\n", flush=True)
+    print(f"workload: {workload}\n", flush=True)
     tty = sys.stdout.isatty()
     started = time.monotonic()
     load, load_result = _start_load(endpoints.postgres_dsn, args.rate, args.seconds, args.seed)

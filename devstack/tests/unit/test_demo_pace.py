@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reach_devstack.demo import Pace, pace_line
+from reach_devstack.demo import Pace, every_stage_consuming, pace_line
 
 
 def test_during_the_workload_its_share_and_eta_come_from_its_fixed_duration() -> None:
@@ -24,3 +24,19 @@ def test_after_the_workload_the_backlog_drains_at_the_rate_the_syncer_takes_keys
     assert stalled.startswith("workload done · catching up: backlog 250 · in -")
     done = pace_line(before, now, elapsed=41.0, seconds=30.0, load_running=False, backlog=0)
     assert done.startswith("workload done · caught up · ")
+
+
+def test_the_workload_waits_until_every_stage_has_partitions_not_only_the_first() -> None:
+    def readyz(router: int, syncer: int) -> dict[str, object]:
+        return {
+            "ready": router + syncer > 0,
+            "stages": {
+                "router": {"assigned_partitions": router},
+                "syncer": {"assigned_partitions": syncer},
+            },
+        }
+
+    assert not every_stage_consuming(readyz(0, 0))
+    assert not every_stage_consuming(readyz(8, 0))  # ready already, the syncer still joining
+    assert every_stage_consuming(readyz(8, 8))
+    assert not every_stage_consuming({"ready": False, "reasons": ["state unavailable"]})
