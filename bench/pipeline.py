@@ -55,7 +55,9 @@ generator (devstack/reach_devstack/load.py, in its own process so it does not sh
 changes the shop at ``--latency-rate`` operations/s for ``--latency-seconds``; then the
 source-commit -> accepted percentiles from ``SyncerStats.latencies_ms``, and its commit -> routed
 part (the router's ``enqueued_ms`` minus the source commit time of each dirty key, read from the
-dirty topic by a side consumer).
+dirty topic by a side consumer). Each ``--latency-curve`` rate is measured the same way on a
+fresh stack of its own: the local broker's CPU per request grows as its partitions fill
+(bench/broker_growth.py), so a rate measured after the others would meet a slower broker.
 
 Prints a table, then the figures, ratios and targets as one JSON object on the last line.
 
@@ -868,9 +870,17 @@ class _SourceLag(threading.Thread):
 
 
 def measure_latency(
-    args: argparse.Namespace, state: Path, fetch_wait_ms: int = 0, name: str = "latency"
+    args: argparse.Namespace,
+    state: Path,
+    fetch_wait_ms: int = 0,
+    name: str = "latency",
+    rate: float = 0.0,
+    curve: bool = True,
 ) -> LatencyRun:
-    """``fetch_wait_ms``: the consumers' fetch.wait.max.ms (0: reach-sync's default)."""
+    """``fetch_wait_ms``: the consumers' fetch.wait.max.ms (0: reach-sync's default); ``rate``:
+    operations/s (0: --latency-rate). With ``curve``, each --latency-curve rate is measured
+    too: by default each on a stack of its own, as this one; with --latency-curve-same-stack
+    one after another on this one (see ``_curve``)."""
     options = StackOptions(
         state_dir=state / name,
         with_debezium=True,
@@ -926,7 +936,7 @@ def measure_latency(
                 queries.audit_flush_ms.clear()
                 first_request = _sandbox_requests(endpoints, 0)[1]
                 with cpu_during(_meter(endpoints, load=True)) as cpu, gc_during() as gc_time:
-                    load = _run_load(args, endpoints.postgres_dsn)
+                    load = _run_load(args, endpoints.postgres_dsn, rate)
                     quiet = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S)
                 caught_up = quiet is not None
                 if not caught_up:
@@ -942,14 +952,15 @@ def measure_latency(
                 processing, recomputes = list(queries.process_ms), list(queries.recompute_ms)
                 flushes = list(queries.audit_flush_ms)
                 handled = _sandbox_requests(endpoints, first_request)[0]
-                curve = _curve(args, endpoints.postgres_dsn, stats, queries)
+                same_stack = curve and args.latency_curve_same_stack
+                points = _curve(args, endpoints, stats, queries) if same_stack else []
             finally:
                 stop.set()
                 pipeline.join(PIPELINE_STOP_S)
         if stats.router_error is not None:
             raise SystemExit(f"latency: the router stopped: {stats.router_error}")
-    return LatencyRun(
-        curve=curve,
+    run = LatencyRun(
+        curve=points,
         latencies_ms=latencies,
         routed_ms=lag.samples,
         own_ms=own,
@@ -973,6 +984,41 @@ def measure_latency(
         cpu=cpu.usage,
         gc=gc_time,
     )
+    if curve and not args.latency_curve_same_stack:
+        run.curve = [
+            _curve_point(
+                measure_latency(args, state, fetch_wait_ms, f"{name}-at-{r:g}", r, curve=False), r
+            )
+            for r in args.latency_curve
+        ]
+    return run
+
+
+def _curve_point(run: LatencyRun, rate: float) -> dict[str, Any]:
+    """One rate of the curve, measured on a stack of its own: the figures ``_curve`` records."""
+    return {
+        "target_ops_per_s": rate,
+        "achieved_ops_per_s": round(run.load.rate, 1),
+        "commit_to_accepted_ms": _percentiles(run.latencies_ms),
+        "caught_up": run.caught_up,
+        "stages_ms": {
+            "appended -> accepted": _percentiles(run.own_ms),
+            "dirty key -> accepted": _percentiles(
+                run.stages_ms["dirty key -> accepted, per window (syncer)"]
+            ),
+            "processing": _percentiles(
+                run.stages_ms["  of which processing the due window (recompute, send, audit)"]
+            ),
+            "recompute": _percentiles(run.stages_ms["    recompute query, per resource"]),
+            "sandbox": _percentiles(
+                run.stages_ms["    the sandbox handling a request (its own log)"]
+            ),
+            "audit flush": _percentiles(
+                run.stages_ms["    audit flush (the broker acknowledging a window's audit records)"]
+            ),
+        },
+        "cpu": None if run.cpu is None else run.cpu.to_json(),
+    }
 
 
 def _sandbox_requests(endpoints: StackEndpoints, after_seq: int) -> tuple[list[int], int]:
@@ -996,21 +1042,45 @@ def _syncer_counts(stats: SyncerStats) -> dict[str, int]:
 
 
 def _curve(
-    args: argparse.Namespace, dsn: str, stats: ServiceStats, queries: Any
+    args: argparse.Namespace, endpoints: StackEndpoints, stats: ServiceStats, queries: Any
 ) -> list[dict[str, Any]]:
-    """The same load at each rate of --latency-curve, one after another on the same stack,
-    each after the pipeline went quiet: commit -> accepted percentiles per rate."""
+    """--latency-curve-same-stack: the same load at each rate of --latency-curve, one after
+    another on the stack of the main latency run, each after the pipeline went quiet. The
+    local broker's CPU per request grows with the record batches its partitions hold
+    (docs/benchmarks.md, "The local broker slows down as it fills"), so later steps measure a
+    slower broker; the per-step stages and CPU show it."""
     points = []
     for rate in args.latency_curve:
-        stats.syncer.latencies_ms.clear()
-        load = _run_load(args, dsn, rate)
-        caught_up = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S) is not None
+        syncer = stats.syncer
+        for samples in (
+            syncer.latencies_ms,
+            syncer.own_latencies_ms,
+            syncer.window_latencies_ms,
+            queries.process_ms,
+            queries.recompute_ms,
+            queries.audit_flush_ms,
+        ):
+            samples.clear()
+        first_request = _sandbox_requests(endpoints, 0)[1]
+        with cpu_during(_meter(endpoints, load=True)) as cpu:
+            load = _run_load(args, endpoints.postgres_dsn, rate)
+            caught_up = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S) is not None
+        handled = _sandbox_requests(endpoints, first_request)[0]
         points.append(
             {
                 "target_ops_per_s": rate,
                 "achieved_ops_per_s": round(load.rate, 1),
-                "commit_to_accepted_ms": _percentiles(list(stats.syncer.latencies_ms)),
+                "commit_to_accepted_ms": _percentiles(list(syncer.latencies_ms)),
                 "caught_up": caught_up,
+                "stages_ms": {
+                    "appended -> accepted": _percentiles(list(syncer.own_latencies_ms)),
+                    "dirty key -> accepted": _percentiles(list(syncer.window_latencies_ms)),
+                    "processing": _percentiles(list(queries.process_ms)),
+                    "recompute": _percentiles(list(queries.recompute_ms)),
+                    "sandbox": _percentiles(handled),
+                    "audit flush": _percentiles(list(queries.audit_flush_ms)),
+                },
+                "cpu": cpu.usage.to_json(),
             }
         )
     return points
@@ -1097,7 +1167,14 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: [float(r) for r in text.split(",") if r],
         default=[],
         metavar="RATES",
-        help="also measure at each of these rates (ops/s, comma-separated), and report the knee",
+        help="also measure at each of these rates (ops/s, comma-separated), each on a stack of"
+        " its own, and report the knee",
+    )
+    parser.add_argument(
+        "--latency-curve-same-stack",
+        action="store_true",
+        help="measure the --latency-curve rates one after another on the main latency run's"
+        " stack instead (the local broker slows down as it fills: docs/benchmarks.md)",
     )
     parser.add_argument(
         "--latency-baseline-fetch-wait-ms",
@@ -1562,6 +1639,22 @@ def _print_latency(summary: dict[str, Any]) -> None:
             f"{_format_percentiles(point['commit_to_accepted_ms'])}"
             + ("" if point["caught_up"] else " (not caught up: lower bounds)")
         )
+        stages = point.get("stages_ms", {})
+        if stages:
+            print(
+                "      p50/p99 ms: "
+                + ", ".join(
+                    f"{name} {f.get('p50', 0):.0f}/{f.get('p99', 0):.0f}"
+                    for name, f in stages.items()
+                )
+            )
+        cpu = point.get("cpu")
+        if cpu:
+            spent = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu["cpu_s"].items())
+            busy, wall = cpu["machine_busy_s"], cpu["wall_s"]
+            print(
+                f"      cpu: {spent}; machine {busy:.1f} s busy of {cpu['cpus']}\u00d7{wall:.1f} s"
+            )
     if latency["curve"]:
         print(f"    knee (highest rate with p99 <= 1 s): {latency['knee_ops_per_s']} ops/s")
     print(
