@@ -50,7 +50,8 @@ child runs count the `reach-sync run` children once reaped, and this process as 
 Latency part: a fresh LocalStack with Debezium (its default shop size unless
 ``--latency-customers``), both resources in real-time mode (customers' window set to
 ``--latency-window-ms``, by default the example's real-time window, transactions' 100 ms),
-reach-sync in this process; once the snapshot is synced and the pipeline idle, the workload
+reach-sync in a process of the bench's own for each run (so that no run pays for the Kafka
+clients an earlier one left behind); once the snapshot is synced and the pipeline idle, the workload
 generator (devstack/reach_devstack/load.py, in its own process so it does not share this one's GIL)
 changes the shop at ``--latency-rate`` operations/s for ``--latency-seconds``; then the
 source-commit -> accepted percentiles from ``SyncerStats.latencies_ms``, and its commit -> routed
@@ -875,12 +876,12 @@ def measure_latency(
     fetch_wait_ms: int = 0,
     name: str = "latency",
     rate: float = 0.0,
-    curve: bool = True,
+    curve: bool = False,
 ) -> LatencyRun:
     """``fetch_wait_ms``: the consumers' fetch.wait.max.ms (0: reach-sync's default); ``rate``:
-    operations/s (0: --latency-rate). With ``curve``, each --latency-curve rate is measured
-    too: by default each on a stack of its own, as this one; with --latency-curve-same-stack
-    one after another on this one (see ``_curve``)."""
+    operations/s (0: --latency-rate); ``curve``: also each --latency-curve rate, one after
+    another on this stack (--latency-curve-same-stack, ``_curve``). ``measure_apart`` runs
+    this in a process of its own."""
     options = StackOptions(
         state_dir=state / name,
         with_debezium=True,
@@ -952,8 +953,7 @@ def measure_latency(
                 processing, recomputes = list(queries.process_ms), list(queries.recompute_ms)
                 flushes = list(queries.audit_flush_ms)
                 handled = _sandbox_requests(endpoints, first_request)[0]
-                same_stack = curve and args.latency_curve_same_stack
-                points = _curve(args, endpoints, stats, queries) if same_stack else []
+                points = _curve(args, endpoints, stats, queries) if curve else []
             finally:
                 stop.set()
                 pipeline.join(PIPELINE_STOP_S)
@@ -984,14 +984,83 @@ def measure_latency(
         cpu=cpu.usage,
         gc=gc_time,
     )
-    if curve and not args.latency_curve_same_stack:
+    return run
+
+
+def latency_with_curve(
+    args: argparse.Namespace, state: Path, fetch_wait_ms: int = 0, name: str = "latency"
+) -> LatencyRun:
+    """The latency run at --latency-rate, then each --latency-curve rate: each in a process and
+    on a stack of its own (``measure_apart``), unless --latency-curve-same-stack."""
+    same_stack = args.latency_curve_same_stack
+    run = measure_apart(args, state, fetch_wait_ms, name, curve=same_stack)
+    if not same_stack:
         run.curve = [
-            _curve_point(
-                measure_latency(args, state, fetch_wait_ms, f"{name}-at-{r:g}", r, curve=False), r
-            )
+            _curve_point(measure_apart(args, state, fetch_wait_ms, f"{name}-at-{r:g}", r), r)
             for r in args.latency_curve
         ]
     return run
+
+
+def measure_apart(
+    args: argparse.Namespace,
+    state: Path,
+    fetch_wait_ms: int = 0,
+    name: str = "latency",
+    rate: float = 0.0,
+    curve: bool = False,
+) -> LatencyRun:
+    """``measure_latency`` in a fresh process. reach-sync runs inside the measuring process,
+    and a run leaves its Kafka clients behind on the local stack (consumer/kafka.py,
+    ``release_consumer``: they are never closed, and their threads go on waking up); in one
+    process, each later run paid for all the earlier ones (docs/benchmarks.md, "The local
+    broker slows down as it fills")."""
+    context = get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(
+        target=_measure_in_child,
+        args=(send, args, state, fetch_wait_ms, name, rate, curve),
+        name=f"bench-{name}",
+    )
+    child.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        raise SystemExit(f"{name}: its process ended without a result") from None
+    finally:
+        child.join(PIPELINE_STOP_S)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    if not isinstance(outcome, LatencyRun):
+        raise SystemExit(f"{name}: its process sent {type(outcome).__name__}")
+    return outcome
+
+
+def _measure_in_child(
+    send: Any,
+    args: argparse.Namespace,
+    state: Path,
+    fetch_wait_ms: int,
+    name: str,
+    rate: float,
+    curve: bool,
+) -> None:
+    """The measuring process: tuned as `reach-sync run` is, it sends its LatencyRun (or what it
+    raised) and ends with ``os._exit``, so that no destructor of a left-behind consumer sends a
+    LeaveGroup (consumer/kafka.py, ``abandoned_consumers``)."""
+    outcome: LatencyRun | BaseException
+    try:
+        if not args.default_gc:
+            tune_gc()
+        outcome = measure_latency(args, state, fetch_wait_ms, name, rate, curve)
+    except BaseException as exc:  # sent to the parent, which raises it
+        outcome = exc
+    send.send(outcome)
+    send.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _curve_point(run: LatencyRun, rate: float) -> dict[str, Any]:
@@ -1212,10 +1281,10 @@ def main(argv: list[str] | None = None) -> int:
         _backlog_part(args, state, results)
         if args.latency:
             if args.latency_baseline_fetch_wait_ms:
-                results["latency_baseline"] = measure_latency(
+                results["latency_baseline"] = latency_with_curve(
                     args, state, args.latency_baseline_fetch_wait_ms, "latency-baseline"
                 )
-            results["latency"] = measure_latency(args, state)
+            results["latency"] = latency_with_curve(args, state)
     results["load_after"] = _load()
     summary = _summary(args, results)
     _print_table(summary, results)
