@@ -870,18 +870,22 @@ class _SourceLag(threading.Thread):
             self._consumer.close()
 
 
-def measure_latency(
-    args: argparse.Namespace,
-    state: Path,
-    fetch_wait_ms: int = 0,
-    name: str = "latency",
-    rate: float = 0.0,
-    curve: bool = False,
-) -> LatencyRun:
-    """``fetch_wait_ms``: the consumers' fetch.wait.max.ms (0: reach-sync's default); ``rate``:
-    operations/s (0: --latency-rate); ``curve``: also each --latency-curve rate, one after
-    another on this stack (--latency-curve-same-stack, ``_curve``). ``measure_apart`` runs
-    this in a process of its own."""
+@dataclass(frozen=True)
+class LatencyPlan:
+    """One latency run: its state directory's name; ``fetch_wait_ms``, the consumers'
+    fetch.wait.max.ms (0: reach-sync's default); ``rate``, operations/s (0: --latency-rate);
+    ``curve``: also each --latency-curve rate, one after another on the same stack
+    (--latency-curve-same-stack, ``_curve``)."""
+
+    name: str = "latency"
+    fetch_wait_ms: int = 0
+    rate: float = 0.0
+    curve: bool = False
+
+
+def measure_latency(args: argparse.Namespace, state: Path, plan: LatencyPlan) -> LatencyRun:
+    """The latency run ``plan`` says, in this process (``measure_apart``: in one of its own)."""
+    name, fetch_wait_ms, rate = plan.name, plan.fetch_wait_ms, plan.rate
     options = StackOptions(
         state_dir=state / name,
         with_debezium=True,
@@ -953,7 +957,7 @@ def measure_latency(
                 processing, recomputes = list(queries.process_ms), list(queries.recompute_ms)
                 flushes = list(queries.audit_flush_ms)
                 handled = _sandbox_requests(endpoints, first_request)[0]
-                points = _curve(args, endpoints, stats, queries) if curve else []
+                points = _curve(args, endpoints, stats, queries) if plan.curve else []
             finally:
                 stop.set()
                 pipeline.join(PIPELINE_STOP_S)
@@ -993,23 +997,18 @@ def latency_with_curve(
     """The latency run at --latency-rate, then each --latency-curve rate: each in a process and
     on a stack of its own (``measure_apart``), unless --latency-curve-same-stack."""
     same_stack = args.latency_curve_same_stack
-    run = measure_apart(args, state, fetch_wait_ms, name, curve=same_stack)
+    run = measure_apart(args, state, LatencyPlan(name, fetch_wait_ms, curve=same_stack))
     if not same_stack:
         run.curve = [
-            _curve_point(measure_apart(args, state, fetch_wait_ms, f"{name}-at-{r:g}", r), r)
+            _curve_point(
+                measure_apart(args, state, LatencyPlan(f"{name}-at-{r:g}", fetch_wait_ms, r)), r
+            )
             for r in args.latency_curve
         ]
     return run
 
 
-def measure_apart(
-    args: argparse.Namespace,
-    state: Path,
-    fetch_wait_ms: int = 0,
-    name: str = "latency",
-    rate: float = 0.0,
-    curve: bool = False,
-) -> LatencyRun:
+def measure_apart(args: argparse.Namespace, state: Path, plan: LatencyPlan) -> LatencyRun:
     """``measure_latency`` in a fresh process. reach-sync runs inside the measuring process,
     and a run leaves its Kafka clients behind on the local stack (consumer/kafka.py,
     ``release_consumer``: they are never closed, and their threads go on waking up); in one
@@ -1019,33 +1018,25 @@ def measure_apart(
     receive, send = context.Pipe(duplex=False)
     child = context.Process(
         target=_measure_in_child,
-        args=(send, args, state, fetch_wait_ms, name, rate, curve),
-        name=f"bench-{name}",
+        args=(send, args, state, plan),
+        name=f"bench-{plan.name}",
     )
     child.start()
     send.close()
     try:
         outcome = receive.recv()
     except EOFError:
-        raise SystemExit(f"{name}: its process ended without a result") from None
+        raise SystemExit(f"{plan.name}: its process ended without a result") from None
     finally:
         child.join(PIPELINE_STOP_S)
     if isinstance(outcome, BaseException):
         raise outcome
     if not isinstance(outcome, LatencyRun):
-        raise SystemExit(f"{name}: its process sent {type(outcome).__name__}")
+        raise SystemExit(f"{plan.name}: its process sent {type(outcome).__name__}")
     return outcome
 
 
-def _measure_in_child(
-    send: Any,
-    args: argparse.Namespace,
-    state: Path,
-    fetch_wait_ms: int,
-    name: str,
-    rate: float,
-    curve: bool,
-) -> None:
+def _measure_in_child(send: Any, args: argparse.Namespace, state: Path, plan: LatencyPlan) -> None:
     """The measuring process: tuned as `reach-sync run` is, it sends its LatencyRun (or what it
     raised) and ends with ``os._exit``, so that no destructor of a left-behind consumer sends a
     LeaveGroup (consumer/kafka.py, ``abandoned_consumers``)."""
@@ -1053,7 +1044,7 @@ def _measure_in_child(
     try:
         if not args.default_gc:
             tune_gc()
-        outcome = measure_latency(args, state, fetch_wait_ms, name, rate, curve)
+        outcome = measure_latency(args, state, plan)
     except BaseException as exc:  # sent to the parent, which raises it
         outcome = exc
     send.send(outcome)
