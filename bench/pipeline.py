@@ -1047,7 +1047,10 @@ def _measure_in_child(send: Any, args: argparse.Namespace, state: Path, plan: La
         outcome = measure_latency(args, state, plan)
     except BaseException as exc:  # sent to the parent, which raises it
         outcome = exc
-    send.send(outcome)
+    try:
+        send.send(outcome)
+    except Exception:  # an exception that does not pickle: its text at least
+        send.send(SystemExit(f"{plan.name}: {outcome!r}"))
     send.close()
     sys.stdout.flush()
     sys.stderr.flush()
