@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from consumer.cli.progress import PLAIN_INTERVAL_S, format_duration, format_rate, rate
+from consumer.cli.status_report import ServiceHealth, service_health
 from consumer.config import HealthSettings, SyncDefinition
 from consumer.config_file import load_definition
 from consumer.service import ServiceStats, run_service
@@ -159,31 +158,22 @@ def _moving(stats: ServiceStats) -> tuple[int, ...]:
     return (router.events if router else 0, syncer.dirty_keys, syncer.windows)
 
 
-def every_stage_consuming(readyz: dict[str, Any]) -> bool:
-    """True when ``/readyz``'s body shows stages and each has partitions assigned: the process
+def every_stage_consuming(health: ServiceHealth) -> bool:
+    """True when ``/readyz`` answered with stages and each has partitions assigned: the process
     is ready as soon as one has, and the demo waits for both."""
-    stages = readyz.get("stages")
-    if not isinstance(stages, dict) or not stages:
-        return False
-    return all(
-        isinstance(stage, dict) and stage.get("assigned_partitions", 0) > 0
-        for stage in stages.values()
-    )
+    return health.error is None and bool(health.stages) and all(s.assigned for s in health.stages)
 
 
 def _wait_until_consuming(stats: ServiceStats, pipeline: threading.Thread) -> float | None:
     """Seconds until every stage of ``pipeline`` had its partitions; None if it never did."""
     started = time.monotonic()
-    with httpx.Client(timeout=2.0) as http:
-        while pipeline.is_alive() and time.monotonic() - started < JOIN_TIMEOUT_S:
-            if stats.health_port is not None:
-                try:
-                    answer = http.get(f"http://127.0.0.1:{stats.health_port}/readyz")
-                    if every_stage_consuming(answer.json()):
-                        return time.monotonic() - started
-                except (httpx.HTTPError, ValueError):
-                    pass  # not listening yet, or a half answer: ask again
-            time.sleep(0.05)
+    while pipeline.is_alive() and time.monotonic() - started < JOIN_TIMEOUT_S:
+        port = stats.health_port
+        if port is not None and every_stage_consuming(
+            service_health(f"http://127.0.0.1:{port}/readyz")  # no answer yet: an error
+        ):
+            return time.monotonic() - started
+        time.sleep(0.05)
     return None
 
 

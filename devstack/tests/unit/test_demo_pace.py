@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from reach_devstack.demo import Pace, every_stage_consuming, pace_line
 
+from consumer.cli.status_report import ServiceHealth, parse_readyz
+
 
 def test_during_the_workload_its_share_and_eta_come_from_its_fixed_duration() -> None:
     before, now = Pace(10.0, 100, 40, 90), Pace(12.0, 200, 100, 180)
@@ -27,16 +29,21 @@ def test_after_the_workload_the_backlog_drains_at_the_rate_the_syncer_takes_keys
 
 
 def test_the_workload_waits_until_every_stage_has_partitions_not_only_the_first() -> None:
-    def readyz(router: int, syncer: int) -> dict[str, object]:
-        return {
+    url = "http://127.0.0.1:1/readyz"
+
+    def readyz(router: int, syncer: int) -> ServiceHealth:
+        body = {
             "ready": router + syncer > 0,
             "stages": {
                 "router": {"assigned_partitions": router},
                 "syncer": {"assigned_partitions": syncer},
             },
         }
+        return parse_readyz(url, body)
 
     assert not every_stage_consuming(readyz(0, 0))
     assert not every_stage_consuming(readyz(8, 0))  # ready already, the syncer still joining
     assert every_stage_consuming(readyz(8, 8))
-    assert not every_stage_consuming({"ready": False, "reasons": ["state unavailable"]})
+    unavailable = {"ready": False, "reasons": ["state unavailable"]}
+    assert not every_stage_consuming(parse_readyz(url, unavailable))
+    assert not every_stage_consuming(ServiceHealth(url, error="no answer (connection refused)"))
