@@ -83,7 +83,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -870,6 +870,22 @@ class _SourceLag(threading.Thread):
             self._consumer.close()
 
 
+# The syncer's stages in LatencyRun.stages_ms, named once: a curve point reports them too.
+WINDOW_STAGE = "dirty key -> accepted, per window (syncer)"
+PROCESSING_STAGE = "  of which processing the due window (recompute, send, audit)"
+RECOMPUTE_STAGE = "    recompute query, per resource"
+SANDBOX_STAGE = "    the sandbox handling a request (its own log)"
+AUDIT_FLUSH_STAGE = "    audit flush (the broker acknowledging a window's audit records)"
+# A curve point's short name for each.
+_CURVE_STAGES = {
+    "dirty key -> accepted": WINDOW_STAGE,
+    "processing": PROCESSING_STAGE,
+    "recompute": RECOMPUTE_STAGE,
+    "sandbox": SANDBOX_STAGE,
+    "audit flush": AUDIT_FLUSH_STAGE,
+}
+
+
 @dataclass(frozen=True)
 class LatencyPlan:
     """One latency run: its state directory's name; ``fetch_wait_ms``, the consumers'
@@ -963,7 +979,7 @@ def measure_latency(args: argparse.Namespace, state: Path, plan: LatencyPlan) ->
                 pipeline.join(PIPELINE_STOP_S)
         if stats.router_error is not None:
             raise SystemExit(f"latency: the router stopped: {stats.router_error}")
-    run = LatencyRun(
+    return LatencyRun(
         curve=points,
         latencies_ms=latencies,
         routed_ms=lag.samples,
@@ -972,11 +988,11 @@ def measure_latency(args: argparse.Namespace, state: Path, plan: LatencyPlan) ->
             "commit -> Debezium read": source_lag.read_samples,
             "Debezium read -> source event produced": source_lag.produced_samples,
             "source event -> dirty key (router)": lag.router_samples,
-            "dirty key -> accepted, per window (syncer)": windows,
-            "  of which processing the due window (recompute, send, audit)": processing,
-            "    recompute query, per resource": recomputes,
-            "    the sandbox handling a request (its own log)": handled,
-            "    audit flush (the broker acknowledging a window's audit records)": flushes,
+            WINDOW_STAGE: windows,
+            PROCESSING_STAGE: processing,
+            RECOMPUTE_STAGE: recomputes,
+            SANDBOX_STAGE: handled,
+            AUDIT_FLUSH_STAGE: flushes,
         },
         load=load,
         window_ms=window_ms,
@@ -988,7 +1004,6 @@ def measure_latency(args: argparse.Namespace, state: Path, plan: LatencyPlan) ->
         cpu=cpu.usage,
         gc=gc_time,
     )
-    return run
 
 
 def latency_with_curve(
@@ -1000,7 +1015,7 @@ def latency_with_curve(
     run = measure_apart(args, state, LatencyPlan(name, fetch_wait_ms, curve=same_stack))
     if not same_stack:
         run.curve = [
-            _curve_point(
+            _run_point(
                 measure_apart(args, state, LatencyPlan(f"{name}-at-{r:g}", fetch_wait_ms, r)), r
             )
             for r in args.latency_curve
@@ -1057,30 +1072,32 @@ def _measure_in_child(send: Any, args: argparse.Namespace, state: Path, plan: La
     os._exit(0)
 
 
-def _curve_point(run: LatencyRun, rate: float) -> dict[str, Any]:
-    """One rate of the curve, measured on a stack of its own: the figures ``_curve`` records."""
+def _run_point(run: LatencyRun, rate: float) -> dict[str, Any]:
+    """One rate of the curve, measured in a run of its own."""
+    return _curve_point(
+        rate, run.load, run.caught_up, run.latencies_ms, run.own_ms, run.stages_ms, run.cpu
+    )
+
+
+def _curve_point(
+    rate: float,
+    load: LoadStats,
+    caught_up: bool,
+    latencies: Sequence[int],
+    own: Sequence[int],
+    stages: Mapping[str, Sequence[int]],
+    cpu: CpuUsage | None,
+) -> dict[str, Any]:
+    """A curve point: percentiles of commit -> accepted, of reach-sync's share (``own``) and of
+    the syncer's stages (``_CURVE_STAGES``, by their names in ``stages``), and the CPU."""
+    shares = {short: _percentiles(list(stages[name])) for short, name in _CURVE_STAGES.items()}
     return {
         "target_ops_per_s": rate,
-        "achieved_ops_per_s": round(run.load.rate, 1),
-        "commit_to_accepted_ms": _percentiles(run.latencies_ms),
-        "caught_up": run.caught_up,
-        "stages_ms": {
-            "appended -> accepted": _percentiles(run.own_ms),
-            "dirty key -> accepted": _percentiles(
-                run.stages_ms["dirty key -> accepted, per window (syncer)"]
-            ),
-            "processing": _percentiles(
-                run.stages_ms["  of which processing the due window (recompute, send, audit)"]
-            ),
-            "recompute": _percentiles(run.stages_ms["    recompute query, per resource"]),
-            "sandbox": _percentiles(
-                run.stages_ms["    the sandbox handling a request (its own log)"]
-            ),
-            "audit flush": _percentiles(
-                run.stages_ms["    audit flush (the broker acknowledging a window's audit records)"]
-            ),
-        },
-        "cpu": None if run.cpu is None else run.cpu.to_json(),
+        "achieved_ops_per_s": round(load.rate, 1),
+        "commit_to_accepted_ms": _percentiles(list(latencies)),
+        "caught_up": caught_up,
+        "stages_ms": {"appended -> accepted": _percentiles(list(own)), **shares},
+        "cpu": None if cpu is None else cpu.to_json(),
     }
 
 
@@ -1129,22 +1146,23 @@ def _curve(
             load = _run_load(args, endpoints.postgres_dsn, rate)
             caught_up = _wait_quiet(stats, queries, 0, IDLE_S, CATCH_UP_TIMEOUT_S) is not None
         handled = _sandbox_requests(endpoints, first_request)[0]
+        stages = {
+            WINDOW_STAGE: list(syncer.window_latencies_ms),
+            PROCESSING_STAGE: list(queries.process_ms),
+            RECOMPUTE_STAGE: list(queries.recompute_ms),
+            SANDBOX_STAGE: handled,
+            AUDIT_FLUSH_STAGE: list(queries.audit_flush_ms),
+        }
         points.append(
-            {
-                "target_ops_per_s": rate,
-                "achieved_ops_per_s": round(load.rate, 1),
-                "commit_to_accepted_ms": _percentiles(list(syncer.latencies_ms)),
-                "caught_up": caught_up,
-                "stages_ms": {
-                    "appended -> accepted": _percentiles(list(syncer.own_latencies_ms)),
-                    "dirty key -> accepted": _percentiles(list(syncer.window_latencies_ms)),
-                    "processing": _percentiles(list(queries.process_ms)),
-                    "recompute": _percentiles(list(queries.recompute_ms)),
-                    "sandbox": _percentiles(handled),
-                    "audit flush": _percentiles(list(queries.audit_flush_ms)),
-                },
-                "cpu": cpu.usage.to_json(),
-            }
+            _curve_point(
+                rate,
+                load,
+                caught_up,
+                list(syncer.latencies_ms),
+                list(syncer.own_latencies_ms),
+                stages,
+                cpu.usage,
+            )
         )
     return points
 
