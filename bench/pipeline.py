@@ -12,8 +12,11 @@ the same run, over that same backlog:
 - decode: the same plus the router's decoder (router.py's ``routing_decode``): the typed
   decoding ceiling;
 - router: ``run_router`` on examples/shop.yaml (router.py's ``measure_router``), events/s through
-  to acknowledged dirty keys and committed source offsets, from its first committed batch
-  (``--repeat`` runs of these three, medians);
+  to acknowledged dirty keys and committed source offsets, from its first committed batch;
+- library floor: router.py's ``measure_floor``, the router's work in its libraries alone (the
+  typed decode, the router's dirty keys encoded and produced, each batch acknowledged and
+  committed) with none of its own Python between them (``--repeat`` runs of these four,
+  medians);
 - pipeline: ``run_service(role="all")`` in this process, with a fresh group, dirty topic and
   last-sent prefix: both stages down to the sandbox, the example's delivery modes (customers in
   batches, transactions real time). Timed from the router's first committed batch to the last
@@ -39,13 +42,14 @@ half of the strict sandbox's busy time and schema validation about a tenth; on a
 that CPU is taken from reach-sync, so the throughput figure would measure the test double too.
 The strict mode stays the sandbox's default, and the latency part uses it.
 
-CPU: during each measured part (raw, decode and router: summed over ``--repeat``; the pipeline
-run; each child run; the latency load) bench/cpu.py reads the CPU seconds of reach-sync and of
-every stack component's process group (broker, Postgres with its backends, Redis, sandbox,
-Debezium), the load generator, the wall seconds and the machine's busy seconds (/proc/stat), so
-each share of the 2 cores is visible. In-process parts count this process as reach-sync (its
-own threads too: the raw/decode consumers, the progress loop, the latency side consumers);
-child runs count the `reach-sync run` children once reaped, and this process as "bench".
+CPU: during each measured part (raw, decode, router and floor: summed over ``--repeat``; the
+pipeline run; each child run; the latency load) bench/cpu.py reads the CPU seconds of reach-sync
+and of every stack component's process group (broker, Postgres with its backends, Redis,
+sandbox, Debezium), the load generator, the wall seconds and the machine's busy seconds
+(/proc/stat), so each share of the 2 cores is visible. In-process parts count this process as
+reach-sync (its own threads too: the raw/decode consumers, the progress loop, the latency side
+consumers); child runs count the `reach-sync run` children once reaped, and this process as
+"bench".
 
 Latency part: a fresh LocalStack with Debezium (its default shop size unless
 ``--latency-customers``), both resources in real-time mode (customers' window set to
@@ -125,6 +129,7 @@ from router import (  # type: ignore[import-not-found]
     EventFactory,
     _rate,
     _touch,
+    measure_floor,
     measure_router,
     produce_waiting,
     routing_decode,
@@ -1331,10 +1336,10 @@ def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]
             f"in {time.perf_counter() - started:.1f} s: {backlog.per_topic}"
         )
         _sandbox_sink(endpoints, not args.strict_sink)
-        raw, decode, routed = [], [], []
+        raw, decode, routed, floor = [], [], [], []
         router_stats: RouterStats | None = None
         meter = _meter(endpoints)
-        cpu: dict[str, list[CpuUsage]] = {"raw": [], "decode": [], "router": []}
+        cpu: dict[str, list[CpuUsage]] = {"raw": [], "decode": [], "router": [], "floor": []}
         for run in range(args.repeat):
             with cpu_during(meter) as used:
                 raw.append(measure_consume_all(endpoints.bootstrap_servers, backlog, _touch))
@@ -1347,12 +1352,27 @@ def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]
                 rate, router_stats = measure_router(_definition(endpoints, _tag())[0], args.events)
             cpu["router"].append(used.usage)
             routed.append(rate)
+            dirty_per_event = router_stats.dirty_keys / router_stats.events
+            partitions = _definition(endpoints, _tag())[0].topics.dirty_partitions
+            with cpu_during(meter) as used:
+                floor.append(
+                    measure_floor(
+                        endpoints.bootstrap_servers,
+                        list(backlog.ends),
+                        backlog.events,
+                        decoder,
+                        dirty_per_event,
+                        partitions,
+                    )
+                )
+            cpu["floor"].append(used.usage)
             _log(
                 f"run {run + 1}: raw {raw[-1]:,.0f}/s, decode {decode[-1]:,.0f}/s, "
-                f"router {rate:,.0f}/s (load average {_load()[0]:.2f})"
+                f"router {rate:,.0f}/s, library floor {floor[-1]:,.0f}/s "
+                f"(load average {_load()[0]:.2f})"
             )
         assert router_stats is not None
-        results.update(backlog=backlog, raw=raw, decode=decode, routed=routed)
+        results.update(backlog=backlog, raw=raw, decode=decode, routed=routed, floor=floor)
         results["router_stats"] = router_stats
         results["cpu_ceilings"] = {name: sum(runs[1:], runs[0]) for name, runs in cpu.items()}
         if args.pipeline:
@@ -1414,6 +1434,9 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
         "decode_to_raw": rates["decode"] / rates["raw"],
         "router_to_raw": rates["router"] / rates["raw"],
         "router_to_decode": rates["router"] / rates["decode"],
+        # The router's libraries alone, and the router's rate against them (router.py).
+        "floor_to_decode": rates["floor"] / rates["decode"],
+        "router_to_floor": rates["router"] / rates["floor"],
     }
     targets: dict[str, bool | None] = {
         "router_ge_0.6x_decode": ratios["router_to_decode"] >= TARGET_ROUTER_TO_DECODE,
@@ -1572,7 +1595,8 @@ def _summary(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
 
 
 def _cpu_parts(results: dict[str, Any]) -> dict[str, CpuUsage]:
-    """CPU per measured part (raw, decode, router: summed over --repeat), reach-sync first."""
+    """CPU per measured part (raw, decode, router, floor: summed over --repeat), reach-sync
+    first."""
     parts: dict[str, CpuUsage | None] = dict(results.get("cpu_ceilings") or {})
     for part, key in _CPU_RUNS:
         run = results.get(key)
@@ -1596,7 +1620,7 @@ def _print_cpu(summary: dict[str, Any]) -> None:
         usage = CpuUsage(
             figures["cpu_s"], figures["wall_s"], figures["machine_busy_s"], figures["cpus"]
         )
-        runs = f" ({repeat} runs)" if part in ("raw", "decode", "router") and repeat > 1 else ""
+        runs = f" ({repeat} runs)" if part in _MEDIAN_PARTS and repeat > 1 else ""
         print(f"    cpu during {part}{runs}: {format_usage(usage)}")
 
 
@@ -1606,8 +1630,8 @@ def _print_table(summary: dict[str, Any], results: dict[str, Any]) -> None:
     print(
         f"{summary['events']:,} Debezium events {block} the schema block (avg value "
         f"{summary['avg_value_bytes']:,} B) in {', '.join(summary['per_topic'])} "
-        f"({PARTITIONS} partitions each, lz4), {KEYS:,} keys per table (Zipf); raw, decode "
-        f"and router: medians of {summary['repeat']}"
+        f"({PARTITIONS} partitions each, lz4), {KEYS:,} keys per table (Zipf); raw, decode, "
+        f"router and floor: medians of {summary['repeat']}"
     )
     for name, label in _LABELS:
         if name in rates:
@@ -1626,6 +1650,10 @@ def _print_table(summary: dict[str, Any], results: dict[str, Any]) -> None:
     if "pipeline_split_to_raw" in ratios:
         line += f"; split / raw {ratios['pipeline_split_to_raw']:.3f}"
     print(line)
+    print(
+        f"  router's library floor / typed decode {ratios['floor_to_decode']:.3f} (the router's "
+        f"ratio with no Python of its own); router / floor {ratios['router_to_floor']:.3f}"
+    )
     print(f"  Reach sandbox for the pipeline, RSS and split runs: {summary['reach_sandbox']} mode")
     pipeline: PipelineRun | None = results.get("pipeline")
     if pipeline is not None:
@@ -1749,7 +1777,8 @@ def _print_latency(summary: dict[str, Any]) -> None:
         print(f"    garbage collector during the load: {describe_gc(gc_time)}")
 
 
-_MEDIANS = (("raw", "raw"), ("decode", "decode"), ("router", "routed"))
+_MEDIANS = (("raw", "raw"), ("decode", "decode"), ("router", "routed"), ("floor", "floor"))
+_MEDIAN_PARTS = tuple(name for name, _ in _MEDIANS)
 # (part, key in results) of the runs that carry their own CpuUsage.
 _CPU_RUNS = (
     ("pipeline", "pipeline"),
@@ -1763,6 +1792,7 @@ _LABELS = (
     ("raw", "raw consume (consume(1000), touch)"),
     ("decode", "typed decode (consume + router decoder)"),
     ("router", "router (to acked dirty keys + commits)"),
+    ("floor", "router's library floor (no Python of its own)"),
     ("pipeline", "whole pipeline (router + syncer -> sandbox)"),
     ("pipeline_child", "the same, `reach-sync run` child (cross-check)"),
     ("pipeline_split", "the same, `--role router` + `--role syncer` processes"),

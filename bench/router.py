@@ -13,7 +13,17 @@ times each:
   triggers: only op, table, key and trigger columns, the schema block skipped once known), the
   typed decoding ceiling;
 - router: ``run_router`` on the shop definition, events/s through to acknowledged dirty keys
-  and committed offsets (group join excluded: timed from its first committed batch).
+  and committed offsets (group join excluded: timed from its first committed batch);
+- library floor: what the router does in its libraries alone, with none of its own Python
+  between them: the typed decode, then per batch of ``BATCH_MAX_EVENTS`` as many dirty keys as
+  the router made (its last run's dirty keys per event), each one encoded and produced, and
+  the batch acknowledged and committed as the router does (the next batch decoded while the last
+  is acknowledged). No planning, merging or causes. ``router / floor`` is the share of the
+  router's time that its libraries take; the rest is reach-sync's own Python
+  (docs/benchmarks.md, "What the two unmet ratios would take");
+- planning: ``plan_change`` alone, µs per event, over ``PLANNED_EVENTS`` of the same events
+  decoded beforehand (no server): the one step of the router's own Python that every event
+  takes.
 
 With ``--format avro`` the same stream is preloaded as Confluent's AvroConverter writes it (the
 local stack's schema registry started too), and every measurement reads it through reach-sync's
@@ -65,10 +75,12 @@ from reach_devstack.shop import PURCHASE_SKEW, zipf_rank
 from consumer.cli.process_tuning import tune_gc
 from consumer.config import SyncDefinition
 from consumer.config_file import load_definition
-from consumer.router.debezium import decode_event
+from consumer.kafka_settings import PRODUCER_DEFAULTS
+from consumer.router.debezium import Change, decode_event
+from consumer.router.dirty import Cause, DirtyKey, dirty_message_key, encode_dirty
 from consumer.router.formats import SourceDecoder
-from consumer.router.loop import RouterStats, run_router
-from consumer.router.triggers import TriggerIndex
+from consumer.router.loop import BATCH_MAX_EVENTS, PRODUCER_LINGER_MS, RouterStats, run_router
+from consumer.router.triggers import TriggerIndex, plan_change
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "shop.yaml"
@@ -84,6 +96,10 @@ RUN_TIMEOUT_S = 900.0
 # Share of customer events (the rest are transactions), and each table's op mix.
 CUSTOMER_SHARE = 0.4
 CUSTOMER_OPS = (("u", 80), ("c", 15), ("d", 5))
+# The issue's target for router / typed decode (bench/pipeline.py checks it too).
+TARGET_ROUTER_TO_DECODE = 0.6
+# Events decoded beforehand for timing plan_change alone.
+PLANNED_EVENTS = 50_000
 TRANSACTION_OPS = (("u", 55), ("c", 40), ("d", 5))
 
 
@@ -431,6 +447,128 @@ def measure_router(definition: SyncDefinition, events: int) -> tuple[float, Rout
     return _rate(events, first, started, ended), final
 
 
+def measure_floor(
+    bootstrap: str,
+    partitions: list[tuple[str, int]],
+    events: int,
+    decode: Work,
+    dirty_per_event: float,
+    dirty_partitions: int,
+) -> float:
+    """The router's library floor (module docstring) over ``partitions`` from their beginning:
+    events/s after the first batch.
+
+    The dirty keys go to a topic of their own with ``dirty_partitions`` (the definition's), keyed by
+    entity over ``KEYS`` ids as the router's are, so the broker gets the same spread of
+    partitions; the keys are built beforehand (building them is the router's own Python), and
+    encoded as they are produced. A delivery the broker refuses fails the measurement. Each
+    ``consume`` asks for no more than what is left, so the last batch does not wait out the
+    consume timeout. The loop's own Python is the least the measurement needs (a decode call
+    and an offset per event), so the floor is if anything lower than a router with none.
+    """
+    tag = uuid.uuid4().hex[:8]
+    dirty_topic = f"bench.floor.{tag}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    created = admin.create_topics([NewTopic(dirty_topic, dirty_partitions, 1)])
+    created[dirty_topic].result(timeout=30)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-floor-{tag}",
+            "enable.auto.commit": False,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
+    failures: list[str] = []
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            **PRODUCER_DEFAULTS,
+            "linger.ms": PRODUCER_LINGER_MS,
+            "delivery.report.only.error": True,
+            "on_delivery": lambda error, _message: failures.append(error.str()),
+        }
+    )
+    # Dirty keys as the router makes them from this stream (a cdc cause, every field set).
+    cause = Cause(
+        kind="cdc",
+        table="public.transactions",
+        op="u",
+        topic=partitions[0][0],
+        partition=3,
+        offset=123_456,
+        source_ts_ms=1_795_400_000_000,
+        lsn=30_000_184,
+        appended_ms=1_795_400_000_010,
+    )
+    keys = [
+        (
+            DirtyKey("customers", str(n), cause, 1_795_400_000_020),
+            dirty_message_key("customers", str(n)),
+        )
+        for n in range(1, KEYS + 1)
+    ]
+    seen, first, started, owed, produced = 0, 0, 0.0, 0.0, 0
+    offsets: dict[tuple[str, int], int] = {}
+    in_flight: list[TopicPartition] | None = None
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while seen < events and time.monotonic() < deadline:
+            batch = consumer.consume(min(BATCH_MAX_EVENTS, events - seen), 1.0)
+            for message in batch:
+                topic = message.topic() or ""
+                decode(message.key(), message.value(), topic)
+                offsets[(topic, message.partition() or 0)] = (message.offset() or 0) + 1
+            if in_flight is not None:  # the last batch: acknowledged, then committed
+                if producer.flush(30) != 0:
+                    raise SystemExit("floor: dirty keys unacknowledged")
+                consumer.commit(offsets=in_flight, asynchronous=False)
+            owed += len(batch) * dirty_per_event
+            for _ in range(int(owed)):
+                key, message_key = keys[produced % KEYS]
+                producer.produce(dirty_topic, encode_dirty(key), message_key)
+                produced += 1
+            owed -= int(owed)
+            in_flight = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            seen += len(batch)
+            if batch and not first:
+                first, started = len(batch), time.perf_counter()
+        if in_flight is not None:
+            if producer.flush(30) != 0:
+                raise SystemExit("floor: dirty keys unacknowledged")
+            consumer.commit(offsets=in_flight, asynchronous=False)
+        ended = time.perf_counter()
+    finally:
+        consumer.close()
+    if seen < events:
+        raise SystemExit(f"floor: read {seen} of {events}")
+    if failures:
+        raise SystemExit(f"floor: {len(failures)} dirty keys refused, first: {failures[0]}")
+    return _rate(events, first, started, ended)
+
+
+def measure_planning(definition: SyncDefinition, schemas: bool, repeat: int) -> float:
+    """``plan_change`` alone: the median over ``repeat`` timings of µs per event, over
+    ``PLANNED_EVENTS`` of the factory's events decoded by the router's decoder beforehand."""
+    index = TriggerIndex.from_definition(definition)
+    decoder = SourceDecoder.for_source(definition.source.kafka, index.image_columns())
+    factory = EventFactory(schemas, random.Random(11))
+    changes = []
+    for _ in range(PLANNED_EVENTS):
+        key, value = factory.next()
+        event = decoder.decode(key, value, None)
+        if isinstance(event, Change):
+            changes.append(event)
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for change in changes:
+            plan_change(change, index)
+        timings.append((time.perf_counter() - started) / len(changes) * 1e6)
+    return statistics.median(timings)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -445,6 +583,7 @@ class FormatRun:
     whole: list[float] = field(default_factory=list)
     decode: list[float] = field(default_factory=list)
     routed: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
     stats: RouterStats | None = None
 
     def medians(self) -> dict[str, float]:
@@ -453,6 +592,7 @@ class FormatRun:
             "whole": self.whole,
             "decode": self.decode,
             "router": self.routed,
+            "floor": self.floor,
         }
         return {name: statistics.median(values) for name, values in found.items()}
 
@@ -504,16 +644,20 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"run {attempt + 1} {run.name}: raw {run.raw[-1]:,.0f}/s, whole decode "
                         f"{run.whole[-1]:,.0f}/s, decode {run.decode[-1]:,.0f}/s, "
-                        f"router {run.routed[-1]:,.0f}/s",
+                        f"router {run.routed[-1]:,.0f}/s, library floor {run.floor[-1]:,.0f}/s",
                         file=sys.stderr,
                     )
-    return _report(args, runs)
+            # The same Change whatever the format: timed once, on JSON.
+            planning_us = measure_planning(
+                _definition(state, bootstrap, dsn, runs[0].topic), args.schemas, args.repeat
+            )
+    return _report(args, runs, planning_us)
 
 
 def _measure(
     run: FormatRun, state: Path, bootstrap: str, dsn: str, registry_url: str, events: int
 ) -> None:
-    """One round of the four measurements on one format's topic."""
+    """One round of the five measurements on one format's topic."""
     definition = _definition(
         state, bootstrap, dsn, run.topic, registry_url if run.name == "avro" else ""
     )
@@ -522,6 +666,17 @@ def _measure(
     run.decode.append(measure_consume(bootstrap, run.topic, events, routing_decode(definition)))
     rate, run.stats = measure_router(definition, events)
     run.routed.append(rate)
+    dirty_per_event = run.stats.dirty_keys / run.stats.events
+    run.floor.append(
+        measure_floor(
+            bootstrap,
+            [(run.topic, p) for p in range(PARTITIONS)],
+            events,
+            routing_decode(definition),
+            dirty_per_event,
+            definition.topics.dirty_partitions,
+        )
+    )
 
 
 _LABELS = (
@@ -529,10 +684,11 @@ _LABELS = (
     ("whole", "whole decode (consume + every column)"),
     ("decode", "typed decode (consume + router decoder)"),
     ("router", "router (to acked dirty keys + commits)"),
+    ("floor", "library floor (no Python of its own)"),
 )
 
 
-def _report(args: argparse.Namespace, runs: list[FormatRun]) -> int:
+def _report(args: argparse.Namespace, runs: list[FormatRun], planning_us: float) -> int:
     print(
         f"{args.events:,} events ({'with' if args.schemas else 'without'} schema block in "
         f"JSON), {PARTITIONS} partitions, lz4, {KEYS:,} keys per table "
@@ -543,6 +699,7 @@ def _report(args: argparse.Namespace, runs: list[FormatRun]) -> int:
         "schemas": args.schemas,
         "partitions": PARTITIONS,
         "repeat": args.repeat,
+        "planning_us_per_event": round(planning_us, 2),
     }
     medians = {run.name: run.medians() for run in runs}
     for run in runs:
@@ -556,12 +713,25 @@ def _report(args: argparse.Namespace, runs: list[FormatRun]) -> int:
             f"{stats.commits:,} commits, ignored {dict(stats.ignored)}, "
             f"dead-lettered {stats.dead_lettered}"
         )
+        # µs an event: the router's own Python (router minus its library floor), and what a
+        # router at TARGET_ROUTER_TO_DECODE of the typed decode would leave for it.
+        own_us = 1e6 / found["router"] - 1e6 / found["floor"]
+        budget_us = 1e6 / (TARGET_ROUTER_TO_DECODE * found["decode"]) - 1e6 / found["floor"]
+        print(
+            f"  the router's own Python {own_us:.2f} us an event; at {TARGET_ROUTER_TO_DECODE} of "
+            f"the typed decode it would have {budget_us:.2f} us; plan_change alone "
+            f"{planning_us:.2f} us"
+        )
         summary[run.name] = {
             "avg_value_bytes": run.value_size,
             "events_per_s": {k: round(v) for k, v in found.items()},
             "ratio_to_raw": {k: round(v / found["raw"], 3) for k, v in found.items()},
             "decode_to_whole_decode": round(found["decode"] / found["whole"], 3),
             "router_to_decode": round(found["router"] / found["decode"], 3),
+            "floor_to_decode": round(found["floor"] / found["decode"], 3),
+            "router_to_floor": round(found["router"] / found["floor"], 3),
+            "own_python_us_per_event": round(own_us, 2),
+            "own_python_budget_us_per_event": round(budget_us, 2),
             "router_dirty_keys": stats.dirty_keys,
             "router_batches": stats.batches,
             "router_commits": stats.commits,
