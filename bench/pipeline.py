@@ -1353,16 +1353,16 @@ def _backlog_part(args: argparse.Namespace, state: Path, results: dict[str, Any]
             cpu["router"].append(used.usage)
             routed.append(rate)
             dirty_per_event = router_stats.dirty_keys / router_stats.events
-            partitions = _definition(endpoints, _tag())[0].topics.dirty_partitions
+            floor_definition = _definition(endpoints, _tag())[0]
             with cpu_during(meter) as used:
                 floor.append(
                     measure_floor(
                         endpoints.bootstrap_servers,
                         list(backlog.ends),
                         backlog.events,
-                        decoder,
+                        routing_decode(floor_definition),  # a fresh one, as the router's
                         dirty_per_event,
-                        partitions,
+                        floor_definition.topics.dirty_partitions,
                     )
                 )
             cpu["floor"].append(used.usage)
