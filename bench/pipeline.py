@@ -97,7 +97,6 @@ from typing import Any
 
 import httpx
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
     Message,
@@ -130,6 +129,7 @@ from router import (  # type: ignore[import-not-found]
     EventFactory,
     _rate,
     _touch,
+    backlog_consumer,
     measure_floor,
     measure_router,
     produce_waiting,
@@ -311,15 +311,7 @@ def measure_consume_all(bootstrap: str, backlog: Backlog, work: Any) -> float:
     """router.py's measure_consume over both topics at once, asking each ``consume`` for no more
     than what is left: measure_consume takes one topic, and its last, partial batch waits out
     the 1 s consume timeout, which it counts (at 300,000 events/s, 1 s is 300,000 events)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{_tag()}",
-            "enable.auto.commit": False,
-            "fetch.queue.backoff.ms": 10,
-        }
-    )
-    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in backlog.ends])
+    consumer = backlog_consumer(bootstrap, list(backlog.ends))
     seen, first, started = 0, 0, 0.0
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:

@@ -344,7 +344,9 @@ def _rate(events: int, first_batch: int, started: float, ended: float) -> float:
     return (events - first_batch) / (ended - started)
 
 
-def measure_consume(bootstrap: str, topic: str, events: int, work: Work) -> float:
+def backlog_consumer(bootstrap: str, partitions: list[tuple[str, int]]) -> Consumer:
+    """A consumer of a fresh group assigned ``partitions`` from their beginning, as every
+    ceiling (and the floor) reads the preloaded backlog."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -353,7 +355,12 @@ def measure_consume(bootstrap: str, topic: str, events: int, work: Work) -> floa
             "fetch.queue.backoff.ms": 10,
         }
     )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
+    return consumer
+
+
+def measure_consume(bootstrap: str, topic: str, events: int, work: Work) -> float:
+    consumer = backlog_consumer(bootstrap, [(topic, p) for p in range(PARTITIONS)])
     seen, first, started = 0, 0, 0.0
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -471,15 +478,7 @@ def measure_floor(
     admin = AdminClient({"bootstrap.servers": bootstrap})
     created = admin.create_topics([NewTopic(dirty_topic, dirty_partitions, 1)])
     created[dirty_topic].result(timeout=30)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-floor-{tag}",
-            "enable.auto.commit": False,
-            "fetch.queue.backoff.ms": 10,
-        }
-    )
-    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
+    consumer = backlog_consumer(bootstrap, partitions)
     failures: list[str] = []
     producer = Producer(
         {
@@ -513,6 +512,13 @@ def measure_floor(
     offsets: dict[tuple[str, int], int] = {}
     in_flight: list[TopicPartition] | None = None
     deadline = time.monotonic() + RUN_TIMEOUT_S
+
+    def settle(batch_offsets: list[TopicPartition]) -> None:
+        """The last batch's dirty keys acknowledged, then its offsets committed."""
+        if producer.flush(30) != 0:
+            raise SystemExit("floor: dirty keys unacknowledged")
+        consumer.commit(offsets=batch_offsets, asynchronous=False)
+
     try:
         while seen < events and time.monotonic() < deadline:
             batch = consumer.consume(min(BATCH_MAX_EVENTS, events - seen), 1.0)
@@ -520,10 +526,8 @@ def measure_floor(
                 topic = message.topic() or ""
                 decode(message.key(), message.value(), topic)
                 offsets[(topic, message.partition() or 0)] = (message.offset() or 0) + 1
-            if in_flight is not None:  # the last batch: acknowledged, then committed
-                if producer.flush(30) != 0:
-                    raise SystemExit("floor: dirty keys unacknowledged")
-                consumer.commit(offsets=in_flight, asynchronous=False)
+            if in_flight is not None:
+                settle(in_flight)
             owed += len(batch) * dirty_per_event
             for _ in range(int(owed)):
                 key, message_key = keys[produced % KEYS]
@@ -535,9 +539,7 @@ def measure_floor(
             if batch and not first:
                 first, started = len(batch), time.perf_counter()
         if in_flight is not None:
-            if producer.flush(30) != 0:
-                raise SystemExit("floor: dirty keys unacknowledged")
-            consumer.commit(offsets=in_flight, asynchronous=False)
+            settle(in_flight)
         ended = time.perf_counter()
     finally:
         consumer.close()
